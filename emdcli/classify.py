@@ -1,0 +1,202 @@
+"""Few-shot classification: build a support set, then score queries against it.
+
+    backbone = Backbone(resolve_model_path(None))
+    clf = Classifier(backbone, backbone.manifest.preprocess)
+    support = clf.fit(read_labelled_folder(Path("support")))
+    for pred in clf.predict(support, [Path("query.jpg")]):
+        print(pred.predicted, pred.confidence)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .embedding import FeatureExtractor, embed_paths
+from .errors import DatasetError
+from .folders import LabelledFolder
+from .images import Preprocess
+from .matching import Metric, Nodes, score_matrix, softmax_confidence
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An image that was not used, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class SupportSet:
+    """The classes a query is matched against.
+
+    nodes[i]: the nodes of class ``classes[i]``: the mean (C, H, W) feature map of its
+    ``shots[i]`` readable examples, as (H*W, C) nodes.
+    """
+
+    classes: tuple[str, ...]
+    nodes: tuple[Nodes, ...]
+    shots: tuple[int, ...]
+    skipped: tuple[Skipped, ...] = ()
+    empty_classes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One class in a query's ranking: score in [-1, 1] and softmax confidence in [0, 1]."""
+
+    label: str
+    score: float
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The outcome for one query image.
+
+    status: ``"ok"``, or ``"error"`` with ``error`` saying why (then ``ranking`` is empty).
+    ranking: every class, best first. true_label: the name of the query's parent
+    folder when that is a class of the support set, else None.
+    """
+
+    path: Path
+    status: str
+    ranking: tuple[Ranked, ...] = ()
+    true_label: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def predicted(self) -> str | None:
+        return self.ranking[0].label if self.ranking else None
+
+    @property
+    def score(self) -> float | None:
+        return self.ranking[0].score if self.ranking else None
+
+    @property
+    def confidence(self) -> float | None:
+        return self.ranking[0].confidence if self.ranking else None
+
+    @property
+    def runner_up(self) -> Ranked | None:
+        return self.ranking[1] if len(self.ranking) > 1 else None
+
+    @property
+    def correct(self) -> bool | None:
+        if not self.ok or self.true_label is None:
+            return None
+        return self.predicted == self.true_label
+
+    def scores(self) -> dict[str, float]:
+        return {r.label: r.score for r in self.ranking}
+
+
+@dataclass
+class Tally:
+    """Running counts over a stream of predictions."""
+
+    total: int = 0
+    ok: int = 0
+    errors: int = 0
+    labelled: int = 0
+    correct: int = 0
+    per_class: dict[str, list[int]] = field(default_factory=dict)  # label -> [correct, labelled]
+
+    def add(self, pred: Prediction) -> None:
+        self.total += 1
+        if not pred.ok:
+            self.errors += 1
+            return
+        self.ok += 1
+        if pred.correct is not None and pred.true_label is not None:
+            self.labelled += 1
+            self.correct += int(pred.correct)
+            cell = self.per_class.setdefault(pred.true_label, [0, 0])
+            cell[0] += int(pred.correct)
+            cell[1] += 1
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+
+class Classifier:
+    """DeepEMD few-shot classifier over a feature extractor (see :mod:`emdcli.matching`)."""
+
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        prep: Preprocess,
+        *,
+        metric: Metric = "cosine",
+        batch_size: int = 16,
+        workers: int = 2,
+    ) -> None:
+        self.extractor = extractor
+        self.prep = prep
+        self.metric: Metric = metric
+        self.batch_size = batch_size
+        self.workers = workers
+
+    def _embed(self, paths: Iterable[Path], on_done: Callable[[int], None] | None) -> Iterator:
+        return embed_paths(
+            self.extractor, self.prep, paths, batch_size=self.batch_size, workers=self.workers, on_done=on_done
+        )
+
+    def fit(self, folder: LabelledFolder, on_done: Callable[[int], None] | None = None) -> SupportSet:
+        """Embed every support image; a class's nodes come from its mean feature map."""
+        owner = {p: c.name for c in folder.classes for p in c.files}
+        sums: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        skipped: list[Skipped] = []
+        for item in self._embed(owner.keys(), on_done):
+            if item.features is None:
+                skipped.append(Skipped(item.path, item.error or "unreadable"))
+                continue
+            name = owner[item.path]
+            sums[name] = sums[name] + item.features if name in sums else item.features.astype(np.float64)
+            counts[name] = counts.get(name, 0) + 1
+        names = tuple(c.name for c in folder.classes if c.name in counts)
+        lost = [c.name for c in folder.classes if c.name not in counts]
+        if len(names) < 2:
+            raise DatasetError(
+                f"{folder.root}: only {len(names)} class(es) have a readable image; need at least 2",
+                hint="check the skipped files listed above",
+            )
+        nodes = tuple(Nodes.from_feature_map(sums[n] / counts[n]) for n in names)
+        return SupportSet(
+            classes=names,
+            nodes=nodes,
+            shots=tuple(counts[n] for n in names),
+            skipped=tuple(skipped),
+            empty_classes=tuple(folder.empty) + tuple(lost),
+        )
+
+    def rank(self, support: SupportSet, features: np.ndarray) -> tuple[Ranked, ...]:
+        """Every class for one (C, H, W) feature map, best first."""
+        q = Nodes.from_feature_map(features)
+        scores = score_matrix([q], list(support.nodes), self.metric)[0]
+        conf = softmax_confidence(scores)
+        order = np.argsort(-scores, kind="stable")
+        return tuple(Ranked(support.classes[i], float(scores[i]), float(conf[i])) for i in order)
+
+    def predict(
+        self, support: SupportSet, paths: Iterable[Path], on_done: Callable[[int], None] | None = None
+    ) -> Iterator[Prediction]:
+        """One Prediction per path, in input order, as soon as its batch is embedded."""
+        known = set(support.classes)
+        for item in self._embed(paths, on_done):
+            parent = item.path.parent.name
+            label = parent if parent in known else None
+            if item.features is None:
+                yield Prediction(item.path, "error", true_label=label, error=item.error)
+            else:
+                yield Prediction(item.path, "ok", self.rank(support, item.features), label)

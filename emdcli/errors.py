@@ -1,0 +1,56 @@
+"""emdcli's exceptions: one hierarchy, each carrying an exit code and a hint.
+
+The library raises these; the CLI turns them into a one-line ``Error: ...`` on
+stderr, an optional ``Hint: ...`` line, and the exit code.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class EmdcliError(Exception):
+    """Base class: a failure the user can understand and act on."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(EmdcliError):
+    """The command line or an input path cannot be used as given (exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """A config file is missing, unreadable or holds an unknown or invalid key."""
+
+
+class DatasetError(UsageError):
+    """A support or query location does not hold what the command needs."""
+
+
+class ModelError(EmdcliError):
+    """The model file or its manifest is missing, corrupt or not a feature extractor."""
+
+
+class DeviceError(EmdcliError):
+    """The asked-for execution device is not available."""
+
+
+class ImageError(EmdcliError):
+    """One image could not be read or decoded (usually reported as a skip)."""
+
+
+class TransportError(EmdcliError):
+    """An optimal-transport problem was malformed or the solver did not reach the optimum."""
+
+
+class ExportError(EmdcliError):
+    """Building or exporting a backbone failed (optional ``export`` extra)."""

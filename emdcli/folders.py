@@ -1,0 +1,79 @@
+"""Reading a labelled folder: one sub-folder per class, images inside (recursively)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DatasetError
+from .images import is_hidden, is_image_name, iter_image_files
+
+
+@dataclass(frozen=True)
+class ClassFolder:
+    """One class: its name (the folder's) and its image files, sorted."""
+
+    name: str
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class LabelledFolder:
+    """A folder of class folders.
+
+    classes: the classes that hold at least one image, sorted by name.
+    empty: names of class folders without any image (skipped).
+    ignored: files that were not read because their names are not images' names.
+    """
+
+    root: Path
+    classes: tuple[ClassFolder, ...]
+    empty: tuple[str, ...]
+    ignored: tuple[Path, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+    @property
+    def image_count(self) -> int:
+        return sum(len(c.files) for c in self.classes)
+
+
+def read_labelled_folder(root: Path, min_classes: int = 2) -> LabelledFolder:
+    """Read ``root/CLASS/...image`` files. Hidden files and folders are skipped.
+
+    Raises DatasetError when ``root`` is not a folder or fewer than ``min_classes``
+    classes hold images.
+    """
+    if not root.exists():
+        raise DatasetError(f"support folder does not exist: {root}")
+    if not root.is_dir():
+        raise DatasetError(
+            f"support must be a folder with one sub-folder per class, got a file: {root}"
+        )
+    classes, empty, ignored = [], [], []
+    loose = 0
+    for entry in sorted(root.iterdir()):
+        if is_hidden(entry):
+            continue
+        if entry.is_dir():
+            files = tuple(iter_image_files(entry))
+            ignored += [
+                p for p in sorted(entry.rglob("*"))
+                if p.is_file() and not is_image_name(p) and not any(is_hidden(q) for q in p.relative_to(entry).parents)
+                and not is_hidden(p)
+            ]  # fmt: skip
+            if files:
+                classes.append(ClassFolder(entry.name, files))
+            else:
+                empty.append(entry.name)
+        elif is_image_name(entry):
+            loose += 1
+    if len(classes) < min_classes:
+        hint = "arrange examples as SUPPORT/CLASS_NAME/image.jpg, at least two classes"
+        if loose:
+            hint = f"{loose} images lie directly in {root}; move them into one sub-folder per class"
+        found = f"{len(classes)} class folder{'s' if len(classes) != 1 else ''} with images"
+        raise DatasetError(f"{root}: needs at least {min_classes} class folders with images, found {found}", hint)
+    return LabelledFolder(root, tuple(classes), tuple(empty), tuple(ignored))

@@ -1,0 +1,143 @@
+"""Finding images on disk and turning one into a normalised input tensor."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from .errors import DatasetError, ImageError
+
+#: File name endings read as images when a folder is walked (case-insensitive).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+#: Transparent pixels are composited onto this colour (clip-art convention: white paper).
+BACKGROUND = (255, 255, 255)
+
+
+def is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def iter_image_files(folder: Path) -> Iterator[Path]:
+    """Image files below ``folder``, recursively, in sorted order; hidden entries skipped."""
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(root) / name
+            if not is_hidden(path) and is_image_name(path):
+                yield path
+
+
+def iter_query_paths(sources: Iterable[str], stdin: TextIO | None = None) -> Iterator[Path]:
+    """Expand query arguments lazily: a file as is, a folder recursively, ``-`` from stdin.
+
+    Lines read from stdin are paths, one per line; blank lines are skipped. They
+    are only ever opened for reading. A missing argument raises DatasetError.
+    """
+    for source in sources:
+        if source == "-":
+            if stdin is None:
+                raise DatasetError("'-' was given but there is no standard input to read paths from")
+            for line in stdin:
+                text = line.rstrip("\r\n")
+                if text.strip():
+                    yield Path(text)
+            continue
+        path = Path(source)
+        if path.is_dir():
+            yield from iter_image_files(path)
+        elif path.exists():
+            yield path
+        else:
+            raise DatasetError(
+                f"query path does not exist: {source}",
+                hint="give image files, folders of images, or '-' to read paths from stdin",
+            )
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the backbone's input.
+
+    size: side in pixels of the square input. resize: ``"crop"`` scales the shorter
+    side to ``size`` and takes the centre square; ``"squash"`` scales the whole
+    image to size x size. mean/std: per-channel normalisation of [0, 1] values.
+    """
+
+    size: int = 224
+    resize: str = "squash"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def key(self) -> str:
+        """A short text that identifies this preprocessing (for caches and manifests)."""
+        return f"{self.size}/{self.resize}/{self.mean}/{self.std}"
+
+
+def _open_rgb(path: Path, size: int) -> object:
+    from PIL import Image, ImageOps
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(path)
+        if img.format == "JPEG":
+            img.draft("RGB", (size, size))  # decode large JPEGs at reduced scale
+        img = ImageOps.exif_transpose(img)
+        img.load()
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    if img.mode == "I;16" or img.mode.startswith("I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = arr.max() if arr.max() > 0 else 1.0
+        img = Image.fromarray((arr / top * 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def load_image(path: Path, prep: Preprocess) -> np.ndarray:
+    """Decode ``path`` to a normalised (3, size, size) float32 array.
+
+    Raises ImageError (with the file name) for anything that is not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = _open_rgb(path, prep.size)
+        w, h = img.size  # type: ignore[attr-defined]
+        if w < 1 or h < 1:
+            raise ImageError(f"{path}: image has no pixels")
+        if prep.resize == "crop":
+            scale = prep.size / min(w, h)
+            nw, nh = max(prep.size, round(w * scale)), max(prep.size, round(h * scale))
+            img = img.resize((nw, nh), Image.Resampling.BICUBIC)  # type: ignore[attr-defined]
+            left, top = (nw - prep.size) // 2, (nh - prep.size) // 2
+            img = img.crop((left, top, left + prep.size, top + prep.size))  # type: ignore[attr-defined]
+        else:
+            img = img.resize((prep.size, prep.size), Image.Resampling.BICUBIC)  # type: ignore[attr-defined]
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not a recognised image format") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: refused, declared size is too large ({exc})") from None
+    except Image.DecompressionBombWarning as exc:
+        raise ImageError(f"{path}: refused, declared size is too large ({exc})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ImageError(f"{path}: cannot read image ({reason})") from None
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(prep.mean, dtype=np.float32)) / np.asarray(prep.std, dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))

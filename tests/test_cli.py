@@ -1,0 +1,286 @@
+"""The command line: formats, exit codes, stdin, streaming and atomic output.
+
+Most tests use the tiny generated ONNX model (see conftest) so they run in milliseconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from emdcli import __version__
+from emdcli.cli import app
+from tests.conftest import make_image
+
+runner = CliRunner()
+
+
+def run(*args: str, input: str | None = None) -> object:
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def classify(tiny_model: Path, support: Path, *rest: str, input: str | None = None) -> object:
+    return run("classify", support, *rest, "--model", tiny_model, input=input)
+
+
+def test_version() -> None:
+    res = run("--version")
+    assert res.exit_code == 0
+    assert res.stdout == f"emdcli {__version__}\n"
+
+
+def test_help_teaches_every_command() -> None:
+    res = run("--help")
+    assert res.exit_code == 0
+    for word in ("classify", "info", "export", "SUPPORT_DIR"):
+        assert word in res.stdout
+    res = run("classify", "--help")
+    assert res.exit_code == 0
+    for word in ("--format", "--output", "--top-k", "--device", "--model", "--config", "Exit codes", "jq"):
+        assert word in res.stdout
+
+
+def test_csv_rows_and_columns(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    res = classify(tiny_model, support_dir, query_dir, "--format", "csv")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert list(rows[0].keys()) == [
+        "path", "status", "predicted", "score", "confidence", "runner_up", "runner_up_score", "true_label",
+        "correct", "top_1", "top_2", "score:blue", "score:green", "score:red", "error",
+    ]  # fmt: skip
+    assert len(rows) == 6
+    assert [Path(r["path"]).parent.name for r in rows] == ["blue", "blue", "green", "green", "red", "red"]
+    for r in rows:
+        assert r["status"] == "ok" and r["error"] == ""
+        assert r["predicted"] == r["true_label"] == r["top_1"]
+        assert r["correct"] == "true"
+        scores = {c: float(r[f"score:{c}"]) for c in ("blue", "green", "red")}
+        assert max(scores, key=scores.get) == r["predicted"]
+        assert float(r["score"]) == scores[r["predicted"]]
+        assert 0 < float(r["confidence"]) <= 1
+
+
+def test_default_format_in_a_pipe_is_csv(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    res = classify(tiny_model, support_dir, query_dir)
+    assert res.exit_code == 0
+    assert res.stdout.startswith("path,status,predicted,")
+    assert "6 queries · 6 classified" in res.stderr
+
+
+def test_json_document(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    res = classify(tiny_model, support_dir, query_dir, "-f", "json", "--top-k", "3")
+    assert res.exit_code == 0
+    doc = json.loads(res.stdout)
+    assert doc["model"] == "tiny"
+    assert doc["classes"] == ["blue", "green", "red"]
+    assert doc["shots"] == {"blue": 3, "green": 3, "red": 3}
+    assert len(doc["predictions"]) == 6
+    first = doc["predictions"][0]
+    assert set(first) == {
+        "path", "status", "predicted", "score", "confidence", "runner_up", "runner_up_score",
+        "true_label", "correct", "top", "scores", "error",
+    }  # fmt: skip
+    assert [t["class"] for t in first["top"]][0] == first["predicted"]
+    assert len(first["top"]) == 3 and set(first["scores"]) == {"blue", "green", "red"}
+    assert doc["summary"]["queries"] == 6 and doc["summary"]["accuracy"] == 1.0
+
+
+def test_jsonl_one_object_per_line(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    res = classify(tiny_model, support_dir, query_dir, "-f", "jsonl")
+    assert res.exit_code == 0
+    lines = res.stdout.splitlines()
+    assert len(lines) == 6
+    assert all(json.loads(line)["status"] == "ok" for line in lines)
+
+
+def test_table_for_people(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    res = classify(tiny_model, support_dir, query_dir, "-f", "table", "--top-k", "3")
+    assert res.exit_code == 0
+    for word in ("predicted", "conf.", "runner-up", "top 3", "truth", "✓"):
+        assert word in res.stdout
+    assert "accuracy 6/6 = 100.0%" in res.stdout
+
+
+def test_stdin_paths(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    paths = sorted(query_dir.rglob("*.png"))[:3]
+    res = classify(tiny_model, support_dir, "-", "-f", "jsonl", input="\n".join(map(str, paths)) + "\n")
+    assert res.exit_code == 0, res.output
+    assert [json.loads(line)["path"] for line in res.stdout.splitlines()] == [str(p) for p in paths]
+
+
+def test_unreadable_query_is_skipped_and_reported(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    (query_dir / "red" / "broken.png").write_bytes(b"not a png")
+    res = classify(tiny_model, support_dir, query_dir, "-f", "csv")
+    assert res.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    broken = [r for r in rows if r["path"].endswith("broken.png")]
+    assert len(rows) == 7 and len(broken) == 1
+    assert broken[0]["status"] == "error" and "not a recognised image format" in broken[0]["error"]
+    assert broken[0]["predicted"] == ""
+    assert "Warning: skipped" in res.stderr and "broken.png" in res.stderr
+    assert "1 skipped" in res.stderr
+
+
+def test_no_readable_query_is_a_failure(tiny_model: Path, support_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    res = classify(tiny_model, support_dir, bad, "-f", "csv")
+    assert res.exit_code == 1
+    assert "Error: none of the 1 queries could be read" in res.stderr
+
+
+def test_empty_class_folder_is_warned_about(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    (support_dir / "purple").mkdir()
+    res = classify(tiny_model, support_dir, query_dir, "-f", "csv")
+    assert res.exit_code == 0
+    assert "class folder 'purple' holds no images" in res.stderr
+    assert "score:purple" not in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["classify", "{tmp}/nope", "{tmp}"], "support folder does not exist"),
+        (["classify", "{support}", "{tmp}/missing.png"], "query path does not exist"),
+        (["classify", "{support}", "{tmp}/empty"], "no images found"),
+        (["classify", "{support}", "{support}", "--format", "xml"], "Invalid value for '--format'"),
+        (["classify", "{support}", "{support}", "--top-k", "0"], "Invalid value for '--top-k'"),
+        (["classify", "{support}"], "Missing argument"),
+        (["classify", "{support}", "{support}", "--config", "{tmp}/none.yaml"], "config file not found"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], message: str, support_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    res = run(*[a.format(tmp=tmp_path, support=support_dir) for a in args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_model_failure_exits_1_in_one_line(tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path) -> None:
+    res = run("classify", support_dir, query_dir, "--model", tmp_path / "missing.json")
+    assert res.exit_code == 1
+    assert res.stderr.splitlines()[0].startswith("Error: model manifest not found:")
+    assert "Traceback" not in res.output
+
+
+def test_cuda_without_cuda_is_an_error(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    res = classify(tiny_model, support_dir, query_dir, "--device", "cuda")
+    assert res.exit_code == 1
+    assert "no CUDA execution provider" in res.stderr
+
+
+def test_output_file_is_complete_and_stdout_empty(
+    tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "preds.json"
+    res = classify(tiny_model, support_dir, query_dir, "--output", out)
+    assert res.exit_code == 0
+    assert res.stdout == ""
+    assert len(json.loads(out.read_text())["predictions"]) == 6  # format taken from the suffix
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".preds")] == []
+
+
+def test_failure_midway_never_leaves_a_half_written_output(
+    tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from emdcli import classify as classify_module
+
+    real = classify_module.Classifier.predict
+
+    def two_then_crash(self, support, paths, on_done=None):  # type: ignore[no-untyped-def]
+        for i, pred in enumerate(real(self, support, paths, on_done)):
+            if i == 2:
+                raise RuntimeError("disk on fire")
+            yield pred
+
+    monkeypatch.setattr(classify_module.Classifier, "predict", two_then_crash)
+    out = tmp_path / "preds.json"
+    res = classify(tiny_model, support_dir, query_dir, "--output", out)
+    assert res.exit_code == 1
+    assert "unexpected RuntimeError: disk on fire" in res.stderr
+    assert not out.exists()
+    partial = json.loads((tmp_path / "preds.json.partial").read_text())
+    assert len(partial["predictions"]) == 2 and partial["summary"]["queries"] == 2
+    assert "2 rows so far were kept" in res.stderr
+
+
+def test_config_file_sets_defaults(tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "emdcli.yaml"
+    cfg.write_text(f"format: jsonl\nmodel: {tiny_model}\ntop-k: 1\n")
+    res = run("classify", support_dir, query_dir, "--config", cfg)
+    assert res.exit_code == 0, res.output
+    first = json.loads(res.stdout.splitlines()[0])
+    assert len(first["top"]) == 1
+    res = run("classify", support_dir, query_dir, "--config", cfg, "--format", "csv")
+    assert res.stdout.startswith("path,")
+
+
+def test_info_reports_model_and_providers(tiny_model: Path) -> None:
+    res = run("info", "--model", tiny_model, "--format", "json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["model"] == "tiny" and data["sha256_verified"] is True
+    assert "CPUExecutionProvider" in data["providers_available"]
+    assert data["feature_map"] == "8 x 4 x 4 (16 nodes)"
+    res = run("info", "--model", tiny_model)
+    assert res.exit_code == 0 and "licence" in res.stdout
+
+
+def test_export_argument_errors() -> None:
+    res = run("export", "--arch", "timm:resnet18")
+    assert res.exit_code == 2
+    assert "--arch needs --weights" in res.stderr
+
+
+def _emdcli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "emdcli", *args]
+
+
+def test_rows_stream_before_stdin_ends(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    """A pipe sees the first rows while emdcli is still waiting for more paths."""
+    paths = sorted(query_dir.rglob("*.png"))
+    proc = subprocess.Popen(
+        _emdcli("classify", str(support_dir), "-", "--model", str(tiny_model), "-f", "jsonl", "--batch-size", "1"),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "EMDCLI_CONFIG": ""},
+    )  # fmt: skip
+    assert proc.stdin and proc.stdout
+    try:
+        for p in paths[:3]:
+            proc.stdin.write(f"{p}\n".encode())
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "no row came out while stdin was still open"
+        first = json.loads(proc.stdout.readline())
+        assert first["path"] == str(paths[0])
+        assert proc.poll() is None  # still running, waiting for input
+        for p in paths[3:]:
+            proc.stdin.write(f"{p}\n".encode())
+        proc.stdin.close()
+        rest = proc.stdout.read().decode().splitlines()
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+    assert [json.loads(line)["path"] for line in rest] == [str(p) for p in paths[1:]]
+
+
+def test_console_script_exit_codes(support_dir: Path, tmp_path: Path) -> None:
+    res = subprocess.run(_emdcli("classify", str(tmp_path / "nope"), "x"), capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[0] == f"Error: support folder does not exist: {tmp_path / 'nope'}"
+    assert res.stdout == ""

@@ -1,0 +1,81 @@
+"""Exact EMD: checked against an independent LP solver and on hand-solvable problems."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.optimize import linprog
+
+from emdcli.errors import TransportError
+from emdcli.transport import solve_emd
+
+
+def lp_emd(a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> float:
+    """The transportation LP solved by scipy's HiGHS, for comparison."""
+    n, m = cost.shape
+    rows = np.zeros((n + m, n * m))
+    for i in range(n):
+        rows[i, i * m : (i + 1) * m] = 1.0
+    for j in range(m):
+        rows[n + j, j::m] = 1.0
+    res = linprog(cost.ravel(), A_eq=rows, b_eq=np.concatenate([a, b]), bounds=(0, None), method="highs")
+    assert res.status == 0
+    return float(res.fun)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_emd_matches_independent_lp(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n, m = rng.integers(1, 9, size=2)
+    a = rng.random(n) + 0.01
+    b = rng.random(m) + 0.01
+    a, b = a / a.sum(), b / b.sum()
+    cost = rng.random((n, m)) * 2
+    plan = solve_emd(a, b, cost)
+    assert plan.cost == pytest.approx(lp_emd(a, b, cost), abs=1e-6)
+    assert np.allclose(plan.flow.sum(axis=1), a, atol=1e-9)
+    assert np.allclose(plan.flow.sum(axis=0), b, atol=1e-9)
+    assert (plan.flow >= 0).all()
+    assert plan.cost == pytest.approx(float((plan.flow * cost).sum()), abs=1e-12)
+
+
+def test_hand_solved_two_by_two() -> None:
+    # Moving 0.5 along the diagonal costs 0; the rest must cross at cost 1.
+    a = np.array([0.5, 0.5])
+    b = np.array([0.25, 0.75])
+    cost = np.array([[0.0, 1.0], [1.0, 0.0]])
+    plan = solve_emd(a, b, cost)
+    assert plan.cost == pytest.approx(0.25)
+    assert np.allclose(plan.flow, [[0.25, 0.25], [0.0, 0.5]])
+
+
+def test_identity_transport_costs_nothing() -> None:
+    w = np.array([0.2, 0.3, 0.5])
+    cost = 1.0 - np.eye(3)
+    plan = solve_emd(w, w, cost)
+    assert plan.cost == pytest.approx(0.0, abs=1e-12)
+    assert np.allclose(plan.flow, np.diag(w))
+
+
+def test_masses_that_differ_by_rounding_are_accepted() -> None:
+    a = np.array([1 / 3, 1 / 3, 1 / 3])
+    b = np.array([0.5, 0.5 + 1e-9])
+    plan = solve_emd(a, b, np.ones((3, 2)))
+    assert plan.cost == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "cost", "message"),
+    [
+        ([0.5, 0.5], [1.0], [[0.0, 1.0]], "cost matrix has shape"),
+        ([0.5, np.nan], [1.0], [[0.0], [1.0]], "NaN or infinite weights"),
+        ([1.5, -0.5], [1.0], [[0.0], [1.0]], "negative weights"),
+        ([0.0, 0.0], [1.0], [[0.0], [1.0]], "zero total mass"),
+        ([0.5, 0.5], [2.0], [[0.0], [1.0]], "different mass"),
+        ([1.0], [1.0], [[np.inf]], "NaN or infinite entries"),
+        ([], [1.0], np.zeros((0, 1)), "non-empty 1-D"),
+    ],
+)
+def test_malformed_problems_raise_our_error(a: list, b: list, cost: list, message: str) -> None:
+    with pytest.raises(TransportError, match=message):
+        solve_emd(a, b, cost)
