@@ -16,15 +16,20 @@ Prints a Markdown table (accuracy % +- 95% CI over episodes).
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# Small matrix products only: BLAS threads would fight the worker processes.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
+import numpy as np  # noqa: E402
 
 from emdcli.export import _Cut, efficientnet_lite, export_module
 from emdcli.images import Preprocess, iter_image_files, load_image
@@ -42,6 +47,7 @@ SETTINGS = [(5, 1), (5, 5)]
 QUERIES = 10
 
 _FEATS: dict[str, np.ndarray] = {}
+_POOLED: dict[str, np.ndarray] = {}
 
 
 def read_sets(data: Path) -> dict[str, tuple[list[Path], np.ndarray, list[str]]]:
@@ -105,13 +111,13 @@ def run_episode(args: tuple) -> tuple[float, float]:
     correct = 0
     qidx = qry.reshape(-1)
     qlab = np.repeat(np.arange(way), qry.shape[1])
-    for qi, lab in zip(qidx, qlab):
+    for qi, lab in zip(qidx, qlab, strict=True):
         q = Nodes.from_feature_map(feats[qi])
         scores = [emd_score(q, p) for p in protos]
         correct += int(np.argmax(scores) == lab)
     emd_acc = correct / len(qidx)
     # SimpleShot prototype on globally pooled features.
-    g = feats.mean(axis=(2, 3))
+    g = _POOLED[key]
     gs = g[sup.reshape(-1)]
     centre = gs.mean(axis=0)
 
@@ -144,6 +150,7 @@ def main() -> int:
         for way, shot in SETTINGS
     }
     rows = []
+    means: dict[tuple, dict[int, list[tuple[float, float]]]] = {}
     for variant, size, resize, layers in CONFIGS:
         prep = Preprocess(size=size, resize=resize)
         model = efficientnet_lite(variant)
@@ -158,8 +165,9 @@ def main() -> int:
                 dt = time.perf_counter() - t0
                 print(f"# {variant} {size} {resize} {name}: {len(paths)} images in {dt:.1f}s", file=sys.stderr)
                 grid = outs[-1].shape[-1]
-                for layer, fmap in zip(layers, outs):
+                for layer, fmap in zip(layers, outs, strict=True):
                     _FEATS[f"{name}|{layer}"] = pool_to(fmap, grid)
+                    _POOLED[f"{name}|{layer}"] = fmap.mean(axis=(2, 3))
         for layer in layers:
             for name in sets:
                 key = f"{name}|{layer}"
@@ -178,11 +186,24 @@ def main() -> int:
                         f"| {100 * np.mean(diff):+.1f} ± {100 * ci95(diff):.1f} |"
                     )
                     rows.append(row)
+                    cell = means.setdefault((variant, size, resize, layer), {})
+                    cell.setdefault(shot, []).append((float(np.mean(emd)), float(np.mean(pro))))
                     print(row, f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
         _FEATS.clear()
+        _POOLED.clear()
     print("| variant | size | resize | layer | map (C,H,W) | set | episodes | emd % | proto % | emd - proto |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    print()
+    print("Mean over the sets (accuracy %):")
+    print()
+    print("| variant | size | resize | layer | emd 1-shot | proto 1-shot | emd 5-shot | proto 5-shot | emd - proto |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (variant, size, resize, layer), by_shot in means.items():
+        cells = [100 * np.mean([x[k] for x in by_shot[s]]) for s in (1, 5) for k in (0, 1)]
+        gain = np.mean([e - p for s in (1, 5) for e, p in by_shot[s]]) * 100
+        shown = " | ".join(f"{c:.1f}" for c in cells)
+        print(f"| {variant} | {size} | {resize} | {layer} | {shown} | {gain:+.1f} |")
     return 0
 
 

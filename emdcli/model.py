@@ -34,7 +34,8 @@ class Manifest:
     """What a model file is and how to feed it.
 
     input_size: side of the square input in px. grid: (H, W) of the output map,
-    so a feature map has ``H * W`` nodes of ``channels`` values each.
+    so a feature map has ``H * W`` nodes of ``channels`` values each. exporter: the
+    versions that wrote the file (the same versions rebuild it byte for byte).
     """
 
     name: str
@@ -49,6 +50,7 @@ class Manifest:
     grid: tuple[int, int]
     source: str
     licence: str
+    exporter: str = ""
 
     @property
     def preprocess(self) -> Preprocess:
@@ -129,6 +131,7 @@ def load_manifest(path: Path) -> Manifest:
             grid=tuple(int(v) for v in data["grid"]),  # type: ignore[arg-type]
             source=str(data["source"]),
             licence=str(data["licence"]),
+            exporter=str(data.get("exporter", "")),
         )
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{path}: manifest has a malformed field ({exc})") from None

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -19,7 +20,6 @@ from typer.testing import CliRunner
 
 from emdcli import __version__
 from emdcli.cli import app
-from tests.conftest import make_image
 
 runner = CliRunner()
 
@@ -167,7 +167,7 @@ def test_usage_errors_exit_2(args: list[str], message: str, support_dir: Path, t
     assert "Traceback" not in res.output
 
 
-def test_model_failure_exits_1_in_one_line(tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path) -> None:
+def test_model_failure_exits_1_in_one_line(support_dir: Path, query_dir: Path, tmp_path: Path) -> None:
     res = run("classify", support_dir, query_dir, "--model", tmp_path / "missing.json")
     assert res.exit_code == 1
     assert res.stderr.splitlines()[0].startswith("Error: model manifest not found:")
@@ -284,3 +284,26 @@ def test_console_script_exit_codes(support_dir: Path, tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[0] == f"Error: support folder does not exist: {tmp_path / 'nope'}"
     assert res.stdout == ""
+
+
+def test_no_color_is_respected(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    coloured = runner.invoke(
+        app, ["classify", str(support_dir), str(query_dir), "--model", str(tiny_model), "-f", "table"],
+        env={"FORCE_COLOR": "1", "NO_COLOR": ""},
+    )  # fmt: skip
+    assert "\x1b[32m" in coloured.stdout  # the green tick, when colour is allowed
+    plain = runner.invoke(
+        app, ["classify", str(support_dir), str(query_dir), "--model", str(tiny_model), "-f", "table"],
+        env={"FORCE_COLOR": "1", "NO_COLOR": "1"},
+    )  # fmt: skip
+    assert plain.exit_code == 0
+    assert not re.search(r"\x1b\[(3[0-7]|38;)", plain.stdout)  # no foreground colour codes
+    assert "✓" in plain.stdout
+
+
+def test_quiet_silences_stderr(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    (query_dir / "red" / "broken.png").write_bytes(b"")
+    res = classify(tiny_model, support_dir, query_dir, "-f", "csv", "--quiet")
+    assert res.exit_code == 0
+    assert res.stderr == ""
+    assert len(res.stdout.splitlines()) == 8

@@ -1,0 +1,60 @@
+"""End to end with the real bundled model on the bundled examples."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from emdcli.cli import app
+from tests.conftest import EXAMPLES
+
+pytestmark = pytest.mark.e2e
+runner = CliRunner()
+
+#: Measured with the bundled model (see README); a drop below this is a regression.
+MIN_EXAMPLES_CORRECT = 13
+
+
+def test_classify_examples_with_the_bundled_model() -> None:
+    res = runner.invoke(app, ["classify", str(EXAMPLES / "support"), str(EXAMPLES / "queries"), "-f", "csv"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(rows) == 20
+    assert all(r["status"] == "ok" for r in rows)
+    assert {r["true_label"] for r in rows} == {p.name for p in (EXAMPLES / "support").iterdir()}
+    correct = sum(r["correct"] == "true" for r in rows)
+    assert correct >= MIN_EXAMPLES_CORRECT, f"only {correct}/20 examples right"
+
+
+def test_library_api_matches_the_cli() -> None:
+    from emdcli.classify import Classifier
+    from emdcli.folders import read_labelled_folder
+    from emdcli.model import Backbone, resolve_model_path
+
+    backbone = Backbone(resolve_model_path(None), device="cpu")
+    clf = Classifier(backbone, backbone.manifest.preprocess)
+    support = clf.fit(read_labelled_folder(EXAMPLES / "support"))
+    assert support.shots == (4, 4, 4, 4, 4)
+    queries = sorted((EXAMPLES / "queries").rglob("*.png"))[:3]
+    preds = list(clf.predict(support, queries))
+    assert [p.path for p in preds] == queries
+    res = runner.invoke(app, ["classify", str(EXAMPLES / "support"), *map(str, queries), "-f", "jsonl"])
+    cli = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [c["predicted"] for c in cli] == [p.predicted for p in preds]
+    assert [c["score"] for c in cli] == [round(p.score or 0, 6) for p in preds]
+
+
+def test_installed_console_script_from_another_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    res = subprocess.run(
+        [sys.executable, "-m", "emdcli", "info", "--format", "json"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["model"] == "efficientnet_lite0" and data["sha256_verified"] is True
+    assert data["licence"] == "Apache-2.0"
