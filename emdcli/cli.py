@@ -277,7 +277,8 @@ def classify(
                      show_default=False),
     ] = None,  # fmt: skip
     quiet: Annotated[
-        bool | None, typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.", show_default=False)
+        bool | None,
+        typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.", show_default=False),
     ] = None,
     config: ConfigOpt = None,
 ) -> None:
