@@ -365,6 +365,11 @@ def classify(
         summary = _summary(tally, support_set, elapsed, time.perf_counter() - query_started)
         if writer:
             writer.close(summary)
+        elif rows:  # the table is drawn once, with every row computed so far
+            from .report import render_table
+
+            target = Console(file=stream, highlight=False, no_color=True if sink else None, width=160 if sink else None)
+            render_table(target, rows, classes, top, summary)
         if sink and not finished:
             kept = sink.abort(keep=tally.total > 0)
             if kept:
@@ -373,11 +378,6 @@ def classify(
         if sink:
             sink.abort(keep=False)
         raise DatasetError("no query paths were given on stdin", hint="pipe one image path per line into '-'")
-    if fmt_used == "table":
-        from .report import render_table
-
-        target = Console(file=stream, highlight=False, no_color=True if sink else None, width=160 if sink else None)
-        render_table(target, rows, classes, top, summary)
     if sink:
         sink.commit()
     if not quiet and fmt_used != "table":
@@ -449,8 +449,8 @@ def info(
     from rich.table import Table
 
     table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
     for key, value in data.items():
         table.add_row(key.replace("_", " "), ", ".join(value) if isinstance(value, list) else str(value))
     Console(highlight=False).print(table)

@@ -307,3 +307,23 @@ def test_quiet_silences_stderr(tiny_model: Path, support_dir: Path, query_dir: P
     assert res.exit_code == 0
     assert res.stderr == ""
     assert len(res.stdout.splitlines()) == 8
+
+
+def test_table_shows_rows_computed_before_a_failure(
+    tiny_model: Path, support_dir: Path, query_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from emdcli import classify as classify_module
+
+    real = classify_module.Classifier.predict
+
+    def one_then_crash(self, support, paths, on_done=None):  # type: ignore[no-untyped-def]
+        for i, pred in enumerate(real(self, support, paths, on_done)):
+            if i == 1:
+                raise RuntimeError("boom")
+            yield pred
+
+    monkeypatch.setattr(classify_module.Classifier, "predict", one_then_crash)
+    res = classify(tiny_model, support_dir, query_dir, "-f", "table")
+    assert res.exit_code == 1
+    assert "img_0.png" in res.stdout and "img_1.png" not in res.stdout
+    assert "1 queries · 1 classified" in res.stdout
