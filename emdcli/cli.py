@@ -7,6 +7,7 @@ that ``emdcli --help`` stays fast.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import sys
 import time
@@ -28,6 +29,7 @@ from .errors import EmdcliError  # noqa: E402
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
+EXIT_TERMINATED = 143
 
 app = typer.Typer(
     name="emdcli",
@@ -73,11 +75,28 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that a run stops as cleanly as on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def handle_errors(func: F) -> F:
-    """Map library errors to one line and an exit code; no traceback unless EMDCLI_DEBUG=1."""
+    """Map library errors to one line and an exit code; no traceback unless EMDCLI_DEBUG=1.
+
+    SIGINT (Ctrl-C) exits 130 and SIGTERM 143, after the command's own clean-up ran.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import signal
+        import threading
+
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return func(*args, **kwargs)
         except EmdcliError as exc:
@@ -87,6 +106,9 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             stderr_console().print("Interrupted.")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Terminated:
+            stderr_console().print("Terminated.")
+            raise typer.Exit(EXIT_TERMINATED) from None
         except BrokenPipeError:
             _silence_stdout()
             raise typer.Exit(EXIT_BROKEN_PIPE) from None
@@ -100,6 +122,9 @@ def handle_errors(func: F) -> F:
                 hint="this is a bug in emdcli; run again with EMDCLI_DEBUG=1 for the traceback and report it",
             )
             raise fail(err) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
 
@@ -275,6 +300,14 @@ def classify(
         typer.Option("--progress/--no-progress", help="Progress bars on stderr (only on a terminal).",
                      show_default=False),
     ] = None,  # fmt: skip
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="With --output FILE: keep the rows of an earlier, interrupted run (FILE.partial, or FILE) "
+            "and classify only the queries they lack.",
+        ),
+    ] = False,
     quiet: Annotated[
         bool | None,
         typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.", show_default=False),
@@ -282,11 +315,11 @@ def classify(
     config: ConfigOpt = None,
 ) -> None:
     """Classify query images by their Earth Mover's Distance to each class of SUPPORT."""
-    from .classify import Classifier, Tally
-    from .errors import DatasetError
+    from .classify import Classifier, Prediction, Tally
+    from .errors import DatasetError, UsageError
     from .folders import read_labelled_folder
     from .images import iter_query_paths
-    from .output import AtomicFile, StructuredWriter
+    from .output import AtomicFile, StructuredWriter, display_path, read_earlier_output
 
     settings = load_settings(
         config,
@@ -295,6 +328,8 @@ def classify(
     )  # fmt: skip
     quiet = settings.quiet
     fmt_used = _choose_format(settings.format, output)
+    if resume and (output is None or fmt_used == "table"):
+        raise UsageError("--resume needs --output FILE with --format csv, json or jsonl")
     folder = read_labelled_folder(support)
     for src in queries:
         if src != "-" and not Path(src).exists():
@@ -332,6 +367,17 @@ def classify(
         say(f"skipped support image {skip.reason}")
     classes = support_set.classes
     top = min(settings.top_k, len(classes))
+    prior: list[Prediction] = []
+    if resume and output is not None:
+        partial = output.with_name(output.name + ".partial")
+        earlier = partial if partial.exists() else output if output.exists() else None
+        if earlier is not None:
+            prior = read_earlier_output(earlier, fmt_used, classes)
+            done = {display_path(p.path) for p in prior}
+            query_paths = (p for p in query_paths if display_path(p) not in done)
+            if not from_stdin:
+                query_paths = list(query_paths)
+            say(f"resuming: {len(prior)} rows from {earlier}")
 
     header = {
         "model": backbone.manifest.name,
@@ -351,7 +397,7 @@ def classify(
         with _progress(show_bars) as bars:
             total = None if from_stdin else len(query_paths)
             task = bars.add_task("Queries", total=total)
-            for pred in clf.predict(support_set, query_paths, on_done=lambda n: bars.advance(task, n)):
+            for pred in itertools.chain(prior, clf.predict(support_set, query_paths, bars_advance(bars, task))):
                 tally.add(pred)
                 if not pred.ok:
                     say(f"skipped {pred.error}")
@@ -373,19 +419,28 @@ def classify(
         if sink and not finished:
             kept = sink.abort(keep=tally.total > 0)
             if kept:
-                stderr_console().print(f"{tally.total} rows so far were kept in {kept}")
+                stderr_console().print(
+                    f"{tally.total} rows so far were kept in {display_path(kept)}; "
+                    "run the same command with --resume to finish it"
+                )
     if tally.total == 0:
         if sink:
             sink.abort(keep=False)
         raise DatasetError("no query paths were given on stdin", hint="pipe one image path per line into '-'")
     if sink:
         sink.commit()
+        if resume:
+            output.with_name(output.name + ".partial").unlink(missing_ok=True)  # type: ignore[union-attr]
     if not quiet and fmt_used != "table":
         from .report import summary_line
 
         stderr_console().print(summary_line(summary), soft_wrap=True)
     if tally.ok == 0:
         raise EmdcliError(f"none of the {tally.total} queries could be read", hint="see the warnings above")
+
+
+def bars_advance(bars: Any, task: Any) -> Callable[[int], None]:
+    return lambda n: bars.advance(task, n)
 
 
 def _summary(tally: Any, support_set: Any, elapsed: float, query_seconds: float) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .classify import Prediction
+from .classify import Prediction, Ranked
+from .errors import DatasetError
 
 SCORE_DIGITS = 6
 
@@ -73,6 +74,62 @@ def csv_row(rec: dict[str, Any], classes: Sequence[str], top_k: int) -> list[Any
     row += [tops[i] if i < len(tops) else "" for i in range(top_k)]
     row += [cell(rec["scores"].get(c)) for c in classes]
     return row + [cell(rec["error"])]
+
+
+def prediction_from_record(rec: dict[str, Any]) -> Prediction:
+    """Rebuild a Prediction from a record written by :func:`record` (for ``--resume``)."""
+    import numpy as np
+
+    from .matching import softmax_confidence
+
+    scores = {str(c): float(v) for c, v in (rec.get("scores") or {}).items() if v is not None}
+    ranking: tuple[Ranked, ...] = ()
+    if rec.get("status") == "ok" and scores:
+        labels = sorted(scores, key=lambda c: -scores[c])
+        conf = softmax_confidence(np.array([scores[c] for c in labels]))
+        ranking = tuple(Ranked(c, scores[c], float(p)) for c, p in zip(labels, conf, strict=True))
+    status = "ok" if ranking else "error"
+    error = rec.get("error") or (None if ranking else "no scores in the earlier output")
+    return Prediction(Path(str(rec["path"])), status, ranking, rec.get("true_label") or None, error)
+
+
+def read_earlier_output(path: Path, fmt: str, classes: Sequence[str]) -> list[Prediction]:
+    """The predictions in an earlier (possibly interrupted) ``--output`` file.
+
+    Raises DatasetError when the file cannot be parsed as ``fmt`` or was made for
+    other classes, so that rows from two different support sets never mix.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read {path} to resume from it ({exc})") from None
+    bad = DatasetError(
+        f"{path} is not {fmt} output of emdcli classify; cannot resume from it",
+        hint="remove the file, or pass the --format it was written with",
+    )
+    try:
+        if fmt == "csv":
+            reader = csv.DictReader(io.StringIO(text))
+            found = [h[len("score:") :] for h in reader.fieldnames or [] if h.startswith("score:")]
+            recs: list[dict[str, Any]] = [
+                {**row, "scores": {c: row[f"score:{c}"] or None for c in found}} for row in reader
+            ]
+        elif fmt == "jsonl":
+            recs = [json.loads(line) for line in text.splitlines() if line.strip()]
+            found = list(recs[0]["scores"]) if recs else list(classes)
+        else:
+            doc = json.loads(text)
+            recs, found = doc["predictions"], doc["classes"]
+        if any("path" not in r for r in recs):
+            raise bad
+    except (ValueError, KeyError, TypeError, IndexError, csv.Error):
+        raise bad from None
+    if recs and sorted(found) != sorted(classes):
+        raise DatasetError(
+            f"{path} was written for classes {', '.join(found)}, not {', '.join(classes)}; cannot resume",
+            hint="remove it, or resume with the support folder it was made with",
+        )
+    return [prediction_from_record(r) for r in recs]
 
 
 class StructuredWriter:

@@ -1,0 +1,151 @@
+"""Ctrl-C and SIGTERM during a run: complete rows, the right exit code, and --resume.
+
+Real subprocesses and real signals. Paths are fed on stdin so the test decides when
+emdcli is mid-run (waiting for more input) without any sleep-based timing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from emdcli.cli import app
+
+TIMEOUT = 60
+
+
+def start(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "emdcli", "classify", *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def feed(proc: subprocess.Popen[bytes], paths: list[Path]) -> None:
+    assert proc.stdin
+    proc.stdin.write("".join(f"{p}\n" for p in paths).encode())
+    proc.stdin.flush()
+
+
+def wait_readable(proc: subprocess.Popen[bytes]) -> None:
+    ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
+    assert ready, "emdcli wrote nothing"
+
+
+def wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def finish(proc: subprocess.Popen[bytes]) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=TIMEOUT)
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture()
+def query_paths(query_dir: Path) -> list[Path]:
+    return sorted(query_dir.rglob("*.png"))
+
+
+def test_sigint_leaves_complete_jsonl_and_exits_130(
+    tiny_model: Path, support_dir: Path, query_paths: list[Path]
+) -> None:
+    proc = start(str(support_dir), "-", "--model", str(tiny_model), "-f", "jsonl", "--batch-size", "1")
+    feed(proc, query_paths[:3])
+    wait_readable(proc)
+    assert proc.stdout
+    first = proc.stdout.readline().decode()
+    proc.send_signal(signal.SIGINT)
+    code, rest, err = finish(proc)
+    assert code == 130, err
+    lines = (first + rest).splitlines(keepends=True)
+    assert lines and all(line.endswith("\n") for line in lines)
+    assert [json.loads(line)["path"] for line in lines] == [str(p) for p in query_paths[: len(lines)]]
+    assert "Traceback" not in err and "Interrupted." in err
+
+
+def test_sigterm_leaves_a_valid_json_document_and_exits_143(
+    tiny_model: Path, support_dir: Path, query_paths: list[Path]
+) -> None:
+    proc = start(str(support_dir), "-", "--model", str(tiny_model), "-f", "json", "--batch-size", "1")
+    feed(proc, query_paths[:3])
+    assert proc.stdout
+    seen = b""
+    while b'"path"' not in seen:
+        wait_readable(proc)
+        seen += proc.stdout.read1(65536)
+    proc.send_signal(signal.SIGTERM)
+    code, rest, err = finish(proc)
+    assert code == 143, err
+    doc = json.loads(seen.decode() + rest)
+    assert 1 <= len(doc["predictions"]) <= 3
+    assert doc["summary"]["queries"] == len(doc["predictions"])
+    assert "Terminated." in err
+
+
+def test_interrupted_output_is_kept_aside_then_resumed(
+    tiny_model: Path, support_dir: Path, query_dir: Path, query_paths: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "preds.csv"
+    proc = start(str(support_dir), "-", "--model", str(tiny_model), "-o", str(out), "--batch-size", "1")
+    feed(proc, query_paths[:3])
+
+    def temp_rows() -> int:
+        temps = list(tmp_path.glob(".preds.csv.*.tmp"))
+        return len(temps[0].read_text().splitlines()) if temps else 0
+
+    wait_for(lambda: temp_rows() >= 3, "two rows in the temporary file")
+    proc.send_signal(signal.SIGINT)
+    code, _, err = finish(proc)
+    assert code == 130, err
+    assert not out.exists()
+    partial = out.with_name("preds.csv.partial")
+    kept = list(csv.DictReader(io.StringIO(partial.read_text())))
+    assert 2 <= len(kept) <= 3 and all(r["status"] == "ok" for r in kept)
+    assert "--resume" in err
+    assert list(tmp_path.glob(".preds.csv.*")) == []
+
+    res = CliRunner().invoke(
+        app, ["classify", str(support_dir), str(query_dir), "--model", str(tiny_model), "-o", str(out), "--resume"]
+    )
+    assert res.exit_code == 0, res.output
+    assert f"resuming: {len(kept)} rows" in res.stderr
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in query_paths)
+    assert rows[: len(kept)] == kept  # earlier rows first, unchanged
+    assert all(r["correct"] == "true" for r in rows)
+    assert not partial.exists()
+
+
+def test_resume_refuses_rows_of_other_classes(
+    tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "preds.jsonl"
+    out.write_text(json.dumps({"path": "x.png", "status": "ok", "scores": {"cat": 0.5, "dog": 0.1}}) + "\n")
+    res = CliRunner().invoke(
+        app, ["classify", str(support_dir), str(query_dir), "--model", str(tiny_model), "-o", str(out), "--resume"]
+    )
+    assert res.exit_code == 2
+    assert "was written for classes cat, dog" in res.stderr
+    assert out.read_text().count("\n") == 1  # untouched
+
+
+@pytest.mark.parametrize("extra", [[], ["-f", "table", "-o", "x.txt"]])
+def test_resume_needs_a_structured_output_file(
+    tiny_model: Path, support_dir: Path, query_dir: Path, extra: list[str]
+) -> None:
+    res = CliRunner().invoke(app, ["classify", str(support_dir), str(query_dir), "--resume", *extra])
+    assert res.exit_code == 2
+    assert "--resume needs --output FILE" in res.stderr
