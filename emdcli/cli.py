@@ -365,6 +365,9 @@ def classify(
         bars.remove_task(task)
     for skip in support_set.skipped:
         say(f"skipped support image {skip.reason}")
+    for name in support_set.empty_classes:
+        if name not in folder.empty:
+            say(f"class {name!r} has no readable image; it is left out")
     classes = support_set.classes
     top = min(settings.top_k, len(classes))
     prior: list[Prediction] = []

@@ -43,8 +43,8 @@ class LabelledFolder:
 def read_labelled_folder(root: Path, min_classes: int = 2) -> LabelledFolder:
     """Read ``root/CLASS/...image`` files. Hidden files and folders are skipped.
 
-    Raises DatasetError when ``root`` is not a folder or fewer than ``min_classes``
-    classes hold images.
+    Raises DatasetError when ``root`` is not a folder, when two class folders differ
+    only by case, or when fewer than ``min_classes`` classes hold images.
     """
     if not root.exists():
         raise DatasetError(f"support folder does not exist: {root}")
@@ -70,6 +70,14 @@ def read_labelled_folder(root: Path, min_classes: int = 2) -> LabelledFolder:
                 empty.append(entry.name)
         elif is_image_name(entry):
             loose += 1
+    seen: dict[str, str] = {}
+    for c in classes:
+        other = seen.setdefault(c.name.casefold(), c.name)
+        if other != c.name:
+            raise DatasetError(
+                f"{root}: class folders {other!r} and {c.name!r} differ only by case",
+                hint="merge or rename them: they would be one class on a case-insensitive disk",
+            )
     if len(classes) < min_classes:
         hint = "arrange examples as SUPPORT/CLASS_NAME/image.jpg, at least two classes"
         if loose:

@@ -2,7 +2,7 @@
 
 POT checks its input with ``assert`` and reports a non-optimal solve only as a
 warning; :func:`solve_emd` validates the problem itself and turns every
-failure into :class:`~emdcli.errors.TransportError`.
+failure into :class:`~emdcli.errors.TransportError`, without emitting warnings.
 """
 
 from __future__ import annotations
@@ -18,6 +18,17 @@ from .errors import TransportError
 MASS_RTOL = 1e-6
 #: Iteration cap handed to the network simplex (ample for a few hundred nodes).
 MAX_ITER = 1_000_000
+#: The network simplex's result codes other than OPTIMAL (1), as POT's ``check_result`` words them.
+#: Read here rather than through ``check_result``, which also emits a UserWarning.
+_OPTIMAL = 1
+_SOLVER_PROBLEMS = {
+    0: "Problem infeasible. Check that a and b are in the simplex",
+    2: "Problem unbounded",
+    3: "numItermax reached before optimality. Try to increase numItermax.",
+}
+#: Costs larger than this in magnitude are scaled down (by a power of two) before the solve: the
+#: simplex prices its artificial arcs at about (largest cost + 1) x node count, which must stay finite.
+COST_SCALE_ABOVE = 1e250
 
 # emdcli hands POT numpy arrays only. Without these, ``import ot`` also imports torch,
 # jax, cupy or tensorflow when they are installed (about 5 s for torch on 2 cores).
@@ -37,16 +48,32 @@ class TransportPlan:
     cost: float
 
 
+def _as_float64(x: object, name: str) -> np.ndarray:
+    """``x`` as a float64 array of any shape; TransportError for anything that is not real numbers."""
+    try:
+        raw = np.asarray(x)
+        if raw.dtype.kind == "c":  # the cast would silently drop the imaginary part
+            raise TransportError(f"{name} holds complex numbers")
+        return np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:  # strings, ragged lists, objects, huge ints
+        raise TransportError(f"{name} is not an array of real numbers ({exc})") from None
+
+
 def _as_weights(w: object, name: str) -> np.ndarray:
-    arr = np.asarray(w, dtype=np.float64)
+    """(n,) float64, finite, non-negative, with a positive and finite total mass."""
+    arr = _as_float64(w, name)
     if arr.ndim != 1 or arr.size == 0:
         raise TransportError(f"{name} must be a non-empty 1-D weight vector, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise TransportError(f"{name} holds NaN or infinite weights")
     if np.any(arr < 0):
         raise TransportError(f"{name} holds negative weights")
-    if arr.sum() <= 0:
+    with np.errstate(over="ignore"):
+        total = arr.sum()
+    if total <= 0:
         raise TransportError(f"{name} has zero total mass")
+    if not np.isfinite(total):
+        raise TransportError(f"{name} has a total mass too large for float64")
     return np.ascontiguousarray(arr)
 
 
@@ -57,11 +84,11 @@ def solve_emd(a: object, b: object, cost: object) -> TransportPlan:
     mass as ``a`` (relative tolerance :data:`MASS_RTOL`); cost: (n, m) finite costs.
     Raises :class:`TransportError` on malformed input or a non-optimal solve.
     """
-    from ot.lp.emd_wrap import check_result, emd_c  # heavy import: keep it lazy
+    from ot.lp.emd_wrap import emd_c  # heavy import: keep it lazy
 
     a_arr = _as_weights(a, "source weights")
     b_arr = _as_weights(b, "target weights")
-    m_arr = np.asarray(cost, dtype=np.float64)
+    m_arr = _as_float64(cost, "cost matrix")
     if m_arr.shape != (a_arr.size, b_arr.size):
         raise TransportError(
             f"cost matrix has shape {m_arr.shape}, expected {(a_arr.size, b_arr.size)}"
@@ -74,8 +101,36 @@ def solve_emd(a: object, b: object, cost: object) -> TransportPlan:
     # Make the masses equal to machine precision, as the simplex requires.
     b_arr = b_arr * (sa / sb)
     m_arr = np.ascontiguousarray(m_arr)
-    flow, total, _u, _v, code = emd_c(a_arr, b_arr, m_arr, MAX_ITER, 1)
-    problem = check_result(code)
-    if problem:
+    m_solve = _solver_costs(m_arr)
+    flow, total, _u, _v, code = emd_c(a_arr, b_arr, m_solve, MAX_ITER, 1)
+    if code != _OPTIMAL:
+        problem = _SOLVER_PROBLEMS.get(code, f"unknown result code {code}")
         raise TransportError(f"EMD solver did not reach the optimum: {problem.strip()}")
+    if m_solve is not m_arr:  # price the optimal flow with the costs as given
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.sum(flow * m_arr)
+    if not (np.isfinite(total) and np.all(np.isfinite(flow))):
+        raise TransportError("the transport cost is too large for float64")
     return TransportPlan(flow=flow, cost=float(total))
+
+
+def _solver_costs(m_arr: np.ndarray) -> np.ndarray:
+    """The (n, m) costs handed to the simplex: ``m_arr`` itself, or an equivalent that it solves reliably.
+
+    POT's network simplex assumes costs >= 0 (with negative ones it can report a feasible
+    problem infeasible) and overflows on huge ones. Every feasible flow moves the same total
+    mass, so adding a constant to all costs leaves the optimal flows unchanged, and so does
+    scaling by a positive constant (a power of two: exact). Costs already in [0, COST_SCALE_ABOVE]
+    are returned as they are.
+    """
+    span = float(np.max(np.abs(m_arr)))
+    lowest = float(m_arr.min())
+    if span <= COST_SCALE_ABOVE and lowest >= 0:
+        return m_arr
+    shifted = m_arr
+    if span > COST_SCALE_ABOVE:
+        shifted = np.ldexp(shifted, -int(np.frexp(span)[1]))  # into [-1, 1]
+        lowest = float(shifted.min())
+    if lowest < 0:
+        shifted = shifted - lowest
+    return np.ascontiguousarray(shifted)
