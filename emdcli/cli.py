@@ -239,7 +239,7 @@ def _choose_format(fmt: str | None, output: Path | None) -> str:
         "  emdcli classify support/ queries/ --format csv > predictions.csv\n\n"
         "  find photos -name '*.jpg' | emdcli classify support/ - --format jsonl | jq -r .predicted\n\n"
         "Exit codes: 0 done (unreadable queries are reported and skipped), 1 runtime failure "
-        "(model, device, or no query readable), 2 usage error (bad option or path), 130 interrupted."
+        "(model, device, or no query readable), 2 usage error (bad option or path), 130 interrupted (143 on SIGTERM)."
     )
 )
 @handle_errors
