@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedding import FeatureExtractor, embed_paths
+from .cache import FeatureCache
+from .embedding import Embedded, FeatureExtractor, embed_paths
 from .errors import DatasetError
 from .folders import LabelledFolder
 from .images import Preprocess
-from .matching import Metric, Nodes, score_matrix, softmax_confidence
+from .matching import ClassBank, Metric, Nodes, softmax_confidence
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class SupportSet:
     """The classes a query is matched against.
 
     nodes[i]: the nodes of class ``classes[i]``: the mean (C, H, W) feature map of its
-    ``shots[i]`` readable examples, as (H*W, C) nodes.
+    ``shots[i]`` readable examples, as (H*W, C) nodes. bank: the same nodes stacked
+    for scoring a query against every class at once.
     """
 
     classes: tuple[str, ...]
@@ -43,6 +45,10 @@ class SupportSet:
     shots: tuple[int, ...]
     skipped: tuple[Skipped, ...] = ()
     empty_classes: tuple[str, ...] = ()
+    bank: ClassBank = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bank", ClassBank.from_nodes(list(self.nodes)))
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,11 @@ class Classifier:
         metric: Metric = "cosine",
         batch_size: int = 16,
         workers: int = 2,
+        shortlist: int = 0,
+        cache: FeatureCache | None = None,
     ) -> None:
+        self.shortlist = shortlist
+        self.cache = cache
         self.extractor = extractor
         self.prep = prep
         self.metric: Metric = metric
@@ -151,13 +161,35 @@ class Classifier:
             self.extractor, self.prep, paths, batch_size=self.batch_size, workers=self.workers, on_done=on_done
         )
 
+    def _support_features(
+        self, paths: list[Path], on_done: Callable[[int], None] | None
+    ) -> Iterator[Embedded]:
+        """Feature maps of support images: from the cache when it has them, else embedded (and stored)."""
+        if self.cache is None:
+            yield from self._embed(paths, on_done)
+            return
+        todo = []
+        for path in paths:
+            features = self.cache.get(path)
+            if features is None:
+                todo.append(path)
+            else:
+                yield Embedded(path, features)
+        if on_done and len(todo) < len(paths):
+            on_done(len(paths) - len(todo))
+        for item in self._embed(todo, on_done):
+            if item.features is not None:
+                self.cache.put(item.path, item.features)
+            yield item
+        self.cache.prune()
+
     def fit(self, folder: LabelledFolder, on_done: Callable[[int], None] | None = None) -> SupportSet:
         """Embed every support image; a class's nodes come from its mean feature map."""
         owner = {p: c.name for c in folder.classes for p in c.files}
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
         skipped: list[Skipped] = []
-        for item in self._embed(owner.keys(), on_done):
+        for item in self._support_features(list(owner), on_done):
             if item.features is None:
                 skipped.append(Skipped(item.path, item.error or "unreadable"))
                 continue
@@ -180,13 +212,31 @@ class Classifier:
             empty_classes=tuple(folder.empty) + tuple(lost),
         )
 
+    def shortlisted(self, support: SupportSet, q: Nodes) -> np.ndarray | None:
+        """Indices of the ``shortlist`` classes closest by global cosine, or None for all.
+
+        Global features are the mean nodes, centred on the support's mean (SimpleShot).
+        """
+        if not self.shortlist or len(support.classes) <= self.shortlist:
+            return None
+        means = support.bank.means.astype(np.float64)
+        centre = means.mean(axis=0)
+        protos = means - centre
+        protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+        g = q.mean.astype(np.float64) - centre
+        sims = protos @ (g / max(float(np.linalg.norm(g)), 1e-12))
+        return np.argsort(-sims, kind="stable")[: self.shortlist]
+
     def rank(self, support: SupportSet, features: np.ndarray) -> tuple[Ranked, ...]:
-        """Every class for one (C, H, W) feature map, best first."""
+        """The classes for one (C, H, W) feature map, best first: every class, or with a
+        shortlist only the shortlisted ones (the others have no EMD score)."""
         q = Nodes.from_feature_map(features)
-        scores = score_matrix([q], list(support.nodes), self.metric)[0]
-        conf = softmax_confidence(scores)
-        order = np.argsort(-scores, kind="stable")
-        return tuple(Ranked(support.classes[i], float(scores[i]), float(conf[i])) for i in order)
+        picked = self.shortlisted(support, q)
+        scores = support.bank.scores(q, self.metric, only=picked)
+        idx = np.arange(len(scores)) if picked is None else picked
+        conf = softmax_confidence(scores[idx])
+        order = np.argsort(-scores[idx], kind="stable")
+        return tuple(Ranked(support.classes[idx[i]], float(scores[idx[i]]), float(conf[i])) for i in order)
 
     def predict(
         self, support: SupportSet, paths: Iterable[Path], on_done: Callable[[int], None] | None = None

@@ -198,6 +198,12 @@ def _load_backbone(settings: Settings) -> Any:
     return Backbone(resolve_model_path(settings.model), device=settings.device)
 
 
+def _feature_cache(backbone: Any) -> Any:
+    from .cache import FeatureCache
+
+    return FeatureCache(f"{backbone.manifest.sha256}/{backbone.manifest.preprocess.key()}")
+
+
 def _progress(enabled: bool) -> Any:
     from rich.progress import (
         BarColumn,
@@ -285,6 +291,15 @@ def classify(
         typer.Option("--metric",
                      help="Node cost: cosine (1 - cos, as DeepEMD) or l2. [default: cosine]", show_default=False),
     ] = None,  # fmt: skip
+    shortlist: Annotated[
+        int | None,
+        typer.Option(
+            "--shortlist", min=0,
+            help="With more classes than this, match by EMD only the ones closest by global cosine "
+            "(others get no score). 0: match every class. [default: 10]",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
     model: ModelOpt = None,
     device: DeviceOpt = None,
     batch_size: Annotated[
@@ -294,6 +309,15 @@ def classify(
     workers: Annotated[
         int | None,
         typer.Option("--workers", min=1, help="Threads decoding images. [default: 2]", show_default=False),
+    ] = None,
+    cache: Annotated[
+        bool | None,
+        typer.Option(
+            "--cache/--no-cache",
+            help="Reuse support-image features from earlier runs (kept under $EMDCLI_CACHE_DIR or "
+            "~/.cache/emdcli, keyed by file content, model and preprocessing). [default: cache]",
+            show_default=False,
+        ),
     ] = None,
     progress: Annotated[
         bool | None,
@@ -324,7 +348,8 @@ def classify(
     settings = load_settings(
         config,
         {"format": fmt, "top_k": top_k, "metric": metric, "model": model, "device": device,
-         "batch_size": batch_size, "workers": workers, "progress": progress, "quiet": quiet},
+         "batch_size": batch_size, "workers": workers, "progress": progress, "quiet": quiet,
+         "shortlist": shortlist, "cache": cache},
     )  # fmt: skip
     quiet = settings.quiet
     fmt_used = _choose_format(settings.format, output)
@@ -355,7 +380,8 @@ def classify(
     backbone = _load_backbone(settings)
     clf = Classifier(
         backbone, backbone.manifest.preprocess, metric=settings.metric,  # type: ignore[arg-type]
-        batch_size=settings.batch_size, workers=settings.workers,
+        batch_size=settings.batch_size, workers=settings.workers, shortlist=settings.shortlist,
+        cache=_feature_cache(backbone) if settings.cache else None,
     )  # fmt: skip
     show_bars = settings.progress and not quiet and sys.stderr.isatty()
     started = time.perf_counter()

@@ -36,10 +36,14 @@ class Settings:
     workers: int = 2
     progress: bool = True
     quiet: bool = False
+    shortlist: int = 10
+    cache: bool = True
 
 
-_TYPES: dict[str, type] = {"top_k": int, "batch_size": int, "workers": int, "progress": bool, "quiet": bool}
-_MINIMUM = {"top_k": 1, "batch_size": 1, "workers": 1}
+_TYPES: dict[str, type] = {
+    "top_k": int, "batch_size": int, "workers": int, "progress": bool, "quiet": bool, "shortlist": int, "cache": bool,
+}  # fmt: skip
+_MINIMUM = {"top_k": 1, "batch_size": 1, "workers": 1, "shortlist": 0}
 
 
 def default_config_path() -> Path:

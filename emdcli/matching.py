@@ -132,6 +132,57 @@ def score_matrix(
     return out
 
 
+@dataclass(frozen=True)
+class ClassBank:
+    """Several node sets stacked for scoring one query against all of them at once.
+
+    unit: (K * m, C) float32, the classes' centred unit nodes one block after another.
+    raw: (K * m, C) float32 raw nodes; means: (K, C) float32 each class's mean node.
+    All classes must have the same node count m.
+    """
+
+    unit: np.ndarray
+    raw: np.ndarray
+    means: np.ndarray
+    nodes_per_class: int
+
+    @classmethod
+    def from_nodes(cls, classes: list[Nodes]) -> ClassBank:
+        counts = {c.count for c in classes}
+        if len(counts) != 1:
+            raise ValueError(f"every class needs the same number of nodes, got {sorted(counts)}")
+        return cls(
+            unit=np.ascontiguousarray(np.concatenate([c.unit for c in classes])),
+            raw=np.ascontiguousarray(np.concatenate([c.raw for c in classes])),
+            means=np.stack([c.mean for c in classes]),
+            nodes_per_class=counts.pop(),
+        )
+
+    @property
+    def size(self) -> int:
+        return int(self.means.shape[0])
+
+    def scores(self, query: Nodes, metric: Metric = "cosine", only: np.ndarray | None = None) -> np.ndarray:
+        """(K,) float64 EMD scores of ``query`` against every class (or NaN outside ``only``).
+
+        The same numbers as :func:`emd_score` class by class (cross-reference weights),
+        with the weights and cosines of all classes computed in two matrix products.
+        """
+        m = self.nodes_per_class
+        picked = np.arange(self.size) if only is None else np.asarray(only)
+        out = np.full(self.size, np.nan)
+        cos = np.clip((query.unit @ self.unit.T).astype(np.float64), -1.0, 1.0)  # (n, K*m)
+        wq = np.maximum(query.raw @ self.means.T, 0.0).astype(np.float64) + WEIGHT_EPS  # (n, K)
+        wc = np.maximum(self.raw @ query.mean, 0.0).astype(np.float64) + WEIGHT_EPS  # (K*m,)
+        for k in picked:
+            a = wq[:, k] / wq[:, k].sum()
+            b = wc[k * m : (k + 1) * m]
+            block = cos[:, k * m : (k + 1) * m]
+            cost = 1.0 - block if metric == "cosine" else np.sqrt(np.maximum(2.0 - 2.0 * block, 0.0))
+            out[k] = 1.0 - solve_emd(a, b / b.sum(), cost).cost
+        return out
+
+
 def softmax_confidence(scores: np.ndarray, temperature: float = TEMPERATURE) -> np.ndarray:
     """Softmax of ``temperature * scores`` over the last axis (same shape as ``scores``)."""
     z = temperature * np.asarray(scores, dtype=np.float64)

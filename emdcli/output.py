@@ -49,7 +49,7 @@ def record(pred: Prediction, classes: Sequence[str], top_k: int) -> dict[str, An
             {"class": r.label, "score": _round(r.score), "confidence": _round(r.confidence)}
             for r in pred.ranking[:top_k]
         ],
-        "scores": {c: _round(scores[c]) for c in classes if c in scores},
+        "scores": {c: _round(scores.get(c)) for c in classes},  # None: not on the shortlist
         "error": pred.error,
     }
 

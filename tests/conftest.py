@@ -96,8 +96,9 @@ def query_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No user config file leaks into a test."""
+    """No user config file or feature cache leaks into (or out of) a test."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("EMDCLI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("EMDCLI_CONFIG", raising=False)
     monkeypatch.delenv("EMDCLI_DEBUG", raising=False)
 

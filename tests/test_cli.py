@@ -327,3 +327,26 @@ def test_table_shows_rows_computed_before_a_failure(
     assert res.exit_code == 1
     assert "img_0.png" in res.stdout and "img_1.png" not in res.stdout
     assert "1 queries · 1 classified" in res.stdout
+
+
+def test_shortlist_scores_only_the_closest_classes(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    res = classify(tiny_model, support_dir, query_dir, "-f", "jsonl", "--shortlist", "2", "--top-k", "3")
+    assert res.exit_code == 0, res.output
+    for line in res.stdout.splitlines():
+        rec = json.loads(line)
+        assert rec["predicted"] == rec["true_label"]
+        assert len(rec["top"]) == 2  # only the shortlisted classes are ranked
+        assert sum(v is None for v in rec["scores"].values()) == 1
+    full = classify(tiny_model, support_dir, query_dir, "-f", "jsonl", "--shortlist", "0")
+    assert all(None not in json.loads(line)["scores"].values() for line in full.stdout.splitlines())
+
+
+def test_support_features_are_cached(tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path) -> None:
+    entries = lambda: sorted((tmp_path / "cache").rglob("*.npy"))  # noqa: E731
+    cold = classify(tiny_model, support_dir, query_dir, "-f", "csv", "--no-cache")
+    assert cold.exit_code == 0 and entries() == []
+    first = classify(tiny_model, support_dir, query_dir, "-f", "csv")
+    assert len(entries()) == 9  # one per support image
+    warm = classify(tiny_model, support_dir, query_dir, "-f", "csv")
+    assert first.stdout == warm.stdout == cold.stdout
+    assert len(entries()) == 9

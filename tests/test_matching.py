@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from emdcli.matching import (
+    ClassBank,
     WEIGHT_EPS,
     Nodes,
     cost_matrix,
@@ -97,3 +98,19 @@ def test_softmax_confidence_sums_to_one_and_keeps_order() -> None:
     assert conf.sum() == pytest.approx(1.0)
     assert list(np.argsort(-conf[0])) == [1, 2, 0]
     assert conf[0, 1] / conf[0, 2] == pytest.approx(np.exp(12.5 * 0.1))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_class_bank_scores_equal_pairwise_scores(metric: str) -> None:
+    query = Nodes.from_feature_map(random_map(10))
+    classes = [Nodes.from_feature_map(random_map(s)) for s in range(11, 15)]
+    bank = ClassBank.from_nodes(classes)
+    expected = score_matrix([query], classes, metric)[0]  # type: ignore[arg-type]
+    assert np.allclose(bank.scores(query, metric), expected, atol=1e-9)  # type: ignore[arg-type]
+    some = bank.scores(query, metric, only=np.array([2, 0]))  # type: ignore[arg-type]
+    assert np.isnan(some[[1, 3]]).all() and np.allclose(some[[0, 2]], expected[[0, 2]], atol=1e-9)
+
+
+def test_class_bank_needs_equal_node_counts() -> None:
+    with pytest.raises(ValueError, match="same number of nodes"):
+        ClassBank.from_nodes([Nodes.from_feature_map(random_map(0, h=2)), Nodes.from_feature_map(random_map(1))])

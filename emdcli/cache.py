@@ -1,0 +1,225 @@
+"""A feature cache on disk, so a second run on the same support set does not re-embed it.
+
+    cache = FeatureCache(f"{manifest.sha256}/{manifest.preprocess.key()}")
+    features = cache.get(path)            # (C, H, W) float32, or None on a miss
+    if features is None:
+        features = ...                    # embed the image
+        cache.put(path, features)
+    cache.prune()                         # once per run: keep the cache under max_bytes
+
+Entries are keyed by the sha256 of the image file's bytes (not its name) and live in
+``ROOT/features/NS/DIGEST.npy``, where NS is the first 16 hex digits of the sha256 of the
+namespace (the model and its preprocessing), so different models never share entries.
+Each entry is a plain ``.npy`` file of numbers only, written to a temporary file beside it
+and renamed into place, so readers never see a partial entry. The cache is only an
+optimisation: a damaged entry is a miss, and a failed write is counted, never raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: Default size limit of the whole cache (all namespaces), in bytes.
+DEFAULT_MAX_BYTES = 512 * 2**20
+#: ``prune`` deletes down to this fraction of ``max_bytes``, so it does not run on every call.
+PRUNE_TARGET = 0.9
+#: Temporary files older than this (s) are leftovers of a killed writer; ``prune`` removes them.
+STALE_TMP_SECONDS = 3600.0
+
+_ENTRY_SUFFIX = ".npy"
+_TMP_SUFFIX = ".tmp"
+_CHUNK = 1 << 20
+_MAX_MEMO = 4096
+
+
+def default_cache_dir() -> Path:
+    """``$EMDCLI_CACHE_DIR``, else ``$XDG_CACHE_HOME/emdcli``, else ``~/.cache/emdcli``."""
+    explicit = os.environ.get("EMDCLI_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "emdcli"
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the file's bytes as 64 hex digits, read in 1 MiB chunks. Raises OSError."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _remove(path: Path | str) -> bool:
+    """Delete ``path``; True if this call removed it, False if it was gone or undeletable."""
+    try:
+        os.remove(path)
+    except OSError:
+        return False
+    return True
+
+
+class FeatureCache:
+    """Feature maps on disk, keyed by image content, one folder per model and preprocessing.
+
+    namespace: any text that identifies the model and preprocessing, for example
+    ``f"{manifest.sha256}/{preprocess.key()}"``. root: the cache folder (default
+    ``default_cache_dir()``); nothing is created until the first ``put``. max_bytes: the
+    size limit in bytes of all entries under ``root/features`` (every namespace), kept by
+    ``prune``. Arrays go in and come out as float32 of any shape, typically (C, H, W).
+
+    Counters: ``hits`` and ``misses`` (``get`` calls), ``write_errors`` (``put`` calls that
+    stored nothing because of an OSError). Safe to share between threads and processes.
+    """
+
+    def __init__(self, namespace: str, root: Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.namespace = namespace
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.max_bytes = int(max_bytes)
+        self.folder = self.root / "features" / hashlib.sha256(namespace.encode("utf-8")).hexdigest()[:16]
+        self.hits = 0
+        self.misses = 0
+        self.write_errors = 0
+        self._digests: dict[tuple[str, int, int], str] = {}
+        self._lock = threading.Lock()
+
+    def entry_path(self, digest: str) -> Path:
+        """Where the entry for a file whose sha256 is ``digest`` lives."""
+        return self.folder / f"{digest}{_ENTRY_SUFFIX}"
+
+    def _digest(self, path: Path) -> str:
+        """``file_digest(path)``, remembered per (path, size, mtime_ns). Raises OSError."""
+        st = os.stat(path)
+        key = (os.fspath(path), st.st_size, st.st_mtime_ns)
+        known = self._digests.get(key)
+        if known is not None:
+            return known
+        digest = file_digest(path)
+        with self._lock:
+            if len(self._digests) >= _MAX_MEMO:
+                self._digests.clear()
+            self._digests[key] = digest
+        return digest
+
+    def get(self, path: Path) -> np.ndarray | None:
+        """The cached float32 array for the image file ``path``, or None on a miss.
+
+        A missing, corrupt, truncated or unreadable entry is a miss (a damaged one is
+        deleted if possible), as is an image file that cannot be read. A hit refreshes
+        the entry's mtime, which ``prune`` uses as its last-use time.
+        """
+        arr = self._load(path)
+        with self._lock:
+            if arr is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+        return arr
+
+    def _load(self, path: Path) -> np.ndarray | None:
+        try:
+            entry = self.entry_path(self._digest(path))
+        except OSError:
+            return None
+        try:
+            with open(entry, "rb") as fh:
+                arr = np.load(fh, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except Exception:  # a damaged entry may raise anything from OSError to ValueError
+            _remove(entry)
+            return None
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.float32:
+            _remove(entry)  # put only ever writes float32 arrays
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(entry)
+        return arr
+
+    def put(self, path: Path, features: np.ndarray) -> None:
+        """Store ``features`` (cast to float32) for the image file ``path``.
+
+        Atomic: the array is written to a temporary file in the entry's folder and
+        renamed over the entry, so concurrent writers are safe (the last one wins) and
+        readers never see a partial file. An OSError (read-only or full disk, unreadable
+        image) stores nothing and increments ``write_errors`` instead of raising.
+        """
+        arr = np.ascontiguousarray(features, dtype=np.float32)
+        tmp: str | None = None
+        try:
+            entry = self.entry_path(self._digest(path))
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.stem}.", suffix=_TMP_SUFFIX)
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, arr, allow_pickle=False)
+            os.replace(tmp, entry)
+            tmp = None
+        except OSError:
+            with self._lock:
+                self.write_errors += 1
+        finally:
+            if tmp is not None:
+                _remove(tmp)
+
+    def prune(self) -> int:
+        """Keep the whole cache (every namespace under ``root/features``) within ``max_bytes``.
+
+        If the entries total more than ``max_bytes`` bytes, delete the least recently used
+        (oldest mtime) until they total at most 90% of it. Returns the number of entries
+        this call deleted. Entries that vanish meanwhile (another process pruned them) are
+        skipped; temporary files left by killed writers over an hour ago are also removed.
+        """
+        entries: list[tuple[int, int, str]] = []  # (mtime_ns, size in bytes, path)
+        stale_before = time.time_ns() - int(STALE_TMP_SECONDS * 1e9)
+        try:
+            namespaces = [d.path for d in os.scandir(self.root / "features") if d.is_dir(follow_symlinks=False)]
+        except OSError:
+            return 0
+        for folder in namespaces:
+            try:
+                listing = list(os.scandir(folder))
+            except OSError:
+                continue
+            for item in listing:
+                try:
+                    if not item.is_file(follow_symlinks=False):
+                        continue
+                    st = item.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if item.name.endswith(_ENTRY_SUFFIX):
+                    entries.append((st.st_mtime_ns, st.st_size, item.path))
+                elif item.name.endswith(_TMP_SUFFIX) and st.st_mtime_ns < stale_before:
+                    _remove(item.path)
+        total = sum(size for _, size, _ in entries)
+        if total <= self.max_bytes:
+            return 0
+        target = PRUNE_TARGET * self.max_bytes
+        removed = 0
+        for _, size, entry in sorted(entries):
+            if total <= target:
+                break
+            try:
+                os.remove(entry)
+            except FileNotFoundError:
+                total -= size  # another process got there first: the space is free all the same
+                continue
+            except OSError:
+                continue
+            total -= size
+            removed += 1
+        return removed
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureCache({str(self.folder)!r}, hits={self.hits}, misses={self.misses}, "
+            f"write_errors={self.write_errors})"
+        )
