@@ -6,15 +6,12 @@ The library is importable without side effects and prints nothing:
 - :mod:`emdcli.folders`, :mod:`emdcli.images`: reading labelled folders and images
 - :mod:`emdcli.matching`, :mod:`emdcli.transport`: DeepEMD node matching, exact EMD
 - :mod:`emdcli.classify`: support sets, predictions
+- :mod:`emdcli.cache`: the support-feature cache
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("emdcli")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+#: The package version (the single source: pyproject.toml reads it from here).
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
+#: Bumped whenever the decoding or resizing code changes its output, so that cached
+#: features computed by an older version are not reused.
+PREPROCESS_VERSION = 2
 #: Transparent pixels are composited onto this colour (clip-art convention: white paper).
 BACKGROUND = (255, 255, 255)
 
@@ -85,7 +88,7 @@ class Preprocess:
 
     def key(self) -> str:
         """A short text that identifies this preprocessing (for caches and manifests)."""
-        return f"{self.size}/{self.resize}/{self.mean}/{self.std}"
+        return f"v{PREPROCESS_VERSION}/{self.size}/{self.resize}/{self.mean}/{self.std}"
 
 
 def _open_rgb(path: Path, size: int) -> PILImage:
@@ -122,14 +125,11 @@ def load_image(path: Path, prep: Preprocess) -> np.ndarray:
         w, h = img.size
         if w < 1 or h < 1:
             raise ImageError(f"{path}: image has no pixels")
-        if prep.resize == "crop":
-            scale = prep.size / min(w, h)
-            nw, nh = max(prep.size, round(w * scale)), max(prep.size, round(h * scale))
-            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-            left, top = (nw - prep.size) // 2, (nh - prep.size) // 2
-            img = img.crop((left, top, left + prep.size, top + prep.size))
-        else:
-            img = img.resize((prep.size, prep.size), Image.Resampling.BICUBIC)
+        box = (0.0, 0.0, float(w), float(h))
+        if prep.resize == "crop":  # the centre square, resampled in one pass
+            side = min(w, h)
+            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        img = img.resize((prep.size, prep.size), Image.Resampling.BICUBIC, box=box)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -141,7 +141,8 @@ def load_image(path: Path, prep: Preprocess) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise ImageError(f"{path}: cannot read image ({reason})") from None
-    pixels = np.asarray(img, dtype=np.float32) / np.float32(255.0)
-    mean = np.asarray(prep.mean, dtype=np.float32)
     std = np.asarray(prep.std, dtype=np.float32)
-    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+    pixels = np.asarray(img, dtype=np.float32)  # (size, size, 3), 0..255
+    pixels *= 1.0 / (255.0 * std)
+    pixels -= np.asarray(prep.mean, dtype=np.float32) / std
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
