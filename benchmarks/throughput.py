@@ -179,6 +179,24 @@ def main() -> int:
         print(f"| {len(chosen)} classes | {k or 'none (exhaustive)'} | {1000 * r['wall'] / len(icon_queries):.1f} "
               f"| {r['wall'] / base['wall']:.2f} | {r.get('emd', 0) / r['wall']:.0%} | {r['acc']:.1%} |", flush=True)
 
+    # 4. The support stage, cold and warm (feature cache in a fresh folder).
+    from emdcli.cache import FeatureCache
+
+    print(f"\n## 4. Support stage, {sum(len(v) for v in big_support.values())} icon images "
+          f"({len(big_support)} classes x 5), feature cache")
+    print("| run | seconds | speed-up |")
+    print("|---|---|---|")
+    with tempfile.TemporaryDirectory() as cache_root:
+        namespace = f"{backbone.manifest.sha256}/{backbone.manifest.preprocess.key()}"
+        times = []
+        for label in ("cold (empty cache)", "warm (same support again)"):
+            clf = Classifier(backbone, backbone.manifest.preprocess, batch_size=args.batch_size,
+                             cache=FeatureCache(namespace, root=Path(cache_root)))  # fmt: skip
+            t0 = time.perf_counter()
+            clf.fit(folder_of(big_support))
+            times.append(time.perf_counter() - t0)
+            print(f"| {label} | {times[-1]:.2f} | {times[0] / times[-1]:.1f}x |", flush=True)
+
     # 5. Start-up and memory.
     exe = shutil.which("emdcli") or sys.exit("emdcli is not on PATH")
     help_s = timed_cmd([exe, "--help"])

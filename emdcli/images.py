@@ -95,12 +95,13 @@ def _open_rgb(path: Path, size: int) -> PILImage:
     from PIL import Image, ImageOps
 
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data": the pixels still decode
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        opened = Image.open(path)
-        if opened.format == "JPEG":
-            opened.draft("RGB", (size, size))  # decode large JPEGs at reduced scale
-        img: PILImage = ImageOps.exif_transpose(opened)
-        img.load()
+        with Image.open(path) as opened:  # closed even when decoding fails
+            if opened.format == "JPEG":
+                opened.draft("RGB", (size, size))  # decode large JPEGs at reduced scale
+            img: PILImage = ImageOps.exif_transpose(opened)
+            img.load()
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
@@ -141,6 +142,8 @@ def load_image(path: Path, prep: Preprocess) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise ImageError(f"{path}: cannot read image ({reason})") from None
+    except Exception as exc:  # Pillow's decoders and EXIF parser raise many other types on bad bytes
+        raise ImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
     std = np.asarray(prep.std, dtype=np.float32)
     pixels = np.asarray(img, dtype=np.float32)  # (size, size, 3), 0..255
     pixels *= 1.0 / (255.0 * std)

@@ -26,9 +26,16 @@ _SOLVER_PROBLEMS = {
     2: "Problem unbounded",
     3: "numItermax reached before optimality. Try to increase numItermax.",
 }
-#: Costs larger than this in magnitude are scaled down (by a power of two) before the solve: the
-#: simplex prices its artificial arcs at about (largest cost + 1) x node count, which must stay finite.
+#: Costs whose largest magnitude lies outside [COST_SCALE_BELOW, COST_SCALE_ABOVE] are scaled (by a
+#: power of two) into [0.5, 1) before the solve: the simplex prices its artificial arcs at (largest
+#: cost + 1) x node count, which must stay finite, and compares reduced costs with a tolerance
+#: relative to that price, so costs much smaller than 1 would look alike.
+COST_SCALE_BELOW = 2.0**-4
 COST_SCALE_ABOVE = 1e250
+#: Total masses larger than this are scaled down (by a power of two) into [0.5, 1) before the solve:
+#: the simplex checks that supplies and demands balance to an *absolute* tolerance (about 1e-14), which
+#: rounding breaks on large masses (it then reports a feasible problem infeasible).
+MASS_SCALE_ABOVE = 1.0
 
 # emdcli hands POT numpy arrays only. Without these, ``import ot`` also imports torch,
 # jax, cupy or tensorflow when they are installed (about 5 s for torch on 2 cores).
@@ -100,14 +107,21 @@ def solve_emd(a: object, b: object, cost: object) -> TransportPlan:
         raise TransportError(f"the two sides carry different mass ({sa:.9g} vs {sb:.9g})")
     # Make the masses equal to machine precision, as the simplex requires.
     b_arr = b_arr * (sa / sb)
+    # Zero weights need no care here: POT's wrapper leaves their nodes out of the graph and
+    # returns zero rows and columns for them.
+    mass_exp = int(np.frexp(sa)[1]) if sa > MASS_SCALE_ABOVE else 0
+    if mass_exp:  # exact, barring underflow of weights ~1e-308 times smaller than the mass
+        a_arr, b_arr = np.ldexp(a_arr, -mass_exp), np.ldexp(b_arr, -mass_exp)
     m_arr = np.ascontiguousarray(m_arr)
     m_solve = _solver_costs(m_arr)
     flow, total, _u, _v, code = emd_c(a_arr, b_arr, m_solve, MAX_ITER, 1)
     if code != _OPTIMAL:
         problem = _SOLVER_PROBLEMS.get(code, f"unknown result code {code}")
         raise TransportError(f"EMD solver did not reach the optimum: {problem.strip()}")
-    if m_solve is not m_arr:  # price the optimal flow with the costs as given
-        with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
+        if mass_exp:
+            flow = np.ldexp(flow, mass_exp)
+        if mass_exp or m_solve is not m_arr:  # price the flow with the masses and costs as given
             total = np.sum(flow * m_arr)
     if not (np.isfinite(total) and np.all(np.isfinite(flow))):
         raise TransportError("the transport cost is too large for float64")
@@ -118,18 +132,20 @@ def _solver_costs(m_arr: np.ndarray) -> np.ndarray:
     """The (n, m) costs handed to the simplex: ``m_arr`` itself, or an equivalent that it solves reliably.
 
     POT's network simplex assumes costs >= 0 (with negative ones it can report a feasible
-    problem infeasible) and overflows on huge ones. Every feasible flow moves the same total
-    mass, so adding a constant to all costs leaves the optimal flows unchanged, and so does
-    scaling by a positive constant (a power of two: exact). Costs already in [0, COST_SCALE_ABOVE]
-    are returned as they are.
+    problem infeasible), overflows on huge ones and cannot tell tiny ones apart. Every feasible
+    flow moves the same total mass, so adding a constant to all costs leaves the optimal flows
+    unchanged, and so does scaling by a positive constant (a power of two: exact). Costs already
+    in [0, COST_SCALE_ABOVE] with a largest one of at least COST_SCALE_BELOW (or all zero) are
+    returned as they are.
     """
     span = float(np.max(np.abs(m_arr)))
     lowest = float(m_arr.min())
-    if span <= COST_SCALE_ABOVE and lowest >= 0:
+    rescale = span > COST_SCALE_ABOVE or 0 < span < COST_SCALE_BELOW
+    if not rescale and lowest >= 0:
         return m_arr
     shifted = m_arr
-    if span > COST_SCALE_ABOVE:
-        shifted = np.ldexp(shifted, -int(np.frexp(span)[1]))  # into [-1, 1]
+    if rescale:
+        shifted = np.ldexp(shifted, -int(np.frexp(span)[1]))  # largest magnitude into [0.5, 1)
         lowest = float(shifted.min())
     if lowest < 0:
         shifted = shifted - lowest

@@ -99,3 +99,21 @@ def test_query_expansion_is_lazy_and_checks_paths(tmp_path: Path) -> None:
         next(gen)
     with pytest.raises(DatasetError, match="no standard input"):
         next(iter_query_paths(["-"], None))
+
+
+def test_corrupt_exif_is_our_error_or_ignored(tmp_path: Path) -> None:
+    """Found by fuzzing: a damaged EXIF tag type made Pillow raise struct.error."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "emdcli"
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG", exif=exif.tobytes())
+    for value in range(256):
+        data = bytearray(buf.getvalue())
+        data[41] = value
+        path = tmp_path / f"exif_{value}.jpg"
+        path.write_bytes(bytes(data))
+        try:
+            assert load_image(path, PREP).shape == (3, 16, 16)
+        except ImageError as exc:
+            assert exc.message.startswith(str(path))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from emdcli.matching import (
-    ClassBank,
     WEIGHT_EPS,
+    ClassBank,
     Nodes,
     cost_matrix,
     cross_reference_weights,

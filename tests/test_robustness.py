@@ -256,4 +256,6 @@ def test_closed_stdout_stops_quietly(tiny_model: Path, support_dir: Path, query_
     json.loads(proc.stdout.readline())  # like `| head -1`
     proc.stdout.close()
     assert proc.wait(60) == 141
-    assert proc.stderr.read() == b""
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert err == b""
