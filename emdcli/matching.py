@@ -20,7 +20,8 @@ from typing import Literal
 
 import numpy as np
 
-from .transport import solve_emd
+from .errors import TransportError
+from .transport import emd_cost_trusted, solve_emd
 
 Metric = Literal["cosine", "l2"]
 METRICS: tuple[str, ...] = ("cosine", "l2")
@@ -174,12 +175,14 @@ class ClassBank:
         cos = np.clip((query.unit @ self.unit.T).astype(np.float64), -1.0, 1.0)  # (n, K*m)
         wq = np.maximum(query.raw @ self.means.T, 0.0).astype(np.float64) + WEIGHT_EPS  # (n, K)
         wc = np.maximum(self.raw @ query.mean, 0.0).astype(np.float64) + WEIGHT_EPS  # (K*m,)
+        if not (np.isfinite(cos).all() and np.isfinite(wq).all() and np.isfinite(wc).all()):
+            raise TransportError("the features hold NaN or infinite values; the model output is broken")
+        wq /= wq.sum(axis=0)
+        costs = 1.0 - cos if metric == "cosine" else np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
         for k in picked:
-            a = wq[:, k] / wq[:, k].sum()
             b = wc[k * m : (k + 1) * m]
-            block = cos[:, k * m : (k + 1) * m]
-            cost = 1.0 - block if metric == "cosine" else np.sqrt(np.maximum(2.0 - 2.0 * block, 0.0))
-            out[k] = 1.0 - solve_emd(a, b / b.sum(), cost).cost
+            cost = np.ascontiguousarray(costs[:, k * m : (k + 1) * m])
+            out[k] = 1.0 - emd_cost_trusted(np.ascontiguousarray(wq[:, k]), b / b.sum(), cost)
         return out
 
 

@@ -114,3 +114,13 @@ def test_class_bank_scores_equal_pairwise_scores(metric: str) -> None:
 def test_class_bank_needs_equal_node_counts() -> None:
     with pytest.raises(ValueError, match="same number of nodes"):
         ClassBank.from_nodes([Nodes.from_feature_map(random_map(0, h=2)), Nodes.from_feature_map(random_map(1))])
+
+
+def test_broken_features_are_refused_not_scored() -> None:
+    from emdcli.errors import TransportError
+
+    bad = random_map(0)
+    bad[0, 0, 0] = np.nan
+    bank = ClassBank.from_nodes([Nodes.from_feature_map(random_map(1)), Nodes.from_feature_map(random_map(2))])
+    with pytest.raises(TransportError, match="NaN or infinite"):
+        bank.scores(Nodes.from_feature_map(bad))

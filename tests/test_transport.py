@@ -79,3 +79,14 @@ def test_masses_that_differ_by_rounding_are_accepted() -> None:
 def test_malformed_problems_raise_our_error(a: list, b: list, cost: list, message: str) -> None:
     with pytest.raises(TransportError, match=message):
         solve_emd(a, b, cost)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_trusted_hot_path_agrees_with_the_checked_solver(seed: int) -> None:
+    from emdcli.transport import emd_cost_trusted
+
+    rng = np.random.default_rng(seed)
+    a, b = rng.random(7) + 0.01, rng.random(5) + 0.01
+    a, b = a / a.sum(), b / b.sum()
+    cost = np.ascontiguousarray(rng.random((7, 5)) * 2)
+    assert emd_cost_trusted(a, b, cost) == pytest.approx(solve_emd(a, b, cost).cost, abs=1e-12)
