@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from emdcli.images import iter_image_files, load_image  # noqa: E402
 from emdcli.matching import Nodes, cost_matrix, cross_reference_weights  # noqa: E402
 from emdcli.model import Backbone, resolve_model_path  # noqa: E402
-from emdcli.transport import MAX_ITER, solve_emd  # noqa: E402
+from emdcli.transport import MAX_ITER, emd_cost_trusted, solve_emd  # noqa: E402
 
 
 def problems(data: Path, name: str, count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -53,7 +53,8 @@ def solvers() -> dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]
     found: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]] = {
         "POT ot.emd2 (public API)": lambda a, b, m: float(ot.emd2(a, b, m)),
         "POT emd_c (low-level, as emdcli)": lambda a, b, m: float(emd_c(a, b, m, MAX_ITER, 1)[1]),
-        "emdcli solve_emd (emd_c + checks)": lambda a, b, m: solve_emd(a, b, m).cost,
+        "emdcli solve_emd (emd_c + checks, for untrusted input)": lambda a, b, m: solve_emd(a, b, m).cost,
+        "emdcli emd_cost_trusted (classify's hot path)": emd_cost_trusted,
     }
     try:
         import cv2

@@ -144,7 +144,7 @@ class Classifier:
         *,
         metric: Metric = "cosine",
         batch_size: int = 16,
-        workers: int = 2,
+        workers: int = 1,
         shortlist: int = 0,
         cache: FeatureCache | None = None,
     ) -> None:

@@ -308,7 +308,8 @@ def classify(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", min=1, help="Threads decoding images. [default: 2]", show_default=False),
+        typer.Option("--workers", min=1, help="Threads decoding images while the backbone runs. [default: 1]",
+                     show_default=False),
     ] = None,
     cache: Annotated[
         bool | None,

@@ -33,7 +33,7 @@ class Settings:
     format: str | None = None
     top_k: int = 2
     batch_size: int = 16
-    workers: int = 2
+    workers: int = 1
     progress: bool = True
     quiet: bool = False
     shortlist: int = 10

@@ -47,7 +47,7 @@ def embed_paths(
     paths: Iterable[Path],
     *,
     batch_size: int = 16,
-    workers: int = 2,
+    workers: int = 1,
     on_done: Callable[[int], None] | None = None,
 ) -> Iterator[Embedded]:
     """Feature maps for ``paths``, in input order, read lazily (``paths`` may be a stream).
