@@ -196,6 +196,9 @@ class Backbone:
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # Idle inference threads would otherwise spin after each batch, taking the CPU that
+        # decoding and matching need between batches.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = threads
         try:
