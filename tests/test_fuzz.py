@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, assume, event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
-from scipy.optimize import linprog
 
 from emdcli.errors import ImageError, TransportError
 from emdcli.images import Preprocess, load_image
 from emdcli.transport import solve_emd
+from tests.test_transport import lp_emd
 
 # --------------------------------------------------------------------------- transport
 
@@ -44,19 +44,6 @@ MODERATE_WEIGHT = st.one_of(st.just(0.0), st.floats(1e-2, 1e2))
 MODERATE_COST = st.one_of(st.just(0.0), st.floats(1e-3, 1e3), st.floats(-1e3, -1e-3))
 #: The LP comparison needs every non-zero weight to be at least this fraction of its side's mass.
 LP_MIN_WEIGHT = 1e-6
-
-
-def lp_optimum(a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> float:
-    """The transportation LP ``min <flow, cost>`` (a: (n,), b: (m,), cost: (n, m)) by scipy's HiGHS."""
-    n, m = cost.shape
-    rows = np.zeros((n + m, n * m))
-    for i in range(n):
-        rows[i, i * m : (i + 1) * m] = 1.0
-    for j in range(m):
-        rows[n + j, j::m] = 1.0
-    res = linprog(cost.ravel(), A_eq=rows, b_eq=np.concatenate([a, b]), bounds=(0, None), method="highs")
-    assert res.status == 0, res.message
-    return float(res.fun)
 
 
 def max_abs(x: np.ndarray) -> float:
@@ -128,7 +115,7 @@ def check_plan(a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> str | None:
     if lp_checkable(a, b, cost):
         # Compare on the normalised problem: the 1e-6 tolerance is relative to mass x largest |cost|.
         cmax = max_abs(cost) or 1.0
-        expected = lp_optimum(a / a.sum(), b / b.sum(), cost / cmax)
+        expected = lp_emd(a / a.sum(), b / b.sum(), cost / cmax)
         event("checked against the LP")
         assert plan.cost / mass / cmax == pytest.approx(expected, rel=1e-6, abs=1e-6)
     return None
