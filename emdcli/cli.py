@@ -500,11 +500,12 @@ def info(
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json.")] = "table",
     config: ConfigOpt = None,
 ) -> None:
-    """Show the model in use (source, licence, sha256 check), execution providers and config."""
+    """Show the model in use (source, licence, sha256 check), execution providers, config and cache."""
     import json
 
     import onnxruntime as ort
 
+    from .cache import default_cache_dir
     from .model import available_providers
 
     settings = load_settings(config, {"model": model, "device": device})
@@ -527,6 +528,7 @@ def info(
         "providers_available": available_providers(),
         "providers_used": backbone.active_providers,
         "config": f"{cfg} ({'found' if cfg.is_file() else 'not found'})",
+        "feature_cache": str(default_cache_dir()),
     }
     if fmt == "json":
         typer.echo(json.dumps(data, indent=2))

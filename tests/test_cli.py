@@ -237,6 +237,7 @@ def test_info_reports_model_and_providers(tiny_model: Path) -> None:
     assert data["model"] == "tiny" and data["sha256_verified"] is True
     assert "CPUExecutionProvider" in data["providers_available"]
     assert data["feature_map"] == "8 x 4 x 4 (16 nodes)"
+    assert data["feature_cache"].endswith("cache")  # EMDCLI_CACHE_DIR, set by conftest
     res = run("info", "--model", tiny_model)
     assert res.exit_code == 0 and "licence" in res.stdout
 
