@@ -100,7 +100,8 @@ def _open_rgb(path: Path, size: int) -> PILImage:
         with Image.open(path) as opened:  # closed even when decoding fails
             if opened.format == "JPEG":
                 opened.draft("RGB", (size, size))  # decode large JPEGs at reduced scale
-            img: PILImage = ImageOps.exif_transpose(opened)
+            upright = opened.getexif().get(0x0112, 1) in (0, 1)  # EXIF orientation: already upright
+            img: PILImage = opened if upright else ImageOps.exif_transpose(opened)
             img.load()
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
