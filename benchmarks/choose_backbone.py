@@ -140,7 +140,14 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sets", default="", help="comma-separated subset of set names")
+    ap.add_argument(
+        "--config", action="append", default=[], metavar="VARIANT:SIZE:RESIZE:LAYER",
+        help="measure only these candidates (repeatable), e.g. lite0:224:crop:blocks.6",
+    )  # fmt: skip
     args = ap.parse_args()
+    configs = CONFIGS
+    if args.config:
+        configs = [(v, int(s), r, [layer]) for v, s, r, layer in (c.split(":") for c in args.config)]
     sets = read_sets(args.data)
     if args.sets:
         sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
@@ -151,7 +158,7 @@ def main() -> int:
     }
     rows = []
     means: dict[tuple, dict[int, list[tuple[float, float]]]] = {}
-    for variant, size, resize, layers in CONFIGS:
+    for variant, size, resize, layers in configs:
         prep = Preprocess(size=size, resize=resize)
         model = efficientnet_lite(variant)
         with tempfile.TemporaryDirectory() as tmp:

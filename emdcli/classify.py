@@ -114,7 +114,6 @@ class Tally:
     errors: int = 0
     labelled: int = 0
     correct: int = 0
-    per_class: dict[str, list[int]] = field(default_factory=dict)  # label -> [correct, labelled]
 
     def add(self, pred: Prediction) -> None:
         self.total += 1
@@ -122,12 +121,9 @@ class Tally:
             self.errors += 1
             return
         self.ok += 1
-        if pred.correct is not None and pred.true_label is not None:
+        if pred.correct is not None:
             self.labelled += 1
             self.correct += int(pred.correct)
-            cell = self.per_class.setdefault(pred.true_label, [0, 0])
-            cell[0] += int(pred.correct)
-            cell[1] += 1
 
     @property
     def accuracy(self) -> float | None:
