@@ -195,20 +195,25 @@ def test_output_file_is_complete_and_stdout_empty(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".preds")] == []
 
 
-def test_failure_midway_never_leaves_a_half_written_output(
-    tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def crash_after(monkeypatch: pytest.MonkeyPatch, rows: int, message: str) -> None:
+    """Make Classifier.predict raise RuntimeError(message) after yielding ``rows`` predictions."""
     from emdcli import classify as classify_module
 
     real = classify_module.Classifier.predict
 
-    def two_then_crash(self, support, paths, on_done=None):  # type: ignore[no-untyped-def]
+    def crashing(self, support, paths, on_done=None):  # type: ignore[no-untyped-def]
         for i, pred in enumerate(real(self, support, paths, on_done)):
-            if i == 2:
-                raise RuntimeError("disk on fire")
+            if i == rows:
+                raise RuntimeError(message)
             yield pred
 
-    monkeypatch.setattr(classify_module.Classifier, "predict", two_then_crash)
+    monkeypatch.setattr(classify_module.Classifier, "predict", crashing)
+
+
+def test_failure_midway_never_leaves_a_half_written_output(
+    tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crash_after(monkeypatch, 2, "disk on fire")
     out = tmp_path / "preds.json"
     res = classify(tiny_model, support_dir, query_dir, "--output", out)
     assert res.exit_code == 1
@@ -313,17 +318,7 @@ def test_quiet_silences_stderr(tiny_model: Path, support_dir: Path, query_dir: P
 def test_table_shows_rows_computed_before_a_failure(
     tiny_model: Path, support_dir: Path, query_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from emdcli import classify as classify_module
-
-    real = classify_module.Classifier.predict
-
-    def one_then_crash(self, support, paths, on_done=None):  # type: ignore[no-untyped-def]
-        for i, pred in enumerate(real(self, support, paths, on_done)):
-            if i == 1:
-                raise RuntimeError("boom")
-            yield pred
-
-    monkeypatch.setattr(classify_module.Classifier, "predict", one_then_crash)
+    crash_after(monkeypatch, 1, "boom")
     res = classify(tiny_model, support_dir, query_dir, "-f", "table")
     assert res.exit_code == 1
     assert "img_0.png" in res.stdout and "img_1.png" not in res.stdout
