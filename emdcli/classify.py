@@ -215,12 +215,8 @@ class Classifier:
         """
         if not self.shortlist or len(support.classes) <= self.shortlist:
             return None
-        means = support.bank.means.astype(np.float64)
-        centre = means.mean(axis=0)
-        protos = means - centre
-        protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
-        g = q.mean.astype(np.float64) - centre
-        sims = protos @ (g / max(float(np.linalg.norm(g)), 1e-12))
+        g = q.mean.astype(np.float64) - support.bank.centre
+        sims = support.bank.prototypes @ (g / max(float(np.linalg.norm(g)), 1e-12))
         return np.argsort(-sims, kind="stable")[: self.shortlist]
 
     def rank(self, support: SupportSet, features: np.ndarray) -> tuple[Ranked, ...]:

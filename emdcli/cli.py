@@ -388,7 +388,7 @@ def classify(
     started = time.perf_counter()
     with _progress(show_bars) as bars:
         task = bars.add_task("Support", total=folder.image_count)
-        support_set = clf.fit(folder, on_done=lambda n: bars.advance(task, n))
+        support_set = clf.fit(folder, on_done=bars_advance(bars, task))
         bars.remove_task(task)
     for skip in support_set.skipped:
         say(f"skipped support image {skip.reason}")
