@@ -60,6 +60,13 @@ class Ranked:
     confidence: float
 
 
+def ranking_from_scores(labels: list[str], scores: np.ndarray) -> tuple[Ranked, ...]:
+    """``labels`` with their (len(labels),) scores, best first, with softmax confidences."""
+    conf = softmax_confidence(scores)
+    order = np.argsort(-scores, kind="stable")
+    return tuple(Ranked(labels[i], float(scores[i]), float(conf[i])) for i in order)
+
+
 @dataclass(frozen=True)
 class Prediction:
     """The outcome for one query image.
@@ -226,9 +233,7 @@ class Classifier:
         picked = self.shortlisted(support, q)
         scores = support.bank.scores(q, self.metric, only=picked)
         idx = np.arange(len(scores)) if picked is None else picked
-        conf = softmax_confidence(scores[idx])
-        order = np.argsort(-scores[idx], kind="stable")
-        return tuple(Ranked(support.classes[idx[i]], float(scores[idx[i]]), float(conf[i])) for i in order)
+        return ranking_from_scores([support.classes[i] for i in idx], scores[idx])
 
     def predict(
         self, support: SupportSet, paths: Iterable[Path], on_done: Callable[[int], None] | None = None

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .classify import Prediction, Ranked
+from .classify import Prediction, Ranked, ranking_from_scores
 from .errors import DatasetError
 
 SCORE_DIGITS = 6
@@ -80,14 +80,10 @@ def prediction_from_record(rec: dict[str, Any]) -> Prediction:
     """Rebuild a Prediction from a record written by :func:`record` (for ``--resume``)."""
     import numpy as np
 
-    from .matching import softmax_confidence
-
     scores = {str(c): float(v) for c, v in (rec.get("scores") or {}).items() if v is not None}
     ranking: tuple[Ranked, ...] = ()
     if rec.get("status") == "ok" and scores:
-        labels = sorted(scores, key=lambda c: -scores[c])
-        conf = softmax_confidence(np.array([scores[c] for c in labels]))
-        ranking = tuple(Ranked(c, scores[c], float(p)) for c, p in zip(labels, conf, strict=True))
+        ranking = ranking_from_scores(list(scores), np.array(list(scores.values())))
     status = "ok" if ranking else "error"
     error = rec.get("error") or (None if ranking else "no scores in the earlier output")
     return Prediction(Path(str(rec["path"])), status, ranking, rec.get("true_label") or None, error)
