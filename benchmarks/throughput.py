@@ -133,9 +133,7 @@ def timed_cmd(args: list[str], repeat: int = 5) -> float:
 
 def peak_rss_mb(args: list[str], stdin: str) -> float:
     """Peak resident memory (MB) of one command, read from GNU time."""
-    res = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", *args], input=stdin, text=True, capture_output=True, check=True
-    )
+    res = subprocess.run(["/usr/bin/time", "-f", "%M", *args], input=stdin, text=True, capture_output=True, check=True)
     return int(res.stderr.strip().splitlines()[-1]) / 1024
 
 
@@ -172,18 +170,25 @@ def main() -> int:
     print(f"\n## 3. {len(chosen)}-class support (icons, 5 shots), {len(icon_queries)} icon queries")
     print("| support | shortlist | ms per query | ratio to 5 classes | EMD share | accuracy |")
     print("|---|---|---|---|---|---|")
-    print(f"| 5 classes | - | {1000 * base['wall'] / len(icon_queries):.1f} | 1.00 | "
-          f"{base.get('emd', 0) / base['wall']:.0%} | - |")
+    print(
+        f"| 5 classes | - | {1000 * base['wall'] / len(icon_queries):.1f} | 1.00 | "
+        f"{base.get('emd', 0) / base['wall']:.0%} | - |"
+    )
     for k in (0, 5, 10, 20):
         r = run_classify(backbone, folder_of(big_support), icon_queries, batch_size=args.batch_size, shortlist=k)
-        print(f"| {len(chosen)} classes | {k or 'none (exhaustive)'} | {1000 * r['wall'] / len(icon_queries):.1f} "
-              f"| {r['wall'] / base['wall']:.2f} | {r.get('emd', 0) / r['wall']:.0%} | {r['acc']:.1%} |", flush=True)
+        print(
+            f"| {len(chosen)} classes | {k or 'none (exhaustive)'} | {1000 * r['wall'] / len(icon_queries):.1f} "
+            f"| {r['wall'] / base['wall']:.2f} | {r.get('emd', 0) / r['wall']:.0%} | {r['acc']:.1%} |",
+            flush=True,
+        )
 
     # 4. The support stage, cold and warm (feature cache in a fresh folder).
     from emdcli.cache import FeatureCache
 
-    print(f"\n## 4. Support stage, {sum(len(v) for v in big_support.values())} icon images "
-          f"({len(big_support)} classes x 5), feature cache")
+    print(
+        f"\n## 4. Support stage, {sum(len(v) for v in big_support.values())} icon images "
+        f"({len(big_support)} classes x 5), feature cache"
+    )
     print("| run | seconds | speed-up |")
     print("|---|---|---|")
     with tempfile.TemporaryDirectory() as cache_root:

@@ -1,10 +1,10 @@
 """Few-shot classification: build a support set, then score queries against it.
 
-    backbone = Backbone(resolve_model_path(None))
-    clf = Classifier(backbone, backbone.manifest.preprocess)
-    support = clf.fit(read_labelled_folder(Path("support")))
-    for pred in clf.predict(support, [Path("query.jpg")]):
-        print(pred.predicted, pred.confidence)
+backbone = Backbone(resolve_model_path(None))
+clf = Classifier(backbone, backbone.manifest.preprocess)
+support = clf.fit(read_labelled_folder(Path("support")))
+for pred in clf.predict(support, [Path("query.jpg")]):
+    print(pred.predicted, pred.confidence)
 """
 
 from __future__ import annotations
@@ -164,10 +164,8 @@ class Classifier:
             self.extractor, self.prep, paths, batch_size=self.batch_size, workers=self.workers, on_done=on_done
         )
 
-    def _support_features(
-        self, paths: list[Path], on_done: Callable[[int], None] | None
-    ) -> Iterator[Embedded]:
-        """Feature maps of support images: from the cache when it has them, else embedded (and stored)."""
+    def cached_features(self, paths: list[Path], on_done: Callable[[int], None] | None) -> Iterator[Embedded]:
+        """Feature maps of ``paths`` (cached ones first, then the rest in order, embedded and stored)."""
         if self.cache is None:
             yield from self._embed(paths, on_done)
             return
@@ -192,7 +190,7 @@ class Classifier:
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
         skipped: list[Skipped] = []
-        for item in self._support_features(list(owner), on_done):
+        for item in self.cached_features(list(owner), on_done):
             if item.features is None:
                 skipped.append(Skipped(item.path, item.error or "unreadable"))
                 continue

@@ -252,8 +252,11 @@ def _choose_format(fmt: str | None, output: Path | None) -> str:
 def classify(
     support: Annotated[
         Path,
-        typer.Argument(help="Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more.",
-                       metavar="SUPPORT", show_default=False),
+        typer.Argument(
+            help="Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more.",
+            metavar="SUPPORT",
+            show_default=False,
+        ),
     ],  # fmt: skip
     queries: Annotated[
         list[str],
@@ -267,7 +270,8 @@ def classify(
     fmt: Annotated[
         FormatName | None,
         typer.Option(
-            "--format", "-f",
+            "--format",
+            "-f",
             help="table (for people), csv, json or jsonl. Default: table on a terminal, csv otherwise "
             "(or from the --output file's suffix).",
             show_default=False,
@@ -276,25 +280,30 @@ def classify(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o",
+            "--output",
+            "-o",
             help="Write results to this file instead of stdout; it appears only when complete.",
-            dir_okay=False, show_default=False,
+            dir_okay=False,
+            show_default=False,
         ),
     ] = None,  # fmt: skip
     top_k: Annotated[
         int | None,
-        typer.Option("--top-k", "-k", min=1, help="How many ranked classes to list per query. [default: 2]",
-                     show_default=False),
+        typer.Option(
+            "--top-k", "-k", min=1, help="How many ranked classes to list per query. [default: 2]", show_default=False
+        ),
     ] = None,  # fmt: skip
     metric: Annotated[
         MetricName | None,
-        typer.Option("--metric",
-                     help="Node cost: cosine (1 - cos, as DeepEMD) or l2. [default: cosine]", show_default=False),
+        typer.Option(
+            "--metric", help="Node cost: cosine (1 - cos, as DeepEMD) or l2. [default: cosine]", show_default=False
+        ),
     ] = None,  # fmt: skip
     shortlist: Annotated[
         int | None,
         typer.Option(
-            "--shortlist", min=0,
+            "--shortlist",
+            min=0,
             help="With more classes than this, match by EMD only the ones closest by global cosine "
             "(others get no score). 0: match every class. [default: 10]",
             show_default=False,
@@ -308,8 +317,9 @@ def classify(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", min=1, help="Threads decoding images while the backbone runs. [default: 1]",
-                     show_default=False),
+        typer.Option(
+            "--workers", min=1, help="Threads decoding images while the backbone runs. [default: 1]", show_default=False
+        ),
     ] = None,
     cache: Annotated[
         bool | None,
@@ -322,8 +332,9 @@ def classify(
     ] = None,
     progress: Annotated[
         bool | None,
-        typer.Option("--progress/--no-progress", help="Progress bars on stderr (only on a terminal).",
-                     show_default=False),
+        typer.Option(
+            "--progress/--no-progress", help="Progress bars on stderr (only on a terminal).", show_default=False
+        ),
     ] = None,  # fmt: skip
     resume: Annotated[
         bool,
@@ -489,6 +500,170 @@ def _summary(tally: Any, support_set: Any, elapsed: float, query_seconds: float)
     }
 
 
+# evaluate -------------------------------------------------------------------------------
+
+
+@app.command(
+    epilog=(
+        "[bold]Examples[/bold]\n\n"
+        "  emdcli evaluate photos/ --way 5 --shot 1\n\n"
+        "  emdcli evaluate photos/ --shot 5 --methods proto,emd,emd-sfc,emd-best-shot --format json\n\n"
+        "Methods: proto (SimpleShot baseline), emd, emd-uniform, emd-episode-centre, emd-pyramid, "
+        "emd+global; with --shot 2 or more also emd-sfc, emd-best-shot, emd-mean-shot. "
+        "See docs/benchmarks.md for what each measured.\n\n"
+        "Exit codes: 0 done, 1 runtime failure, 2 usage error (bad option, path, or a set too small "
+        "for the episode shape)."
+    )
+)
+@handle_errors
+def evaluate(
+    dataset: Annotated[
+        Path,
+        typer.Argument(
+            help="Labelled image set: DATASET/CLASS_NAME/image.jpg, one folder per class.",
+            metavar="DATASET",
+            show_default=False,
+        ),
+    ],  # fmt: skip
+    way: Annotated[int, typer.Option("--way", "-n", min=2, help="Classes per episode.")] = 5,
+    shot: Annotated[int, typer.Option("--shot", "-k", min=1, help="Support images per class.")] = 1,
+    query: Annotated[int, typer.Option("--query", min=1, help="Query images per class.")] = 15,
+    episodes: Annotated[int, typer.Option("--episodes", "-e", min=1, help="Episodes to sample.")] = 600,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the episode sampler (same seed, same episodes).")] = 0,
+    methods: Annotated[
+        str,
+        typer.Option(
+            "--methods",
+            "-m",
+            help="Comma-separated methods, all scored on the same episodes; differences are paired against proto.",
+        ),
+    ] = "proto,emd",  # fmt: skip
+    fmt: Annotated[
+        Literal["table", "csv", "json"] | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table, csv or json. Default: table on a terminal, json otherwise "
+            "(or from the --output file's suffix).",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write the report to this file; it appears only when complete.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs", "-j", min=1, help="Threads scoring episodes. [default: number of CPUs]", show_default=False
+        ),
+    ] = None,  # fmt: skip
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    cache: Annotated[
+        bool | None,
+        typer.Option(
+            "--cache/--no-cache", help="Reuse image features from earlier runs. [default: cache]", show_default=False
+        ),
+    ] = None,  # fmt: skip
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress", help="Progress bars on stderr (only on a terminal).", show_default=False
+        ),
+    ] = None,  # fmt: skip
+    quiet: Annotated[
+        bool | None,
+        typer.Option("--quiet", "-q", help="No progress or warnings on stderr.", show_default=False),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Measure few-shot accuracy on a labelled set: N-way K-shot episodes, every method on the same ones."""
+    import numpy as np
+
+    from .classify import Classifier
+    from .episodes import sample_episodes
+    from .errors import UsageError
+    from .evaluate import check_methods, evaluate_episodes
+    from .evaluation_report import render_evaluation, write_csv, write_json
+    from .folders import read_labelled_folder
+    from .output import AtomicFile
+
+    settings = load_settings(
+        config, {"model": model, "device": device, "progress": progress, "quiet": quiet, "cache": cache}
+    )
+    quiet = settings.quiet
+    say = (lambda m: None) if quiet else warn
+    names = check_methods([m.strip() for m in methods.split(",") if m.strip()], shot)
+    if not names:
+        raise UsageError("--methods is empty", hint="for example --methods proto,emd")
+    fmt_used = fmt or (
+        output.suffix.lower().lstrip(".") if output is not None and output.suffix.lower() in (".csv", ".json")
+        else "json" if output is not None or not sys.stdout.isatty() else "table"
+    )  # fmt: skip
+    folder = read_labelled_folder(dataset)
+    backbone = _load_backbone(settings)
+    clf = Classifier(
+        backbone, backbone.manifest.preprocess, batch_size=settings.batch_size, workers=settings.workers,
+        cache=_feature_cache(backbone) if settings.cache else None,
+    )  # fmt: skip
+    owner = {p: i for i, c in enumerate(folder.classes) for p in c.files}
+    show_bars = settings.progress and not quiet and sys.stderr.isatty()
+    feats: dict[Path, Any] = {}
+    with _progress(show_bars) as bars:
+        task = bars.add_task("Embedding", total=folder.image_count)
+        for item in clf.cached_features(list(owner), bars_advance(bars, task)):
+            if item.features is None:
+                say(f"skipped {item.error}")
+            else:
+                feats[item.path] = item.features
+    kept = [p for p in owner if p in feats]
+    if not kept:
+        raise EmdcliError(f"none of the {len(owner)} images in {dataset} could be read")
+    features = np.stack([feats.pop(p) for p in kept])
+    labels = np.array([owner[p] for p in kept])
+    plan = sample_episodes(labels, way, shot, query, episodes, seed)
+    if plan.too_small:
+        small = [folder.classes[i].name for i in plan.too_small]
+        say(f"{len(small)} of {len(folder.classes)} classes have fewer than {shot + query} readable images "
+            f"and are never drawn: {', '.join(small[:8])}{' ...' if len(small) > 8 else ''}")  # fmt: skip
+    with _progress(show_bars) as bars:
+        task = bars.add_task("Episodes", total=episodes)
+        evaluation = evaluate_episodes(
+            features, plan, names, workers=jobs or os.cpu_count() or 1, on_episode=bars_advance(bars, task)
+        )
+    meta = {
+        "dataset": str(dataset), "model": backbone.manifest.name, "model_sha256": backbone.manifest.sha256,
+        "way": way, "shot": shot, "query": query, "episodes": episodes, "seed": seed,
+        "images": len(kept), "unreadable": len(owner) - len(kept),
+        "classes": len(plan.eligible), "classes_too_small": [folder.classes[i].name for i in plan.too_small],
+    }  # fmt: skip
+    sink = AtomicFile(output) if output is not None else None
+    stream = sink.stream if sink else sys.stdout
+    try:
+        if fmt_used == "json":
+            write_json(stream, evaluation, meta)
+        elif fmt_used == "csv":
+            write_csv(stream, evaluation)
+        else:
+            title = (f"{dataset.name}: {way}-way {shot}-shot, {query} queries per class, "
+                     f"{episodes} episodes (seed {seed}), accuracy ± 95% CI")  # fmt: skip
+            target = Console(file=stream, highlight=False, no_color=True if sink else None)
+            render_evaluation(target, evaluation, title)
+    except BaseException:
+        if sink:
+            sink.abort(keep=False)
+        raise
+    if sink:
+        sink.commit()
+
+
 # info -----------------------------------------------------------------------------------
 
 
@@ -557,8 +732,10 @@ def export(
     ] = "lite0",
     layer: Annotated[
         str,
-        typer.Option(help="Layer whose output is the feature map: blocks.0 .. blocks.6 or head for "
-                     "EfficientNet-Lite; a module name (e.g. layer3) with --arch."),
+        typer.Option(
+            help="Layer whose output is the feature map: blocks.0 .. blocks.6 or head for "
+            "EfficientNet-Lite; a module name (e.g. layer3) with --arch."
+        ),
     ] = "blocks.6",  # fmt: skip
     size: Annotated[int, typer.Option(min=32, help="Input side in pixels.")] = 224,
     resize: Annotated[
@@ -566,13 +743,19 @@ def export(
     ] = "crop",
     arch: Annotated[
         str | None,
-        typer.Option(help="Export another architecture instead: timm:NAME or torchvision:NAME (needs --weights).",
-                     show_default=False),
+        typer.Option(
+            help="Export another architecture instead: timm:NAME or torchvision:NAME (needs --weights).",
+            show_default=False,
+        ),
     ] = None,  # fmt: skip
     weights: Annotated[
         Path | None,
-        typer.Option(help="Local weights for --arch: a state dict (.pth, loaded with weights_only) or .safetensors.",
-                     exists=True, dir_okay=False, show_default=False),
+        typer.Option(
+            help="Local weights for --arch: a state dict (.pth, loaded with weights_only) or .safetensors.",
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+        ),
     ] = None,  # fmt: skip
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files in --out.")] = False,
 ) -> None:

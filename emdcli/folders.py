@@ -49,9 +49,7 @@ def read_labelled_folder(root: Path, min_classes: int = 2) -> LabelledFolder:
     if not root.exists():
         raise DatasetError(f"support folder does not exist: {root}")
     if not root.is_dir():
-        raise DatasetError(
-            f"support must be a folder with one sub-folder per class, got a file: {root}"
-        )
+        raise DatasetError(f"support must be a folder with one sub-folder per class, got a file: {root}")
     classes, empty, ignored = [], [], []
     loose = 0
     for entry in sorted(root.iterdir()):

@@ -17,9 +17,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 #: File name endings read as images when a folder is walked (case-insensitive).
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 #: Bumped whenever the decoding or resizing code changes its output, so that cached
 #: features computed by an older version are not reused.
 PREPROCESS_VERSION = 2

@@ -173,11 +173,17 @@ class ClassBank:
     def size(self) -> int:
         return int(self.means.shape[0])
 
-    def scores(self, query: Nodes, metric: Metric = "cosine", only: np.ndarray | None = None) -> np.ndarray:
+    def scores(
+        self,
+        query: Nodes,
+        metric: Metric = "cosine",
+        only: np.ndarray | None = None,
+        weighting: Weighting = "cross",
+    ) -> np.ndarray:
         """(K,) float64 EMD scores of ``query`` against every class (or NaN outside ``only``).
 
-        The same numbers as :func:`emd_score` class by class (cross-reference weights),
-        with the weights and cosines of all classes computed in two matrix products.
+        The same numbers as :func:`emd_score` class by class, with the weights and
+        cosines of all classes computed in two matrix products.
         """
         m = self.nodes_per_class
         picked = np.arange(self.size) if only is None else np.asarray(only)
@@ -185,6 +191,10 @@ class ClassBank:
         cos = np.clip((query.unit @ self.unit.T).astype(np.float64), -1.0, 1.0)  # (n, K*m)
         wq = np.maximum(query.raw @ self.means.T, 0.0).astype(np.float64) + WEIGHT_EPS  # (n, K)
         wc = np.maximum(self.raw @ query.mean, 0.0).astype(np.float64) + WEIGHT_EPS  # (K*m,)
+        if weighting == "uniform":
+            wq, wc = np.ones_like(wq), np.ones_like(wc)
+        elif weighting != "cross":
+            raise ValueError(f"unknown weighting {weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
         if not (np.isfinite(cos).all() and np.isfinite(wq).all() and np.isfinite(wc).all()):
             raise TransportError("the features hold NaN or infinite values; the model output is broken")
         wq /= wq.sum(axis=0)

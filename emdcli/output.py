@@ -131,9 +131,7 @@ def read_earlier_output(path: Path, fmt: str, classes: Sequence[str]) -> list[Pr
 class StructuredWriter:
     """Streams records to a text stream as csv, json or jsonl; call ``close`` once."""
 
-    def __init__(
-        self, stream: IO[str], fmt: str, classes: Sequence[str], top_k: int, header: dict[str, Any]
-    ) -> None:
+    def __init__(self, stream: IO[str], fmt: str, classes: Sequence[str], top_k: int, header: dict[str, Any]) -> None:
         self.stream, self.fmt, self.classes, self.top_k = stream, fmt, list(classes), top_k
         self._first = True
         if fmt == "csv":

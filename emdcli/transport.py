@@ -97,9 +97,7 @@ def solve_emd(a: object, b: object, cost: object) -> TransportPlan:
     b_arr = _as_weights(b, "target weights")
     m_arr = _as_float64(cost, "cost matrix")
     if m_arr.shape != (a_arr.size, b_arr.size):
-        raise TransportError(
-            f"cost matrix has shape {m_arr.shape}, expected {(a_arr.size, b_arr.size)}"
-        )
+        raise TransportError(f"cost matrix has shape {m_arr.shape}, expected {(a_arr.size, b_arr.size)}")
     if not np.all(np.isfinite(m_arr)):
         raise TransportError("cost matrix holds NaN or infinite entries")
     sa, sb = a_arr.sum(), b_arr.sum()
@@ -135,13 +133,19 @@ def emd_cost_trusted(a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> float:
     cost: (n, m) C-contiguous float64, finite, in [0, 2]. None of this is checked (see
     :func:`solve_emd` for untrusted input); a non-optimal solve still raises TransportError.
     """
+
+    return emd_flow_trusted(a, b, cost)[1]
+
+
+def emd_flow_trusted(a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, float]:
+    """The (n, m) optimal flow and its cost, for inputs emdcli built itself (as :func:`emd_cost_trusted`)."""
     from ot.lp.emd_wrap import emd_c
 
-    _flow, total, _u, _v, code = emd_c(a, b * (a.sum() / b.sum()), cost, MAX_ITER, 1)
+    flow, total, _u, _v, code = emd_c(a, b * (a.sum() / b.sum()), cost, MAX_ITER, 1)
     if code != _OPTIMAL:
         problem = _SOLVER_PROBLEMS.get(code, f"unknown result code {code}")
         raise TransportError(f"EMD solver did not reach the optimum: {problem.strip()}")
-    return float(total)
+    return flow, float(total)
 
 
 def _solver_costs(m_arr: np.ndarray) -> np.ndarray:

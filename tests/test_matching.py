@@ -61,7 +61,8 @@ def test_permuted_feature_map_scores_like_the_original(weighting: str) -> None:
     perm = np.random.default_rng(3).permutation(16)
     shuffled = Nodes.from_feature_map(nodes.raw[perm])
     assert emd_score(shuffled, other, weighting=weighting) == pytest.approx(
-        emd_score(nodes, other, weighting=weighting), abs=1e-6  # float32 features
+        emd_score(nodes, other, weighting=weighting),
+        abs=1e-6,  # float32 features
     )
     assert emd_score(shuffled, nodes, weighting=weighting) == pytest.approx(1.0, abs=1e-6)
 

@@ -147,9 +147,7 @@ def test_bad_support_sets_stop_with_one_line(
     assert res.stdout == ""
 
 
-def test_support_image_that_cannot_be_read_is_skipped(
-    tiny_model: Path, support_dir: Path, query_dir: Path
-) -> None:
+def test_support_image_that_cannot_be_read_is_skipped(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
     (support_dir / "red" / "broken.png").write_bytes(b"\x89PNG broken")
     res = runner.invoke(app, ["classify", str(support_dir), str(query_dir), "--model", str(tiny_model), "-f", "json"])
     assert res.exit_code == 0
