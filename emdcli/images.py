@@ -113,11 +113,9 @@ def _open_rgb(path: Path, size: int) -> PILImage:
     return img.convert("RGB")
 
 
-def load_image(path: Path, prep: Preprocess) -> np.ndarray:
-    """Decode ``path`` to a normalised (3, size, size) float32 array.
-
-    Raises ImageError (with the file name) for anything that is not a readable image.
-    """
+def model_view(path: Path, prep: Preprocess) -> PILImage:
+    """``path`` as the backbone sees it: an RGB ``size`` x ``size`` Pillow image (cropped or
+    squashed, transparency on white). Raises ImageError for anything unreadable."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -143,6 +141,15 @@ def load_image(path: Path, prep: Preprocess) -> np.ndarray:
         raise ImageError(f"{path}: cannot read image ({reason})") from None
     except Exception as exc:  # Pillow's decoders and EXIF parser raise many other types on bad bytes
         raise ImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+    return img
+
+
+def load_image(path: Path, prep: Preprocess) -> np.ndarray:
+    """Decode ``path`` to a normalised (3, size, size) float32 array.
+
+    Raises ImageError (with the file name) for anything that is not a readable image.
+    """
+    img = model_view(path, prep)
     std = np.asarray(prep.std, dtype=np.float32)
     pixels = np.asarray(img, dtype=np.float32)  # (size, size, 3), 0..255
     pixels *= 1.0 / (255.0 * std)
