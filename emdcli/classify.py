@@ -37,7 +37,8 @@ class SupportSet:
 
     nodes[i]: the nodes of class ``classes[i]``: the mean (C, H, W) feature map of its
     ``shots[i]`` readable examples, as (H*W, C) nodes. bank: the same nodes stacked
-    for scoring a query against every class at once.
+    for scoring a query against every class at once. examples: class -> (path, (C, H, W)
+    feature map) of each example, kept only when asked for (``fit(keep_examples=True)``).
     """
 
     classes: tuple[str, ...]
@@ -45,6 +46,7 @@ class SupportSet:
     shots: tuple[int, ...]
     skipped: tuple[Skipped, ...] = ()
     empty_classes: tuple[str, ...] = ()
+    examples: dict[str, tuple[tuple[Path, np.ndarray], ...]] = field(default_factory=dict, repr=False, compare=False)
     bank: ClassBank = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -184,17 +186,22 @@ class Classifier:
             yield item
         self.cache.prune()
 
-    def fit(self, folder: LabelledFolder, on_done: Callable[[int], None] | None = None) -> SupportSet:
+    def fit(
+        self, folder: LabelledFolder, on_done: Callable[[int], None] | None = None, *, keep_examples: bool = False
+    ) -> SupportSet:
         """Embed every support image; a class's nodes come from its mean feature map."""
         owner = {p: c.name for c in folder.classes for p in c.files}
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
         skipped: list[Skipped] = []
+        kept: dict[str, list[tuple[Path, np.ndarray]]] = {}
         for item in self.cached_features(list(owner), on_done):
             if item.features is None:
                 skipped.append(Skipped(item.path, item.error or "unreadable"))
                 continue
             name = owner[item.path]
+            if keep_examples:
+                kept.setdefault(name, []).append((item.path, item.features))
             sums[name] = sums[name] + item.features if name in sums else item.features.astype(np.float64)
             counts[name] = counts.get(name, 0) + 1
         names = tuple(c.name for c in folder.classes if c.name in counts)
@@ -211,7 +218,18 @@ class Classifier:
             shots=tuple(counts[n] for n in names),
             skipped=tuple(skipped),
             empty_classes=tuple(folder.empty) + tuple(lost),
+            examples={n: tuple(sorted(kept[n], key=lambda e: str(e[0]))) for n in names if n in kept},
         )
+
+    def closest_example(self, support: SupportSet, features: np.ndarray, label: str) -> tuple[Path, np.ndarray]:
+        """The example of class ``label`` whose EMD score with the (C, H, W) ``features`` is highest:
+        its path and feature map. Needs a support set fitted with ``keep_examples=True``."""
+        examples = support.examples.get(label)
+        if not examples:
+            raise ValueError(f"no examples kept for class {label!r}; fit with keep_examples=True")
+        q = Nodes.from_feature_map(features)
+        bank = ClassBank.from_nodes([Nodes.from_feature_map(f) for _, f in examples])
+        return examples[int(np.argmax(bank.scores(q, self.metric)))]
 
     def shortlisted(self, support: SupportSet, q: Nodes) -> np.ndarray | None:
         """Indices of the ``shortlist`` classes closest by global cosine, or None for all.
@@ -234,9 +252,17 @@ class Classifier:
         return ranking_from_scores([support.classes[i] for i in idx], scores[idx])
 
     def predict(
-        self, support: SupportSet, paths: Iterable[Path], on_done: Callable[[int], None] | None = None
+        self,
+        support: SupportSet,
+        paths: Iterable[Path],
+        on_done: Callable[[int], None] | None = None,
+        observe: Callable[[Prediction, np.ndarray], None] | None = None,
     ) -> Iterator[Prediction]:
-        """One Prediction per path, in input order, as soon as its batch is embedded."""
+        """One Prediction per path, in input order, as soon as its batch is embedded.
+
+        ``observe(prediction, features)`` is called with each classified query's (C, H, W)
+        feature map before the prediction is yielded (to draw it, for example).
+        """
         known = set(support.classes)
         for item in self._embed(paths, on_done):
             parent = item.path.parent.name
@@ -244,4 +270,7 @@ class Classifier:
             if item.features is None:
                 yield Prediction(item.path, "error", true_label=label, error=item.error)
             else:
-                yield Prediction(item.path, "ok", self.rank(support, item.features), label)
+                pred = Prediction(item.path, "ok", self.rank(support, item.features), label)
+                if observe:
+                    observe(pred, item.features)
+                yield pred
