@@ -22,7 +22,7 @@ from .matching import ClassBank, Nodes, Weighting
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 #: Weight of the global (SimpleShot) cosine added to the EMD score by ``emd+global``.
-GLOBAL_WEIGHT = 1.0
+GLOBAL_WEIGHT = 0.5
 #: Grids of the extra pooled nodes of ``emd-pyramid`` (DeepEMD v2's feature pyramid).
 PYRAMID_GRIDS: tuple[int, ...] = (2, 3)
 
@@ -145,9 +145,21 @@ def sfc_scores(support: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.stack([bank.scores(Nodes.from_feature_map(nodes_of(q))) for q in np.asarray(query, np.float32)])
 
 
-def emd_plus_global(support: np.ndarray, query: np.ndarray, weight: float = GLOBAL_WEIGHT) -> np.ndarray:
-    """DeepEMD score plus ``weight`` times the SimpleShot global cosine: (n, way)."""
-    return emd_scores(support, query) + weight * global_cosine(support, query)
+def plus_global(scores: ScoreFn, weight: float = GLOBAL_WEIGHT) -> ScoreFn:
+    """``scores`` plus ``weight`` times the SimpleShot global cosine of the same episode."""
+
+    def combined(support: np.ndarray, query: np.ndarray) -> np.ndarray:
+        return scores(support, query) + weight * global_cosine(support, query)
+
+    return combined
+
+
+def emd_uniform_scores(support: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """:func:`emd_scores` with uniform node weights: (n, way)."""
+    return emd_scores(support, query, weighting="uniform")
+
+
+emd_plus_global = plus_global(emd_scores)
 
 
 def _methods() -> dict[str, FewShotMethod]:
@@ -156,14 +168,17 @@ def _methods() -> dict[str, FewShotMethod]:
                       simpleshot_scores),
         FewShotMethod("emd", "DeepEMD: cross-reference weights, per-node centring, class = mean feature map",
                       emd_scores),
-        FewShotMethod("emd-uniform", "emd with uniform node weights",
-                      lambda s, q: emd_scores(s, q, weighting="uniform")),
+        FewShotMethod("emd-uniform", "emd with uniform node weights", emd_uniform_scores),
         FewShotMethod("emd-episode-centre", "emd with nodes centred on the episode's mean support node",
                       lambda s, q: emd_scores(s, q, centring="episode")),
         FewShotMethod("emd-pyramid", "emd with extra 2x2 and 3x3 pooled nodes (DeepEMD v2 pyramid)",
                       lambda s, q: emd_scores(s, q, to_nodes=pyramid_nodes)),
         FewShotMethod("emd+global", f"emd score + {GLOBAL_WEIGHT:g} x SimpleShot global cosine", emd_plus_global),
+        FewShotMethod("emd-uniform+global", f"emd-uniform score + {GLOBAL_WEIGHT:g} x global cosine",
+                      plus_global(emd_uniform_scores)),
         FewShotMethod("emd-sfc", "emd, k-shot class node set fitted by DeepEMD's SFC", sfc_scores, kshot_only=True),
+        FewShotMethod("emd-sfc+global", f"emd-sfc score + {GLOBAL_WEIGHT:g} x global cosine", plus_global(sfc_scores),
+                      kshot_only=True),
         FewShotMethod("emd-best-shot", "emd against each shot, best shot per class",
                       lambda s, q: per_shot_scores(s, q, "max"), kshot_only=True),
         FewShotMethod("emd-mean-shot", "emd against each shot, mean over the shots",

@@ -19,8 +19,8 @@ from .matching import TEMPERATURE, WEIGHT_EPS, Nodes
 from .transport import emd_flow_trusted
 
 #: Full-batch Adam steps and step size (in units of the nodes' mean absolute value).
-SFC_STEPS = 15
-SFC_LR = 0.05
+SFC_STEPS = 10
+SFC_LR = 0.2
 
 
 @dataclass(frozen=True)
