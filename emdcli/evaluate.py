@@ -20,7 +20,7 @@ import numpy as np
 
 from .episodes import Episode, EpisodePlan
 from .errors import UsageError
-from .fewshot import BASELINE, METHODS
+from .fewshot import BASELINE, METHODS, EpisodeMemo
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,15 @@ def check_methods(names: Sequence[str], shot: int) -> list[str]:
     return out
 
 
-def episode_accuracy(features: np.ndarray, episode: Episode, method: str) -> float:
+def episode_accuracy(features: np.ndarray, episode: Episode, method: str, memo: EpisodeMemo | None = None) -> float:
     """Fraction of the episode's queries that ``method`` labels right.
 
-    features: (N, C, H, W) float32 feature maps of the whole set.
+    features: (N, C, H, W) float32 feature maps of the whole set. memo: parts already
+    computed for this episode by other methods (see :class:`~emdcli.fewshot.EpisodeMemo`).
     """
     support = features[episode.support]  # (way, shot, C, H, W)
     query = features[episode.query.reshape(-1)]
-    scores = METHODS[method].score(support, query)
+    scores = METHODS[method].score(support, query, memo)
     return float(np.mean(np.argmax(scores, axis=1) == episode.query_labels))
 
 
@@ -112,10 +113,12 @@ def evaluate_episodes(
 
     def run(episode: Episode) -> tuple[list[float], list[float]]:
         accs, secs = [], []
+        memo = EpisodeMemo()
         for name in names:
+            memo.reused_seconds = 0.0
             t0 = time.perf_counter()
-            accs.append(episode_accuracy(features, episode, name))
-            secs.append(time.perf_counter() - t0)
+            accs.append(episode_accuracy(features, episode, name, memo))
+            secs.append(time.perf_counter() - t0 + memo.reused_seconds)  # a method's time includes reused parts
         if on_episode:
             on_episode(1)
         return accs, secs

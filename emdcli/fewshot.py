@@ -12,6 +12,7 @@ takes. They never print and never touch files.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from .matching import ClassBank, Nodes, Weighting
 
-ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+ScoreFn = Callable[..., np.ndarray]  # (support, query, memo=None) -> (n, way) scores
 
 #: Weight of the global (SimpleShot) cosine added to the EMD score by ``emd+global``.
 GLOBAL_WEIGHT = 0.5
@@ -124,12 +125,11 @@ def emd_scores(
     return np.stack([bank.scores(q, weighting=weighting) for q in queries])
 
 
-def per_shot_scores(support: np.ndarray, query: np.ndarray, reduce: str) -> np.ndarray:
-    """DeepEMD scores against every shot separately, then ``"max"`` or ``"mean"`` per class: (n, way)."""
+def per_shot_scores(support: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """DeepEMD scores against every shot separately: (n, way, shot)."""
     way, shot = support.shape[:2]
     flat = support.reshape(way * shot, 1, *support.shape[2:])
-    s = emd_scores(flat, query).reshape(len(query), way, shot)
-    return s.max(axis=2) if reduce == "max" else s.mean(axis=2)
+    return emd_scores(flat, query).reshape(len(query), way, shot)
 
 
 def sfc_scores(support: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -145,13 +145,36 @@ def sfc_scores(support: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.stack([bank.scores(Nodes.from_feature_map(nodes_of(q))) for q in np.asarray(query, np.float32)])
 
 
-def plus_global(scores: ScoreFn, weight: float = GLOBAL_WEIGHT) -> ScoreFn:
-    """``scores`` plus ``weight`` times the SimpleShot global cosine of the same episode."""
+class EpisodeMemo:
+    """Scores already computed for one episode, so that methods built on the same parts
+    (``emd`` and ``emd+global``, the two per-shot reductions) solve each EMD once.
 
-    def combined(support: np.ndarray, query: np.ndarray) -> np.ndarray:
-        return scores(support, query) + weight * global_cosine(support, query)
+    reused_seconds: the compute time of the entries handed out again since the last reset
+    (so that a method's reported time includes the parts it reused).
+    """
 
-    return combined
+    def __init__(self) -> None:
+        self._store: dict[str, tuple[np.ndarray, float]] = {}
+        self.reused_seconds = 0.0
+
+    def get(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        if key in self._store:
+            scores, seconds = self._store[key]
+            self.reused_seconds += seconds
+            return scores
+        t0 = time.perf_counter()
+        scores = compute()
+        self._store[key] = (scores, time.perf_counter() - t0)
+        return scores
+
+
+def shared(key: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> ScoreFn:
+    """``fn`` as a method part whose result is kept in the episode's memo under ``key``."""
+
+    def part(support: np.ndarray, query: np.ndarray, memo: EpisodeMemo | None = None) -> np.ndarray:
+        return fn(support, query) if memo is None else memo.get(key, lambda: fn(support, query))
+
+    return part
 
 
 def emd_uniform_scores(support: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -159,30 +182,55 @@ def emd_uniform_scores(support: np.ndarray, query: np.ndarray) -> np.ndarray:
     return emd_scores(support, query, weighting="uniform")
 
 
-emd_plus_global = plus_global(emd_scores)
+_EMD = shared("emd", emd_scores)
+_EMD_UNIFORM = shared("emd-uniform", emd_uniform_scores)
+_SFC = shared("emd-sfc", sfc_scores)
+_PER_SHOT = shared("per-shot", per_shot_scores)
+_GLOBAL = shared("global", global_cosine)
+
+
+def plus_global(base: ScoreFn, weight: float = GLOBAL_WEIGHT) -> ScoreFn:
+    """``base`` plus ``weight`` times the SimpleShot global cosine of the same episode."""
+
+    def combined(support: np.ndarray, query: np.ndarray, memo: EpisodeMemo | None = None) -> np.ndarray:
+        return base(support, query, memo) + weight * _GLOBAL(support, query, memo)
+
+    return combined
+
+
+def emd_plus_global(support: np.ndarray, query: np.ndarray, weight: float = GLOBAL_WEIGHT) -> np.ndarray:
+    """DeepEMD score plus ``weight`` times the SimpleShot global cosine: (n, way)."""
+    return emd_scores(support, query) + weight * global_cosine(support, query)
+
+
+def _reduced_shots(reduce: str) -> ScoreFn:
+    def score(support: np.ndarray, query: np.ndarray, memo: EpisodeMemo | None = None) -> np.ndarray:
+        s = _PER_SHOT(support, query, memo)
+        return s.max(axis=2) if reduce == "max" else s.mean(axis=2)
+
+    return score
 
 
 def _methods() -> dict[str, FewShotMethod]:
     items = [
         FewShotMethod("proto", "SimpleShot: nearest CL2N centroid of pooled features (the baseline)",
-                      simpleshot_scores),
-        FewShotMethod("emd", "DeepEMD: cross-reference weights, per-node centring, class = mean feature map",
-                      emd_scores),
-        FewShotMethod("emd-uniform", "emd with uniform node weights", emd_uniform_scores),
+                      shared("proto", simpleshot_scores)),
+        FewShotMethod("emd", "DeepEMD: cross-reference weights, per-node centring, class = mean feature map", _EMD),
+        FewShotMethod("emd-uniform", "emd with uniform node weights", _EMD_UNIFORM),
         FewShotMethod("emd-episode-centre", "emd with nodes centred on the episode's mean support node",
-                      lambda s, q: emd_scores(s, q, centring="episode")),
+                      shared("emd-episode-centre", lambda s, q: emd_scores(s, q, centring="episode"))),
         FewShotMethod("emd-pyramid", "emd with extra 2x2 and 3x3 pooled nodes (DeepEMD v2 pyramid)",
-                      lambda s, q: emd_scores(s, q, to_nodes=pyramid_nodes)),
-        FewShotMethod("emd+global", f"emd score + {GLOBAL_WEIGHT:g} x SimpleShot global cosine", emd_plus_global),
+                      shared("emd-pyramid", lambda s, q: emd_scores(s, q, to_nodes=pyramid_nodes))),
+        FewShotMethod("emd+global", f"emd score + {GLOBAL_WEIGHT:g} x SimpleShot global cosine", plus_global(_EMD)),
         FewShotMethod("emd-uniform+global", f"emd-uniform score + {GLOBAL_WEIGHT:g} x global cosine",
-                      plus_global(emd_uniform_scores)),
-        FewShotMethod("emd-sfc", "emd, k-shot class node set fitted by DeepEMD's SFC", sfc_scores, kshot_only=True),
-        FewShotMethod("emd-sfc+global", f"emd-sfc score + {GLOBAL_WEIGHT:g} x global cosine", plus_global(sfc_scores),
+                      plus_global(_EMD_UNIFORM)),
+        FewShotMethod("emd-sfc", "emd, k-shot class node set fitted by DeepEMD's SFC", _SFC, kshot_only=True),
+        FewShotMethod("emd-sfc+global", f"emd-sfc score + {GLOBAL_WEIGHT:g} x global cosine", plus_global(_SFC),
                       kshot_only=True),
-        FewShotMethod("emd-best-shot", "emd against each shot, best shot per class",
-                      lambda s, q: per_shot_scores(s, q, "max"), kshot_only=True),
-        FewShotMethod("emd-mean-shot", "emd against each shot, mean over the shots",
-                      lambda s, q: per_shot_scores(s, q, "mean"), kshot_only=True),
+        FewShotMethod("emd-best-shot", "emd against each shot, best shot per class", _reduced_shots("max"),
+                      kshot_only=True),
+        FewShotMethod("emd-mean-shot", "emd against each shot, mean over the shots", _reduced_shots("mean"),
+                      kshot_only=True),
     ]  # fmt: skip
     return {m.name: m for m in items}
 

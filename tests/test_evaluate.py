@@ -224,3 +224,13 @@ def test_evaluate_reports_small_classes(tiny_model: Path, tmp_path: Path) -> Non
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["classes_too_small"] == ["blue"]
     assert "1 of 3 classes have fewer than 3 readable images" in res.stderr
+
+
+def test_methods_sharing_parts_score_as_if_alone() -> None:
+    support, query, _ = _separable_episode(shot=3)
+    memo = fewshot.EpisodeMemo()
+    together = {name: fewshot.METHODS[name].score(support, query, memo) for name in fewshot.METHODS}
+    for name, method in fewshot.METHODS.items():
+        np.testing.assert_allclose(together[name], method.score(support, query), err_msg=name)
+    np.testing.assert_allclose(together["emd+global"], fewshot.emd_plus_global(support, query))
+    assert memo.reused_seconds > 0  # emd+global reused emd, the shot reductions shared their solves
