@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import defaults
 from .cache import FeatureCache
 from .embedding import Embedded, FeatureExtractor, embed_paths
 from .errors import DatasetError
@@ -39,6 +40,10 @@ class SupportSet:
     ``shots[i]`` readable examples, as (H*W, C) nodes. bank: the same nodes stacked
     for scoring a query against every class at once. examples: class -> (path, (C, H, W)
     feature map) of each example, kept only when asked for (``fit(keep_examples=True)``).
+    centre: (C,) float64 mean pooled feature of all examples; centroids: (K, C) float64
+    SimpleShot class centroids (mean of the examples' centred, L2-normalised pooled
+    features, normalised again). kshot: how class nodes were made, ``"mean"`` (mean
+    feature map) or ``"sfc"`` (fitted by :mod:`emdcli.sfc`).
     """
 
     classes: tuple[str, ...]
@@ -47,6 +52,9 @@ class SupportSet:
     skipped: tuple[Skipped, ...] = ()
     empty_classes: tuple[str, ...] = ()
     examples: dict[str, tuple[tuple[Path, np.ndarray], ...]] = field(default_factory=dict, repr=False, compare=False)
+    centre: np.ndarray | None = field(default=None, repr=False, compare=False)
+    centroids: np.ndarray | None = field(default=None, repr=False, compare=False)
+    kshot: str = "mean"
     bank: ClassBank = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -139,8 +147,29 @@ class Tally:
         return self.correct / self.labelled if self.labelled else None
 
 
+#: How a class with several examples gets its node set: their mean feature map, or SFC.
+KSHOT_MODES: tuple[str, ...] = ("mean", "sfc")
+#: SFC solves (support images x classes) EMDs per step: above this many, classes use the mean map.
+SFC_MAX_PAIRS = 2500
+
+
+def simpleshot_centroids(pooled: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """SimpleShot's centre (C,) and normalised class centroids (K, C) from each class's (shots, C) pooled features."""
+    centre = np.concatenate(pooled).astype(np.float64).mean(axis=0)
+
+    def l2n(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+    return centre, l2n(np.stack([l2n(p.astype(np.float64) - centre).mean(axis=0) for p in pooled]))
+
+
 class Classifier:
-    """DeepEMD few-shot classifier over a feature extractor (see :mod:`emdcli.matching`)."""
+    """DeepEMD few-shot classifier over a feature extractor (see :mod:`emdcli.matching`).
+
+    A class's score is its EMD score plus ``global_weight`` times the cosine between the
+    query's and the class's SimpleShot global features; with ``kshot="sfc"`` a class with
+    several examples is matched through a node set fitted by SFC instead of their mean map.
+    """
 
     def __init__(
         self,
@@ -152,7 +181,13 @@ class Classifier:
         workers: int = 1,
         shortlist: int = 0,
         cache: FeatureCache | None = None,
+        global_weight: float = defaults.GLOBAL_WEIGHT,
+        kshot: str = defaults.KSHOT,
     ) -> None:
+        if kshot not in KSHOT_MODES:
+            raise ValueError(f"unknown kshot {kshot!r}; expected one of {', '.join(KSHOT_MODES)}")
+        self.global_weight = global_weight
+        self.kshot = kshot
         self.shortlist = shortlist
         self.cache = cache
         self.extractor = extractor
@@ -161,7 +196,8 @@ class Classifier:
         self.batch_size = batch_size
         self.workers = workers
 
-    def _embed(self, paths: Iterable[Path], on_done: Callable[[int], None] | None) -> Iterator:
+    def embed(self, paths: Iterable[Path], on_done: Callable[[int], None] | None = None) -> Iterator[Embedded]:
+        """Feature maps of ``paths`` in input order, embedded now (no cache); ``paths`` may be a stream."""
         return embed_paths(
             self.extractor, self.prep, paths, batch_size=self.batch_size, workers=self.workers, on_done=on_done
         )
@@ -169,7 +205,7 @@ class Classifier:
     def cached_features(self, paths: list[Path], on_done: Callable[[int], None] | None) -> Iterator[Embedded]:
         """Feature maps of ``paths`` (cached ones first, then the rest in order, embedded and stored)."""
         if self.cache is None:
-            yield from self._embed(paths, on_done)
+            yield from self.embed(paths, on_done)
             return
         todo = []
         for path in paths:
@@ -180,7 +216,7 @@ class Classifier:
                 yield Embedded(path, features)
         if on_done and len(todo) < len(paths):
             on_done(len(paths) - len(todo))
-        for item in self._embed(todo, on_done):
+        for item in self.embed(todo, on_done):
             if item.features is not None:
                 self.cache.put(item.path, item.features)
             yield item
@@ -189,10 +225,12 @@ class Classifier:
     def fit(
         self, folder: LabelledFolder, on_done: Callable[[int], None] | None = None, *, keep_examples: bool = False
     ) -> SupportSet:
-        """Embed every support image; a class's nodes come from its mean feature map."""
+        """Embed every support image; a class's nodes come from its mean feature map (or SFC)."""
         owner = {p: c.name for c in folder.classes for p in c.files}
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
+        pooled: dict[str, list[np.ndarray]] = {}
+        maps: dict[str, list[np.ndarray]] = {}
         skipped: list[Skipped] = []
         kept: dict[str, list[tuple[Path, np.ndarray]]] = {}
         for item in self.cached_features(list(owner), on_done):
@@ -204,6 +242,9 @@ class Classifier:
                 kept.setdefault(name, []).append((item.path, item.features))
             sums[name] = sums[name] + item.features if name in sums else item.features.astype(np.float64)
             counts[name] = counts.get(name, 0) + 1
+            pooled.setdefault(name, []).append(item.features.mean(axis=(1, 2)))
+            if self.kshot == "sfc":
+                maps.setdefault(name, []).append(item.features)
         names = tuple(c.name for c in folder.classes if c.name in counts)
         lost = [c.name for c in folder.classes if c.name not in counts]
         if len(names) < 2:
@@ -211,7 +252,17 @@ class Classifier:
                 f"{folder.root}: only {len(names)} class(es) have a readable image; need at least 2",
                 hint="check the skipped files listed above",
             )
-        nodes = tuple(Nodes.from_feature_map(sums[n] / counts[n]) for n in names)
+        kshot = "mean"
+        total = sum(counts[n] for n in names)
+        if self.kshot == "sfc" and max(counts.values()) > 1 and total * len(names) <= SFC_MAX_PAIRS:
+            from .sfc import fit_sfc
+
+            shots = [np.stack([f.reshape(f.shape[0], -1).T for f in maps[n]]) for n in names]  # (shot, H*W, C) each
+            nodes = tuple(Nodes.from_feature_map(p) for p in fit_sfc(shots).nodes)
+            kshot = "sfc"
+        else:
+            nodes = tuple(Nodes.from_feature_map(sums[n] / counts[n]) for n in names)
+        centre, centroids = simpleshot_centroids([np.stack(pooled[n]) for n in names])
         return SupportSet(
             classes=names,
             nodes=nodes,
@@ -219,6 +270,9 @@ class Classifier:
             skipped=tuple(skipped),
             empty_classes=tuple(folder.empty) + tuple(lost),
             examples={n: tuple(sorted(kept[n], key=lambda e: str(e[0]))) for n in names if n in kept},
+            centre=centre,
+            centroids=centroids,
+            kshot=kshot,
         )
 
     def closest_example(self, support: SupportSet, features: np.ndarray, label: str) -> tuple[Path, np.ndarray]:
@@ -231,16 +285,22 @@ class Classifier:
         bank = ClassBank.from_nodes([Nodes.from_feature_map(f) for _, f in examples])
         return examples[int(np.argmax(bank.scores(q, self.metric)))]
 
-    def shortlisted(self, support: SupportSet, q: Nodes) -> np.ndarray | None:
-        """Indices of the ``shortlist`` classes closest by global cosine, or None for all.
+    @staticmethod
+    def global_similarities(support: SupportSet, q: Nodes) -> np.ndarray:
+        """(K,) cosine between the query's pooled features, centred on the support's mean and
+        normalised, and each class's SimpleShot centroid."""
+        if support.centre is None or support.centroids is None:
+            centre, centroids = support.bank.centre, support.bank.prototypes
+        else:
+            centre, centroids = support.centre, support.centroids
+        g = q.mean.astype(np.float64) - centre
+        return np.asarray(centroids @ (g / max(float(np.linalg.norm(g)), 1e-12)))
 
-        Global features are the mean nodes, centred on the support's mean (SimpleShot).
-        """
+    def shortlisted(self, support: SupportSet, q: Nodes) -> np.ndarray | None:
+        """Indices of the ``shortlist`` classes closest by global cosine, or None for all."""
         if not self.shortlist or len(support.classes) <= self.shortlist:
             return None
-        g = q.mean.astype(np.float64) - support.bank.centre
-        sims = support.bank.prototypes @ (g / max(float(np.linalg.norm(g)), 1e-12))
-        return np.argsort(-sims, kind="stable")[: self.shortlist]
+        return np.argsort(-self.global_similarities(support, q), kind="stable")[: self.shortlist]
 
     def rank(self, support: SupportSet, features: np.ndarray) -> tuple[Ranked, ...]:
         """The classes for one (C, H, W) feature map, best first: every class, or with a
@@ -248,6 +308,8 @@ class Classifier:
         q = Nodes.from_feature_map(features)
         picked = self.shortlisted(support, q)
         scores = support.bank.scores(q, self.metric, only=picked)
+        if self.global_weight:
+            scores = scores + self.global_weight * self.global_similarities(support, q)
         idx = np.arange(len(scores)) if picked is None else picked
         return ranking_from_scores([support.classes[i] for i in idx], scores[idx])
 
@@ -264,7 +326,7 @@ class Classifier:
         feature map before the prediction is yielded (to draw it, for example).
         """
         known = set(support.classes)
-        for item in self._embed(paths, on_done):
+        for item in self.embed(paths, on_done):
             parent = item.path.parent.name
             label = parent if parent in known else None
             if item.features is None:

@@ -60,6 +60,11 @@ def warn(message: str) -> None:
     stderr_console().print(f"[yellow]Warning:[/yellow] {message}", markup=True, soft_wrap=True)
 
 
+def note(message: str) -> None:
+    """An informational line on stderr (not a warning)."""
+    stderr_console().print(_escape(message), soft_wrap=True)
+
+
 def fail(exc: EmdcliError) -> typer.Exit:
     """Print ``Error: ...`` (and ``Hint: ...``) on stderr; return the Exit to raise."""
     err = stderr_console()
@@ -299,6 +304,25 @@ def classify(
             "--metric", help="Node cost: cosine (1 - cos, as DeepEMD) or l2. [default: cosine]", show_default=False
         ),
     ] = None,  # fmt: skip
+    kshot: Annotated[
+        Literal["mean", "sfc"] | None,
+        typer.Option(
+            "--kshot",
+            help="A class with several examples is matched through their mean feature map (mean) or a node set "
+            "fitted to them by DeepEMD's SFC (sfc; used up to 2,500 examples x classes). [default: sfc]",
+            show_default=False,
+        ),
+    ] = None,
+    global_weight: Annotated[
+        float | None,
+        typer.Option(
+            "--global-weight",
+            min=0.0,
+            help="Add this times the global cosine (SimpleShot: pooled features, centred, normalised) to each "
+            "class's EMD score; 0 for pure DeepEMD. [default: 0.5]",
+            show_default=False,
+        ),
+    ] = None,
     shortlist: Annotated[
         int | None,
         typer.Option(
@@ -371,7 +395,7 @@ def classify(
         config,
         {"format": fmt, "top_k": top_k, "metric": metric, "model": model, "device": device,
          "batch_size": batch_size, "workers": workers, "progress": progress, "quiet": quiet,
-         "shortlist": shortlist, "cache": cache},
+         "shortlist": shortlist, "cache": cache, "kshot": kshot, "global_weight": global_weight},
     )  # fmt: skip
     quiet = settings.quiet
     fmt_used = _choose_format(settings.format, output)
@@ -403,7 +427,8 @@ def classify(
     clf = Classifier(
         backbone, backbone.manifest.preprocess, metric=settings.metric,  # type: ignore[arg-type]
         batch_size=settings.batch_size, workers=settings.workers, shortlist=settings.shortlist,
-        cache=_feature_cache(backbone) if settings.cache else None,
+        cache=_feature_cache(backbone) if settings.cache else None, kshot=settings.kshot,
+        global_weight=settings.global_weight,
     )  # fmt: skip
     show_bars = settings.progress and not quiet and sys.stderr.isatty()
     started = time.perf_counter()
@@ -434,6 +459,8 @@ def classify(
         "model": backbone.manifest.name,
         "model_sha256": backbone.manifest.sha256,
         "metric": settings.metric,
+        "kshot": support_set.kshot,
+        "global_weight": settings.global_weight,
         "classes": list(classes),
         "shots": dict(zip(classes, support_set.shots, strict=True)),
     }
@@ -704,6 +731,373 @@ def evaluate(
         raise
     if sink:
         sink.commit()
+
+
+# search and anomaly -----------------------------------------------------------------------
+
+
+def _embed_all(clf: Any, paths: list[Path], label: str, show_bars: bool, say: Callable[[str], None]) -> tuple:
+    """(paths that were read, their (N, C, H, W) feature maps), through the feature cache; unreadable ones are
+    reported with ``say`` and left out."""
+    import numpy as np
+
+    feats: dict[Path, Any] = {}
+    with _progress(show_bars) as bars:
+        task = bars.add_task(label, total=len(paths))
+        for item in clf.cached_features(paths, bars_advance(bars, task)):
+            if item.features is None:
+                say(f"skipped {item.error}")
+            else:
+                feats[item.path] = item.features
+    kept = [p for p in paths if p in feats]
+    return kept, (np.stack([feats[p] for p in kept]) if kept else None)
+
+
+def _image_folder(folder: Path, what: str) -> list[Path]:
+    from .errors import DatasetError
+    from .images import iter_image_files
+
+    if not folder.is_dir():
+        raise DatasetError(f"{what} folder does not exist or is not a folder: {folder}")
+    paths = sorted(iter_image_files(folder))
+    if not paths:
+        raise DatasetError(f"no images found in {folder}", hint="image files end in .jpg, .jpeg, .png, ...")
+    return paths
+
+
+def _query_list(queries: list[str]) -> Any:
+    from .errors import DatasetError
+    from .images import iter_query_paths
+
+    for src in queries:
+        if src != "-" and not Path(src).exists():
+            raise DatasetError(f"query path does not exist: {src}", hint="give image files, folders, or '-'")
+    if queries.count("-") > 1:
+        raise DatasetError("'-' (read paths from stdin) may be given only once")
+    return iter_query_paths(queries, _stdin_lines() if "-" in queries else None)
+
+
+def _run_rows(
+    output: Path | None,
+    fmt_used: str,
+    columns: list[str],
+    header: dict[str, Any],
+    rows: Iterator[dict[str, Any]],
+    title: str,
+) -> dict[str, int]:
+    """Stream ``rows`` to stdout or an atomic ``output`` (table: drawn once at the end, with what was computed).
+    Returns counts of rows written by ``status``."""
+    from .output import AtomicFile, RowWriter
+
+    sink = AtomicFile(output) if output is not None else None
+    stream = sink.stream if sink else sys.stdout
+    writer = None if fmt_used == "table" else RowWriter(stream, fmt_used, columns, header)
+    kept: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    finished = False
+    try:
+        for row in rows:
+            counts[row.get("status", "ok")] = counts.get(row.get("status", "ok"), 0) + 1
+            if writer:
+                writer.write(row)
+            else:
+                kept.append(row)
+        finished = True
+    finally:
+        if writer:
+            writer.close(counts)
+        elif kept:
+            from rich import box
+            from rich.table import Table
+
+            table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
+            columns = [c for c in columns if any(row.get(c) is not None for row in kept)]
+            for c in columns:
+                table.add_column(c, overflow="fold")
+            for row in kept:
+                table.add_row(*("" if row.get(c) is None else _escape(str(row.get(c))) for c in columns))
+            Console(file=stream, highlight=False, no_color=True if sink else None, width=160 if sink else None).print(
+                table
+            )
+        if sink:
+            if finished:
+                sink.commit()
+            else:
+                partial = sink.abort(keep=bool(counts))
+                if partial:
+                    stderr_console().print(f"rows computed so far were kept in {partial}")
+    return counts
+
+
+@app.command(
+    epilog=(
+        "[bold]Examples[/bold]\n\n"
+        "  emdcli search query.jpg photos/ --top-k 5\n\n"
+        "  emdcli search queries/ photos/ --format csv > hits.csv\n\n"
+        "Two stages: the whole gallery is ranked by global cosine (pooled features), then the --shortlist best "
+        "are re-ranked by DeepEMD. Gallery features are cached, so a second search over the same gallery does "
+        "not embed it again. A query that is itself in the gallery is not returned as its own hit.\n\n"
+        "Exit codes: 0 done, 1 runtime failure (or no query readable), 2 usage error."
+    )
+)
+@handle_errors
+def search(
+    queries: Annotated[
+        list[str],
+        typer.Argument(
+            help="Query images: files, folders, or - to read paths from stdin.", metavar="QUERY...", show_default=False
+        ),
+    ],  # fmt: skip
+    gallery: Annotated[
+        Path, typer.Argument(help="Folder of images to search (recursively).", metavar="GALLERY", show_default=False)
+    ],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Hits per query.")] = 5,
+    shortlist: Annotated[
+        int, typer.Option("--shortlist", min=0, help="How many global-cosine hits DeepEMD re-ranks (0: all).")
+    ] = 50,
+    rerank: Annotated[
+        Literal["emd", "emd+global", "none"],
+        typer.Option(
+            "--rerank",
+            help="Re-ranking score: emd+global (EMD score + global cosine; measured the safest), emd, or none "
+            "(global cosine only).",
+        ),
+    ] = "emd+global",
+    fmt: Annotated[
+        FormatName | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table, csv, json or jsonl. Default: table on a terminal, csv otherwise.",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write results to this file; it appears only when complete.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    cache: Annotated[
+        bool | None,
+        typer.Option(
+            "--cache/--no-cache", help="Reuse gallery features from earlier runs. [default: cache]", show_default=False
+        ),
+    ] = None,  # fmt: skip
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Progress bars on stderr.", show_default=False)
+    ] = None,
+    quiet: Annotated[
+        bool | None, typer.Option("--quiet", "-q", help="No progress or warnings on stderr.", show_default=False)
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Find the gallery images most like each query: global shortlist, then DeepEMD re-ranking."""
+    from .classify import Classifier
+    from .output import display_path
+    from .retrieval import GalleryIndex
+    from .retrieval import search as search_gallery
+
+    settings = load_settings(
+        config, {"model": model, "device": device, "progress": progress, "quiet": quiet, "cache": cache,
+                 "format": fmt},
+    )  # fmt: skip
+    say = (lambda m: None) if settings.quiet else warn
+    fmt_used = _choose_format(settings.format, output)
+    gallery_paths = _image_folder(gallery, "gallery")
+    query_paths = _query_list(queries)
+    backbone = _load_backbone(settings)
+    clf = Classifier(backbone, backbone.manifest.preprocess, batch_size=settings.batch_size,
+                     workers=settings.workers, cache=_feature_cache(backbone) if settings.cache else None)  # fmt: skip
+    show_bars = settings.progress and not settings.quiet and sys.stderr.isatty()
+    kept, fmaps = _embed_all(clf, gallery_paths, "Gallery", show_bars, say)
+    if fmaps is None:
+        raise EmdcliError(f"none of the {len(gallery_paths)} gallery images could be read")
+    index = GalleryIndex.from_features(kept, fmaps)
+    position = {p.resolve(): i for i, p in enumerate(kept)}
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for item in clf.embed(query_paths):
+            q = display_path(item.path)
+            if item.features is None:
+                say(f"skipped {item.error}")
+                yield {"query": q, "status": "error", "error": item.error}
+                continue
+            own = position.get(item.path.resolve())
+            for hit in search_gallery(index, item.features, top_k=top_k, shortlist=shortlist, rerank=rerank,
+                                      exclude=own):  # fmt: skip
+                yield {
+                    "query": q, "status": "ok", "rank": hit.rank, "path": display_path(hit.path),
+                    "score": None if hit.score is None else round(hit.score, 6),
+                    "global_score": round(hit.global_score, 6), "error": None,
+                }  # fmt: skip
+
+    header = {"gallery": str(gallery), "gallery_images": len(kept), "model": backbone.manifest.name,
+              "shortlist": shortlist, "rerank": rerank}  # fmt: skip
+    columns = ["query", "rank", "path", "score", "global_score", "status", "error"]
+    counts = _run_rows(
+        output, fmt_used, columns, header, rows(), f"{gallery}: {len(kept)} images, re-ranked by {rerank}"
+    )
+    if not counts:
+        raise EmdcliError("no query images were given", hint="give image files, folders, or pipe paths into '-'")
+    if counts.get("ok", 0) == 0:
+        raise EmdcliError("none of the queries could be read", hint="see the warnings above")
+
+
+EXIT_ANOMALY = 3
+
+
+@app.command(
+    epilog=(
+        "[bold]Examples[/bold]\n\n"
+        "  emdcli anomaly normal/ incoming/\n\n"
+        "  emdcli anomaly normal/ part.jpg --fail-on-anomaly && echo looks normal\n\n"
+        "Score = mean EMD dissimilarity (1 - score) to the k most similar normal images. The threshold is "
+        "calibrated on NORMAL_DIR itself: each normal image is scored against the others (leave-one-out) and "
+        "the threshold is the (1 - contamination) quantile of those scores, unless --threshold is given.\n\n"
+        "Exit codes: 0 done (anomalies are results, not failures), 3 with --fail-on-anomaly when any query is "
+        "anomalous, 1 runtime failure, 2 usage error."
+    )
+)
+@handle_errors
+def anomaly(
+    normal_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of normal images (searched recursively), 2 or more.", metavar="NORMAL_DIR", show_default=False
+        ),
+    ],  # fmt: skip
+    queries: Annotated[
+        list[str],
+        typer.Argument(
+            help="Images to judge: files, folders, or - to read paths from stdin.",
+            metavar="QUERIES",
+            show_default=False,
+        ),
+    ],  # fmt: skip
+    k: Annotated[int, typer.Option("--k", min=1, help="Nearest normal images averaged.")] = 1,
+    contamination: Annotated[
+        float,
+        typer.Option(
+            "--contamination",
+            min=0.0,
+            max=0.99,
+            help="Fraction of the normal images the calibrated threshold may flag.",
+        ),
+    ] = 0.05,  # fmt: skip
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Use this threshold instead of calibrating one.", show_default=False),
+    ] = None,
+    fail_on_anomaly: Annotated[
+        bool, typer.Option("--fail-on-anomaly", help=f"Exit with code {EXIT_ANOMALY} when any query is anomalous.")
+    ] = False,
+    fmt: Annotated[
+        FormatName | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table, csv, json or jsonl. Default: table on a terminal, csv otherwise.",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write results to this file; it appears only when complete.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    cache: Annotated[
+        bool | None,
+        typer.Option(
+            "--cache/--no-cache",
+            help="Reuse normal-image features from earlier runs. [default: cache]",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Progress bars on stderr.", show_default=False)
+    ] = None,
+    quiet: Annotated[
+        bool | None,
+        typer.Option("--quiet", "-q", help="No progress, calibration or warnings on stderr.", show_default=False),
+    ] = None,  # fmt: skip
+    config: ConfigOpt = None,
+) -> None:
+    """Score how unlike the normal examples each query is, with a threshold calibrated on them."""
+    import numpy as np
+
+    from .anomaly import NormalSet, anomaly_scores, calibrate, judge
+    from .classify import Classifier
+    from .output import display_path
+
+    settings = load_settings(
+        config, {"model": model, "device": device, "progress": progress, "quiet": quiet, "cache": cache,
+                 "format": fmt},
+    )  # fmt: skip
+    say = (lambda m: None) if settings.quiet else warn
+    tell = (lambda m: None) if settings.quiet else note
+    fmt_used = _choose_format(settings.format, output)
+    normal_paths = _image_folder(normal_dir, "normal")
+    query_paths = _query_list(queries)
+    backbone = _load_backbone(settings)
+    clf = Classifier(backbone, backbone.manifest.preprocess, batch_size=settings.batch_size,
+                     workers=settings.workers, cache=_feature_cache(backbone) if settings.cache else None)  # fmt: skip
+    show_bars = settings.progress and not settings.quiet and sys.stderr.isatty()
+    kept, fmaps = _embed_all(clf, normal_paths, "Normal", show_bars, say)
+    if fmaps is None:
+        raise EmdcliError(f"none of the {len(normal_paths)} normal images could be read")
+    normal = NormalSet.from_features(kept, fmaps)
+    cal = calibrate(normal, k=k, contamination=contamination, threshold=threshold)
+    if cal.scores.size:
+        q50, q95 = np.quantile(cal.scores, [0.5, 0.95])
+        how = "given" if cal.source == "explicit" else f"the {100 * (1 - contamination):g}th percentile"
+        tell(f"calibrated on {normal.size} normal images (k={cal.k}): leave-one-out scores median {q50:.4f}, "
+            f"95th percentile {q95:.4f}, max {cal.scores.max():.4f}; threshold {cal.threshold:.4f} ({how}), "
+            f"flags {100 * cal.flagged_fraction:.0f}% of the normal images")  # fmt: skip
+    flagged = 0
+
+    def rows() -> Iterator[dict[str, Any]]:
+        nonlocal flagged
+        for item in clf.embed(query_paths):
+            q = display_path(item.path)
+            if item.features is None:
+                say(f"skipped {item.error}")
+                yield {"path": q, "status": "error", "error": item.error}
+                continue
+            verdict = judge(cal, anomaly_scores(normal, item.features, k=cal.k))
+            flagged += int(verdict.anomalous)
+            yield {
+                "path": q, "status": "ok", "score": round(verdict.score, 6), "threshold": round(cal.threshold, 6),
+                "verdict": "anomaly" if verdict.anomalous else "normal", "error": None,
+            }  # fmt: skip
+
+    header = {
+        "normal_dir": str(normal_dir), "normal_images": normal.size, "model": backbone.manifest.name, "k": cal.k,
+        "threshold": round(cal.threshold, 6), "threshold_source": cal.source, "contamination": contamination,
+    }  # fmt: skip
+    columns = ["path", "status", "score", "threshold", "verdict", "error"]
+    counts = _run_rows(output, fmt_used, columns, header, rows(),
+                       f"{normal_dir}: threshold {cal.threshold:.4f} ({normal.size} normal images)")  # fmt: skip
+    if not counts:
+        raise EmdcliError("no query images were given", hint="give image files, folders, or pipe paths into '-'")
+    if counts.get("ok", 0) == 0:
+        raise EmdcliError("none of the queries could be read", hint="see the warnings above")
+    tell(f"{flagged} of {counts.get('ok', 0)} queries anomalous")
+    if fail_on_anomaly and flagged:
+        raise typer.Exit(EXIT_ANOMALY)
 
 
 # explain --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from . import defaults
 from .errors import ConfigError
 
 FORMATS = ("table", "csv", "json", "jsonl")
@@ -20,6 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "metric": ("cosine", "l2"),
     "format": FORMATS,
+    "kshot": ("mean", "sfc"),
 }
 
 
@@ -38,10 +40,13 @@ class Settings:
     quiet: bool = False
     shortlist: int = 10
     cache: bool = True
+    kshot: str = defaults.KSHOT
+    global_weight: float = defaults.GLOBAL_WEIGHT
 
 
 _TYPES: dict[str, type] = {
     "top_k": int, "batch_size": int, "workers": int, "progress": bool, "quiet": bool, "shortlist": int, "cache": bool,
+    "global_weight": float,
 }  # fmt: skip
 _MINIMUM = {"top_k": 1, "batch_size": 1, "workers": 1, "shortlist": 0}
 
@@ -62,6 +67,10 @@ def _check(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
         return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+            raise ConfigError(f"{source}: {key} must be a number of at least 0, got {value!r}")
+        return float(value)
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{source}: {key} must be a whole number, got {value!r}")

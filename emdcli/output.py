@@ -198,3 +198,44 @@ class AtomicFile:
             return partial
         self._tmp.unlink(missing_ok=True)
         return None
+
+
+class RowWriter:
+    """Streams flat rows (dicts with the keys ``columns``) as csv, jsonl or one json document.
+
+    json: ``{**header, rows_key: [row, ...], "summary": {...}}``; call ``close`` once.
+    """
+
+    def __init__(
+        self, stream: IO[str], fmt: str, columns: Sequence[str], header: dict[str, Any], rows_key: str = "rows"
+    ) -> None:
+        self.stream, self.fmt, self.columns = stream, fmt, list(columns)
+        self._first = True
+        if fmt == "csv":
+            self._csv(self.columns)
+        elif fmt == "json":
+            head = json.dumps(header, ensure_ascii=False)[:-1]
+            stream.write(f'{head}{", " if header else ""}"{rows_key}": [')
+            stream.flush()
+
+    def _csv(self, values: list[Any]) -> None:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(["" if v is None else v for v in values])
+        self.stream.write(buf.getvalue())
+        self.stream.flush()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fmt == "csv":
+            self._csv([row.get(c) for c in self.columns])
+        elif self.fmt == "jsonl":
+            self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self.stream.flush()
+        else:
+            self.stream.write(("\n  " if self._first else ",\n  ") + json.dumps(row, ensure_ascii=False))
+            self.stream.flush()
+        self._first = False
+
+    def close(self, summary: dict[str, Any]) -> None:
+        if self.fmt == "json":
+            self.stream.write(f'\n], "summary": {json.dumps(summary, ensure_ascii=False)}}}\n')
+            self.stream.flush()

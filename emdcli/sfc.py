@@ -11,6 +11,7 @@ as constants, as in DeepEMD's OpenCV solver path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,7 +89,7 @@ def _loss_and_grad(
 
 
 def fit_sfc(
-    shots: np.ndarray,
+    shots: np.ndarray | Sequence[np.ndarray],
     *,
     steps: int = SFC_STEPS,
     lr: float = SFC_LR,
@@ -97,15 +98,15 @@ def fit_sfc(
 ) -> SFCFit:
     """Fit one node set per class to the support set.
 
-    shots: (way, shot, n, C) float32 nodes of every support image.
+    shots: (way, shot, n, C) float32 nodes of every support image, or a sequence of
+    (shot_k, n, C) arrays when classes have different numbers of shots.
     Returns the (way, n, C) fitted node sets, starting from the per-class mean; with
     ``final_loss`` the loss after the last step is computed too (one more pass).
     """
-    shots = np.asarray(shots, dtype=np.float32)
-    way, shot = shots.shape[:2]
-    support = [Nodes.from_feature_map(x) for x in shots.reshape(way * shot, *shots.shape[2:])]
-    labels = np.repeat(np.arange(way), shot)
-    p = shots.astype(np.float64).mean(axis=1)
+    per_class = [np.asarray(c, dtype=np.float32) for c in shots]
+    support = [Nodes.from_feature_map(x) for c in per_class for x in c]
+    labels = np.concatenate([np.full(len(c), k) for k, c in enumerate(per_class)])
+    p = np.stack([c.astype(np.float64).mean(axis=0) for c in per_class])
     step = lr * float(np.mean(np.abs(p)))
     m = np.zeros_like(p)
     v = np.zeros_like(p)

@@ -201,8 +201,8 @@ def crash_after(monkeypatch: pytest.MonkeyPatch, rows: int, message: str) -> Non
 
     real = classify_module.Classifier.predict
 
-    def crashing(self, support, paths, on_done=None):  # type: ignore[no-untyped-def]
-        for i, pred in enumerate(real(self, support, paths, on_done)):
+    def crashing(self, support, paths, on_done=None, observe=None):  # type: ignore[no-untyped-def]
+        for i, pred in enumerate(real(self, support, paths, on_done, observe)):
             if i == rows:
                 raise RuntimeError(message)
             yield pred

@@ -1,0 +1,167 @@
+"""Anomaly detection: how far an image is, by DeepEMD, from a set of normal images.
+
+    normal = NormalSet.from_features(paths, fmaps)          # fmaps: (n, C, H, W) float32
+    cal = calibrate(normal, k=1, contamination=0.05)
+    score = anomaly_scores(normal, query_fmap, k=cal.k)
+    verdict = judge(cal, score)                               # verdict.anomalous
+
+The anomaly score of an image is the mean dissimilarity ``1 - EMD score`` to its ``k``
+nearest normal images (nearest by EMD score; see :mod:`emdcli.matching`). It lies in
+[0, 2]: about 0 for a copy of a normal image, higher for more anomalous ones. The
+threshold is calibrated on the normal images themselves: each is scored against the
+others (leave-one-out), and the threshold is the ``1 - contamination`` quantile
+(linear interpolation) of those scores, so about that fraction of normal images
+would be flagged. An image is anomalous when its score is above the threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .errors import DatasetError
+from .matching import ClassBank, Nodes
+
+#: Fraction of normal images a calibrated threshold flags unless told otherwise.
+DEFAULT_CONTAMINATION = 0.05
+ThresholdSource = Literal["quantile", "explicit"]
+
+
+@dataclass(frozen=True)
+class NormalSet:
+    """The normal images: their paths and their (H*W, C) node sets stacked for EMD scoring."""
+
+    paths: tuple[Path, ...]
+    bank: ClassBank = field(repr=False)
+
+    @classmethod
+    def from_features(cls, paths: Sequence[Path], fmaps: np.ndarray | Sequence[np.ndarray]) -> NormalSet:
+        """Build from n paths and their (n, C, H, W) float32 feature maps (all of one shape).
+
+        Raises DatasetError when there is no image, ValueError when the counts or shapes disagree.
+        """
+        if len(paths) == 0:
+            raise DatasetError("the normal set holds no images")
+        arr = np.asarray(fmaps, dtype=np.float32)
+        if arr.ndim != 4 or arr.shape[0] != len(paths):
+            raise ValueError(f"expected ({len(paths)}, C, H, W) feature maps, got shape {arr.shape}")
+        bank = ClassBank.from_nodes([Nodes.from_feature_map(f) for f in arr])
+        return cls(paths=tuple(Path(p) for p in paths), bank=bank)
+
+    @property
+    def size(self) -> int:
+        return len(self.paths)
+
+
+def normal_similarities(normal: NormalSet, query_fmap: np.ndarray) -> np.ndarray:
+    """(n,) float64 EMD scores in [-1, 1] of a (C, H, W) query against each normal image."""
+    return normal.bank.scores(Nodes.from_feature_map(query_fmap))
+
+
+def _score_from_similarities(sims: np.ndarray, k: int) -> float:
+    """Mean of ``1 - s`` over the ``k`` largest finite similarities ``s`` (k already capped)."""
+    s = np.sort(sims[np.isfinite(sims)])[::-1][:k]
+    return float(np.mean(1.0 - s))
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+
+
+def anomaly_scores(normal: NormalSet, query_fmap: np.ndarray, *, k: int = 1) -> float:
+    """Anomaly score of a (C, H, W) query: mean ``1 - EMD score`` over its ``k`` nearest normal
+    images (k is capped at the set's size). In [0, 2]; higher is more anomalous."""
+    _check_k(k)
+    return _score_from_similarities(normal_similarities(normal, query_fmap), min(k, normal.size))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A threshold on anomaly scores, set on the normal images.
+
+    threshold: scores above it are anomalous. scores: (n,) float64 leave-one-out score of
+    each normal image against the others, in the normal set's order. contamination: the
+    fraction in [0, 1) of normal images the quantile rule flags. k: neighbours averaged
+    (already capped at n - 1; score queries with this k). source: ``"quantile"`` when the
+    threshold is the ``1 - contamination`` quantile of ``scores``, ``"explicit"`` when given.
+    """
+
+    threshold: float
+    scores: np.ndarray = field(repr=False)
+    contamination: float
+    k: int
+    source: ThresholdSource
+
+    @property
+    def flagged_fraction(self) -> float:
+        """Fraction of the normal images whose leave-one-out score is above the threshold (NaN without scores)."""
+        return float(np.mean(self.scores > self.threshold)) if self.scores.size else float("nan")
+
+
+def leave_one_out_scores(normal: NormalSet, *, k: int = 1) -> np.ndarray:
+    """(n,) float64 anomaly score of each normal image against the other n - 1 (k capped at n - 1).
+
+    Raises DatasetError with fewer than 2 normal images.
+    """
+    _check_k(k)
+    n = normal.size
+    if n < 2:
+        raise DatasetError(
+            f"calibration needs at least 2 normal images, got {n}",
+            hint="add normal images, or give an explicit threshold",
+        )
+    k = min(k, n - 1)
+    b = normal.bank
+    m = b.nodes_per_class
+    out = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        own = Nodes(raw=b.raw[i * m : (i + 1) * m], unit=b.unit[i * m : (i + 1) * m], mean=b.means[i])
+        others = np.delete(np.arange(n), i)
+        out[i] = _score_from_similarities(b.scores(own, only=others), k)
+    return out
+
+
+def calibrate(
+    normal: NormalSet,
+    *,
+    k: int = 1,
+    contamination: float = DEFAULT_CONTAMINATION,
+    threshold: float | None = None,
+) -> Calibration:
+    """Leave-one-out scores of the normal images and a threshold: ``threshold`` when given,
+    else the ``1 - contamination`` quantile of those scores.
+
+    Raises DatasetError with fewer than 2 normal images and no explicit threshold (with one
+    image and a threshold, ``scores`` is empty), ValueError for a contamination outside
+    [0, 1) or k < 1.
+    """
+    if not 0.0 <= contamination < 1.0:
+        raise ValueError(f"contamination must be in [0, 1), got {contamination}")
+    if threshold is not None and normal.size < 2:
+        _check_k(k)
+        return Calibration(float(threshold), np.empty(0), contamination, 1, "explicit")
+    scores = leave_one_out_scores(normal, k=k)
+    k = min(k, normal.size - 1)
+    if threshold is not None:
+        return Calibration(float(threshold), scores, contamination, k, "explicit")
+    cut = float(np.quantile(scores, 1.0 - contamination))
+    return Calibration(cut, scores, contamination, k, "quantile")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One image judged: its anomaly score, the threshold, and whether the score is above it."""
+
+    score: float
+    threshold: float
+    anomalous: bool
+
+
+def judge(calibration: Calibration, score: float) -> Verdict:
+    """Anomalous when ``score`` is strictly above the calibrated threshold."""
+    return Verdict(score=float(score), threshold=calibration.threshold, anomalous=bool(score > calibration.threshold))
