@@ -981,7 +981,9 @@ def anomaly(
             show_default=False,
         ),
     ],  # fmt: skip
-    k: Annotated[int, typer.Option("--k", min=1, help="Nearest normal images averaged.")] = 1,
+    k: Annotated[
+        int, typer.Option("--k", min=1, help="Nearest normal images averaged (at most all the others).")
+    ] = 3,
     contamination: Annotated[
         float,
         typer.Option(
