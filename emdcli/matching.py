@@ -186,11 +186,18 @@ class ClassBank:
         cosines of all classes computed in two matrix products.
         """
         m = self.nodes_per_class
-        picked = np.arange(self.size) if only is None else np.asarray(only)
+        picked = np.arange(self.size) if only is None else np.asarray(only, dtype=np.intp)
         out = np.full(self.size, np.nan)
-        cos = np.clip((query.unit @ self.unit.T).astype(np.float64), -1.0, 1.0)  # (n, K*m)
-        wq = np.maximum(query.raw @ self.means.T, 0.0).astype(np.float64) + WEIGHT_EPS  # (n, K)
-        wc = np.maximum(self.raw @ query.mean, 0.0).astype(np.float64) + WEIGHT_EPS  # (K*m,)
+        if only is None:
+            unit, raw, means = self.unit, self.raw, self.means
+        else:  # only the picked classes' nodes enter the products (a shortlist of many classes)
+            c = self.unit.shape[1]
+            unit = self.unit.reshape(self.size, m, c)[picked].reshape(-1, c)
+            raw = self.raw.reshape(self.size, m, c)[picked].reshape(-1, c)
+            means = self.means[picked]
+        cos = np.clip((query.unit @ unit.T).astype(np.float64), -1.0, 1.0)  # (n, P*m)
+        wq = np.maximum(query.raw @ means.T, 0.0).astype(np.float64) + WEIGHT_EPS  # (n, P)
+        wc = np.maximum(raw @ query.mean, 0.0).astype(np.float64) + WEIGHT_EPS  # (P*m,)
         if weighting == "uniform":
             wq, wc = np.ones_like(wq), np.ones_like(wc)
         elif weighting != "cross":
@@ -199,10 +206,10 @@ class ClassBank:
             raise TransportError("the features hold NaN or infinite values; the model output is broken")
         wq /= wq.sum(axis=0)
         costs = 1.0 - cos if metric == "cosine" else np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
-        for k in picked:
-            b = wc[k * m : (k + 1) * m]
-            cost = np.ascontiguousarray(costs[:, k * m : (k + 1) * m])
-            out[k] = 1.0 - emd_cost_trusted(np.ascontiguousarray(wq[:, k]), b / b.sum(), cost)
+        for j, k in enumerate(picked):
+            b = wc[j * m : (j + 1) * m]
+            cost = np.ascontiguousarray(costs[:, j * m : (j + 1) * m])
+            out[k] = 1.0 - emd_cost_trusted(np.ascontiguousarray(wq[:, j]), b / b.sum(), cost)
         return out
 
 
