@@ -48,7 +48,7 @@ def main() -> int:
     for ep in plan.episodes:
         shots = np.stack([[nodes_of(f) for f in maps[row]] for row in ep.support])
         t0 = time.perf_counter()
-        fit = fit_sfc(shots)
+        fit_sfc(shots)
         times.append(time.perf_counter() - t0)
         check = fit_sfc(shots, final_loss=True)
         before.append(check.losses[0])

@@ -606,7 +606,7 @@ def evaluate(
             "-m",
             help="Comma-separated methods, all scored on the same episodes; differences are paired against proto.",
         ),
-    ] = "proto,emd",  # fmt: skip
+    ] = "proto,emd,default",  # fmt: skip
     fmt: Annotated[
         Literal["table", "csv", "json"] | None,
         typer.Option(
@@ -981,9 +981,7 @@ def anomaly(
             show_default=False,
         ),
     ],  # fmt: skip
-    k: Annotated[
-        int, typer.Option("--k", min=1, help="Nearest normal images averaged (at most all the others).")
-    ] = 3,
+    k: Annotated[int, typer.Option("--k", min=1, help="Nearest normal images averaged (at most all the others).")] = 3,
     contamination: Annotated[
         float,
         typer.Option(

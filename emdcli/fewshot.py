@@ -211,10 +211,20 @@ def _reduced_shots(reduce: str) -> ScoreFn:
     return score
 
 
+def classify_default(support: np.ndarray, query: np.ndarray, memo: EpisodeMemo | None = None) -> np.ndarray:
+    """What ``emdcli classify`` does with its defaults (:mod:`emdcli.defaults`): (n, way) scores."""
+    from . import defaults
+
+    base = _SFC if defaults.KSHOT == "sfc" and support.shape[1] > 1 else _EMD
+    return base(support, query, memo) + defaults.GLOBAL_WEIGHT * _GLOBAL(support, query, memo)
+
+
 def _methods() -> dict[str, FewShotMethod]:
     items = [
         FewShotMethod("proto", "SimpleShot: nearest CL2N centroid of pooled features (the baseline)",
                       shared("proto", simpleshot_scores)),
+        FewShotMethod("default", "what classify does by default: emd+global at 1-shot, emd-sfc+global at k-shot",
+                      classify_default),
         FewShotMethod("emd", "DeepEMD: cross-reference weights, per-node centring, class = mean feature map", _EMD),
         FewShotMethod("emd-uniform", "emd with uniform node weights", _EMD_UNIFORM),
         FewShotMethod("emd-episode-centre", "emd with nodes centred on the episode's mean support node",

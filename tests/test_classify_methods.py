@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emdcli import fewshot
+from emdcli import defaults, fewshot
 from emdcli.classify import Classifier, simpleshot_centroids
 from emdcli.folders import read_labelled_folder
 from emdcli.images import load_image
@@ -17,16 +17,26 @@ from tests.conftest import make_folder
 
 @pytest.mark.parametrize(
     ("global_weight", "kshot", "method"),
-    [(0.0, "mean", "emd"), (0.5, "mean", "emd+global"), (0.0, "sfc", "emd-sfc"), (0.5, "sfc", "emd-sfc+global")],
+    [
+        (0.0, "mean", "emd"),
+        (0.5, "mean", "emd+global"),
+        (0.0, "sfc", "emd-sfc"),
+        (0.5, "sfc", "emd-sfc+global"),
+        (None, None, "default"),
+    ],  # fmt: skip
 )
 def test_classifier_scores_equal_the_method(
-    tiny_model: Path, tmp_path: Path, global_weight: float, kshot: str, method: str
+    tiny_model: Path, tmp_path: Path, global_weight: float | None, kshot: str | None, method: str
 ) -> None:
     support_dir = make_folder(tmp_path / "support", {"red": 3, "green": 3, "blue": 3})
     queries = sorted(make_folder(tmp_path / "q", {"red": 1, "green": 1, "blue": 1}, seed=4).rglob("*.png"))
     backbone = Backbone(tiny_model)
     prep = backbone.manifest.preprocess
-    clf = Classifier(backbone, prep, global_weight=global_weight, kshot=kshot)  # type: ignore[arg-type]
+    if method == "default":  # the library's and the CLI's defaults
+        clf = Classifier(backbone, prep)
+        kshot = defaults.KSHOT
+    else:
+        clf = Classifier(backbone, prep, global_weight=global_weight, kshot=kshot)  # type: ignore[arg-type]
     folder = read_labelled_folder(support_dir)
     support = clf.fit(folder)
     assert support.kshot == kshot
