@@ -42,15 +42,13 @@ from emdcli.model import Backbone, resolve_model_path
 from emdcli.retrieval import GLOBAL_WEIGHT, GalleryIndex, Rerank, search
 
 
-def embed_set(clf: Classifier, root: Path) -> tuple[list[Path], np.ndarray, np.ndarray]:
+def embed_set(clf: Classifier, root: Path) -> tuple[tuple[Path, ...], np.ndarray, np.ndarray]:
     """Paths, labels (N,) and (N, C, H, W) feature maps of the readable images under ``root``."""
-    folder = read_labelled_folder(root)
-    owner = {p: i for i, c in enumerate(folder.classes) for p in c.files}
-    got = {e.path: e.features for e in clf.cached_features(list(owner), None) if e.features is not None}
-    paths = [p for p in owner if p in got]
-    if len(paths) < len(owner):
-        print(f"# {root.name}: {len(owner) - len(paths)} unreadable image(s) left out", file=sys.stderr)
-    return paths, np.array([owner[p] for p in paths]), np.stack([got[p] for p in paths])
+    data = clf.embed_labelled(read_labelled_folder(root))
+    if data.skipped:
+        print(f"# {root.name}: {len(data.skipped)} unreadable image(s) left out", file=sys.stderr)
+    assert data.features is not None, f"{root}: no readable image"
+    return data.paths, data.labels, data.features
 
 
 def average_precision_at_r(rel: np.ndarray) -> float:

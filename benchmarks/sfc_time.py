@@ -37,12 +37,9 @@ def main() -> int:
     backbone = Backbone(resolve_model_path(None))
     prep = backbone.manifest.preprocess
     clf = Classifier(backbone, prep, cache=FeatureCache(f"{backbone.manifest.sha256}/{prep.key()}"))
-    folder = read_labelled_folder(args.data)
-    owner = {p: i for i, c in enumerate(folder.classes) for p in c.files}
-    feats = {e.path: e.features for e in clf.cached_features(list(owner), None) if e.features is not None}
-    paths = [p for p in owner if p in feats]
-    maps = np.stack([feats[p] for p in paths])
-    labels = np.array([owner[p] for p in paths])
+    data = clf.embed_labelled(read_labelled_folder(args.data))
+    assert data.features is not None, f"{args.data}: no readable image"
+    maps, labels = data.features, data.labels
     plan = sample_episodes(labels, args.way, args.shot, 1, args.episodes, seed=0)
     times, before, after = [], [], []
     for ep in plan.episodes:

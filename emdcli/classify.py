@@ -147,6 +147,21 @@ class Tally:
         return self.correct / self.labelled if self.labelled else None
 
 
+@dataclass(frozen=True)
+class LabelledFeatures:
+    """Every readable image of a labelled folder with its feature map.
+
+    labels: (N,) int index into ``classes``; features: (N, C, H, W) float32 (None when
+    nothing was readable); skipped: the unreadable images.
+    """
+
+    classes: tuple[str, ...]
+    paths: tuple[Path, ...]
+    labels: np.ndarray
+    features: np.ndarray | None
+    skipped: tuple[Skipped, ...]
+
+
 #: How a class with several examples gets its node set: their mean feature map, or SFC.
 KSHOT_MODES: tuple[str, ...] = ("mean", "sfc")
 #: SFC solves (support images x classes) EMDs per step: above this many, classes use the mean map.
@@ -273,6 +288,25 @@ class Classifier:
             centre=centre,
             centroids=centroids,
             kshot=kshot,
+        )
+
+    def embed_labelled(self, folder: LabelledFolder, on_done: Callable[[int], None] | None = None) -> LabelledFeatures:
+        """Feature maps of every image of ``folder`` (through the cache), in folder order."""
+        owner = {p: i for i, c in enumerate(folder.classes) for p in c.files}
+        got: dict[Path, np.ndarray] = {}
+        skipped = []
+        for item in self.cached_features(list(owner), on_done):
+            if item.features is None:
+                skipped.append(Skipped(item.path, item.error or "unreadable"))
+            else:
+                got[item.path] = item.features
+        paths = tuple(p for p in owner if p in got)
+        return LabelledFeatures(
+            classes=folder.names,
+            paths=paths,
+            labels=np.array([owner[p] for p in paths], dtype=np.intp),
+            features=np.stack([got.pop(p) for p in paths]) if paths else None,
+            skipped=tuple(skipped),
         )
 
     def closest_example(self, support: SupportSet, features: np.ndarray, label: str) -> tuple[Path, np.ndarray]:

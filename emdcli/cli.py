@@ -177,6 +177,34 @@ ModelOpt = Annotated[
         show_default=False,
     ),
 ]  # fmt: skip
+RowFormatOpt = Annotated[
+    FormatName | None,
+    typer.Option(
+        "--format", "-f", help="table, csv, json or jsonl. Default: table on a terminal, csv otherwise.",
+        show_default=False,
+    ),
+]  # fmt: skip
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output", "-o", help="Write results to this file; it appears only when complete.", dir_okay=False,
+        show_default=False,
+    ),
+]  # fmt: skip
+CacheOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--cache/--no-cache", help="Reuse image features from earlier runs (the feature cache). [default: cache]",
+        show_default=False,
+    ),
+]  # fmt: skip
+ProgressOpt = Annotated[
+    bool | None,
+    typer.Option("--progress/--no-progress", help="Progress bars on stderr (only on a terminal).", show_default=False),
+]
+QuietOpt = Annotated[
+    bool | None, typer.Option("--quiet", "-q", help="No progress or warnings on stderr.", show_default=False)
+]
 DeviceOpt = Annotated[
     DeviceName | None,
     typer.Option(
@@ -654,7 +682,6 @@ def evaluate(
     config: ConfigOpt = None,
 ) -> None:
     """Measure few-shot accuracy on a labelled set: N-way K-shot episodes, every method on the same ones."""
-    import numpy as np
 
     from .classify import Classifier
     from .episodes import sample_episodes
@@ -682,21 +709,15 @@ def evaluate(
         backbone, backbone.manifest.preprocess, batch_size=settings.batch_size, workers=settings.workers,
         cache=_feature_cache(backbone) if settings.cache else None,
     )  # fmt: skip
-    owner = {p: i for i, c in enumerate(folder.classes) for p in c.files}
     show_bars = settings.progress and not quiet and sys.stderr.isatty()
-    feats: dict[Path, Any] = {}
     with _progress(show_bars) as bars:
         task = bars.add_task("Embedding", total=folder.image_count)
-        for item in clf.cached_features(list(owner), bars_advance(bars, task)):
-            if item.features is None:
-                say(f"skipped {item.error}")
-            else:
-                feats[item.path] = item.features
-    kept = [p for p in owner if p in feats]
-    if not kept:
-        raise EmdcliError(f"none of the {len(owner)} images in {dataset} could be read")
-    features = np.stack([feats.pop(p) for p in kept])
-    labels = np.array([owner[p] for p in kept])
+        data = clf.embed_labelled(folder, bars_advance(bars, task))
+    for skip in data.skipped:
+        say(f"skipped {skip.reason}")
+    if data.features is None:
+        raise EmdcliError(f"none of the {folder.image_count} images in {dataset} could be read")
+    features, labels = data.features, data.labels
     plan = sample_episodes(labels, way, shot, query, episodes, seed)
     if plan.too_small:
         small = [folder.classes[i].name for i in plan.too_small]
@@ -710,7 +731,7 @@ def evaluate(
     meta = {
         "dataset": str(dataset), "model": backbone.manifest.name, "model_sha256": backbone.manifest.sha256,
         "way": way, "shot": shot, "query": query, "episodes": episodes, "seed": seed,
-        "images": len(kept), "unreadable": len(owner) - len(kept),
+        "images": len(data.paths), "unreadable": len(data.skipped),
         "classes": len(plan.eligible), "classes_too_small": [folder.classes[i].name for i in plan.too_small],
     }  # fmt: skip
     sink = AtomicFile(output) if output is not None else None
@@ -863,39 +884,13 @@ def search(
             "(global cosine only).",
         ),
     ] = "emd+global",
-    fmt: Annotated[
-        FormatName | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="table, csv, json or jsonl. Default: table on a terminal, csv otherwise.",
-            show_default=False,
-        ),
-    ] = None,  # fmt: skip
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Write results to this file; it appears only when complete.",
-            dir_okay=False,
-            show_default=False,
-        ),
-    ] = None,  # fmt: skip
+    fmt: RowFormatOpt = None,
+    output: OutputOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    cache: Annotated[
-        bool | None,
-        typer.Option(
-            "--cache/--no-cache", help="Reuse gallery features from earlier runs. [default: cache]", show_default=False
-        ),
-    ] = None,  # fmt: skip
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help="Progress bars on stderr.", show_default=False)
-    ] = None,
-    quiet: Annotated[
-        bool | None, typer.Option("--quiet", "-q", help="No progress or warnings on stderr.", show_default=False)
-    ] = None,
+    cache: CacheOpt = None,
+    progress: ProgressOpt = None,
+    quiet: QuietOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Find the gallery images most like each query: global shortlist, then DeepEMD re-ranking."""
@@ -998,42 +993,13 @@ def anomaly(
     fail_on_anomaly: Annotated[
         bool, typer.Option("--fail-on-anomaly", help=f"Exit with code {EXIT_ANOMALY} when any query is anomalous.")
     ] = False,
-    fmt: Annotated[
-        FormatName | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="table, csv, json or jsonl. Default: table on a terminal, csv otherwise.",
-            show_default=False,
-        ),
-    ] = None,  # fmt: skip
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Write results to this file; it appears only when complete.",
-            dir_okay=False,
-            show_default=False,
-        ),
-    ] = None,  # fmt: skip
+    fmt: RowFormatOpt = None,
+    output: OutputOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    cache: Annotated[
-        bool | None,
-        typer.Option(
-            "--cache/--no-cache",
-            help="Reuse normal-image features from earlier runs. [default: cache]",
-            show_default=False,
-        ),
-    ] = None,  # fmt: skip
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help="Progress bars on stderr.", show_default=False)
-    ] = None,
-    quiet: Annotated[
-        bool | None,
-        typer.Option("--quiet", "-q", help="No progress, calibration or warnings on stderr.", show_default=False),
-    ] = None,  # fmt: skip
+    cache: CacheOpt = None,
+    progress: ProgressOpt = None,
+    quiet: QuietOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Score how unlike the normal examples each query is, with a threshold calibrated on them."""

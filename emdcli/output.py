@@ -128,34 +128,42 @@ def read_earlier_output(path: Path, fmt: str, classes: Sequence[str]) -> list[Pr
     return [prediction_from_record(r) for r in recs]
 
 
-class StructuredWriter:
-    """Streams records to a text stream as csv, json or jsonl; call ``close`` once."""
+class RowWriter:
+    """Streams flat rows (dicts with the keys ``columns``) as csv, jsonl or one json document.
 
-    def __init__(self, stream: IO[str], fmt: str, classes: Sequence[str], top_k: int, header: dict[str, Any]) -> None:
-        self.stream, self.fmt, self.classes, self.top_k = stream, fmt, list(classes), top_k
+    json: ``{**header, rows_key: [row, ...], "summary": {...}}``; call ``close`` once.
+    """
+
+    def __init__(
+        self, stream: IO[str], fmt: str, columns: Sequence[str], header: dict[str, Any], rows_key: str = "rows"
+    ) -> None:
+        self.stream, self.fmt, self.columns = stream, fmt, list(columns)
         self._first = True
         if fmt == "csv":
-            self._line(csv_header(self.classes, top_k))
+            self._csv(self.columns)
         elif fmt == "json":
             head = json.dumps(header, ensure_ascii=False)[:-1]
-            stream.write(f'{head}, "predictions": [')
+            stream.write(f'{head}{", " if header else ""}"{rows_key}": [')
             stream.flush()
 
-    def _line(self, row: list[Any]) -> None:
+    def _csv(self, values: list[Any]) -> None:
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(row)
+        csv.writer(buf, lineterminator="\n").writerow(["" if v is None else v for v in values])
         self.stream.write(buf.getvalue())
         self.stream.flush()
 
-    def write(self, pred: Prediction) -> None:
-        rec = record(pred, self.classes, self.top_k)
+    def write(self, row: dict[str, Any]) -> None:
+        self.emit(row, [row.get(c) for c in self.columns])
+
+    def emit(self, record: dict[str, Any], csv_values: list[Any]) -> None:
+        """Write one record: ``csv_values`` (in ``columns`` order) for csv, ``record`` otherwise."""
         if self.fmt == "csv":
-            self._line(csv_row(rec, self.classes, self.top_k))
+            self._csv(csv_values)
         elif self.fmt == "jsonl":
-            self.stream.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
             self.stream.flush()
         else:
-            self.stream.write(("\n  " if self._first else ",\n  ") + json.dumps(rec, ensure_ascii=False))
+            self.stream.write(("\n  " if self._first else ",\n  ") + json.dumps(record, ensure_ascii=False))
             self.stream.flush()
         self._first = False
 
@@ -163,6 +171,18 @@ class StructuredWriter:
         if self.fmt == "json":
             self.stream.write(f'\n], "summary": {json.dumps(summary, ensure_ascii=False)}}}\n')
             self.stream.flush()
+
+
+class StructuredWriter(RowWriter):
+    """Streams predictions as csv, json or jsonl (json: ``{**header, "predictions": [...], "summary"}``)."""
+
+    def __init__(self, stream: IO[str], fmt: str, classes: Sequence[str], top_k: int, header: dict[str, Any]) -> None:
+        self.classes, self.top_k = list(classes), top_k
+        super().__init__(stream, fmt, csv_header(self.classes, top_k), header, rows_key="predictions")
+
+    def write(self, pred: Prediction) -> None:  # type: ignore[override]
+        rec = record(pred, self.classes, self.top_k)
+        self.emit(rec, csv_row(rec, self.classes, self.top_k))
 
 
 class AtomicFile:
@@ -198,44 +218,3 @@ class AtomicFile:
             return partial
         self._tmp.unlink(missing_ok=True)
         return None
-
-
-class RowWriter:
-    """Streams flat rows (dicts with the keys ``columns``) as csv, jsonl or one json document.
-
-    json: ``{**header, rows_key: [row, ...], "summary": {...}}``; call ``close`` once.
-    """
-
-    def __init__(
-        self, stream: IO[str], fmt: str, columns: Sequence[str], header: dict[str, Any], rows_key: str = "rows"
-    ) -> None:
-        self.stream, self.fmt, self.columns = stream, fmt, list(columns)
-        self._first = True
-        if fmt == "csv":
-            self._csv(self.columns)
-        elif fmt == "json":
-            head = json.dumps(header, ensure_ascii=False)[:-1]
-            stream.write(f'{head}{", " if header else ""}"{rows_key}": [')
-            stream.flush()
-
-    def _csv(self, values: list[Any]) -> None:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(["" if v is None else v for v in values])
-        self.stream.write(buf.getvalue())
-        self.stream.flush()
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.fmt == "csv":
-            self._csv([row.get(c) for c in self.columns])
-        elif self.fmt == "jsonl":
-            self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
-            self.stream.flush()
-        else:
-            self.stream.write(("\n  " if self._first else ",\n  ") + json.dumps(row, ensure_ascii=False))
-            self.stream.flush()
-        self._first = False
-
-    def close(self, summary: dict[str, Any]) -> None:
-        if self.fmt == "json":
-            self.stream.write(f'\n], "summary": {json.dumps(summary, ensure_ascii=False)}}}\n')
-            self.stream.flush()
