@@ -645,16 +645,7 @@ def evaluate(
             show_default=False,
         ),
     ] = None,  # fmt: skip
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Write the report to this file; it appears only when complete.",
-            dir_okay=False,
-            show_default=False,
-        ),
-    ] = None,  # fmt: skip
+    output: OutputOpt = None,
     jobs: Annotated[
         int | None,
         typer.Option(
@@ -663,22 +654,9 @@ def evaluate(
     ] = None,  # fmt: skip
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    cache: Annotated[
-        bool | None,
-        typer.Option(
-            "--cache/--no-cache", help="Reuse image features from earlier runs. [default: cache]", show_default=False
-        ),
-    ] = None,  # fmt: skip
-    progress: Annotated[
-        bool | None,
-        typer.Option(
-            "--progress/--no-progress", help="Progress bars on stderr (only on a terminal).", show_default=False
-        ),
-    ] = None,  # fmt: skip
-    quiet: Annotated[
-        bool | None,
-        typer.Option("--quiet", "-q", help="No progress or warnings on stderr.", show_default=False),
-    ] = None,
+    cache: CacheOpt = None,
+    progress: ProgressOpt = None,
+    quiet: QuietOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Measure few-shot accuracy on a labelled set: N-way K-shot episodes, every method on the same ones."""
@@ -772,6 +750,22 @@ def _embed_all(clf: Any, paths: list[Path], label: str, show_bars: bool, say: Ca
                 feats[item.path] = item.features
     kept = [p for p in paths if p in feats]
     return kept, (np.stack([feats[p] for p in kept]) if kept else None)
+
+
+def _reference_set(settings: Settings, folder: Path, what: str, say: Callable[[str], None]) -> tuple:
+    """The backbone, a Classifier, and the readable images of ``folder`` (recursively) with their
+    (N, C, H, W) feature maps, through the feature cache: the gallery of search, the normal set of anomaly."""
+    from .classify import Classifier
+
+    paths = _image_folder(folder, what)
+    backbone = _load_backbone(settings)
+    clf = Classifier(backbone, backbone.manifest.preprocess, batch_size=settings.batch_size,
+                     workers=settings.workers, cache=_feature_cache(backbone) if settings.cache else None)  # fmt: skip
+    show_bars = settings.progress and not settings.quiet and sys.stderr.isatty()
+    kept, fmaps = _embed_all(clf, paths, what.capitalize(), show_bars, say)
+    if fmaps is None:
+        raise EmdcliError(f"none of the {len(paths)} {what} images could be read")
+    return backbone, clf, kept, fmaps
 
 
 def _image_folder(folder: Path, what: str) -> list[Path]:
@@ -894,7 +888,6 @@ def search(
     config: ConfigOpt = None,
 ) -> None:
     """Find the gallery images most like each query: global shortlist, then DeepEMD re-ranking."""
-    from .classify import Classifier
     from .output import display_path
     from .retrieval import GalleryIndex
     from .retrieval import search as search_gallery
@@ -905,15 +898,8 @@ def search(
     )  # fmt: skip
     say = (lambda m: None) if settings.quiet else warn
     fmt_used = _choose_format(settings.format, output)
-    gallery_paths = _image_folder(gallery, "gallery")
     query_paths = _query_list(queries)
-    backbone = _load_backbone(settings)
-    clf = Classifier(backbone, backbone.manifest.preprocess, batch_size=settings.batch_size,
-                     workers=settings.workers, cache=_feature_cache(backbone) if settings.cache else None)  # fmt: skip
-    show_bars = settings.progress and not settings.quiet and sys.stderr.isatty()
-    kept, fmaps = _embed_all(clf, gallery_paths, "Gallery", show_bars, say)
-    if fmaps is None:
-        raise EmdcliError(f"none of the {len(gallery_paths)} gallery images could be read")
+    backbone, clf, kept, fmaps = _reference_set(settings, gallery, "gallery", say)
     index = GalleryIndex.from_features(kept, fmaps)
     position = {p.resolve(): i for i, p in enumerate(kept)}
 
@@ -1006,7 +992,6 @@ def anomaly(
     import numpy as np
 
     from .anomaly import NormalSet, anomaly_scores, calibrate, judge
-    from .classify import Classifier
     from .output import display_path
 
     settings = load_settings(
@@ -1016,15 +1001,8 @@ def anomaly(
     say = (lambda m: None) if settings.quiet else warn
     tell = (lambda m: None) if settings.quiet else note
     fmt_used = _choose_format(settings.format, output)
-    normal_paths = _image_folder(normal_dir, "normal")
     query_paths = _query_list(queries)
-    backbone = _load_backbone(settings)
-    clf = Classifier(backbone, backbone.manifest.preprocess, batch_size=settings.batch_size,
-                     workers=settings.workers, cache=_feature_cache(backbone) if settings.cache else None)  # fmt: skip
-    show_bars = settings.progress and not settings.quiet and sys.stderr.isatty()
-    kept, fmaps = _embed_all(clf, normal_paths, "Normal", show_bars, say)
-    if fmaps is None:
-        raise EmdcliError(f"none of the {len(normal_paths)} normal images could be read")
+    backbone, clf, kept, fmaps = _reference_set(settings, normal_dir, "normal", say)
     normal = NormalSet.from_features(kept, fmaps)
     cal = calibrate(normal, k=k, contamination=contamination, threshold=threshold)
     if cal.scores.size:
