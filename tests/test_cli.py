@@ -41,7 +41,7 @@ def test_version() -> None:
 def test_help_teaches_every_command() -> None:
     res = run("--help")
     assert res.exit_code == 0
-    for word in ("classify", "info", "export", "SUPPORT_DIR"):
+    for word in ("classify", "evaluate", "search", "anomaly", "explain", "info", "export", "SUPPORT_DIR"):
         assert word in res.stdout
     res = run("classify", "--help")
     assert res.exit_code == 0
@@ -346,3 +346,10 @@ def test_support_features_are_cached(tiny_model: Path, support_dir: Path, query_
     warm = classify(tiny_model, support_dir, query_dir, "-f", "csv")
     assert first.stdout == warm.stdout == cold.stdout
     assert len(entries()) == 9
+
+
+@pytest.mark.parametrize("command", ["evaluate", "search", "anomaly", "explain"])
+def test_every_command_has_teaching_help(command: str) -> None:
+    res = run(command, "--help")
+    assert res.exit_code == 0
+    assert "Examples" in res.stdout and "Exit codes" in res.stdout and "--model" in res.stdout
