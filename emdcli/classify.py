@@ -182,8 +182,9 @@ class Classifier:
     """DeepEMD few-shot classifier over a feature extractor (see :mod:`emdcli.matching`).
 
     A class's score is its EMD score plus ``global_weight`` times the cosine between the
-    query's and the class's SimpleShot global features; with ``kshot="sfc"`` a class with
-    several examples is matched through a node set fitted by SFC instead of their mean map.
+    query's and the class's SimpleShot global features (None: 0.5 for mean maps and single
+    examples, 0 for SFC node sets, see :mod:`emdcli.defaults`); with ``kshot="sfc"`` a class
+    with several examples is matched through a node set fitted by SFC instead of their mean map.
     """
 
     def __init__(
@@ -196,7 +197,7 @@ class Classifier:
         workers: int = 1,
         shortlist: int = 0,
         cache: FeatureCache | None = None,
-        global_weight: float = defaults.GLOBAL_WEIGHT,
+        global_weight: float | None = None,
         kshot: str = defaults.KSHOT,
     ) -> None:
         if kshot not in KSHOT_MODES:
@@ -319,6 +320,11 @@ class Classifier:
         bank = ClassBank.from_nodes([Nodes.from_feature_map(f) for _, f in examples])
         return examples[int(np.argmax(bank.scores(q, self.metric)))]
 
+    def global_weight_for(self, support: SupportSet) -> float:
+        """The weight of the global cosine for ``support``: as given, else the default for how its
+        class node sets were made (:func:`emdcli.defaults.global_weight_for`)."""
+        return defaults.global_weight_for(support.kshot) if self.global_weight is None else self.global_weight
+
     @staticmethod
     def global_similarities(support: SupportSet, q: Nodes) -> np.ndarray:
         """(K,) cosine between the query's pooled features, centred on the support's mean and
@@ -342,8 +348,9 @@ class Classifier:
         q = Nodes.from_feature_map(features)
         picked = self.shortlisted(support, q)
         scores = support.bank.scores(q, self.metric, only=picked)
-        if self.global_weight:
-            scores = scores + self.global_weight * self.global_similarities(support, q)
+        weight = self.global_weight_for(support)
+        if weight:
+            scores = scores + weight * self.global_similarities(support, q)
         idx = np.arange(len(scores)) if picked is None else picked
         return ranking_from_scores([support.classes[i] for i in idx], scores[idx])
 

@@ -347,7 +347,7 @@ def classify(
             "--global-weight",
             min=0.0,
             help="Add this times the global cosine (SimpleShot: pooled features, centred, normalised) to each "
-            "class's EMD score; 0 for pure DeepEMD. [default: 0.5]",
+            "class's EMD score; 0 for pure DeepEMD. [default: 0.5, or 0 for classes fitted by SFC]",
             show_default=False,
         ),
     ] = None,
@@ -488,7 +488,7 @@ def classify(
         "model_sha256": backbone.manifest.sha256,
         "metric": settings.metric,
         "kshot": support_set.kshot,
-        "global_weight": settings.global_weight,
+        "global_weight": clf.global_weight_for(support_set),
         "classes": list(classes),
         "shots": dict(zip(classes, support_set.shots, strict=True)),
     }

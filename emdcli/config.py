@@ -41,7 +41,7 @@ class Settings:
     shortlist: int = 10
     cache: bool = True
     kshot: str = defaults.KSHOT
-    global_weight: float = defaults.GLOBAL_WEIGHT
+    global_weight: float | None = None  # None: by kshot (emdcli.defaults.global_weight_for)
 
 
 _TYPES: dict[str, type] = {
@@ -68,6 +68,8 @@ def _check(key: str, value: Any, source: str) -> Any:
             raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
         return value
     if kind is float:
+        if value is None:
+            return None
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
             raise ConfigError(f"{source}: {key} must be a number of at least 0, got {value!r}")
         return float(value)

@@ -215,15 +215,17 @@ def classify_default(support: np.ndarray, query: np.ndarray, memo: EpisodeMemo |
     """What ``emdcli classify`` does with its defaults (:mod:`emdcli.defaults`): (n, way) scores."""
     from . import defaults
 
-    base = _SFC if defaults.KSHOT == "sfc" and support.shape[1] > 1 else _EMD
-    return base(support, query, memo) + defaults.GLOBAL_WEIGHT * _GLOBAL(support, query, memo)
+    kshot = "sfc" if defaults.KSHOT == "sfc" and support.shape[1] > 1 else "mean"
+    scores = (_SFC if kshot == "sfc" else _EMD)(support, query, memo)
+    weight = defaults.global_weight_for(kshot)
+    return scores + weight * _GLOBAL(support, query, memo) if weight else scores
 
 
 def _methods() -> dict[str, FewShotMethod]:
     items = [
         FewShotMethod("proto", "SimpleShot: nearest CL2N centroid of pooled features (the baseline)",
                       shared("proto", simpleshot_scores)),
-        FewShotMethod("default", "what classify does by default: emd+global at 1-shot, emd-sfc+global at k-shot",
+        FewShotMethod("default", "what classify does by default: emd+global at 1-shot, emd-sfc at k-shot",
                       classify_default),
         FewShotMethod("emd", "DeepEMD: cross-reference weights, per-node centring, class = mean feature map", _EMD),
         FewShotMethod("emd-uniform", "emd with uniform node weights", _EMD_UNIFORM),

@@ -54,3 +54,21 @@ def test_simpleshot_centroids_match_proto() -> None:
     centre, centroids = simpleshot_centroids(pooled)
     assert np.allclose(centre, np.concatenate(pooled).mean(axis=0))
     assert np.allclose(np.linalg.norm(centroids, axis=1), 1.0)
+
+
+def test_default_at_one_shot_is_emd_plus_global(tiny_model: Path, tmp_path: Path) -> None:
+    support_dir = make_folder(tmp_path / "support", {"red": 1, "green": 1, "blue": 1})
+    queries = sorted(make_folder(tmp_path / "q", {"red": 1, "blue": 1}, seed=4).rglob("*.png"))
+    backbone = Backbone(tiny_model)
+    prep = backbone.manifest.preprocess
+    clf = Classifier(backbone, prep)
+    folder = read_labelled_folder(support_dir)
+    support = clf.fit(folder)
+    assert support.kshot == "mean" and clf.global_weight_for(support) == defaults.GLOBAL_WEIGHT
+    maps = np.stack([backbone(np.stack([load_image(p, prep) for p in c.files])) for c in folder.classes])
+    qmaps = backbone(np.stack([load_image(p, prep) for p in queries]))
+    expected = fewshot.METHODS["emd+global"].score(maps, qmaps)
+    np.testing.assert_allclose(fewshot.METHODS["default"].score(maps, qmaps), expected)
+    for row, qf in zip(expected, qmaps, strict=True):
+        got = {r.label: r.score for r in clf.rank(support, qf)}
+        np.testing.assert_allclose([got[c.name] for c in folder.classes], row, atol=1e-5)
