@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from emdcli.cli import EXIT_ANOMALY, app
@@ -77,3 +78,26 @@ def test_anomaly_needs_two_normal_images(tiny_model: Path, tmp_path: Path) -> No
     normal = make_folder(tmp_path / "normal", {"red": 1})
     res = run(tiny_model, "anomaly", str(normal), str(normal))
     assert res.exit_code == 2 and "at least 2 normal images" in res.output
+
+
+def test_second_search_does_not_embed_the_gallery_again(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from emdcli.model import Backbone
+
+    gallery = make_folder(tmp_path / "gallery", {"red": 3, "green": 3})
+    query = make_image(tmp_path / "q" / "q.png", (30, 200, 40), seed=11)
+    embedded: list[int] = []
+    real = Backbone.__call__
+
+    def counting(self: Backbone, batch: object) -> object:
+        embedded.append(len(batch))  # type: ignore[arg-type]
+        return real(self, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Backbone, "__call__", counting)
+    assert run(tiny_model, "search", str(query), str(gallery), "-f", "csv").exit_code == 0
+    assert sum(embedded) == 6 + 1  # the gallery, then the query
+    embedded.clear()
+    res = run(tiny_model, "search", str(query), str(gallery), "-f", "csv")
+    assert res.exit_code == 0, res.output
+    assert sum(embedded) == 1  # only the query: the gallery came from the feature cache
