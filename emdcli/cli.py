@@ -1121,6 +1121,8 @@ def explain(
     q_features = backbone(load_image(query, prep)[None])[0]
     if target.is_dir():
         support_set = clf.fit(read_labelled_folder(target), keep_examples=True)
+        for skip in support_set.skipped:
+            warn(f"skipped support image {skip.reason}")
         ranking = clf.rank(support_set, q_features)
         label = ranking[0].label
         example, t_features = clf.closest_example(support_set, q_features, label)
