@@ -51,6 +51,7 @@ from emdcli.cache import FeatureCache
 from emdcli.classify import Classifier
 from emdcli.fewshot import pooled
 from emdcli.folders import read_labelled_folder
+from emdcli.matching import l2_normalise
 from emdcli.model import Backbone, resolve_model_path
 
 
@@ -82,16 +83,12 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def l2n(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def global_scores(normal_fmaps: np.ndarray, test_fmaps: np.ndarray, k: int, centred: bool = True) -> np.ndarray:
     """(T,) mean ``1 - cosine`` to the k nearest normal images by pooled features, centred on
     the normal mean (CL2N) or not, then L2-normalised."""
     g = pooled(normal_fmaps)
     centre = g.mean(axis=0) if centred else np.zeros(g.shape[1])
-    cos = l2n(pooled(test_fmaps) - centre) @ l2n(g - centre).T  # (T, n)
+    cos = l2_normalise(pooled(test_fmaps) - centre) @ l2_normalise(g - centre).T  # (T, n)
     return (1.0 - -np.sort(-cos, axis=1)[:, : min(k, len(g))]).mean(axis=1)
 
 

@@ -19,6 +19,7 @@ from . import defaults
 from .cache import FeatureCache
 from .embedding import Embedded, FeatureExtractor, embed_paths
 from .errors import DatasetError
+from .fewshot import simpleshot_centroids
 from .folders import LabelledFolder
 from .images import Preprocess
 from .matching import ClassBank, Metric, Nodes, softmax_confidence
@@ -166,16 +167,6 @@ class LabelledFeatures:
 KSHOT_MODES: tuple[str, ...] = ("mean", "sfc")
 #: SFC solves (support images x classes) EMDs per step: above this many, classes use the mean map.
 SFC_MAX_PAIRS = 2500
-
-
-def simpleshot_centroids(pooled: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """SimpleShot's centre (C,) and normalised class centroids (K, C) from each class's (shots, C) pooled features."""
-    centre = np.concatenate(pooled).astype(np.float64).mean(axis=0)
-
-    def l2n(x: np.ndarray) -> np.ndarray:
-        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-    return centre, l2n(np.stack([l2n(p.astype(np.float64) - centre).mean(axis=0) for p in pooled]))
 
 
 class Classifier:

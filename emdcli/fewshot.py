@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .matching import ClassBank, Nodes, Weighting
+from .matching import ClassBank, Nodes, Weighting, l2_normalise
 
 ScoreFn = Callable[..., np.ndarray]  # (support, query, memo=None) -> (n, way) scores
 
@@ -43,29 +43,31 @@ def pooled(fmaps: np.ndarray) -> np.ndarray:
     return np.asarray(fmaps, dtype=np.float64).mean(axis=(-2, -1))
 
 
-def _l2n(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def simpleshot_scores(support: np.ndarray, query: np.ndarray) -> np.ndarray:
     """SimpleShot (CL2N): pooled features centred on the support mean, L2-normalised; the
     score is minus the Euclidean distance to each class centroid. (n, way) float64."""
     way, shot = support.shape[:2]
     s = pooled(support).reshape(way * shot, -1)
     centre = s.mean(axis=0)
-    cent = _l2n(s - centre).reshape(way, shot, -1).mean(axis=1)
-    q = _l2n(pooled(query) - centre)
+    cent = l2_normalise(s - centre).reshape(way, shot, -1).mean(axis=1)
+    q = l2_normalise(pooled(query) - centre)
     d2 = (q * q).sum(1)[:, None] - 2.0 * q @ cent.T + (cent * cent).sum(1)[None, :]
     return -np.sqrt(np.maximum(d2, 0.0))
 
 
+def simpleshot_centroids(pooled_shots: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """SimpleShot's centre (C,): the mean of every example, and the classes' normalised
+    centroids (K, C): the mean of each class's centred, L2-normalised examples, normalised
+    again. pooled_shots: one (shots, C) array of pooled features per class."""
+    centre = np.concatenate(pooled_shots).astype(np.float64).mean(axis=0)
+    return centre, l2_normalise(np.stack([l2_normalise(p.astype(np.float64) - centre).mean(axis=0)
+                                          for p in pooled_shots]))  # fmt: skip
+
+
 def global_cosine(support: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Cosine between CL2N query features and each class's normalised CL2N centroid: (n, way)."""
-    way, shot = support.shape[:2]
-    s = pooled(support).reshape(way * shot, -1)
-    centre = s.mean(axis=0)
-    cent = _l2n(_l2n(s - centre).reshape(way, shot, -1).mean(axis=1))
-    return _l2n(pooled(query) - centre) @ cent.T
+    """Cosine between CL2N query features and each class's SimpleShot centroid: (n, way)."""
+    centre, centroids = simpleshot_centroids(list(pooled(support)))
+    return l2_normalise(pooled(query) - centre) @ centroids.T
 
 
 def nodes_of(fmap: np.ndarray) -> np.ndarray:
@@ -92,7 +94,7 @@ def pyramid_nodes(fmap: np.ndarray, grids: tuple[int, ...] = PYRAMID_GRIDS) -> n
 def episode_centred(raw: np.ndarray, centre: np.ndarray) -> Nodes:
     """Nodes of (n, C) ``raw`` whose unit vectors are centred on ``centre`` ((C,), the
     episode's mean support node) instead of on each node's own channel mean."""
-    unit = _l2n(raw.astype(np.float64) - centre).astype(np.float32)
+    unit = l2_normalise(raw.astype(np.float64) - centre).astype(np.float32)
     return Nodes(raw=raw, unit=unit, mean=raw.mean(axis=0))
 
 
@@ -196,11 +198,6 @@ def plus_global(base: ScoreFn, weight: float = GLOBAL_WEIGHT) -> ScoreFn:
         return base(support, query, memo) + weight * _GLOBAL(support, query, memo)
 
     return combined
-
-
-def emd_plus_global(support: np.ndarray, query: np.ndarray, weight: float = GLOBAL_WEIGHT) -> np.ndarray:
-    """DeepEMD score plus ``weight`` times the SimpleShot global cosine: (n, way)."""
-    return emd_scores(support, query) + weight * global_cosine(support, query)
 
 
 def _reduced_shots(reduce: str) -> ScoreFn:

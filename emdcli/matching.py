@@ -82,6 +82,11 @@ class Match:
     cost: np.ndarray
 
 
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """``x`` divided by its L2 norm along the last axis (vectors of norm below 1e-12 by 1e-12)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def cross_reference_weights(a: Nodes, b: Nodes) -> tuple[np.ndarray, np.ndarray]:
     """DeepEMD's node weights: (n,) for ``a`` and (m,) for ``b``, each summing to 1."""
     wa = np.maximum(a.raw @ b.mean, 0.0).astype(np.float64) + WEIGHT_EPS

@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import DatasetError
 from .fewshot import pooled
-from .matching import ClassBank, Nodes
+from .matching import ClassBank, Nodes, l2_normalise
 
 Rerank = Literal["emd", "emd+global", "none"]
 RERANKS: tuple[str, ...] = ("emd", "emd+global", "none")
@@ -31,10 +31,6 @@ RERANKS: tuple[str, ...] = ("emd", "emd+global", "none")
 DEFAULT_SHORTLIST = 50
 #: Weight of the global cosine added to the EMD score by ``rerank="emd+global"``.
 GLOBAL_WEIGHT = 1.0
-
-
-def _l2n(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 @dataclass(frozen=True)
@@ -66,7 +62,7 @@ class GalleryIndex:
         g = pooled(arr)
         centre = g.mean(axis=0)
         bank = ClassBank.from_nodes([Nodes.from_feature_map(f) for f in arr])
-        return cls(paths=tuple(Path(p) for p in paths), bank=bank, centre=centre, globals=_l2n(g - centre))
+        return cls(paths=tuple(Path(p) for p in paths), bank=bank, centre=centre, globals=l2_normalise(g - centre))
 
     @property
     def size(self) -> int:
@@ -75,7 +71,7 @@ class GalleryIndex:
     def global_similarities(self, query_fmap: np.ndarray) -> np.ndarray:
         """(N,) float64 cosine in [-1, 1] between the query's global feature and each image's."""
         q = pooled(np.asarray(query_fmap, dtype=np.float32)) - self.centre
-        return self.globals @ _l2n(q)
+        return self.globals @ l2_normalise(q)
 
     def emd_scores(self, query: Nodes, picked: np.ndarray) -> np.ndarray:
         """(len(picked),) float64 EMD scores in [-1, 1] of ``query`` against the images ``picked``."""

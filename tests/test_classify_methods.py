@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from emdcli import defaults, fewshot
-from emdcli.classify import Classifier, simpleshot_centroids
+from emdcli.classify import Classifier
+from emdcli.fewshot import simpleshot_centroids
 from emdcli.folders import read_labelled_folder
 from emdcli.images import load_image
 from emdcli.model import Backbone
