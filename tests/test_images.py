@@ -117,3 +117,15 @@ def test_corrupt_exif_is_our_error_or_ignored(tmp_path: Path) -> None:
             assert load_image(path, PREP).shape == (3, 16, 16)
         except ImageError as exc:
             assert exc.message.startswith(str(path))
+
+
+def test_normalisation_is_exact_and_contiguous(tmp_path: Path) -> None:
+    from emdcli.images import model_view
+
+    prep = Preprocess(size=32, resize="squash", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    path = make_image(tmp_path / "a.png", (200, 120, 40), seed=3)
+    got = load_image(path, prep)
+    rgb = np.asarray(model_view(path, prep), dtype=np.float64) / 255.0  # (S, S, 3)
+    expected = ((rgb - np.asarray(prep.mean)) / np.asarray(prep.std)).transpose(2, 0, 1)
+    assert got.dtype == np.float32 and got.shape == (3, 32, 32) and got.flags.c_contiguous
+    np.testing.assert_allclose(got, expected, atol=1e-5)
