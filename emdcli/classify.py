@@ -238,6 +238,8 @@ class Classifier:
         counts: dict[str, int] = {}
         pooled: dict[str, list[np.ndarray]] = {}
         maps: dict[str, list[np.ndarray]] = {}
+        # Keep every example's map only when SFC can run (its cost is examples x classes).
+        may_fit = self.kshot == "sfc" and folder.image_count * len(folder.classes) <= SFC_MAX_PAIRS
         skipped: list[Skipped] = []
         kept: dict[str, list[tuple[Path, np.ndarray]]] = {}
         for item in self.cached_features(list(owner), on_done):
@@ -250,7 +252,7 @@ class Classifier:
             sums[name] = sums[name] + item.features if name in sums else item.features.astype(np.float64)
             counts[name] = counts.get(name, 0) + 1
             pooled.setdefault(name, []).append(item.features.mean(axis=(1, 2)))
-            if self.kshot == "sfc":
+            if may_fit:
                 maps.setdefault(name, []).append(item.features)
         names = tuple(c.name for c in folder.classes if c.name in counts)
         lost = [c.name for c in folder.classes if c.name not in counts]
@@ -261,7 +263,7 @@ class Classifier:
             )
         kshot = "mean"
         total = sum(counts[n] for n in names)
-        if self.kshot == "sfc" and max(counts.values()) > 1 and total * len(names) <= SFC_MAX_PAIRS:
+        if may_fit and max(counts.values()) > 1 and total * len(names) <= SFC_MAX_PAIRS:
             from .sfc import fit_sfc
 
             shots = [np.stack([f.reshape(f.shape[0], -1).T for f in maps[n]]) for n in names]  # (shot, H*W, C) each

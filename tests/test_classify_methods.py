@@ -73,3 +73,15 @@ def test_default_at_one_shot_is_emd_plus_global(tiny_model: Path, tmp_path: Path
     for row, qf in zip(expected, qmaps, strict=True):
         got = {r.label: r.score for r in clf.rank(support, qf)}
         np.testing.assert_allclose([got[c.name] for c in folder.classes], row, atol=1e-5)
+
+
+def test_large_support_sets_use_the_mean_map(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from emdcli import classify
+
+    support_dir = make_folder(tmp_path / "support", {"red": 3, "green": 3})
+    backbone = Backbone(tiny_model)
+    clf = Classifier(backbone, backbone.manifest.preprocess)
+    assert clf.fit(read_labelled_folder(support_dir)).kshot == "sfc"  # 6 examples x 2 classes = 12 pairs
+    monkeypatch.setattr(classify, "SFC_MAX_PAIRS", 11)
+    support = clf.fit(read_labelled_folder(support_dir))
+    assert support.kshot == "mean" and clf.global_weight_for(support) == defaults.GLOBAL_WEIGHT
