@@ -56,19 +56,16 @@ def _loss_and_grad(
     wc_all = np.maximum(np.stack([s.mean for s in shots]).astype(np.float64) @ p.reshape(way * m, -1).T, 0.0)
     wc_all += WEIGHT_EPS  # (S, way*m)
     scores = np.empty((len(shots), way))
-    flows: list[list[np.ndarray]] = []
+    flows = np.empty((way, len(shots), n, m))  # flows[k, s]: support image s against class k
     for s, node in enumerate(shots):
         rows = slice(s * node.count, (s + 1) * node.count)
         wq = np.maximum(node.raw.astype(np.float64) @ mean_p.T, 0.0) + WEIGHT_EPS  # (n, way)
-        row = []
         for k in range(way):
             cols = slice(k * m, (k + 1) * m)
             a = np.ascontiguousarray(wq[:, k] / wq[:, k].sum())
             b = wc_all[s, cols] / wc_all[s, cols].sum()
-            flow, cost = emd_flow_trusted(a, b, np.ascontiguousarray(1.0 - cos_all[rows, cols]))
+            flows[k, s], cost = emd_flow_trusted(a, b, np.ascontiguousarray(1.0 - cos_all[rows, cols]))
             scores[s, k] = 1.0 - cost
-            row.append(flow)
-        flows.append(row)
     logits = temperature * scores
     logits -= logits.max(axis=1, keepdims=True)
     prob = np.exp(logits)
@@ -77,11 +74,9 @@ def _loss_and_grad(
     d_scores = prob.copy()
     d_scores[np.arange(len(shots)), labels] -= 1.0
     d_scores *= temperature / len(shots)
-    grad_unit = np.zeros_like(p)
-    for s, node in enumerate(shots):
-        u = units[s * node.count : (s + 1) * node.count]
-        for k in range(way):
-            grad_unit[k] += d_scores[s, k] * (flows[s][k].T @ u)  # d score / d p_unit[k, j] = sum_i F_ij u_si
+    # d score[s, k] / d p_unit[k, j] = sum_i F[k, s]_ij u_si: one (m, S*n) @ (S*n, C) product per class.
+    weighted = flows * d_scores.T[:, :, None, None]  # (way, S, n, m)
+    grad_unit = np.stack([weighted[k].reshape(-1, m).T @ units for k in range(way)])
     # Back through the per-node normalisation and centring.
     radial = np.sum(unit_p * grad_unit, axis=-1, keepdims=True)
     grad_c = (grad_unit - unit_p * radial) / norm_p
