@@ -284,23 +284,31 @@ class Classifier:
             kshot=kshot,
         )
 
-    def embed_labelled(self, folder: LabelledFolder, on_done: Callable[[int], None] | None = None) -> LabelledFeatures:
-        """Feature maps of every image of ``folder`` (through the cache), in folder order."""
-        owner = {p: i for i, c in enumerate(folder.classes) for p in c.files}
+    def feature_array(
+        self, paths: list[Path], on_done: Callable[[int], None] | None = None
+    ) -> tuple[tuple[Path, ...], np.ndarray | None, tuple[Skipped, ...]]:
+        """The readable ``paths`` in their order, their (N, C, H, W) feature maps (through the
+        cache; None when none was readable) and the unreadable ones."""
         got: dict[Path, np.ndarray] = {}
         skipped = []
-        for item in self.cached_features(list(owner), on_done):
+        for item in self.cached_features(paths, on_done):
             if item.features is None:
                 skipped.append(Skipped(item.path, item.error or "unreadable"))
             else:
                 got[item.path] = item.features
-        paths = tuple(p for p in owner if p in got)
+        kept = tuple(p for p in paths if p in got)
+        return kept, (np.stack([got.pop(p) for p in kept]) if kept else None), tuple(skipped)
+
+    def embed_labelled(self, folder: LabelledFolder, on_done: Callable[[int], None] | None = None) -> LabelledFeatures:
+        """Feature maps of every image of ``folder`` (through the cache), in folder order."""
+        owner = {p: i for i, c in enumerate(folder.classes) for p in c.files}
+        paths, features, skipped = self.feature_array(list(owner), on_done)
         return LabelledFeatures(
             classes=folder.names,
             paths=paths,
             labels=np.array([owner[p] for p in paths], dtype=np.intp),
-            features=np.stack([got.pop(p) for p in paths]) if paths else None,
-            skipped=tuple(skipped),
+            features=features,
+            skipped=skipped,
         )
 
     def closest_example(self, support: SupportSet, features: np.ndarray, label: str) -> tuple[Path, np.ndarray]:

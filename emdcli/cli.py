@@ -416,7 +416,6 @@ def classify(
     from .classify import Classifier, Prediction, Tally
     from .errors import DatasetError, UsageError
     from .folders import read_labelled_folder
-    from .images import iter_query_paths
     from .output import AtomicFile, StructuredWriter, display_path, read_earlier_output
 
     settings = load_settings(
@@ -430,16 +429,8 @@ def classify(
     if resume and (output is None or fmt_used == "table"):
         raise UsageError("--resume needs --output FILE with --format csv, json or jsonl")
     folder = read_labelled_folder(support)
-    for src in queries:
-        if src != "-" and not Path(src).exists():
-            raise DatasetError(
-                f"query path does not exist: {src}",
-                hint="give image files, folders of images, or '-' to read paths from stdin",
-            )
-    if queries.count("-") > 1:
-        raise DatasetError("'-' (read paths from stdin) may be given only once")
     from_stdin = "-" in queries
-    query_paths: Any = iter_query_paths(queries, _stdin_lines() if from_stdin else None)
+    query_paths: Any = _query_list(queries)
     if not from_stdin:
         query_paths = list(query_paths)
         if not query_paths:
@@ -735,23 +726,6 @@ def evaluate(
 # search and anomaly -----------------------------------------------------------------------
 
 
-def _embed_all(clf: Any, paths: list[Path], label: str, show_bars: bool, say: Callable[[str], None]) -> tuple:
-    """(paths that were read, their (N, C, H, W) feature maps), through the feature cache; unreadable ones are
-    reported with ``say`` and left out."""
-    import numpy as np
-
-    feats: dict[Path, Any] = {}
-    with _progress(show_bars) as bars:
-        task = bars.add_task(label, total=len(paths))
-        for item in clf.cached_features(paths, bars_advance(bars, task)):
-            if item.features is None:
-                say(f"skipped {item.error}")
-            else:
-                feats[item.path] = item.features
-    kept = [p for p in paths if p in feats]
-    return kept, (np.stack([feats[p] for p in kept]) if kept else None)
-
-
 def _reference_set(settings: Settings, folder: Path, what: str, say: Callable[[str], None]) -> tuple:
     """The backbone, a Classifier, and the readable images of ``folder`` (recursively) with their
     (N, C, H, W) feature maps, through the feature cache: the gallery of search, the normal set of anomaly."""
@@ -762,7 +736,11 @@ def _reference_set(settings: Settings, folder: Path, what: str, say: Callable[[s
     clf = Classifier(backbone, backbone.manifest.preprocess, batch_size=settings.batch_size,
                      workers=settings.workers, cache=_feature_cache(backbone) if settings.cache else None)  # fmt: skip
     show_bars = settings.progress and not settings.quiet and sys.stderr.isatty()
-    kept, fmaps = _embed_all(clf, paths, what.capitalize(), show_bars, say)
+    with _progress(show_bars) as bars:
+        task = bars.add_task(what.capitalize(), total=len(paths))
+        kept, fmaps, skipped = clf.feature_array(paths, bars_advance(bars, task))
+    for skip in skipped:
+        say(f"skipped {skip.reason}")
     if fmaps is None:
         raise EmdcliError(f"none of the {len(paths)} {what} images could be read")
     return backbone, clf, kept, fmaps
@@ -786,7 +764,10 @@ def _query_list(queries: list[str]) -> Any:
 
     for src in queries:
         if src != "-" and not Path(src).exists():
-            raise DatasetError(f"query path does not exist: {src}", hint="give image files, folders, or '-'")
+            raise DatasetError(
+                f"query path does not exist: {src}",
+                hint="give image files, folders of images, or '-' to read paths from stdin",
+            )
     if queries.count("-") > 1:
         raise DatasetError("'-' (read paths from stdin) may be given only once")
     return iter_query_paths(queries, _stdin_lines() if "-" in queries else None)

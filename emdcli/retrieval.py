@@ -78,19 +78,7 @@ class GalleryIndex:
         picked = np.asarray(picked, dtype=np.intp)
         if picked.size == 0:
             return np.empty(0, dtype=np.float64)
-        b = self.bank
-        if picked.size == self.size:  # the whole gallery: no need to copy the nodes
-            return b.scores(query)[picked]
-        m, c = b.nodes_per_class, b.unit.shape[1]
-        sub = ClassBank(
-            unit=b.unit.reshape(-1, m, c)[picked].reshape(-1, c),
-            raw=b.raw.reshape(-1, m, c)[picked].reshape(-1, c),
-            means=b.means[picked],
-            nodes_per_class=m,
-            centre=b.centre,
-            prototypes=b.prototypes[picked],
-        )
-        return sub.scores(query)
+        return self.bank.scores(query, only=picked)[picked]
 
 
 @dataclass(frozen=True)
