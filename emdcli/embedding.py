@@ -1,14 +1,14 @@
-"""Images to feature maps: decoding in a thread pool, overlapped with batched inference."""
+"""Images to feature maps: reading, decoding, batched inference and the caller's work, overlapped."""
 
 from __future__ import annotations
 
-from collections import deque
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -17,7 +17,11 @@ from .images import Preprocess, load_image
 
 
 class FeatureExtractor(Protocol):
-    """Anything that maps (B, 3, S, S) float32 images to (B, C, H, W) float32 maps."""
+    """Anything that maps (B, 3, S, S) float32 images to (B, C, H, W) float32 maps.
+
+    An extractor may also have an int attribute ``lanes``: how many calls can usefully
+    run at once from different threads (1 when it has none).
+    """
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -41,6 +45,18 @@ def _decode(path: Path, prep: Preprocess) -> np.ndarray | str:
         return exc.message
 
 
+_END = object()
+
+
+def _decode_and_infer(
+    extractor: FeatureExtractor, batch: list[tuple[Path, Future[np.ndarray | str]]]
+) -> tuple[list[tuple[Path, np.ndarray | str]], np.ndarray | None]:
+    """One lane's work: wait for a batch's decoded images, then run them through the backbone."""
+    decoded = [(p, f.result()) for p, f in batch]
+    good = [arr for _, arr in decoded if isinstance(arr, np.ndarray)]
+    return decoded, extractor(np.stack(good)) if good else None
+
+
 def embed_paths(
     extractor: FeatureExtractor,
     prep: Preprocess,
@@ -52,32 +68,73 @@ def embed_paths(
 ) -> Iterator[Embedded]:
     """Feature maps for ``paths``, in input order, read lazily (``paths`` may be a stream).
 
-    Decoding of the next batch runs in ``workers`` threads while the current batch is
-    in the backbone. Unreadable images come back with ``features=None`` and an error.
-    ``on_done(n)`` is called after every batch with the number of images it held.
+    Four stages overlap: a thread reads ``paths`` (so a slow stream never holds back
+    finished results), ``workers`` threads decode, up to ``extractor.lanes`` batches
+    are in the backbone at once, and the caller works on the finished batch meanwhile
+    (classify matches it). At most ``lanes + 2`` batches are read ahead. Unreadable
+    images come back with ``features=None`` and an error; an error raised by ``paths``
+    itself is raised after every path before it has been yielded. ``on_done(n)`` is
+    called after every batch with the number of images it held.
     """
-    source = iter(paths)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="emdcli-decode") as pool:
-        pending: deque[list[tuple[Path, Future[np.ndarray | str]]]] = deque()
+    lanes = max(1, int(getattr(extractor, "lanes", 1)))
+    decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="emdcli-decode")
+    infer_pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="emdcli-infer")
+    ready: queue.Queue[Any] = queue.Queue(maxsize=lanes + 1)  # futures, then _END or an error
+    stop = threading.Event()
 
-        def submit_next() -> bool:
-            chunk = list(islice(source, batch_size))
-            if chunk:
-                pending.append([(p, pool.submit(_decode, p, prep)) for p in chunk])
-            return bool(chunk)
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-        more = submit_next()
-        while pending:
-            if more:
-                more = submit_next()  # keep one batch decoding ahead of the backbone
-            batch = pending.popleft()
-            decoded = [(p, f.result()) for p, f in batch]
-            good = [arr for _, arr in decoded if isinstance(arr, np.ndarray)]
-            feats = iter(extractor(np.stack(good)) if good else [])
+    def submit(chunk: list[Path]) -> bool:
+        batch = [(p, decode_pool.submit(_decode, p, prep)) for p in chunk]
+        return put(infer_pool.submit(_decode_and_infer, extractor, batch))
+
+    def read() -> None:
+        chunk: list[Path] = []
+        error: BaseException | None = None
+        try:
+            for path in paths:
+                chunk.append(path)
+                if len(chunk) == batch_size:
+                    if not submit(chunk):
+                        return
+                    chunk = []
+            if chunk and not submit(chunk):
+                return
+        except BaseException as exc:  # handed to the caller, after the paths read before it
+            error = exc
+            try:
+                if chunk and not stop.is_set() and not submit(chunk):
+                    return
+            except RuntimeError:  # the pools were shut down: the caller has gone
+                return
+        put(_END if error is None else error)
+
+    reader = threading.Thread(target=read, name="emdcli-read", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            decoded, feats = item.result()
+            rows = iter(feats if feats is not None else ())
             for path, arr in decoded:
                 if isinstance(arr, np.ndarray):
-                    yield Embedded(path, next(feats))
+                    yield Embedded(path, next(rows))
                 else:
                     yield Embedded(path, None, arr)
             if on_done:
-                on_done(len(batch))
+                on_done(len(decoded))
+    finally:  # also when the caller stops early: drop queued work, let running work end
+        stop.set()
+        decode_pool.shutdown(wait=True, cancel_futures=True)
+        infer_pool.shutdown(wait=True, cancel_futures=True)
