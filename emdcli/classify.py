@@ -17,7 +17,7 @@ import numpy as np
 
 from . import defaults
 from .cache import FeatureCache
-from .embedding import Embedded, FeatureExtractor, embed_paths
+from .embedding import DEFAULT_BATCH, Embedded, FeatureExtractor, embed_paths
 from .errors import DatasetError
 from .fewshot import simpleshot_centroids
 from .folders import LabelledFolder
@@ -176,6 +176,7 @@ class Classifier:
     query's and the class's SimpleShot global features (None: 0.5 for mean maps and single
     examples, 0 for SFC node sets, see :mod:`emdcli.defaults`); with ``kshot="sfc"`` a class
     with several examples is matched through a node set fitted by SFC instead of their mean map.
+    ``batch_size`` None takes the extractor's (Backbone: 4 on CPU, 16 on CUDA).
     """
 
     def __init__(
@@ -184,7 +185,7 @@ class Classifier:
         prep: Preprocess,
         *,
         metric: Metric = "cosine",
-        batch_size: int = 16,
+        batch_size: int | None = None,
         workers: int = 1,
         shortlist: int = 0,
         cache: FeatureCache | None = None,
@@ -200,7 +201,7 @@ class Classifier:
         self.extractor = extractor
         self.prep = prep
         self.metric: Metric = metric
-        self.batch_size = batch_size
+        self.batch_size: int = batch_size or int(getattr(extractor, "batch_size", DEFAULT_BATCH))
         self.workers = workers
 
     def embed(self, paths: Iterable[Path], on_done: Callable[[int], None] | None = None) -> Iterator[Embedded]:

@@ -365,7 +365,9 @@ def classify(
     device: DeviceOpt = None,
     batch_size: Annotated[
         int | None,
-        typer.Option("--batch-size", min=1, help="Images per backbone call. [default: 16]", show_default=False),
+        typer.Option(
+            "--batch-size", min=1, help="Images per backbone call. [default: 4 on CPU, 16 on CUDA]", show_default=False
+        ),
     ] = None,
     workers: Annotated[
         int | None,

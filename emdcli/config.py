@@ -34,7 +34,7 @@ class Settings:
     metric: str = "cosine"
     format: str | None = None
     top_k: int = 2
-    batch_size: int = 16
+    batch_size: int | None = None  # None: the backbone's (emdcli.model.Backbone.batch_size)
     workers: int = 1
     progress: bool = True
     quiet: bool = False
@@ -49,6 +49,7 @@ _TYPES: dict[str, type] = {
     "global_weight": float,
 }  # fmt: skip
 _MINIMUM = {"top_k": 1, "batch_size": 1, "workers": 1, "shortlist": 0}
+_OPTIONAL = {"batch_size"}  # may be null: decided at run time
 
 
 def default_config_path() -> Path:
@@ -74,6 +75,8 @@ def _check(key: str, value: Any, source: str) -> Any:
             raise ConfigError(f"{source}: {key} must be a number of at least 0, got {value!r}")
         return float(value)
     if kind is int:
+        if value is None and key in _OPTIONAL:
+            return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{source}: {key} must be a whole number, got {value!r}")
         if value < _MINIMUM.get(key, 0):

@@ -15,12 +15,16 @@ import numpy as np
 from .errors import ImageError
 from .images import Preprocess, load_image
 
+#: Images per backbone call for an extractor that does not say (no ``batch_size``).
+DEFAULT_BATCH = 16
+
 
 class FeatureExtractor(Protocol):
     """Anything that maps (B, 3, S, S) float32 images to (B, C, H, W) float32 maps.
 
-    An extractor may also have an int attribute ``lanes``: how many calls can usefully
-    run at once from different threads (1 when it has none).
+    An extractor may also have int attributes ``lanes``, how many calls can usefully
+    run at once from different threads (1 when it has none), and ``batch_size``, the
+    images per call that suit it (DEFAULT_BATCH when it has none).
     """
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
@@ -62,7 +66,7 @@ def embed_paths(
     prep: Preprocess,
     paths: Iterable[Path],
     *,
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_BATCH,
     workers: int = 1,
     on_done: Callable[[int], None] | None = None,
 ) -> Iterator[Embedded]:

@@ -174,6 +174,11 @@ class ModelInfo:
 
 #: Most backbone calls run at once on CPU (each call holds a batch's activations).
 MAX_CPU_LANES = 4
+#: Images per call on CPU: as fast as 8 or 16 end to end on 2 cores, with a lower
+#: peak memory (358 MB against 534 and 838 MB for `classify` with two lanes).
+CPU_BATCH = 4
+#: Images per call on CUDA (not measured: no GPU was available to measure it).
+CUDA_BATCH = 16
 
 
 def usable_cores() -> int:
@@ -203,6 +208,7 @@ class Backbone:
     thread-safe); ``embed_paths`` uses that many. With neither ``threads`` nor ``lanes``
     given, CPU gets ``cpu_layout(usable_cores())`` and CUDA one lane; ``threads`` alone
     means one lane of that many threads, ``lanes`` alone splits the cores between them.
+    ``batch_size`` is the number of images per call that suits the device.
     """
 
     def __init__(
@@ -225,6 +231,7 @@ class Backbone:
         if lanes is None:
             lanes = cpu_layout(usable_cores())[0] if on_cpu and threads is None else 1
         self.lanes: int = max(1, lanes)
+        self.batch_size: int = CPU_BATCH if on_cpu else CUDA_BATCH
         if threads is None and on_cpu:
             threads = max(1, usable_cores() // self.lanes)
         self.threads = threads

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emdcli.embedding import embed_paths
+from emdcli.classify import Classifier
+from emdcli.embedding import DEFAULT_BATCH, embed_paths
 from emdcli.errors import DatasetError
 from emdcli.images import Preprocess
-from emdcli.model import Backbone, cpu_layout
+from emdcli.model import CPU_BATCH, Backbone, cpu_layout
 
 PREP = Preprocess(size=16)
 
@@ -184,3 +185,11 @@ def test_concurrent_backbone_calls_match_serial_ones(tiny_model: Path) -> None:
         t.join()
     for i, ref in enumerate(serial):
         np.testing.assert_array_equal(out[i], ref)
+
+
+def test_classifier_takes_the_backbone_batch_size(tiny_model: Path) -> None:
+    net = Backbone(tiny_model, device="cpu")
+    assert net.batch_size == CPU_BATCH
+    assert Classifier(net, net.manifest.preprocess).batch_size == CPU_BATCH
+    assert Classifier(net, net.manifest.preprocess, batch_size=7).batch_size == 7
+    assert Classifier(MeanColour(lanes=1), PREP).batch_size == DEFAULT_BATCH
