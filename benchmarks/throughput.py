@@ -7,8 +7,8 @@ Prints, in one run:
    upscaled from ../shared/data/tuxpaint) against a 5-way 5-shot support set, as a
    ratio to that limit, and the share of wall time spent decoding, in the backbone and
    in EMD; 1 and 2 alternate for a few rounds, for the default lane layout and for one
-   call using every core; then the CPU each stage costs alone, and the ratio that
-   leaves at best;
+   call using every core, each at the default batch size and at 16; then the CPU each
+   stage costs alone, and the ratio that leaves at best;
 3. the same with a 100-class support set (icons), exhaustive and shortlisted;
 4. the support stage cold and warm (feature cache);
 5. `emdcli --help` wall time; peak RSS of `emdcli classify` at 500 and 5,000 queries.
@@ -145,17 +145,6 @@ def run_classify(backbone: Backbone, support: LabelledFolder, queries: list[Path
     }  # fmt: skip
 
 
-def emd_cpu_seconds(backbone: Backbone, support: dict[str, list[Path]], queries: list[Path]) -> float:
-    """CPU seconds to rank ``queries`` (features already computed) against the 5-way support."""
-    clf = Classifier(backbone, backbone.manifest.preprocess)
-    support_set = clf.fit(folder_of(support))
-    feats = [e.features for e in clf.embed(queries) if e.features is not None]
-    c0 = time.process_time()
-    for f in feats:
-        clf.rank(support_set, f)
-    return time.process_time() - c0
-
-
 def timed_cmd(args: list[str], repeat: int = 5, env: dict[str, str] | None = None) -> float:
     best = float("inf")
     subprocess.run(args, check=True, capture_output=True, env=env)  # warm-up (writes bytecode)
@@ -183,33 +172,41 @@ def main() -> int:
     print(f"# {cores} cores, {args.photos} photos of 3000x2000 px, {args.rounds} rounds", flush=True)
     photos, support = make_photos(args.data, args.photos)
     lanes, threads = cpu_layout(cores)
-    layouts = {f"{lanes} x {threads} (default)": Backbone(resolve_model_path(None), device="cpu")}
+    backbone = Backbone(resolve_model_path(None), device="cpu")
+    batch = args.batch_size or backbone.batch_size
+    configs = [(f"{lanes} x {threads}, batch {batch} (default)", backbone, batch)]
+    if batch != 16:
+        configs.append((f"{lanes} x {threads}, batch 16", backbone, 16))
     if lanes > 1:
-        layouts[f"1 x {cores}"] = Backbone(resolve_model_path(None), device="cpu", threads=cores)
-    backbone = next(iter(layouts.values()))
+        one_call = Backbone(resolve_model_path(None), device="cpu", threads=cores)
+        configs += [(f"1 x {cores}, batch {batch}", one_call, batch), (f"1 x {cores}, batch 16", one_call, 16)]
     prep = backbone.manifest.preprocess
     arrays = np.stack([load_image(p, prep) for p in photos[:160]])
+    ranker = Classifier(backbone, prep)
+    support_set = ranker.fit(folder_of(support))
+    query_features = [e.features for e in ranker.embed(photos[:100]) if e.features is not None]
 
     print(
         "\n## 1-2. Backbone-only limit and end to end, 5-way 5-shot support, photos as queries\n"
         "Layout: lanes (backbone calls at once) x onnxruntime threads per call. Rounds alternate "
-        "the layouts so that both see the same machine. CPU ms: process CPU per image. decode, "
+        "the settings so that all see the same machine. CPU ms: process CPU per image. decode, "
         "backbone, EMD: their share of the process CPU (the CPU time of the threads doing them; "
         "with one call over several threads, the backbone's other threads count as rest)."
     )
     print(
-        "| round | layout | limit images/s | limit CPU ms | queries/s | ratio to limit "
+        "| round | setting | limit images/s | limit CPU ms | queries/s | ratio to limit "
         "| CPU ms | decode | backbone | EMD | rest | accuracy |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    ratios: dict[str, list[float]] = {name: [] for name in layouts}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in configs}
     emd_shares: list[float] = []
+    alone: list[tuple[float, float, float]] = []
     for rnd in range(1, args.rounds + 1):
-        for name, net in layouts.items():
-            limit, limit_cpu = backbone_limit(net, arrays, args.batch_size or net.batch_size)
-            r = run_classify(net, folder_of(support), photos, batch_size=args.batch_size)
-            ratios[name].append(r["rate"] / limit)
-            if net is backbone:
+        for name, net, size in configs:
+            limit, limit_cpu = backbone_limit(net, arrays, size)
+            r = run_classify(net, folder_of(support), photos, batch_size=size)
+            runs[name].append((limit, r["rate"]))
+            if name == configs[0][0]:
                 emd_shares.append(r["emd_share"])
             rest = 1 - r["decode_share"] - r["backbone_share"] - r["emd_share"]
             print(
@@ -218,16 +215,28 @@ def main() -> int:
                 f"| {r['emd_share']:.0%} | {rest:.0%} | {r['acc']:.1%} |",
                 flush=True,
             )
-    for name, values in ratios.items():
-        print(f"\nMedian ratio to the limit, {name}: {statistics.median(values):.0%}")
-    print(f"Median EMD share of the CPU, default layout: {statistics.median(emd_shares):.0%}")
-    dec = decode_cpu_ms(photos[:100], prep)
-    _, limit_cpu = backbone_limit(backbone, arrays, args.batch_size or backbone.batch_size)
-    emd_ms = 1000 * emd_cpu_seconds(backbone, support, photos[:100]) / 100
+        # The CPU each stage costs alone, once per round: decode, backbone (default setting), EMD.
+        c0 = time.process_time()
+        for f in query_features:
+            ranker.rank(support_set, f)
+        emd_ms = 1000 * (time.process_time() - c0) / len(query_features)
+        alone.append((decode_cpu_ms(photos[:100], prep), backbone_limit(backbone, arrays, batch)[1], emd_ms))
+
+    print("\nMedians over the rounds:\n")
+    print("| setting | limit images/s | end to end queries/s | ratio to limit |")
+    print("|---|---|---|---|")
+    for name, values in runs.items():
+        limit = statistics.median(v[0] for v in values)
+        rate = statistics.median(v[1] for v in values)
+        ratio = statistics.median(v[1] / v[0] for v in values)
+        print(f"| {name} | {limit:.1f} | {rate:.1f} | {ratio:.0%} |")
+    print(f"\nMedian EMD share of the CPU, default setting: {statistics.median(emd_shares):.0%}")
+    dec, net_ms, emd_ms = (statistics.median(a[i] for a in alone) for i in range(3))
     print(
-        f"\nCPU per photo, each stage alone: decode and preprocess {dec:.1f} ms, backbone {limit_cpu:.1f} ms, "
-        f"EMD ranking {emd_ms:.1f} ms. With every core busy, end to end can reach at most "
-        f"{limit_cpu / (limit_cpu + dec + emd_ms):.0%} of the backbone-only rate.",
+        f"CPU per photo, each stage alone (medians): decode and preprocess {dec:.1f} ms, backbone "
+        f"{net_ms:.1f} ms, EMD ranking {emd_ms:.1f} ms. With every core busy and nothing lost to "
+        f"sharing them, end to end can reach at most {net_ms / (net_ms + dec + emd_ms):.0%} of the "
+        "backbone-only rate.",
         flush=True,
     )
 
@@ -281,10 +290,10 @@ def main() -> int:
     support_dir = str(REPO / "examples" / "support")
     print("| queries (224 px PNG, fed on stdin, -f csv) | peak RSS MB |")
     print("|---|---|")
-    for n in (500, 5000):
+    for n, extra in ((500, []), (5000, []), (500, ["--batch-size", "16"])):
         listing = "\n".join(str(small[i % len(small)]) for i in range(n)) + "\n"
-        rss = peak_rss_mb([exe, "classify", support_dir, "-", "-f", "csv", "--quiet"], listing)
-        print(f"| {n} | {rss:.0f} |", flush=True)
+        rss = peak_rss_mb([exe, "classify", support_dir, "-", "-f", "csv", "--quiet", *extra], listing)
+        print(f"| {n} {' '.join(extra)} | {rss:.0f} |", flush=True)
     return 0
 
 
