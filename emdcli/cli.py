@@ -1165,6 +1165,10 @@ def info(
         "onnxruntime": ort.__version__,
         "providers_available": available_providers(),
         "providers_used": backbone.active_providers,
+        "inference": (
+            f"{backbone.lanes} call(s) at once x {backbone.threads or 'default'} thread(s), "
+            f"{settings.batch_size or backbone.batch_size} images per call"
+        ),
         "config": f"{cfg} ({'found' if cfg.is_file() else 'not found'})",
         "feature_cache": str(default_cache_dir()),
     }

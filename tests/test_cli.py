@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from emdcli import __version__
 from emdcli.cli import app
+from emdcli.model import cpu_layout, usable_cores
 
 runner = CliRunner()
 
@@ -242,6 +243,8 @@ def test_info_reports_model_and_providers(tiny_model: Path) -> None:
     assert data["model"] == "tiny" and data["sha256_verified"] is True
     assert "CPUExecutionProvider" in data["providers_available"]
     assert data["feature_map"] == "8 x 4 x 4 (16 nodes)"
+    lanes, threads = cpu_layout(usable_cores())
+    assert data["inference"] == f"{lanes} call(s) at once x {threads} thread(s), 4 images per call"
     assert data["feature_cache"].endswith("cache")  # EMDCLI_CACHE_DIR, set by conftest
     res = run("info", "--model", tiny_model)
     assert res.exit_code == 0 and "licence" in res.stdout
