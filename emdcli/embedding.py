@@ -50,6 +50,8 @@ def _decode(path: Path, prep: Preprocess) -> np.ndarray | str:
 
 
 _END = object()
+#: Seconds without a new path after which the paths read so far go on as a smaller batch.
+STALL_SECONDS = 0.1
 
 
 def _decode_and_infer(
@@ -59,6 +61,22 @@ def _decode_and_infer(
     decoded = [(p, f.result()) for p, f in batch]
     good = [arr for _, arr in decoded if isinstance(arr, np.ndarray)]
     return decoded, extractor(np.stack(good)) if good else None
+
+
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    """Put ``item`` on the bounded queue ``q``, unless ``stop`` is set first."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
 
 
 def embed_paths(
@@ -72,56 +90,63 @@ def embed_paths(
 ) -> Iterator[Embedded]:
     """Feature maps for ``paths``, in input order, read lazily (``paths`` may be a stream).
 
-    Four stages overlap: a thread reads ``paths`` (so a slow stream never holds back
-    finished results), ``workers`` threads decode, up to ``extractor.lanes`` batches
-    are in the backbone at once, and the caller works on the finished batch meanwhile
-    (classify matches it). At most ``lanes + 2`` batches are read ahead. Unreadable
-    images come back with ``features=None`` and an error; an error raised by ``paths``
-    itself is raised after every path before it has been yielded. ``on_done(n)`` is
-    called after every batch with the number of images it held.
+    The stages overlap, each in its own threads: reading ``paths``, grouping them into
+    batches, decoding (``workers`` threads), the backbone (up to ``extractor.lanes``
+    batches at once), and the caller's work on the finished batch (classify matches
+    it). A slow stream never holds back finished results, and when no new path has come
+    for STALL_SECONDS the paths read so far go on as a smaller batch. At most about
+    ``lanes + 4`` batches are read ahead. Unreadable images come back with
+    ``features=None`` and an error; an error raised by ``paths`` itself is raised after
+    every path before it has been yielded. ``on_done(n)`` is called after every batch
+    with the number of images it held.
     """
     lanes = max(1, int(getattr(extractor, "lanes", 1)))
     decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="emdcli-decode")
     infer_pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="emdcli-infer")
+    incoming: queue.Queue[Any] = queue.Queue(maxsize=2 * batch_size)  # paths, then _END or _Failed
     ready: queue.Queue[Any] = queue.Queue(maxsize=lanes + 1)  # futures, then _END or an error
     stop = threading.Event()
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def read() -> None:  # the only thread that touches ``paths``
+        try:
+            for path in paths:
+                if not _put(incoming, path, stop):
+                    return
+        except BaseException as exc:  # handed to the caller, after the paths read before it
+            _put(incoming, _Failed(exc), stop)
+            return
+        _put(incoming, _END, stop)
 
     def submit(chunk: list[Path]) -> bool:
         batch = [(p, decode_pool.submit(_decode, p, prep)) for p in chunk]
-        return put(infer_pool.submit(_decode_and_infer, extractor, batch))
+        return _put(ready, infer_pool.submit(_decode_and_infer, extractor, batch), stop)
 
-    def read() -> None:
+    def group() -> None:
         chunk: list[Path] = []
-        error: BaseException | None = None
         try:
-            for path in paths:
-                chunk.append(path)
+            while not stop.is_set():
+                try:
+                    item = incoming.get(timeout=STALL_SECONDS)
+                except queue.Empty:  # the stream stalls: pass on what there is
+                    if chunk and not submit(chunk):
+                        return
+                    chunk = []
+                    continue
+                if item is _END or isinstance(item, _Failed):
+                    if chunk and not submit(chunk):
+                        return
+                    _put(ready, item.error if isinstance(item, _Failed) else _END, stop)
+                    return
+                chunk.append(item)
                 if len(chunk) == batch_size:
                     if not submit(chunk):
                         return
                     chunk = []
-            if chunk and not submit(chunk):
-                return
-        except BaseException as exc:  # handed to the caller, after the paths read before it
-            error = exc
-            try:
-                if chunk and not stop.is_set() and not submit(chunk):
-                    return
-            except RuntimeError:  # the pools were shut down: the caller has gone
-                return
-        put(_END if error is None else error)
+        except RuntimeError:  # the pools were shut down: the caller has gone
+            return
 
-    reader = threading.Thread(target=read, name="emdcli-read", daemon=True)
-    reader.start()
+    for target, name in ((read, "emdcli-read"), (group, "emdcli-batch")):
+        threading.Thread(target=target, name=name, daemon=True).start()
     try:
         while True:
             item = ready.get()

@@ -127,6 +127,25 @@ def test_a_slow_source_does_not_hold_back_finished_results(tmp_path: Path) -> No
     assert [e.path for e in stream] == paths[1:]
 
 
+def test_a_stalled_source_sends_a_smaller_batch(tmp_path: Path) -> None:
+    paths = images(tmp_path, 3)
+    release = threading.Event()
+
+    def source() -> Iterator[Path]:
+        yield from paths
+        release.wait(10)  # nothing more for now: rows should not wait for a full batch of 8
+        yield from images(tmp_path / "later", 2)
+
+    (tmp_path / "later").mkdir()
+    net = MeanColour(lanes=2)
+    stream = embed_paths(net, PREP, source(), batch_size=8)
+    first = [next(stream) for _ in range(3)]
+    assert [e.path for e in first] == paths and not release.is_set()
+    release.set()
+    assert [e.path.name for e in stream] == ["000.png", "001.png"]
+    assert net.calls == 2
+
+
 def test_stopping_early_returns_without_reading_everything(tmp_path: Path) -> None:
     paths = images(tmp_path, 4)
     read: list[Path] = []
@@ -141,8 +160,10 @@ def test_stopping_early_returns_without_reading_everything(tmp_path: Path) -> No
     stream.close()
     count = len(read)
     time.sleep(0.2)
-    assert len(read) <= count + 4  # the reader stopped (at most the chunk it was filling)
-    assert count <= 4 * (2 + 3)  # read ahead by at most lanes + 2 batches, plus the one being filled
+    assert len(read) <= count + 1  # the reader stopped
+    # Read: the batch yielded, lanes + 1 batches queued, one waiting to be queued, two
+    # batches' worth in the path queue, and the path the reader holds.
+    assert count <= 4 * (1 + 3 + 1 + 2) + 1
 
 
 def test_backbone_errors_reach_the_caller(tmp_path: Path) -> None:
