@@ -17,6 +17,9 @@ from .images import Preprocess, load_image
 
 #: Images per backbone call for an extractor that does not say (no ``batch_size``).
 DEFAULT_BATCH = 16
+#: Seconds without a new path after which the paths read so far go on as a smaller batch.
+STALL_SECONDS = 0.1
+_END = object()  # the end of a stream of paths or of batches
 
 
 class FeatureExtractor(Protocol):
@@ -49,11 +52,6 @@ def _decode(path: Path, prep: Preprocess) -> np.ndarray | str:
         return exc.message
 
 
-_END = object()
-#: Seconds without a new path after which the paths read so far go on as a smaller batch.
-STALL_SECONDS = 0.1
-
-
 def _decode_and_infer(
     extractor: FeatureExtractor, batch: list[tuple[Path, Future[np.ndarray | str]]]
 ) -> tuple[list[tuple[Path, np.ndarray | str]], np.ndarray | None]:
@@ -76,6 +74,8 @@ def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
 
 @dataclass(frozen=True)
 class _Failed:
+    """What the path source raised, passed down the queues to be raised to the caller."""
+
     error: BaseException
 
 
