@@ -161,13 +161,41 @@ def peak_rss_mb(args: list[str], stdin: str) -> float:
     return int(res.stderr.strip().splitlines()[-1]) / 1024
 
 
+def startup_and_memory(data: Path) -> None:
+    """Section 5: `emdcli --help` wall time, and peak RSS of `emdcli classify` by query count."""
+    exe = shutil.which("emdcli") or sys.exit("emdcli is not on PATH")
+    # As installed by pip, which compiles the bytecode (this machine may set
+    # PYTHONDONTWRITEBYTECODE, which leaves an editable install to compile on every start).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    help_s = timed_cmd([exe, "--help"], env=env)
+    # The floor: Python with the modules Typer needs to render help (it imports Rich's
+    # Markdown, tracebacks and tables whatever the app's markup mode).
+    floor_s = timed_cmd([sys.executable, "-c", "import typer.main, typer.rich_utils"], env=env)
+    print(
+        f"\n## 5. `emdcli --help`: {help_s:.3f} s (best of 5, bytecode compiled); "
+        f"importing Typer and Rich alone: {floor_s:.3f} s"
+    )
+    small = [p for c in sorted((data / "tuxpaint").iterdir()) if c.is_dir() for p in iter_image_files(c)]
+    support_dir = str(REPO / "examples" / "support")
+    print("| queries (224 px PNG, fed on stdin, -f csv) | peak RSS MB |")
+    print("|---|---|")
+    for n, extra in ((500, []), (5000, []), (500, ["--batch-size", "16"])):
+        listing = "\n".join(str(small[i % len(small)]) for i in range(n)) + "\n"
+        rss = peak_rss_mb([exe, "classify", support_dir, "-", "-f", "csv", "--quiet", *extra], listing)
+        print(f"| {n} {' '.join(extra)} | {rss:.0f} |", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--photos", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=None, help="default: the backbone's (as classify)")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of the limit and end-to-end runs")
+    ap.add_argument("--startup-only", action="store_true", help="only section 5 (start-up and memory)")
     args = ap.parse_args()
+    if args.startup_only:
+        startup_and_memory(args.data)
+        return 0
     cores = usable_cores()
     print(f"# {cores} cores, {args.photos} photos of 3000x2000 px, {args.rounds} rounds", flush=True)
     photos, support = make_photos(args.data, args.photos)
@@ -283,21 +311,7 @@ def main() -> int:
             times.append(time.perf_counter() - t0)
             print(f"| {label} | {times[-1]:.2f} | {times[0] / times[-1]:.1f}x |", flush=True)
 
-    # 5. Start-up and memory.
-    exe = shutil.which("emdcli") or sys.exit("emdcli is not on PATH")
-    # As installed by pip, which compiles the bytecode (this machine may set
-    # PYTHONDONTWRITEBYTECODE, which leaves an editable install to compile on every start).
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    help_s = timed_cmd([exe, "--help"], env=env)
-    print(f"\n## 5. `emdcli --help`: {help_s:.3f} s (best of 5, bytecode compiled)")
-    small = [p for c in sorted((args.data / "tuxpaint").iterdir()) if c.is_dir() for p in iter_image_files(c)]
-    support_dir = str(REPO / "examples" / "support")
-    print("| queries (224 px PNG, fed on stdin, -f csv) | peak RSS MB |")
-    print("|---|---|")
-    for n, extra in ((500, []), (5000, []), (500, ["--batch-size", "16"])):
-        listing = "\n".join(str(small[i % len(small)]) for i in range(n)) + "\n"
-        rss = peak_rss_mb([exe, "classify", support_dir, "-", "-f", "csv", "--quiet", *extra], listing)
-        print(f"| {n} {' '.join(extra)} | {rss:.0f} |", flush=True)
+    startup_and_memory(args.data)
     return 0
 
 
