@@ -110,7 +110,7 @@ def main() -> int:
     args = ap.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
     backbone = Backbone(resolve_model_path(None), device="cpu", threads=1)
-    cache = FeatureCache(f"{backbone.manifest.sha256}/{backbone.manifest.preprocess.key()}", max_bytes=2**31)
+    cache = FeatureCache.for_model(backbone.manifest, max_bytes=2**31)
     clf = Classifier(backbone, backbone.manifest.preprocess, cache=cache)
     names = sorted(p.name for p in args.data.iterdir() if p.is_dir())
     if args.sets:

@@ -74,7 +74,7 @@ def main() -> int:
     modes: list[tuple[str, Rerank, float]] = [("global", "none", 0.0), ("emd", "emd", 0.0)]
     modes += [(f"emd+{float(w):g}*global", "emd+global", float(w)) for w in args.global_weights.split(",")]
     backbone = Backbone(resolve_model_path(None), device="cpu", threads=1)
-    cache = FeatureCache(f"{backbone.manifest.sha256}/{backbone.manifest.preprocess.key()}", max_bytes=2**31)
+    cache = FeatureCache.for_model(backbone.manifest, max_bytes=2**31)
     clf = Classifier(backbone, backbone.manifest.preprocess, cache=cache)
     names = sorted(p.name for p in args.data.iterdir() if p.is_dir())
     if args.sets:

@@ -301,11 +301,10 @@ def main() -> int:
     print("| run | seconds | speed-up |")
     print("|---|---|---|")
     with tempfile.TemporaryDirectory() as cache_root:
-        namespace = f"{backbone.manifest.sha256}/{backbone.manifest.preprocess.key()}"
         times = []
         for label in ("cold (empty cache)", "warm (same support again)"):
             clf = Classifier(backbone, backbone.manifest.preprocess, batch_size=args.batch_size,
-                             cache=FeatureCache(namespace, root=Path(cache_root)))  # fmt: skip
+                             cache=FeatureCache.for_model(backbone.manifest, root=Path(cache_root)))  # fmt: skip
             t0 = time.perf_counter()
             clf.fit(folder_of(big_support))
             times.append(time.perf_counter() - t0)

@@ -1,6 +1,6 @@
 """A feature cache on disk, so a second run on the same support set does not re-embed it.
 
-    cache = FeatureCache(f"{manifest.sha256}/{manifest.preprocess.key()}")
+    cache = FeatureCache.for_model(manifest)  # namespace: the model's sha256 and preprocessing
     features = cache.get(path)            # (C, H, W) float32, or None on a miss
     if features is None:
         features = ...                    # embed the image
@@ -24,8 +24,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .model import Manifest
 
 #: Default size limit of the whole cache (all namespaces), in bytes.
 DEFAULT_MAX_BYTES = 512 * 2**20
@@ -90,6 +94,13 @@ class FeatureCache:
         self.write_errors = 0
         self._digests: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_model(
+        cls, manifest: Manifest, root: Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> FeatureCache:
+        """The cache of ``manifest``'s model: namespace ``f"{sha256}/{preprocess.key()}"``."""
+        return cls(f"{manifest.sha256}/{manifest.preprocess.key()}", root=root, max_bytes=max_bytes)
 
     def entry_path(self, digest: str) -> Path:
         """Where the entry for a file whose sha256 is ``digest`` lives."""

@@ -234,7 +234,7 @@ def _load_backbone(settings: Settings) -> Any:
 def _feature_cache(backbone: Any) -> Any:
     from .cache import FeatureCache
 
-    return FeatureCache(f"{backbone.manifest.sha256}/{backbone.manifest.preprocess.key()}")
+    return FeatureCache.for_model(backbone.manifest)
 
 
 def _progress(enabled: bool) -> Any:

@@ -447,3 +447,16 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_for_model_keys_by_model_and_preprocessing(tiny_model: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from emdcli.model import load_manifest
+
+    manifest = load_manifest(tiny_model)
+    cache = FeatureCache.for_model(manifest, root=tmp_path, max_bytes=123)
+    assert cache.namespace == f"{manifest.sha256}/{manifest.preprocess.key()}"
+    assert (cache.root, cache.max_bytes) == (tmp_path, 123)
+    other = FeatureCache.for_model(replace(manifest, input_size=manifest.input_size + 8), root=tmp_path)
+    assert other.folder != cache.folder
