@@ -38,30 +38,17 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
-import shlex
 import sys
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
+from common import cached_classifier, command_line, embed_set, set_names
 
 from emdcli.anomaly import NormalSet, anomaly_scores, calibrate
-from emdcli.cache import FeatureCache
-from emdcli.classify import Classifier
 from emdcli.fewshot import pooled
-from emdcli.folders import read_labelled_folder
 from emdcli.matching import l2_normalise
-from emdcli.model import Backbone, resolve_model_path
-
-
-def embed_set(clf: Classifier, root: Path) -> tuple[tuple[Path, ...], np.ndarray, np.ndarray]:
-    """Paths, labels (N,) and (N, C, H, W) feature maps of the readable images under ``root``."""
-    data = clf.embed_labelled(read_labelled_folder(root))
-    if data.skipped:
-        print(f"# {root.name}: {len(data.skipped)} unreadable image(s) left out", file=sys.stderr)
-    assert data.features is not None, f"{root}: no readable image"
-    return data.paths, data.labels, data.features
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -109,12 +96,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
-    backbone = Backbone(resolve_model_path(None), device="cpu", threads=1)
-    cache = FeatureCache.for_model(backbone.manifest, max_bytes=2**31)
-    clf = Classifier(backbone, backbone.manifest.preprocess, cache=cache)
-    names = sorted(p.name for p in args.data.iterdir() if p.is_dir())
-    if args.sets:
-        names = [n for n in names if n in args.sets.split(",")]
+    backbone, clf = cached_classifier()
+    names = set_names(args.data, args.sets)
     rows, timings = [], []
     for name in names:
         paths, labels, fmaps = embed_set(clf, args.data / name)
@@ -165,7 +148,7 @@ def main() -> int:
             print(row, file=sys.stderr, flush=True)
         timings.append(f"{name}: {1000 * secs / n_scored:.2f} ms per EMD anomaly score ({n_scored} scored)")
         print(f"# {timings[-1]}", file=sys.stderr, flush=True)
-    cmd = " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv])
+    cmd = command_line()
     env = f"EMDCLI_CACHE_DIR={os.environ.get('EMDCLI_CACHE_DIR', '')} OPENBLAS_NUM_THREADS=1"
     model = f"{backbone.manifest.name} ({backbone.manifest.sha256[:12]})"
     print(f"Anomaly detection, bundled model {model}, seed {args.seed};")

@@ -28,27 +28,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import cached_classifier, command_line, embed_set, set_names
 
-from emdcli.cache import FeatureCache
-from emdcli.classify import Classifier
-from emdcli.folders import read_labelled_folder
-from emdcli.model import Backbone, resolve_model_path
 from emdcli.retrieval import GLOBAL_WEIGHT, GalleryIndex, Rerank, search
-
-
-def embed_set(clf: Classifier, root: Path) -> tuple[tuple[Path, ...], np.ndarray, np.ndarray]:
-    """Paths, labels (N,) and (N, C, H, W) feature maps of the readable images under ``root``."""
-    data = clf.embed_labelled(read_labelled_folder(root))
-    if data.skipped:
-        print(f"# {root.name}: {len(data.skipped)} unreadable image(s) left out", file=sys.stderr)
-    assert data.features is not None, f"{root}: no readable image"
-    return data.paths, data.labels, data.features
 
 
 def average_precision_at_r(rel: np.ndarray) -> float:
@@ -73,12 +60,8 @@ def main() -> int:
     # (row name, rerank, global weight)
     modes: list[tuple[str, Rerank, float]] = [("global", "none", 0.0), ("emd", "emd", 0.0)]
     modes += [(f"emd+{float(w):g}*global", "emd+global", float(w)) for w in args.global_weights.split(",")]
-    backbone = Backbone(resolve_model_path(None), device="cpu", threads=1)
-    cache = FeatureCache.for_model(backbone.manifest, max_bytes=2**31)
-    clf = Classifier(backbone, backbone.manifest.preprocess, cache=cache)
-    names = sorted(p.name for p in args.data.iterdir() if p.is_dir())
-    if args.sets:
-        names = [n for n in names if n in args.sets.split(",")]
+    backbone, clf = cached_classifier()
+    names = set_names(args.data, args.sets)
     rows = []
     for name in names:
         t0 = time.perf_counter()
@@ -118,7 +101,7 @@ def main() -> int:
             )
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
-    cmd = " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv])
+    cmd = command_line()
     env = f"EMDCLI_CACHE_DIR={os.environ.get('EMDCLI_CACHE_DIR', '')} OPENBLAS_NUM_THREADS=1"
     print(f"Retrieval, leave-one-out, bundled model {backbone.manifest.name} ({backbone.manifest.sha256[:12]}), ")
     print(f"re-ranking shortlist {args.shortlist or 'all'}; recall@1 and mAP@R in %, differences vs global ± 95% CI;")
