@@ -44,7 +44,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from common import cached_classifier, command_line, embed_set, set_names
+from common import cached_classifier, command_line, difference_text, embed_set, set_names
 
 from emdcli.anomaly import NormalSet, anomaly_scores, calibrate
 from emdcli.fewshot import pooled
@@ -77,10 +77,6 @@ def global_scores(normal_fmaps: np.ndarray, test_fmaps: np.ndarray, k: int, cent
     centre = g.mean(axis=0) if centred else np.zeros(g.shape[1])
     cos = l2_normalise(pooled(test_fmaps) - centre) @ l2_normalise(g - centre).T  # (T, n)
     return (1.0 - -np.sort(-cos, axis=1)[:, : min(k, len(g))]).mean(axis=1)
-
-
-def ci95(x: np.ndarray) -> float:
-    return float(1.96 * np.std(x) / np.sqrt(len(x)))
 
 
 def main() -> int:
@@ -141,7 +137,7 @@ def main() -> int:
             row = (
                 f"| {name} | {len(eligible)} | {args.n_normal} | {np.mean(n_held):.1f} | {np.mean(n_anom):.1f} | {k} "
                 f"| {100 * e.mean():.1f} | {100 * g.mean():.1f} | {100 * gl.mean():.1f} "
-                f"| {100 * d.mean():+.1f} ± {100 * ci95(d):.1f} | {100 * dl.mean():+.1f} ± {100 * ci95(dl):.1f} "
+                f"| {difference_text(d)} | {difference_text(dl)} "
                 f"| {int((e > gl).sum())}/{int((e < gl).sum())} | {100 * fpr:.1f} | {100 * tpr:.1f} |"
             )
             rows.append(row)

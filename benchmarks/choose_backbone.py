@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np  # noqa: E402
 
+from emdcli.evaluate import mean_ci95  # noqa: E402
 from emdcli.export import _Cut, efficientnet_lite, export_module
 from emdcli.images import Preprocess, iter_image_files, load_image
 from emdcli.matching import Nodes, emd_score
@@ -130,10 +131,6 @@ def run_episode(args: tuple) -> tuple[float, float]:
     return emd_acc, float(np.mean(pred == qlab))
 
 
-def ci95(x: list[float]) -> float:
-    return 1.96 * float(np.std(x)) / np.sqrt(len(x))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -188,9 +185,9 @@ def main() -> int:
                     diff = [a - b for a, b in accs]
                     row = (
                         f"| {variant} | {size} | {resize} | {layer} | {tuple(_FEATS[key].shape[1:])} | {name} "
-                        f"| {way}-way {shot}-shot | {100 * np.mean(emd):.1f} ± {100 * ci95(emd):.1f} "
-                        f"| {100 * np.mean(pro):.1f} ± {100 * ci95(pro):.1f} "
-                        f"| {100 * np.mean(diff):+.1f} ± {100 * ci95(diff):.1f} |"
+                        f"| {way}-way {shot}-shot | {100 * np.mean(emd):.1f} ± {100 * mean_ci95(emd)[1]:.1f} "
+                        f"| {100 * np.mean(pro):.1f} ± {100 * mean_ci95(pro)[1]:.1f} "
+                        f"| {100 * np.mean(diff):+.1f} ± {100 * mean_ci95(diff)[1]:.1f} |"
                     )
                     rows.append(row)
                     cell = means.setdefault((variant, size, resize, layer), {})

@@ -10,6 +10,7 @@ import numpy as np
 
 from emdcli.cache import FeatureCache
 from emdcli.classify import Classifier
+from emdcli.evaluate import mean_ci95
 from emdcli.folders import read_labelled_folder
 from emdcli.model import Backbone, resolve_model_path
 
@@ -35,6 +36,12 @@ def embed_set(clf: Classifier, root: Path) -> tuple[tuple[Path, ...], np.ndarray
         print(f"# {root.name}: {len(data.skipped)} unreadable image(s) left out", file=sys.stderr)
     assert data.features is not None, f"{root}: no readable image"
     return data.paths, data.labels, data.features
+
+
+def difference_text(x: np.ndarray) -> str:
+    """Mean of paired differences ``x`` (fractions) ± its 95% half-interval, in points."""
+    mean, half = mean_ci95(x)
+    return f"{100 * mean:+.1f} ± {100 * half:.1f}"
 
 
 def command_line() -> str:

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import cached_classifier, command_line, embed_set, set_names
+from common import cached_classifier, command_line, difference_text, embed_set, set_names
 
 from emdcli.retrieval import GLOBAL_WEIGHT, GalleryIndex, Rerank, search
 
@@ -43,10 +43,6 @@ def average_precision_at_r(rel: np.ndarray) -> float:
     r = len(rel)
     precision = np.cumsum(rel) / np.arange(1, r + 1)
     return float((precision * rel).sum() / r)
-
-
-def ci95(x: np.ndarray) -> float:
-    return float(1.96 * np.std(x) / np.sqrt(len(x)))
 
 
 def main() -> int:
@@ -93,8 +89,8 @@ def main() -> int:
         base_r1, base_ap = np.array(r1["global"]), np.array(ap_r["global"])
         for mode, _, _ in modes:
             a, m = np.array(r1[mode]), np.array(ap_r[mode])
-            d_r1 = "" if mode == "global" else f"{100 * (a - base_r1).mean():+.1f} ± {100 * ci95(a - base_r1):.1f}"
-            d_ap = "" if mode == "global" else f"{100 * (m - base_ap).mean():+.1f} ± {100 * ci95(m - base_ap):.1f}"
+            d_r1 = "" if mode == "global" else difference_text(a - base_r1)
+            d_ap = "" if mode == "global" else difference_text(m - base_ap)
             row = (
                 f"| {name} | {n} | {len(counts)} | {mode} | {100 * a.mean():.1f} | {d_r1} "
                 f"| {100 * m.mean():.1f} | {d_ap} | {1000 * secs[mode] / n:.1f} |"
