@@ -1,17 +1,90 @@
-"""emdcli: few-shot image classification by DeepEMD, from the terminal.
+"""emdcli: few-shot image classification by DeepEMD, from the terminal and from Python.
 
-The library is importable without side effects and prints nothing:
+    from pathlib import Path
+    from emdcli import Classifier, read_labelled_folder
 
-- :mod:`emdcli.model`: the ONNX backbone and its manifest
-- :mod:`emdcli.folders`, :mod:`emdcli.images`: reading labelled folders and images
-- :mod:`emdcli.matching`, :mod:`emdcli.transport`: DeepEMD node matching, exact EMD
-- :mod:`emdcli.classify`: support sets, predictions
-- :mod:`emdcli.cache`: the support-feature cache
+    clf = Classifier()                                    # the bundled model, emdcli's defaults
+    support = clf.fit(read_labelled_folder(Path("examples/support")))
+    for pred in clf.predict(support, [Path("examples/queries/food_fruit/apple.png")]):
+        print(pred.predicted, pred.confidence)
+
+The library prints nothing and returns dataclasses. Its parts, by concern:
+
+- :mod:`emdcli.io`: finding and decoding images, labelled folders, atomic files
+- :mod:`emdcli.model`: the ONNX backbone, its manifest, exporting one
+- :mod:`emdcli.features`: the feature source (batched inference, the feature cache)
+- :mod:`emdcli.matching`: nodes and exact EMD, SimpleShot, SFC, class node sets (Matcher)
+- :mod:`emdcli.tasks`: classify, evaluate, search, anomaly, explain
+- :mod:`emdcli.cli`: the command line over all of it
+
+The names below are imported on first use, so ``import emdcli`` stays light.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 #: The package version (the single source: pyproject.toml reads it from here).
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+#: Public name -> the module that defines it (``module:name`` where the names differ).
+_EXPORTS = {
+    "load_model": "emdcli.model.backbone",
+    "Backbone": "emdcli.model.backbone",
+    "read_labelled_folder": "emdcli.io.folders",
+    "LabelledFolder": "emdcli.io.folders",
+    "FeatureSource": "emdcli.features.source",
+    "FeatureCache": "emdcli.features.cache",
+    "Matcher": "emdcli.matching.support",
+    "Classifier": "emdcli.tasks.classify",
+    "SupportSet": "emdcli.tasks.classify",
+    "Prediction": "emdcli.tasks.classify",
+    "Ranked": "emdcli.tasks.classify",
+    "evaluate": "emdcli.tasks.evaluate",
+    "EvaluationRun": "emdcli.tasks.evaluate",
+    "Evaluation": "emdcli.tasks.evaluate",
+    "MethodResult": "emdcli.tasks.evaluate",
+    "search": "emdcli.tasks.retrieval:search_images",
+    "Gallery": "emdcli.tasks.retrieval",
+    "QueryHits": "emdcli.tasks.retrieval",
+    "Hit": "emdcli.tasks.retrieval",
+    "anomaly": "emdcli.tasks.anomaly:detect_anomalies",
+    "AnomalyDetector": "emdcli.tasks.anomaly",
+    "Judged": "emdcli.tasks.anomaly",
+    "Verdict": "emdcli.tasks.anomaly",
+    "render_match": "emdcli.tasks.explain",
+    "Explanation": "emdcli.tasks.explain",
+    "EmdcliError": "emdcli.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from .errors import EmdcliError
+    from .features.cache import FeatureCache
+    from .features.source import FeatureSource
+    from .io.folders import LabelledFolder, read_labelled_folder
+    from .matching.support import Matcher
+    from .model.backbone import Backbone, load_model
+    from .tasks.anomaly import AnomalyDetector, Judged, Verdict
+    from .tasks.anomaly import detect_anomalies as anomaly
+    from .tasks.classify import Classifier, Prediction, Ranked, SupportSet
+    from .tasks.evaluate import Evaluation, EvaluationRun, MethodResult, evaluate
+    from .tasks.explain import Explanation, render_match
+    from .tasks.retrieval import Gallery, Hit, QueryHits
+    from .tasks.retrieval import search_images as search
+
+
+def __getattr__(name: str) -> Any:
+    where = _EXPORTS.get(name)
+    if where is None:
+        raise AttributeError(f"module 'emdcli' has no attribute {name!r}")
+    module, _, attr = where.partition(":")
+    value = getattr(importlib.import_module(module), attr or name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

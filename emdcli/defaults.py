@@ -1,4 +1,12 @@
-"""Defaults of the classifier, chosen by measurement (docs/benchmarks.md); no heavy imports."""
+"""Every default of emdcli, defined once and used by both the library and the command line.
+
+The matching defaults were chosen by measurement (docs/benchmarks.md). No heavy imports here:
+the command line reads this module to print its help.
+"""
+
+from __future__ import annotations
+
+# classify ------------------------------------------------------------------------------------
 
 #: How a class with several examples gets its node set: ``"sfc"`` (fitted by SFC) or ``"mean"`` (mean map).
 KSHOT = "sfc"
@@ -7,6 +15,47 @@ KSHOT = "sfc"
 GLOBAL_WEIGHT = 0.5
 #: The same for a class whose node set was fitted by SFC (the global term lowered its accuracy there).
 SFC_GLOBAL_WEIGHT = 0.0
+#: With more classes than this, only the ones closest by global cosine are matched by EMD (0: all).
+SHORTLIST = 10
+#: SFC solves (support images x classes) EMDs per step: above this many, classes use the mean map.
+SFC_MAX_PAIRS = 2500
+#: Node cost of the matching: ``"cosine"`` (1 - cos, as DeepEMD) or ``"l2"``.
+METRIC = "cosine"
+#: Ranked classes listed per query.
+TOP_K = 2
+
+# search --------------------------------------------------------------------------------------
+
+#: Hits listed per query.
+SEARCH_TOP_K = 5
+#: How many of the globally closest gallery images are re-ranked by EMD (0: the whole gallery).
+SEARCH_SHORTLIST = 50
+#: Re-ranking score: ``"emd+global"`` (measured never worse than global), ``"emd"`` or ``"none"``.
+RERANK = "emd+global"
+#: Weight of the global cosine added to the EMD score by ``rerank="emd+global"``.
+RERANK_GLOBAL_WEIGHT = 1.0
+
+# anomaly -------------------------------------------------------------------------------------
+
+#: Nearest normal images whose dissimilarities are averaged into an anomaly score.
+ANOMALY_K = 3
+#: Fraction of the normal images a calibrated threshold may flag.
+CONTAMINATION = 0.05
+
+# evaluate ------------------------------------------------------------------------------------
+
+WAY = 5
+SHOT = 1
+QUERY = 15
+EPISODES = 600
+SEED = 0
+#: Methods scored when none are named; the first is the baseline of the paired differences.
+METHODS = ("proto", "emd", "default")
+
+# explain -------------------------------------------------------------------------------------
+
+#: How many of the strongest flows a picture draws.
+EXPLAIN_LINES = 12
 
 
 def global_weight_for(kshot: str) -> float:

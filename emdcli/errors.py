@@ -9,6 +9,11 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+#: ``anomaly --fail-on-anomaly`` when a query is anomalous.
+EXIT_ANOMALY = 3
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+EXIT_TERMINATED = 143
 
 
 class EmdcliError(Exception):

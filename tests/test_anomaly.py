@@ -7,17 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emdcli.anomaly import (
-    Calibration,
-    NormalSet,
-    anomaly_scores,
-    calibrate,
-    judge,
-    leave_one_out_scores,
-    normal_similarities,
-)
+from emdcli.tasks.anomaly import Calibration, NormalSet, anomaly_scores, calibrate, judge, leave_one_out_scores, normal_similarities
 from emdcli.errors import DatasetError
-from emdcli.matching import Nodes, emd_score
+from emdcli.matching.nodes import Nodes, emd_score
 
 C, H, W = 8, 3, 3
 
@@ -40,7 +32,7 @@ def make_set(maps: np.ndarray) -> NormalSet:
 
 def test_a_copy_of_a_normal_image_scores_about_zero() -> None:
     maps = normal_maps(5)
-    assert anomaly_scores(make_set(maps), maps[3]) == pytest.approx(0.0, abs=1e-6)
+    assert anomaly_scores(make_set(maps), maps[3], k=1) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_a_far_image_scores_above_every_leave_one_out_score() -> None:

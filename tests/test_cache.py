@@ -19,8 +19,10 @@ from typing import NoReturn
 import numpy as np
 import pytest
 
-from emdcli import cache as cache_mod
-from emdcli.cache import FeatureCache, default_cache_dir, file_digest
+from emdcli.features import cache as cache_mod
+from emdcli.io import files as files_mod
+from emdcli.features.cache import FeatureCache, default_cache_dir
+from emdcli.io.files import sha256_file
 
 NS = "0123abcd/224/crop/(0.5, 0.5, 0.5)/(0.5, 0.5, 0.5)"
 
@@ -154,7 +156,7 @@ def test_damaged_entry_is_a_miss(tmp_path: Path, damage: Callable[[Path], None])
     img = image_file(tmp_path / "a.jpg", b"image")
     cache = FeatureCache(NS, root=tmp_path / "cache")
     cache.put(img, feature_map(3))
-    entry = cache.entry_path(file_digest(img))
+    entry = cache.entry_path(sha256_file(img))
     damage(entry)
 
     assert cache.get(img) is None
@@ -250,7 +252,8 @@ def test_failed_write_is_counted_not_raised(
     cache = FeatureCache(NS, root=tmp_path / "cache")
     cache.put(img, feature_map(5))  # a good entry before the disk fails
     module_name, attr = target.split(".")
-    monkeypatch.setattr(getattr(cache_mod, module_name), attr, fake)
+    owner = files_mod if module_name in ("tempfile", "os") else cache_mod  # atomic writes live in emdcli.io.files
+    monkeypatch.setattr(getattr(owner, module_name), attr, fake)
 
     other = image_file(tmp_path / "b.jpg", b"other image")
     cache.put(other, feature_map(6))
@@ -287,7 +290,7 @@ def _fill(cache: FeatureCache, tmp_path: Path, names: list[str], shape: tuple[in
     for age, name in enumerate(names):
         img = image_file(tmp_path / "img" / f"{name}.jpg", name.encode())
         cache.put(img, np.zeros(shape, dtype=np.float32))
-        entry = cache.entry_path(file_digest(img))
+        entry = cache.entry_path(sha256_file(img))
         stamp = 1_600_000_000 + 100 * age
         os.utime(entry, (stamp, stamp))
         entries[name] = entry
@@ -373,19 +376,19 @@ def test_file_digest_reads_large_files_in_chunks(tmp_path: Path) -> None:
     payload = os.urandom(1 << 16) * 40 + b"tail"  # 2.5 MiB and a bit: three chunks
     path = image_file(tmp_path / "big.bin", payload)
 
-    assert file_digest(path) == hashlib.sha256(payload).hexdigest()
-    assert file_digest(image_file(tmp_path / "empty", b"")) == hashlib.sha256(b"").hexdigest()
+    assert sha256_file(path) == hashlib.sha256(payload).hexdigest()
+    assert sha256_file(image_file(tmp_path / "empty", b"")) == hashlib.sha256(b"").hexdigest()
 
 
 def test_get_then_put_hashes_the_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Path] = []
-    real = cache_mod.file_digest
+    real = cache_mod.sha256_file
 
     def counting(path: Path) -> str:
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(cache_mod, "file_digest", counting)
+    monkeypatch.setattr(cache_mod, "sha256_file", counting)
     img = image_file(tmp_path / "a.jpg", b"image")
     cache = FeatureCache(NS, root=tmp_path / "cache")
 
@@ -441,7 +444,7 @@ def test_no_pickle_in_the_module() -> None:
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, emdcli.cache; "
+        "import sys, emdcli.features.cache; "
         "print(sorted(m for m in ('onnxruntime', 'ot', 'PIL', 'torch', 'typer', 'rich', 'yaml', 'scipy') "
         "if m in sys.modules))"
     )
@@ -452,7 +455,7 @@ def test_import_is_light() -> None:
 def test_for_model_keys_by_model_and_preprocessing(tiny_model: Path, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from emdcli.model import load_manifest
+    from emdcli.model.manifest import load_manifest
 
     manifest = load_manifest(tiny_model)
     cache = FeatureCache.for_model(manifest, root=tmp_path, max_bytes=123)

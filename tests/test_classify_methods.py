@@ -1,4 +1,5 @@
-"""classify's scoring options are the evaluate methods of the same names, number for number."""
+"""classify and evaluate share one scoring path: evaluate's methods are classify's settings, and
+``default`` is exactly what classify runs with its defaults, shortlist and large-support fallback included."""
 
 from __future__ import annotations
 
@@ -7,46 +8,89 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emdcli import defaults, fewshot
-from emdcli.classify import Classifier
-from emdcli.fewshot import simpleshot_centroids
-from emdcli.folders import read_labelled_folder
-from emdcli.images import load_image
-from emdcli.model import Backbone
-from tests.conftest import make_folder
+from emdcli import defaults
+from emdcli.features.source import FeatureSource
+from emdcli.io.folders import read_labelled_folder
+from emdcli.io.images import load_image
+from emdcli.matching.simpleshot import centroids as simpleshot_centroids
+from emdcli.matching.support import Matcher
+from emdcli.model.backbone import Backbone
+from emdcli.tasks import fewshot
+from emdcli.tasks.classify import Classifier
+from emdcli.tasks.episodes import Episode, EpisodePlan
+from emdcli.tasks.evaluate import evaluate_episodes
+from tests.conftest import make_folder, make_image
+
+
+def many_classes(root: Path, classes: int, shots: int, seed: int = 0) -> Path:
+    """``classes`` folders of ``shots`` images, each class its own random colour."""
+    rng = np.random.default_rng(seed)
+    for k in range(classes):
+        colour = tuple(int(v) for v in rng.integers(20, 236, 3))
+        for i in range(shots):
+            make_image(root / f"c{k:02d}" / f"img_{i}.png", colour, seed * 1000 + k * 10 + i)  # type: ignore[arg-type]
+    return root
+
+
+def episode_arrays(backbone: Backbone, support_dir: Path, queries: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(way, shot, C, H, W) support maps in folder order and (n, C, H, W) query maps."""
+    prep = backbone.manifest.preprocess
+    folder = read_labelled_folder(support_dir)
+    maps = np.stack([backbone(np.stack([load_image(p, prep) for p in c.files])) for c in folder.classes])
+    return maps, backbone(np.stack([load_image(p, prep) for p in queries]))
+
+
+def classify_scores(clf: Classifier, support_dir: Path, qmaps: np.ndarray) -> tuple[str, np.ndarray]:
+    """What classify reports for each query: (kshot used, (n, K) scores with NaN for unranked classes)."""
+    folder = read_labelled_folder(support_dir)
+    support = clf.fit(folder)
+    rows = []
+    for q in qmaps:
+        got = {r.label: r.score for r in clf.rank(support, q)}
+        rows.append([got.get(c.name, np.nan) for c in folder.classes])
+    return support.kshot, np.array(rows)
 
 
 @pytest.mark.parametrize(
     ("global_weight", "kshot", "method"),
-    [
-        (0.0, "mean", "emd"),
-        (0.5, "mean", "emd+global"),
-        (0.0, "sfc", "emd-sfc"),
-        (0.5, "sfc", "emd-sfc+global"),
-        (None, None, "default"),
-    ],  # fmt: skip
+    [(0.0, "mean", "emd"), (0.5, "mean", "emd+global"), (0.0, "sfc", "emd-sfc"), (0.5, "sfc", "emd-sfc+global")],
 )
-def test_classifier_scores_equal_the_method(
-    tiny_model: Path, tmp_path: Path, global_weight: float | None, kshot: str | None, method: str
+def test_classify_settings_equal_the_method(
+    tiny_model: Path, tmp_path: Path, global_weight: float, kshot: str, method: str
 ) -> None:
     support_dir = make_folder(tmp_path / "support", {"red": 3, "green": 3, "blue": 3})
     queries = sorted(make_folder(tmp_path / "q", {"red": 1, "green": 1, "blue": 1}, seed=4).rglob("*.png"))
     backbone = Backbone(tiny_model)
-    prep = backbone.manifest.preprocess
-    if method == "default":  # the library's and the CLI's defaults
-        clf = Classifier(backbone, prep)
-        kshot = defaults.KSHOT
-    else:
-        clf = Classifier(backbone, prep, global_weight=global_weight, kshot=kshot)  # type: ignore[arg-type]
-    folder = read_labelled_folder(support_dir)
-    support = clf.fit(folder)
-    assert support.kshot == kshot
-    maps = np.stack([backbone(np.stack([load_image(p, prep) for p in c.files])) for c in folder.classes])
-    qmaps = backbone(np.stack([load_image(p, prep) for p in queries]))
-    expected = fewshot.METHODS[method].score(maps, qmaps)
-    for row, qf in zip(expected, qmaps, strict=True):
-        got = {r.label: r.score for r in clf.rank(support, qf)}
-        np.testing.assert_allclose([got[c.name] for c in folder.classes], row, atol=1e-5)
+    clf = Classifier(FeatureSource(backbone), Matcher(kshot=kshot, global_weight=global_weight, shortlist=0))
+    maps, qmaps = episode_arrays(backbone, support_dir, queries)
+    used, got = classify_scores(clf, support_dir, qmaps)
+    assert used == kshot
+    np.testing.assert_allclose(got, fewshot.METHODS[method].score(maps, qmaps), atol=1e-9)
+
+
+@pytest.mark.parametrize(("classes", "shots", "kshot"), [(12, 2, "sfc"), (26, 4, "mean")])
+def test_default_is_what_classify_runs_with_shortlist_and_fallback(
+    tiny_model: Path, tmp_path: Path, classes: int, shots: int, kshot: str
+) -> None:
+    """More classes than the shortlist (10): unranked classes are NaN in both; 26 classes x 4 shots
+    is over SFC_MAX_PAIRS (104 x 26 = 2704 > 2500), so both fall back to the mean map."""
+    support_dir = many_classes(tmp_path / "support", classes, shots)
+    queries = sorted(many_classes(tmp_path / "q", classes, 1, seed=0).rglob("*.png"))
+    backbone = Backbone(tiny_model)
+    maps, qmaps = episode_arrays(backbone, support_dir, queries)
+    used, got = classify_scores(Classifier(FeatureSource(backbone)), support_dir, qmaps)
+    expected = fewshot.METHODS["default"].score(maps, qmaps)
+    assert used == kshot
+    assert (np.isnan(got).sum(axis=1) == classes - defaults.SHORTLIST).all()  # the shortlist ran
+    np.testing.assert_allclose(got, expected, atol=1e-9, equal_nan=True)
+    # evaluate's accuracy for this episode is classify's accuracy on the same queries
+    episode = Episode(np.arange(classes), np.arange(classes * shots).reshape(classes, shots),
+                      classes * shots + np.arange(classes).reshape(classes, 1))  # fmt: skip
+    features = np.concatenate([maps.reshape(-1, *maps.shape[2:]), qmaps])
+    plan = EpisodePlan(classes, shots, 1, 0, (episode,), tuple(range(classes)), ())
+    result = evaluate_episodes(features, plan, ["default"])
+    predicted = np.nanargmax(got, axis=1)
+    assert result.results[0].accuracy == pytest.approx(100 * np.mean(predicted == np.arange(classes)))
 
 
 def test_simpleshot_centroids_match_proto() -> None:
@@ -61,27 +105,18 @@ def test_default_at_one_shot_is_emd_plus_global(tiny_model: Path, tmp_path: Path
     support_dir = make_folder(tmp_path / "support", {"red": 1, "green": 1, "blue": 1})
     queries = sorted(make_folder(tmp_path / "q", {"red": 1, "blue": 1}, seed=4).rglob("*.png"))
     backbone = Backbone(tiny_model)
-    prep = backbone.manifest.preprocess
-    clf = Classifier(backbone, prep)
-    folder = read_labelled_folder(support_dir)
-    support = clf.fit(folder)
-    assert support.kshot == "mean" and clf.global_weight_for(support) == defaults.GLOBAL_WEIGHT
-    maps = np.stack([backbone(np.stack([load_image(p, prep) for p in c.files])) for c in folder.classes])
-    qmaps = backbone(np.stack([load_image(p, prep) for p in queries]))
-    expected = fewshot.METHODS["emd+global"].score(maps, qmaps)
-    np.testing.assert_allclose(fewshot.METHODS["default"].score(maps, qmaps), expected)
-    for row, qf in zip(expected, qmaps, strict=True):
-        got = {r.label: r.score for r in clf.rank(support, qf)}
-        np.testing.assert_allclose([got[c.name] for c in folder.classes], row, atol=1e-5)
-
-
-def test_large_support_sets_use_the_mean_map(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from emdcli import classify
-
-    support_dir = make_folder(tmp_path / "support", {"red": 3, "green": 3})
-    backbone = Backbone(tiny_model)
-    clf = Classifier(backbone, backbone.manifest.preprocess)
-    assert clf.fit(read_labelled_folder(support_dir)).kshot == "sfc"  # 6 examples x 2 classes = 12 pairs
-    monkeypatch.setattr(classify, "SFC_MAX_PAIRS", 11)
+    clf = Classifier(FeatureSource(backbone))
     support = clf.fit(read_labelled_folder(support_dir))
     assert support.kshot == "mean" and clf.global_weight_for(support) == defaults.GLOBAL_WEIGHT
+    maps, qmaps = episode_arrays(backbone, support_dir, queries)
+    expected = fewshot.METHODS["emd+global"].score(maps, qmaps)
+    np.testing.assert_allclose(fewshot.METHODS["default"].score(maps, qmaps), expected)
+    assert not np.allclose(expected, fewshot.METHODS["emd"].score(maps, qmaps))  # the global term counts
+
+
+def test_large_support_sets_use_the_mean_map(tiny_model: Path, tmp_path: Path) -> None:
+    support_dir = make_folder(tmp_path / "support", {"red": 3, "green": 3})
+    source = FeatureSource(Backbone(tiny_model))
+    folder = read_labelled_folder(support_dir)
+    assert Classifier(source).fit(folder).kshot == "sfc"  # 6 examples x 2 classes = 12 pairs
+    assert Classifier(source, Matcher(sfc_max_pairs=11)).fit(folder).kshot == "mean"

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from emdcli import __version__
 from emdcli.cli import app
-from emdcli.model import cpu_layout, usable_cores
+from emdcli.model.backbone import cpu_layout, usable_cores
 
 runner = CliRunner()
 
@@ -84,8 +84,8 @@ def test_json_document(tiny_model: Path, support_dir: Path, query_dir: Path) -> 
     assert doc["model"] == "tiny"
     assert doc["classes"] == ["blue", "green", "red"]
     assert doc["shots"] == {"blue": 3, "green": 3, "red": 3}
-    assert len(doc["predictions"]) == 6
-    first = doc["predictions"][0]
+    assert len(doc["rows"]) == 6
+    first = doc["rows"][0]
     assert set(first) == {
         "path", "status", "predicted", "score", "confidence", "runner_up", "runner_up_score",
         "true_label", "correct", "top", "scores", "error",
@@ -108,7 +108,7 @@ def test_table_for_people(tiny_model: Path, support_dir: Path, query_dir: Path) 
     assert res.exit_code == 0
     for word in ("predicted", "conf.", "runner-up", "top 3", "truth", "✓"):
         assert word in res.stdout
-    assert "accuracy 6/6 = 100.0%" in res.stdout
+    assert "accuracy 6/6 = 100.0%" in res.stderr  # the summary goes to stderr in every format
 
 
 def test_stdin_paths(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
@@ -192,13 +192,13 @@ def test_output_file_is_complete_and_stdout_empty(
     res = classify(tiny_model, support_dir, query_dir, "--output", out)
     assert res.exit_code == 0
     assert res.stdout == ""
-    assert len(json.loads(out.read_text())["predictions"]) == 6  # format taken from the suffix
+    assert len(json.loads(out.read_text())["rows"]) == 6  # format taken from the suffix
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".preds")] == []
 
 
 def crash_after(monkeypatch: pytest.MonkeyPatch, rows: int, message: str) -> None:
     """Make Classifier.predict raise RuntimeError(message) after yielding ``rows`` predictions."""
-    from emdcli import classify as classify_module
+    from emdcli.tasks import classify as classify_module
 
     real = classify_module.Classifier.predict
 
@@ -221,8 +221,8 @@ def test_failure_midway_never_leaves_a_half_written_output(
     assert "unexpected RuntimeError: disk on fire" in res.stderr
     assert not out.exists()
     partial = json.loads((tmp_path / "preds.json.partial").read_text())
-    assert len(partial["predictions"]) == 2 and partial["summary"]["queries"] == 2
-    assert "2 rows so far were kept" in res.stderr
+    assert len(partial["rows"]) == 2 and partial["summary"]["queries"] == 2
+    assert "2 rows computed so far were kept" in res.stderr
 
 
 def test_config_file_sets_defaults(tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path) -> None:
@@ -325,7 +325,7 @@ def test_table_shows_rows_computed_before_a_failure(
     res = classify(tiny_model, support_dir, query_dir, "-f", "table")
     assert res.exit_code == 1
     assert "img_0.png" in res.stdout and "img_1.png" not in res.stdout
-    assert "1 queries · 1 classified" in res.stdout
+    assert "1 queries · 1 classified" in res.stderr
 
 
 def test_shortlist_scores_only_the_closest_classes(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:

@@ -33,12 +33,9 @@ def test_classify_examples_with_the_bundled_model() -> None:
 
 
 def test_library_api_matches_the_cli() -> None:
-    from emdcli.classify import Classifier
-    from emdcli.folders import read_labelled_folder
-    from emdcli.model import Backbone, resolve_model_path
+    from emdcli import Classifier, FeatureSource, load_model, read_labelled_folder
 
-    backbone = Backbone(resolve_model_path(None), device="cpu")
-    clf = Classifier(backbone, backbone.manifest.preprocess)
+    clf = Classifier(FeatureSource(load_model(device="cpu")))
     support = clf.fit(read_labelled_folder(EXAMPLES / "support"))
     assert support.shots == (4, 4, 4, 4, 4)
     queries = sorted((EXAMPLES / "queries").rglob("*.png"))[:3]

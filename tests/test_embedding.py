@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emdcli.classify import Classifier
-from emdcli.embedding import DEFAULT_BATCH, embed_paths
+from emdcli.features.source import FeatureSource
+from emdcli.features.pipeline import DEFAULT_BATCH, embed_paths
 from emdcli.errors import DatasetError
-from emdcli.images import Preprocess
-from emdcli.model import CPU_BATCH, Backbone, cpu_layout
+from emdcli.io.images import Preprocess
+from emdcli.model.backbone import CPU_BATCH, Backbone, cpu_layout
 
 PREP = Preprocess(size=16)
 
@@ -208,9 +208,9 @@ def test_concurrent_backbone_calls_match_serial_ones(tiny_model: Path) -> None:
         np.testing.assert_array_equal(out[i], ref)
 
 
-def test_classifier_takes_the_backbone_batch_size(tiny_model: Path) -> None:
+def test_feature_source_takes_the_backbone_batch_size(tiny_model: Path) -> None:
     net = Backbone(tiny_model, device="cpu")
     assert net.batch_size == CPU_BATCH
-    assert Classifier(net, net.manifest.preprocess).batch_size == CPU_BATCH
-    assert Classifier(net, net.manifest.preprocess, batch_size=7).batch_size == 7
-    assert Classifier(MeanColour(lanes=1), PREP).batch_size == DEFAULT_BATCH
+    assert FeatureSource(net).batch_size == CPU_BATCH
+    assert FeatureSource(net, batch_size=7).batch_size == 7
+    assert FeatureSource(MeanColour(lanes=1), PREP).batch_size == DEFAULT_BATCH

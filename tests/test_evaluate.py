@@ -5,18 +5,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
-from emdcli import fewshot
 from emdcli.cli import app
-from emdcli.episodes import sample_episodes
 from emdcli.errors import DatasetError, UsageError
-from emdcli.evaluate import check_methods, evaluate_episodes, mean_ci95
-from emdcli.sfc import fit_sfc
+from emdcli.matching.sfc import fit_sfc
+from emdcli.tasks import fewshot
+from emdcli.tasks.episodes import Episode, EpisodePlan, sample_episodes
+from emdcli.tasks.evaluate import check_methods, evaluate_episodes, mean_ci95
 from tests.conftest import make_folder
 
 runner = CliRunner()
@@ -136,28 +138,80 @@ def test_sfc_lowers_the_support_loss() -> None:
 # --- evaluate_episodes ----------------------------------------------------------------
 
 
-def _feature_set(classes: int = 4, per_class: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _feature_set(classes: int = 4, per_class: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Overlapping classes (signatures of scale 0.5 under unit noise): the methods disagree, and each
+    episode scores differently, so that a pairing or labelling error changes the numbers."""
     rng = np.random.default_rng(seed)
-    sig = rng.normal(size=(classes, 8, 1, 1)) * 2
+    sig = rng.normal(size=(classes, 8, 1, 1)) * 0.5
     labels = np.repeat(np.arange(classes), per_class)
     feats = (sig[labels] + rng.normal(size=(len(labels), 8, 3, 3))).astype(np.float32)
     return feats, labels
 
 
+def independent_accuracies(features: np.ndarray, labels: np.ndarray, plan: EpisodePlan, method: str) -> np.ndarray:
+    """Each episode's accuracy of ``method``, counted here: the truth of a query comes from the set's own
+    ``labels`` (not from Episode.query_labels), each episode is scored on its own, in plan order."""
+    out = []
+    for ep in plan.episodes:
+        flat = ep.query.reshape(-1)
+        truth = np.array([ep.classes.tolist().index(labels[i]) for i in flat])
+        scores = fewshot.METHODS[method].score(features[ep.support], features[flat])
+        out.append(np.mean(scores.argmax(axis=1) == truth))
+    return np.array(out)
+
+
+def ci95(values: np.ndarray) -> float:
+    return float(1.96 * values.std() / np.sqrt(values.size))
+
+
 def test_evaluation_is_paired_and_independent_of_threads() -> None:
     feats, labels = _feature_set()
-    plan = sample_episodes(labels, way=3, shot=1, query=2, episodes=12, seed=5)
-    one = evaluate_episodes(feats, plan, ["proto", "emd", "emd+global"], workers=1)
-    two = evaluate_episodes(feats, plan, ["proto", "emd", "emd+global"], workers=2)
-    assert [r.accuracy for r in one.results] == [r.accuracy for r in two.results]
-    assert [r.method for r in one.results] == ["proto", "emd", "emd+global"]
-    assert [p.method for p in one.paired] == ["emd", "emd+global"]
-    diff = one.per_episode["emd"] - one.per_episode["proto"]
-    assert one.paired[0].difference == pytest.approx(100 * diff.mean())
-    assert one.paired[0].ci95 == pytest.approx(100 * 1.96 * diff.std() / np.sqrt(12))
+    plan = sample_episodes(labels, way=3, shot=1, query=3, episodes=12, seed=5)
+    names = ["proto", "emd", "emd+global"]
+    expected = {name: independent_accuracies(feats, labels, plan, name) for name in names}
+    # The data can show a pairing error: per-episode accuracies and differences vary, the methods disagree.
+    for name in names:
+        assert len(set(expected[name].tolist())) > 2, name
+    for name in names[1:]:
+        diff = expected[name] - expected["proto"]
+        assert len(set(diff.tolist())) > 2 and diff.mean() != 0, name
+
+    one = evaluate_episodes(feats, plan, names, workers=1)
+    two = evaluate_episodes(feats, plan, names, workers=2)
+    for evaluation in (one, two):
+        assert [r.method for r in evaluation.results] == names
+        assert [(p.method, p.baseline) for p in evaluation.paired] == [("emd", "proto"), ("emd+global", "proto")]
+        for name in names:
+            np.testing.assert_array_equal(evaluation.per_episode[name], expected[name], err_msg=name)
+        for r in evaluation.results:
+            assert r.accuracy == pytest.approx(100 * expected[r.method].mean())
+            assert r.ci95 == pytest.approx(100 * ci95(expected[r.method]))
+        for p in evaluation.paired:
+            diff = expected[p.method] - expected["proto"]
+            assert p.difference == pytest.approx(100 * diff.mean())
+            assert p.ci95 == pytest.approx(100 * ci95(diff))
     r = one.results[0]
-    assert (r.way, r.shot, r.query, r.episodes) == (3, 1, 2, 12)
-    assert 0 <= r.accuracy <= 100 and r.seconds_per_episode >= 0
+    assert (r.way, r.shot, r.query, r.episodes) == (3, 1, 3, 12)
+    assert r.seconds_per_episode >= 0
+
+    # A mis-pairing (each emd episode against the next episode's proto) keeps the mean difference but
+    # not its interval, which the assertions above would catch.
+    shifted = np.roll(expected["emd"], 1) - expected["proto"]
+    assert 100 * shifted.mean() == pytest.approx(one.paired[0].difference)
+    assert abs(100 * ci95(shifted) - one.paired[0].ci95) > 1.0
+
+
+def test_wrong_query_labels_would_change_the_accuracies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The independent count catches labels paired with the wrong queries (np.tile for np.repeat)."""
+    feats, labels = _feature_set()
+    plan = sample_episodes(labels, way=3, shot=1, query=3, episodes=12, seed=5)
+    expected = independent_accuracies(feats, labels, plan, "emd")
+    right = evaluate_episodes(feats, plan, ["emd"]).per_episode["emd"]
+    np.testing.assert_array_equal(right, expected)
+    tiled = property(lambda ep: np.tile(np.arange(ep.query.shape[0]), ep.query.shape[1]))
+    monkeypatch.setattr(Episode, "query_labels", tiled)
+    wrong = evaluate_episodes(feats, plan, ["emd"]).per_episode["emd"]
+    assert not np.array_equal(wrong, expected)
 
 
 # --- the command ----------------------------------------------------------------------
@@ -174,28 +228,105 @@ def evaluate(tiny_model: Path, dataset: Path, *rest: str) -> object:
     return runner.invoke(app, args)
 
 
-def test_evaluate_json_shape(tiny_model: Path, labelled_set: Path) -> None:
-    res = evaluate(tiny_model, labelled_set, "--format", "json", "--methods", "proto,emd")
+#: Base colours of the mixed set's classes.
+MIXED = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+
+
+@pytest.fixture()
+def mixed_set(tmp_path: Path) -> Path:
+    """3 classes x 6 images of 4 x 4 cells of 8 px (one node each for the tiny model): about 30% of the
+    cells in the class's colour, the rest random. The methods disagree and episodes differ (seed 0)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "mixed"
+    for name, colour in MIXED.items():
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            cells = rng.integers(0, 256, (4, 4, 3))
+            cells[rng.random((4, 4)) < 0.3] = colour
+            Image.fromarray(np.kron(cells, np.ones((8, 8, 1))).astype(np.uint8)).save(root / name / f"img_{i}.png")
+    return root
+
+
+def expected_accuracies(tiny_model: Path, dataset: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Per-episode accuracies of the command's episodes (3-way 1-shot, 2 queries, 6 episodes, seed 0),
+    counted independently: each image embedded on its own, labels from the folder names."""
+    from emdcli.io.images import load_image
+    from emdcli.model.backbone import Backbone
+
+    backbone = Backbone(tiny_model)
+    classes = sorted(p.name for p in dataset.iterdir())
+    files = [(k, p) for k, c in enumerate(classes) for p in sorted((dataset / c).glob("*.png"))]
+    feats = np.concatenate([backbone(load_image(p, backbone.manifest.preprocess)[None]) for _, p in files])
+    labels = np.array([k for k, _ in files])
+    plan = sample_episodes(labels, way=3, shot=1, query=2, episodes=6, seed=0)
+    return {name: independent_accuracies(feats, labels, plan, name) for name in names}
+
+
+def test_mixed_set_can_show_a_pairing_error(tiny_model: Path, mixed_set: Path) -> None:
+    acc = expected_accuracies(tiny_model, mixed_set, ["proto", "emd", "emd-uniform"])
+    for name in ("emd", "emd-uniform"):
+        diff = acc[name] - acc["proto"]
+        assert len(set(diff.tolist())) > 2 and diff.mean() != 0, name
+        shifted = np.roll(acc[name], 1) - acc["proto"]  # paired with the wrong episodes
+        assert abs(ci95(shifted) - ci95(diff)) > 0.01, name
+
+
+def method_rows(doc: dict) -> dict[str, dict]:
+    """{method: row} of an ``evaluate --format json`` document (its ``rows``, with the CSV's columns)."""
+    return {r["method"]: r for r in doc["rows"]}
+
+
+def test_evaluate_json_shape(tiny_model: Path, mixed_set: Path) -> None:
+    res = evaluate(tiny_model, mixed_set, "--format", "json", "--methods", "proto,emd")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert [r["method"] for r in doc["results"]] == ["proto", "emd"]
-    for r in doc["results"]:
-        assert set(r) == {"method", "way", "shot", "query", "episodes", "accuracy", "ci95", "seconds_per_episode"}
+    acc = expected_accuracies(tiny_model, mixed_set, ["proto", "emd"])
+    rows = method_rows(doc)
+    assert list(rows) == ["proto", "emd"]
+    diff = acc["emd"] - acc["proto"]
+    want = {
+        "proto": (100 * acc["proto"].mean(), 100 * ci95(acc["proto"]), None, None),
+        "emd": (100 * acc["emd"].mean(), 100 * ci95(acc["emd"]), 100 * diff.mean(), 100 * ci95(diff)),
+    }
+    for name, r in rows.items():
         assert (r["way"], r["shot"], r["query"], r["episodes"]) == (3, 1, 2, 6)
-        assert r["accuracy"] == 100.0  # three solid colours: every method gets every query right
-    assert doc["paired"] == [{"method": "emd", "baseline": "proto", "difference": 0.0, "ci95": 0.0}]
-    assert doc["images"] == 15 and doc["classes"] == 3 and doc["seed"] == 0
+        got = (r["accuracy"], r["ci95"], r["vs_proto"], r["vs_proto_ci95"])
+        assert got == tuple(None if w is None else pytest.approx(w, abs=0.0051) for w in want[name]), name
+    assert doc["images"] == 18 and doc["classes"] == 3 and doc["seed"] == 0
 
 
-def test_evaluate_csv_and_table(tiny_model: Path, labelled_set: Path) -> None:
-    res = evaluate(tiny_model, labelled_set, "--format", "csv", "--methods", "proto,emd-uniform")
+def number(cell: str) -> float | None:
+    return None if cell == "" else float(cell)
+
+
+def test_evaluate_csv_and_table(tiny_model: Path, mixed_set: Path) -> None:
+    acc = expected_accuracies(tiny_model, mixed_set, ["proto", "emd", "emd-uniform", "default"])
+    res = evaluate(tiny_model, mixed_set, "--format", "csv", "--methods", "proto,emd-uniform")
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert [r["method"] for r in rows] == ["proto", "emd-uniform"]
-    assert rows[0]["vs_proto"] == "" and rows[1]["vs_proto"] == "0.00"
-    res = evaluate(tiny_model, labelled_set, "--format", "table")
+    diff = acc["emd-uniform"] - acc["proto"]
+    want = [
+        (100 * acc["proto"].mean(), 100 * ci95(acc["proto"]), None, None),
+        (100 * acc["emd-uniform"].mean(), 100 * ci95(acc["emd-uniform"]), 100 * diff.mean(), 100 * ci95(diff)),
+    ]
+    for r, w in zip(rows, want, strict=True):
+        got = tuple(number(r[c]) for c in ("accuracy", "ci95", "vs_proto", "vs_proto_ci95"))
+        assert got == tuple(None if x is None else pytest.approx(x, abs=0.0051) for x in w), r["method"]
+    res = evaluate(tiny_model, mixed_set, "--format", "table")  # proto,emd,default
     assert res.exit_code == 0, res.output
-    assert "3-way 1-shot" in res.stdout and "emd" in res.stdout and "100.0 ± 0.0" in res.stdout
+    assert "3-way 1-shot" in res.stdout
+    cells = {}  # method -> the table's cells: accuracy ± CI, then the paired difference (none for proto)
+    for line in res.stdout.splitlines():
+        row = re.split(r"\s{2,}", line.strip())
+        if row[0] in ("proto", "emd", "default"):
+            cells[row[0]] = row[1:-1]  # the last cell is the time per episode
+    for name in ("proto", "emd", "default"):
+        want_cells = [f"{100 * acc[name].mean():.1f} ± {100 * ci95(acc[name]):.1f}"]
+        if name != "proto":
+            d = acc[name] - acc["proto"]
+            want_cells.append(f"{100 * d.mean():+.1f} ± {100 * ci95(d):.1f}")
+        assert cells[name] == want_cells, name
 
 
 def test_evaluate_writes_output_atomically(tiny_model: Path, labelled_set: Path, tmp_path: Path) -> None:
@@ -203,7 +334,7 @@ def test_evaluate_writes_output_atomically(tiny_model: Path, labelled_set: Path,
     res = evaluate(tiny_model, labelled_set, "--output", str(out))
     assert res.exit_code == 0, res.output
     assert res.stdout == ""
-    assert json.loads(out.read_text())["results"][0]["method"] == "proto"
+    assert list(method_rows(json.loads(out.read_text()))) == ["proto", "emd", "default"]
 
 
 def test_evaluate_usage_errors(tiny_model: Path, labelled_set: Path) -> None:

@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emdcli.explain import (
-    CAPTION_HEIGHT,
-    GAP,
-    DrawnFlow,
-    Explanation,
-    render_match,
-    save_png,
-    strongest_flows,
-)
-from emdcli.images import Preprocess, load_image, model_view
-from emdcli.matching import Nodes, match
+from emdcli.tasks.explain import CAPTION_HEIGHT, GAP, DrawnFlow, Explanation, render_match, save_png, strongest_flows
+from emdcli.io.images import Preprocess, load_image, model_view
+from emdcli.matching.nodes import Nodes, match
 from tests.conftest import make_image
 
 PREP = Preprocess(size=64, resize="squash")
@@ -178,7 +170,7 @@ def test_save_png_failure_keeps_the_old_file(tmp_path: Path) -> None:
 
 
 def test_end_to_end_with_the_tiny_model(tmp_path: Path, tiny_model: Path) -> None:
-    from emdcli.model import Backbone
+    from emdcli.model.backbone import Backbone
 
     backbone = Backbone(tiny_model, threads=1)
     prep = backbone.manifest.preprocess

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from emdcli.errors import DatasetError
-from emdcli.folders import read_labelled_folder
+from emdcli.io.folders import read_labelled_folder
 from tests.conftest import make_folder, make_image
 
 

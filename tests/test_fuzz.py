@@ -24,8 +24,8 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from emdcli.errors import ImageError, TransportError
-from emdcli.images import Preprocess, load_image
-from emdcli.transport import solve_emd
+from emdcli.io.images import Preprocess, load_image
+from emdcli.matching.transport import solve_emd
 from tests.test_transport import lp_emd
 
 # --------------------------------------------------------------------------- transport

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from emdcli.errors import DatasetError, ImageError
-from emdcli.images import Preprocess, iter_query_paths, load_image
+from emdcli.io.images import Preprocess, iter_query_paths, load_image
 from tests.conftest import make_folder, make_image
 
 PREP = Preprocess(size=16, resize="squash")
@@ -120,7 +120,7 @@ def test_corrupt_exif_is_our_error_or_ignored(tmp_path: Path) -> None:
 
 
 def test_normalisation_is_exact_and_contiguous(tmp_path: Path) -> None:
-    from emdcli.images import model_view
+    from emdcli.io.images import model_view
 
     prep = Preprocess(size=32, resize="squash", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     path = make_image(tmp_path / "a.png", (200, 120, 40), seed=3)

@@ -90,8 +90,8 @@ def test_sigterm_leaves_a_valid_json_document_and_exits_143(
     code, rest, err = finish(proc)
     assert code == 143, err
     doc = json.loads(seen.decode() + rest)
-    assert 1 <= len(doc["predictions"]) <= 3
-    assert doc["summary"]["queries"] == len(doc["predictions"])
+    assert 1 <= len(doc["rows"]) <= 3
+    assert doc["summary"]["queries"] == len(doc["rows"])
     assert "Terminated." in err
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from emdcli.errors import DeviceError, ModelError
-from emdcli.model import Backbone, choose_providers, load_manifest, resolve_model_path
+from emdcli.model.backbone import Backbone, choose_providers
+from emdcli.model.manifest import load_manifest, resolve_model_path
 from tests.conftest import build_tiny_model
 
 
@@ -49,7 +50,7 @@ def test_file_that_is_not_onnx(tmp_path: Path) -> None:
     onnx_path = manifest_path.with_suffix(".onnx")
     onnx_path.write_bytes(b"definitely not a protobuf")
     data = json.loads(manifest_path.read_text())
-    from emdcli.model import sha256_file
+    from emdcli.io.files import sha256_file
 
     data["sha256"] = sha256_file(onnx_path)
     manifest_path.write_text(json.dumps(data))
@@ -61,7 +62,7 @@ def test_model_whose_output_is_not_a_feature_map(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    from emdcli.model import sha256_file
+    from emdcli.io.files import sha256_file
 
     graph = helper.make_graph(
         [helper.make_node("GlobalAveragePool", ["image"], ["p"]), helper.make_node("Flatten", ["p"], ["features"])],
@@ -100,7 +101,7 @@ def test_missing_and_malformed_manifests(tmp_path: Path, tiny_model: Path) -> No
 
 
 def test_device_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    import emdcli.model as model
+    import emdcli.model.backbone as model
 
     monkeypatch.setattr(model, "available_providers", lambda: ["CPUExecutionProvider"])
     assert choose_providers("auto") == ["CPUExecutionProvider"]

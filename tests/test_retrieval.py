@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from emdcli.errors import DatasetError
-from emdcli.matching import Nodes, emd_score
-from emdcli.retrieval import GLOBAL_WEIGHT, GalleryIndex, Hit, search
+from emdcli.matching.nodes import Nodes, emd_score
+from emdcli.defaults import RERANK_GLOBAL_WEIGHT as GLOBAL_WEIGHT
+from emdcli.tasks.retrieval import GalleryIndex, Hit, search
 
 
 def gallery_maps(n: int = 12, seed: int = 0, c: int = 8, h: int = 3, w: int = 3) -> np.ndarray:
@@ -94,7 +95,7 @@ def test_shortlist_zero_reranks_the_whole_gallery() -> None:
     query = gallery_maps(1, seed=4)[0]
     q = Nodes.from_feature_map(query)
     emd = [emd_score(q, Nodes.from_feature_map(m)) for m in maps]
-    hits = search(make_index(maps), query, top_k=12, shortlist=0)
+    hits = search(make_index(maps), query, top_k=12, shortlist=0, rerank="emd")
     assert positions(hits) == list(np.argsort(-np.asarray(emd), kind="stable"))
     assert all(h.score is not None for h in hits)
 
@@ -114,7 +115,7 @@ def test_top_k_cuts_and_a_larger_top_k_returns_the_whole_gallery() -> None:
 def test_a_copy_of_a_gallery_image_finds_it_first_and_exclude_drops_it() -> None:
     maps = gallery_maps()
     index = make_index(maps)
-    hits = search(index, maps[7], top_k=3)
+    hits = search(index, maps[7], top_k=3, rerank="emd")
     assert hits[0].path == Path("g07.png")
     assert hits[0].score == pytest.approx(1.0, abs=1e-6)
     assert hits[0].global_score == pytest.approx(1.0)

@@ -14,27 +14,29 @@ import shutil
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from emdcli.cli import app
 from emdcli.errors import ImageError
-from emdcli.images import Preprocess, load_image
-from emdcli.output import display_path
+from emdcli.io.files import display_path
+from emdcli.io.images import Preprocess, load_image
 from tests.conftest import REPO, make_image
-from tests.corpus import make_queries
+from tests.corpus import _patch_ihdr, _png_bytes, make_queries, red_square
 
 runner = CliRunner()
 
 SKIPPED = {
     "zero-byte file": "not a recognised image format",
-    "truncated JPEG": "cannot read image",
+    "truncated JPEG": "cannot read image (Truncated File Read)",
     "PNG with a broken CRC": "not a recognised image format",
     "text file named .jpg": "not a recognised image format",
-    "decompression bomb": "refused, declared size is too large",
-    "unreadable file (permissions)": "Permission denied",
-    "broken symlink": "No such file or directory",
-    "symlink loop": "Too many levels of symbolic links",
+    "decompression bomb": "refused, declared size is too large (",
+    "unreadable file (permissions)": "cannot read image (Permission denied)",
+    "broken symlink": "cannot read image (No such file or directory)",
+    "symlink loop": "cannot read image (Too many levels of symbolic links)",
 }
 CLASSIFIED = [
     "1x1 image", "CMYK JPEG", "16-bit greyscale PNG", "palette PNG with transparency", "animated GIF",
@@ -67,11 +69,19 @@ def test_every_case_is_covered(corpus: dict[str, Path]) -> None:
         assert f"| {case} |" in doc, f"docs/robustness.md lacks {case!r}"
 
 
+def test_doc_credits_only_test_files_that_exist() -> None:
+    doc = (REPO / "docs" / "robustness.md").read_text()
+    named = set(re.findall(r"\btest_\w+", doc))
+    assert {"test_robustness", "test_bad_input_rows", "test_interrupt"} <= named
+    missing = sorted(n for n in named if not (REPO / "tests" / f"{n}.py").is_file())
+    assert missing == [], f"docs/robustness.md names test files that do not exist: {missing}"
+
+
 @pytest.mark.parametrize("case", sorted(SKIPPED))
 def test_loader_refuses_with_our_error(corpus: dict[str, Path], case: str) -> None:
     with pytest.raises(ImageError, match=re.escape(SKIPPED[case])) as info:
         load_image(corpus[case], Preprocess(size=32))
-    assert info.value.message.startswith(str(corpus[case]))
+    assert info.value.message.startswith(f"{corpus[case]}: {SKIPPED[case]}")
 
 
 @pytest.mark.parametrize("case", CLASSIFIED)
@@ -99,7 +109,11 @@ def test_classify_the_whole_corpus(tiny_model: Path, support_dir: Path, corpus: 
             assert row["predicted"] == "red", (case, row)
     for case, message in SKIPPED.items():
         row = rows[display_path(corpus[case])]
-        assert row["status"] == "error" and message in row["error"] and row["predicted"] == "", case
+        assert row["status"] == "error" and row["predicted"] == "", case
+        assert row["error"].startswith(f"{corpus[case]}: {message}"), (case, row["error"])
+    name = corpus["non-UTF-8 file name"]
+    assert str(name.parent) + "/caf\\xe9.png" in rows  # the undecodable byte 0xE9 is printed as \xe9
+    assert len(str(corpus["very long path"])) > 800
     skipped = len(SKIPPED) + 1  # both links of the loop are listed
     assert rows[display_path(corpus["symlink loop"].with_name("loop_b.png"))]["status"] == "error"
     assert len(rows) == len(CLASSIFIED) + skipped
@@ -121,7 +135,9 @@ def test_stdin_paths_are_only_ever_read(
     out = [json.loads(line) for line in res.stdout.splitlines()]
     assert [o["path"] for o in out] == lines
     assert [o["status"] for o in out] == ["error"] * 6 + ["ok"]
-    assert "No such file or directory" in out[0]["error"] and "File name too long" in out[5]["error"]
+    for line, o in zip(lines[:5], out[:5], strict=True):
+        assert o["error"] == f"{line}: cannot read image (No such file or directory)"
+    assert out[5]["error"] == f"{lines[5]}: cannot read image (File name too long)"
     assert not (tmp_path / "pwned").exists()
 
 
@@ -151,7 +167,8 @@ def test_support_image_that_cannot_be_read_is_skipped(tiny_model: Path, support_
     (support_dir / "red" / "broken.png").write_bytes(b"\x89PNG broken")
     res = runner.invoke(app, ["classify", str(support_dir), str(query_dir), "--model", str(tiny_model), "-f", "json"])
     assert res.exit_code == 0
-    assert "Warning: skipped support image" in res.stderr and "broken.png" in res.stderr
+    broken = support_dir / "red" / "broken.png"
+    assert f"Warning: skipped support image {broken}: not a recognised image format\n" in res.stderr
     assert json.loads(res.stdout)["shots"]["red"] == 3
 
 
@@ -171,7 +188,7 @@ def _broken_model(tiny_model: Path, tmp_path: Path, how: str) -> Path:
     else:
         onnx_path.write_bytes(b"not onnx at all")
         data = json.loads((folder / "tiny.json").read_text())
-        from emdcli.model import sha256_file
+        from emdcli.io.files import sha256_file
 
         data["sha256"] = sha256_file(onnx_path)
         (folder / "tiny.json").write_text(json.dumps(data))
@@ -207,7 +224,7 @@ def test_no_network_is_needed(
 def test_no_pickle_on_the_runtime_path() -> None:
     """Only the optional exporter reads torch weights, and only with weights_only=True."""
     package = REPO / "emdcli"
-    for path in package.glob("*.py"):
+    for path in package.rglob("*.py"):  # subpackages too
         text = path.read_text()
         assert "import pickle" not in text and "allow_pickle=True" not in text, path
         for line in text.splitlines():
@@ -215,12 +232,49 @@ def test_no_pickle_on_the_runtime_path() -> None:
                 assert "weights_only=True" in line, (path, line)
 
 
-def test_decompression_bomb_guard_is_active() -> None:
-    import PIL.Image
+def test_image_over_the_pixel_limit_is_skipped_with_our_message(
+    tiny_model: Path, support_dir: Path, tmp_path: Path
+) -> None:
+    """9500 x 9500 = 90.25 M pixels: over the 89 M limit, under twice it, where Pillow alone only
+    warns and would go on to decode. emdcli turns the warning into a refusal, before any decoding."""
+    queries = tmp_path / "queries"
+    good = make_image(queries / "good.png", (220, 30, 30), 1)
+    bomb = queries / "large.png"
+    bomb.write_bytes(_patch_ihdr(_png_bytes(red_square()), 9500, 9500))
+    res = runner.invoke(app, ["classify", str(support_dir), str(queries), "--model", str(tiny_model), "-f", "csv"])
+    assert res.exit_code == 0, res.output
+    rows = {r["path"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
+    assert list(rows) == [str(good), str(bomb)]
+    assert rows[str(good)]["status"] == "ok" and rows[str(good)]["predicted"] == "red"
+    row = rows[str(bomb)]
+    assert (row["status"], row["predicted"], row["score"]) == ("error", "", "")
+    assert row["error"].startswith(
+        f"{bomb}: refused, declared size is too large (Image size (90250000 pixels) exceeds limit of 89478485 pixels"
+    ), row["error"]
+    assert f"Warning: skipped {row['error']}\n" in res.stderr
+    assert "2 queries · 1 classified · 1 skipped" in res.stderr
 
-    import emdcli.images  # noqa: F401
 
-    assert PIL.Image.MAX_IMAGE_PIXELS is not None and PIL.Image.MAX_IMAGE_PIXELS <= 200_000_000
+def test_16_bit_grey_is_scaled_by_its_maximum(tmp_path: Path) -> None:
+    grey = np.zeros((4, 4), dtype=np.uint16)
+    grey[:, 2:] = 100  # the brightest value in the file, far below 65535
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    arr = load_image(tmp_path / "grey16.png", Preprocess(size=4, resize="squash"))
+    expected = np.full((4, 4), -1.0, dtype=np.float32)
+    expected[:, 2:] = 1.0  # 100 -> 255 (white), 0 -> 0 (black)
+    for channel in arr:  # grey RGB: the same in every channel
+        np.testing.assert_allclose(channel, expected, atol=1e-6)
+
+
+def test_transparent_palette_pixels_are_put_on_white(tmp_path: Path) -> None:
+    img = Image.new("P", (4, 4), 0)
+    img.putpalette([0, 0, 0, 220, 30, 30] + [0] * 762)  # index 0 black (transparent), 1 red
+    img.paste(1, (0, 0, 2, 4))
+    img.save(tmp_path / "pal.png", transparency=0)
+    arr = load_image(tmp_path / "pal.png", Preprocess(size=4, resize="squash"))
+    np.testing.assert_allclose(arr[:, :, 2:], 1.0, atol=1e-6)  # transparent black -> white, not black
+    red = (np.array([220, 30, 30]) / 255 - 0.5) / 0.5
+    np.testing.assert_allclose(arr[:, :, :2], np.broadcast_to(red[:, None, None], (3, 4, 2)), atol=1e-6)
 
 
 def test_class_without_a_readable_image_is_left_out(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
@@ -232,10 +286,12 @@ def test_class_without_a_readable_image_is_left_out(tiny_model: Path, support_di
     assert json.loads(res.stdout)["classes"] == ["green", "red"]
 
 
-def test_no_paths_on_stdin_is_a_usage_error(tiny_model: Path, support_dir: Path) -> None:
-    res = runner.invoke(app, ["classify", str(support_dir), "-", "--model", str(tiny_model), "-f", "csv"], input="")
+@pytest.mark.parametrize("fmt", ["csv", "json", "jsonl", "table"])
+def test_no_paths_on_stdin_is_a_usage_error(tiny_model: Path, support_dir: Path, fmt: str) -> None:
+    res = runner.invoke(app, ["classify", str(support_dir), "-", "--model", str(tiny_model), "-f", fmt], input="\n\n")
     assert res.exit_code == 2
-    assert "Error: no query paths were given on stdin" in res.stderr
+    assert res.stderr == "Error: no query paths were given on stdin\nHint: pipe one image path per line into '-'\n"
+    assert res.stdout == ""  # not even a CSV header or an empty JSON document
 
 
 def test_closed_stdout_stops_quietly(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:

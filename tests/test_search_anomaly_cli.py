@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from emdcli.cli import EXIT_ANOMALY, app
+from emdcli.errors import EXIT_ANOMALY
+
+from emdcli.cli import app
 from tests.conftest import make_folder, make_image
 
 runner = CliRunner()
@@ -44,7 +46,7 @@ def test_search_json_and_stdin_and_bad_query(tiny_model: Path, tmp_path: Path) -
     assert doc["rerank"] == "emd" and doc["gallery_images"] == 4
     assert [r["status"] for r in doc["rows"]] == ["ok", "error"]
     assert "/red/" in doc["rows"][0]["path"]
-    assert doc["summary"] == {"ok": 1, "error": 1}
+    assert doc["summary"] == {"queries": 2, "skipped": 1}
     assert "skipped" in res.stderr
 
 
@@ -83,7 +85,7 @@ def test_anomaly_needs_two_normal_images(tiny_model: Path, tmp_path: Path) -> No
 def test_second_search_does_not_embed_the_gallery_again(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from emdcli.model import Backbone
+    from emdcli.model.backbone import Backbone
 
     gallery = make_folder(tmp_path / "gallery", {"red": 3, "green": 3})
     query = make_image(tmp_path / "q" / "q.png", (30, 200, 40), seed=11)

@@ -7,7 +7,7 @@ import pytest
 from scipy.optimize import linprog
 
 from emdcli.errors import TransportError
-from emdcli.transport import solve_emd
+from emdcli.matching.transport import solve_emd
 
 
 def lp_emd(a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> float:
@@ -83,7 +83,7 @@ def test_malformed_problems_raise_our_error(a: list, b: list, cost: list, messag
 
 @pytest.mark.parametrize("seed", range(5))
 def test_trusted_hot_path_agrees_with_the_checked_solver(seed: int) -> None:
-    from emdcli.transport import emd_cost_trusted
+    from emdcli.matching.transport import emd_cost_trusted
 
     rng = np.random.default_rng(seed)
     a, b = rng.random(7) + 0.01, rng.random(5) + 0.01

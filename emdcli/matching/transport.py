@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import TransportError
+from ..errors import TransportError
 
 #: Relative tolerance on the difference of the two marginals' total masses.
 MASS_RTOL = 1e-6

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import DatasetError, ImageError
+from ..errors import DatasetError, ImageError
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage

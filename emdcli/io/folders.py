@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DatasetError
+from ..errors import DatasetError
 from .images import is_hidden, is_image_name, iter_image_files
 
 

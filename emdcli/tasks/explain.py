@@ -19,16 +19,15 @@ except by :func:`save_png`.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .matching import Metric, Nodes, Weighting, match
+from ..io.files import atomic_write
+from ..matching.nodes import Metric, Nodes, Weighting, match
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -246,21 +245,9 @@ def render_match(
 def save_png(explanation: Explanation, path: str | os.PathLike[str]) -> Path:
     """Write ``explanation.image`` to ``path`` as PNG, atomically; returns the path.
 
-    The picture goes to a hidden temporary file in the same folder first and replaces
-    ``path`` only once complete, so a failure leaves ``path`` as it was and no temporary
-    file behind. Raises OSError (folder missing, disk full, ...) or Pillow's ValueError.
+    A failure leaves ``path`` as it was and no temporary file behind. Raises OSError
+    (folder missing, disk full, ...) or Pillow's ValueError.
     """
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            explanation.image.save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return target
+    with atomic_write(path, binary=True) as fh:
+        explanation.image.save(fh, format="PNG")
+    return Path(path)

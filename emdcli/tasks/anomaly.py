@@ -1,7 +1,7 @@
 """Anomaly detection: how far an image is, by DeepEMD, from a set of normal images.
 
     normal = NormalSet.from_features(paths, fmaps)          # fmaps: (n, C, H, W) float32
-    cal = calibrate(normal, k=1, contamination=0.05)
+    cal = calibrate(normal, k=3, contamination=0.05)
     score = anomaly_scores(normal, query_fmap, k=cal.k)
     verdict = judge(cal, score)                               # verdict.anomalous
 
@@ -16,18 +16,18 @@ would be flagged. An image is anomalous when its score is above the threshold.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from .errors import DatasetError
-from .matching import ClassBank, Nodes
+from .. import defaults
+from ..errors import DatasetError
+from ..features.source import FeatureSource, Progress, Skipped
+from ..matching.nodes import ClassBank, Nodes
 
-#: Fraction of normal images a calibrated threshold flags unless told otherwise.
-DEFAULT_CONTAMINATION = 0.05
 ThresholdSource = Literal["quantile", "explicit"]
 
 
@@ -73,7 +73,7 @@ def _check_k(k: int) -> None:
         raise ValueError(f"k must be at least 1, got {k}")
 
 
-def anomaly_scores(normal: NormalSet, query_fmap: np.ndarray, *, k: int = 1) -> float:
+def anomaly_scores(normal: NormalSet, query_fmap: np.ndarray, *, k: int = defaults.ANOMALY_K) -> float:
     """Anomaly score of a (C, H, W) query: mean ``1 - EMD score`` over its ``k`` nearest normal
     images (k is capped at the set's size). In [0, 2]; higher is more anomalous."""
     _check_k(k)
@@ -103,7 +103,7 @@ class Calibration:
         return float(np.mean(self.scores > self.threshold)) if self.scores.size else float("nan")
 
 
-def leave_one_out_scores(normal: NormalSet, *, k: int = 1) -> np.ndarray:
+def leave_one_out_scores(normal: NormalSet, *, k: int = defaults.ANOMALY_K) -> np.ndarray:
     """(n,) float64 anomaly score of each normal image against the other n - 1 (k capped at n - 1).
 
     Raises DatasetError with fewer than 2 normal images.
@@ -129,8 +129,8 @@ def leave_one_out_scores(normal: NormalSet, *, k: int = 1) -> np.ndarray:
 def calibrate(
     normal: NormalSet,
     *,
-    k: int = 1,
-    contamination: float = DEFAULT_CONTAMINATION,
+    k: int = defaults.ANOMALY_K,
+    contamination: float = defaults.CONTAMINATION,
     threshold: float | None = None,
 ) -> Calibration:
     """Leave-one-out scores of the normal images and a threshold: ``threshold`` when given,
@@ -165,3 +165,72 @@ class Verdict:
 def judge(calibration: Calibration, score: float) -> Verdict:
     """Anomalous when ``score`` is strictly above the calibrated threshold."""
     return Verdict(score=float(score), threshold=calibration.threshold, anomalous=bool(score > calibration.threshold))
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One query judged; ``verdict`` is None and ``error`` says why when it could not be read."""
+
+    path: Path
+    verdict: Verdict | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class AnomalyDetector:
+    """A normal set, embedded and calibrated, ready to judge queries."""
+
+    normal: NormalSet
+    calibration: Calibration
+    skipped: tuple[Skipped, ...]
+    source: FeatureSource = field(repr=False)
+
+    @classmethod
+    def fit(
+        cls,
+        source: FeatureSource,
+        paths: list[Path],
+        *,
+        k: int = defaults.ANOMALY_K,
+        contamination: float = defaults.CONTAMINATION,
+        threshold: float | None = None,
+        on_done: Progress | None = None,
+    ) -> AnomalyDetector:
+        """Embed the normal images (through the source's cache) and calibrate (see :func:`calibrate`)."""
+        found = source.array(paths, on_done)
+        if found.features is None:
+            raise DatasetError(f"none of the {len(paths)} normal images could be read")
+        normal = NormalSet.from_features(found.paths, found.features)
+        cal = calibrate(normal, k=k, contamination=contamination, threshold=threshold)
+        return cls(normal, cal, found.skipped, source)
+
+    def judge(self, queries: Iterable[Path], on_done: Progress | None = None) -> Iterator[Judged]:
+        """A verdict for each query path, in input order."""
+        for item in self.source.stream(queries, on_done):
+            if item.features is None:
+                yield Judged(item.path, None, item.error)
+            else:
+                score = anomaly_scores(self.normal, item.features, k=self.calibration.k)
+                yield Judged(item.path, judge(self.calibration, score))
+
+
+def detect_anomalies(
+    normal: Path | Sequence[Path],
+    queries: Iterable[Path],
+    *,
+    k: int = defaults.ANOMALY_K,
+    contamination: float = defaults.CONTAMINATION,
+    threshold: float | None = None,
+    source: FeatureSource | None = None,
+) -> tuple[Calibration, list[Judged]]:
+    """Calibrate on the normal images (a folder, searched recursively, or a list of paths) and judge
+    each query (image files, or folders searched recursively). source: None for the bundled model without a cache."""
+    from ..io.images import iter_image_files, iter_query_paths
+
+    if source is None:
+        from ..model.backbone import load_model
+
+        source = FeatureSource(load_model())
+    paths = sorted(iter_image_files(normal)) if isinstance(normal, Path) else list(normal)
+    detector = AnomalyDetector.fit(source, paths, k=k, contamination=contamination, threshold=threshold)
+    return detector.calibration, list(detector.judge(iter_query_paths(map(str, queries))))

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import TransportError
+from ..errors import TransportError
 from .transport import emd_cost_trusted, solve_emd
 
 Metric = Literal["cosine", "l2"]
@@ -144,8 +144,6 @@ class ClassBank:
 
     unit: (K * m, C) float32, the classes' centred unit nodes one block after another.
     raw: (K * m, C) float32 raw nodes; means: (K, C) float32 each class's mean node.
-    centre: (C,) float64 mean of ``means``; prototypes: (K, C) float64 the means centred
-    on it and L2-normalised (SimpleShot global features, for shortlisting).
     All classes must have the same node count m.
     """
 
@@ -153,25 +151,17 @@ class ClassBank:
     raw: np.ndarray
     means: np.ndarray
     nodes_per_class: int
-    centre: np.ndarray
-    prototypes: np.ndarray
 
     @classmethod
     def from_nodes(cls, classes: list[Nodes]) -> ClassBank:
         counts = {c.count for c in classes}
         if len(counts) != 1:
             raise ValueError(f"every class needs the same number of nodes, got {sorted(counts)}")
-        means = np.stack([c.mean for c in classes])
-        centre = means.astype(np.float64).mean(axis=0)
-        protos = means - centre
-        protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
         return cls(
             unit=np.ascontiguousarray(np.concatenate([c.unit for c in classes])),
             raw=np.ascontiguousarray(np.concatenate([c.raw for c in classes])),
-            means=means,
+            means=np.stack([c.mean for c in classes]),
             nodes_per_class=counts.pop(),
-            centre=centre,
-            prototypes=protos,
         )
 
     @property

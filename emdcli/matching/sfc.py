@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .matching import TEMPERATURE, WEIGHT_EPS, Nodes
+from .nodes import TEMPERATURE, WEIGHT_EPS, Nodes
 from .transport import emd_flow_trusted
 
 #: Full-batch Adam steps and step size (in units of the nodes' mean absolute value).

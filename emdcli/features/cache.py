@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,8 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..io.files import TMP_SUFFIX, AtomicFile, sha256_file
+
 if TYPE_CHECKING:
-    from .model import Manifest
+    from ..model.manifest import Manifest
 
 #: Default size limit of the whole cache (all namespaces), in bytes.
 DEFAULT_MAX_BYTES = 512 * 2**20
@@ -39,8 +40,6 @@ PRUNE_TARGET = 0.9
 STALE_TMP_SECONDS = 3600.0
 
 _ENTRY_SUFFIX = ".npy"
-_TMP_SUFFIX = ".tmp"
-_CHUNK = 1 << 20
 _MAX_MEMO = 4096
 
 
@@ -51,15 +50,6 @@ def default_cache_dir() -> Path:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "emdcli"
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of the file's bytes as 64 hex digits, read in 1 MiB chunks. Raises OSError."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _remove(path: Path | str) -> bool:
@@ -107,13 +97,13 @@ class FeatureCache:
         return self.folder / f"{digest}{_ENTRY_SUFFIX}"
 
     def _digest(self, path: Path) -> str:
-        """``file_digest(path)``, remembered per (path, size, mtime_ns). Raises OSError."""
+        """``sha256_file(path)``, remembered per (path, size, mtime_ns). Raises OSError."""
         st = os.stat(path)
         key = (os.fspath(path), st.st_size, st.st_mtime_ns)
         known = self._digests.get(key)
         if known is not None:
             return known
-        digest = file_digest(path)
+        digest = sha256_file(path)
         with self._lock:
             if len(self._digests) >= _MAX_MEMO:
                 self._digests.clear()
@@ -164,21 +154,21 @@ class FeatureCache:
         image) stores nothing and increments ``write_errors`` instead of raising.
         """
         arr = np.ascontiguousarray(features, dtype=np.float32)
-        tmp: str | None = None
         try:
             entry = self.entry_path(self._digest(path))
             entry.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.stem}.", suffix=_TMP_SUFFIX)
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, arr, allow_pickle=False)
-            os.replace(tmp, entry)
-            tmp = None
+            target = AtomicFile(entry, binary=True)
         except OSError:
             with self._lock:
                 self.write_errors += 1
-        finally:
-            if tmp is not None:
-                _remove(tmp)
+            return
+        try:
+            np.save(target.stream, arr, allow_pickle=False)
+            target.commit(fsync=False)  # a cache entry lost in a crash is only a miss
+        except OSError:
+            target.abort(keep=False)
+            with self._lock:
+                self.write_errors += 1
 
     def prune(self) -> int:
         """Keep the whole cache (every namespace under ``root/features``) within ``max_bytes``.
@@ -208,7 +198,7 @@ class FeatureCache:
                     continue
                 if item.name.endswith(_ENTRY_SUFFIX):
                     entries.append((st.st_mtime_ns, st.st_size, item.path))
-                elif item.name.endswith(_TMP_SUFFIX) and st.st_mtime_ns < stale_before:
+                elif item.name.endswith(TMP_SUFFIX) and st.st_mtime_ns < stale_before:
                     _remove(item.path)
         total = sum(size for _, size, _ in entries)
         if total <= self.max_bytes:

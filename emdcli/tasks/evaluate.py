@@ -1,9 +1,13 @@
 """Few-shot evaluation: every method scored on the same episodes, with paired differences.
 
+    run = evaluate(Path("photos"), way=5, shot=1, methods=["proto", "emd", "default"])
+    for r in run.evaluation.results:
+        print(r.method, r.accuracy, r.ci95)
+
+or, on feature maps already computed:
+
     plan = sample_episodes(labels, way=5, shot=1, query=15, episodes=600, seed=0)
     result = evaluate_episodes(features, plan, ["proto", "emd"])
-    for r in result.results:
-        print(r.method, r.accuracy, r.ci95)
 
 Accuracies and intervals are in percent; an interval is ``1.96 * std / sqrt(episodes)``
 over the per-episode accuracies (population std, as the few-shot literature reports).
@@ -11,16 +15,22 @@ over the per-episode accuracies (population std, as the few-shot literature repo
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .episodes import Episode, EpisodePlan
-from .errors import UsageError
-from .fewshot import BASELINE, METHODS, EpisodeMemo
+from .. import defaults
+from ..errors import EmdcliError, UsageError
+from ..features.source import FeatureSource, LabelledFeatures, Progress
+from ..io.folders import LabelledFolder, read_labelled_folder
+from ..matching.support import EpisodeMemo
+from .episodes import Episode, EpisodePlan, sample_episodes
+from .fewshot import BASELINE, METHODS
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,7 @@ def episode_accuracy(features: np.ndarray, episode: Episode, method: str, memo: 
     support = features[episode.support]  # (way, shot, C, H, W)
     query = features[episode.query.reshape(-1)]
     scores = METHODS[method].score(support, query, memo)
+    scores = np.where(np.isnan(scores), -np.inf, scores)  # classes off a shortlist never win
     return float(np.mean(np.argmax(scores, axis=1) == episode.query_labels))
 
 
@@ -140,3 +151,49 @@ def evaluate_episodes(
                 mean, ci = mean_ci95(per_episode[name] - per_episode[BASELINE])
                 paired.append(PairedResult(name, BASELINE, 100 * mean, 100 * ci))
     return Evaluation(tuple(results), tuple(paired), per_episode)
+
+
+@dataclass(frozen=True)
+class EvaluationRun:
+    """What :func:`evaluate` did: the images it used, the episodes it drew and what they measured."""
+
+    data: LabelledFeatures
+    plan: EpisodePlan
+    evaluation: Evaluation
+
+
+def evaluate(
+    dataset: Path | LabelledFolder,
+    *,
+    way: int = defaults.WAY,
+    shot: int = defaults.SHOT,
+    query: int = defaults.QUERY,
+    episodes: int = defaults.EPISODES,
+    seed: int = defaults.SEED,
+    methods: Sequence[str] = defaults.METHODS,
+    source: FeatureSource | None = None,
+    workers: int | None = None,
+    on_embedded: Progress | None = None,
+    on_episode: Progress | None = None,
+) -> EvaluationRun:
+    """Embed a labelled set (a folder per class), draw ``episodes`` N-way K-shot episodes and score
+    every method on the same ones. source: None for the bundled model without a cache; workers:
+    threads scoring episodes (None: every CPU). Raises UsageError for an unknown method or a set
+    too small for the episode shape, EmdcliError when no image is readable.
+    """
+    names = check_methods(methods, shot)
+    if not names:
+        raise UsageError("no method to run", hint="for example --methods proto,emd")
+    folder = dataset if isinstance(dataset, LabelledFolder) else read_labelled_folder(dataset)
+    if source is None:
+        from ..model.backbone import load_model
+
+        source = FeatureSource(load_model())
+    data = source.labelled(folder, on_embedded)
+    if data.features is None:
+        raise EmdcliError(f"none of the {folder.image_count} images in {folder.root} could be read")
+    plan = sample_episodes(data.labels, way, shot, query, episodes, seed)
+    result = evaluate_episodes(
+        data.features, plan, names, workers=workers or os.cpu_count() or 1, on_episode=on_episode
+    )
+    return EvaluationRun(data, plan, result)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import ImageError
-from .images import Preprocess, load_image
+from ..errors import ImageError
+from ..io.images import Preprocess, load_image
 
 #: Images per backbone call for an extractor that does not say (no ``batch_size``).
 DEFAULT_BATCH = 16

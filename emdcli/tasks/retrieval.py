@@ -14,23 +14,21 @@ shortlist follow the re-ranked ones in their global order, without an EMD score.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from .errors import DatasetError
-from .fewshot import pooled
-from .matching import ClassBank, Nodes, l2_normalise
+from .. import defaults
+from ..errors import DatasetError
+from ..features.source import FeatureSource, Progress, Skipped
+from ..matching.nodes import ClassBank, Nodes
+from ..matching.simpleshot import normalised, pooled
 
 Rerank = Literal["emd", "emd+global", "none"]
 RERANKS: tuple[str, ...] = ("emd", "emd+global", "none")
-#: How many of the globally closest images are re-ranked by EMD unless told otherwise.
-DEFAULT_SHORTLIST = 50
-#: Weight of the global cosine added to the EMD score by ``rerank="emd+global"``.
-GLOBAL_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,7 @@ class GalleryIndex:
         g = pooled(arr)
         centre = g.mean(axis=0)
         bank = ClassBank.from_nodes([Nodes.from_feature_map(f) for f in arr])
-        return cls(paths=tuple(Path(p) for p in paths), bank=bank, centre=centre, globals=l2_normalise(g - centre))
+        return cls(paths=tuple(Path(p) for p in paths), bank=bank, centre=centre, globals=normalised(g, centre))
 
     @property
     def size(self) -> int:
@@ -70,8 +68,7 @@ class GalleryIndex:
 
     def global_similarities(self, query_fmap: np.ndarray) -> np.ndarray:
         """(N,) float64 cosine in [-1, 1] between the query's global feature and each image's."""
-        q = pooled(np.asarray(query_fmap, dtype=np.float32)) - self.centre
-        return self.globals @ l2_normalise(q)
+        return np.asarray(self.globals @ normalised(pooled(query_fmap), self.centre))
 
     def emd_scores(self, query: Nodes, picked: np.ndarray) -> np.ndarray:
         """(len(picked),) float64 EMD scores in [-1, 1] of ``query`` against the images ``picked``."""
@@ -100,11 +97,11 @@ def search(
     index: GalleryIndex,
     query_fmap: np.ndarray,
     *,
-    top_k: int = 10,
-    shortlist: int = DEFAULT_SHORTLIST,
-    rerank: Rerank = "emd",
+    top_k: int = defaults.SEARCH_TOP_K,
+    shortlist: int = defaults.SEARCH_SHORTLIST,
+    rerank: Rerank = defaults.RERANK,  # type: ignore[assignment]
     exclude: int | Sequence[int] | None = None,
-    global_weight: float = GLOBAL_WEIGHT,
+    global_weight: float = defaults.RERANK_GLOBAL_WEIGHT,
 ) -> tuple[Hit, ...]:
     """The ``top_k`` gallery images closest to a (C, H, W) query feature map, best first.
 
@@ -146,3 +143,71 @@ def search(
         for r, i in enumerate(tail, start=len(hits) + 1)
     ]
     return tuple(hits)
+
+
+@dataclass(frozen=True)
+class QueryHits:
+    """One query's hits, best first; ``error`` says why an unreadable query has none."""
+
+    query: Path
+    hits: tuple[Hit, ...]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """A folder of images made searchable: the index of its readable images, and the skipped ones."""
+
+    index: GalleryIndex
+    skipped: tuple[Skipped, ...]
+    source: FeatureSource = field(repr=False)
+
+    @classmethod
+    def build(cls, source: FeatureSource, paths: list[Path], on_done: Progress | None = None) -> Gallery:
+        """Embed ``paths`` through the source's cache. Raises DatasetError when none is readable."""
+        found = source.array(paths, on_done)
+        if found.features is None:
+            raise DatasetError(f"none of the {len(paths)} gallery images could be read")
+        return cls(GalleryIndex.from_features(found.paths, found.features), found.skipped, source)
+
+    def search(
+        self,
+        queries: Iterable[Path],
+        *,
+        top_k: int = defaults.SEARCH_TOP_K,
+        shortlist: int = defaults.SEARCH_SHORTLIST,
+        rerank: Rerank = defaults.RERANK,  # type: ignore[assignment]
+        on_done: Progress | None = None,
+    ) -> Iterator[QueryHits]:
+        """Hits for each query path, in input order; a query that is in the gallery is not its own hit."""
+        position = {p.resolve(): i for i, p in enumerate(self.index.paths)}
+        for item in self.source.stream(queries, on_done):
+            if item.features is None:
+                yield QueryHits(item.path, (), item.error)
+                continue
+            own = position.get(item.path.resolve())
+            hits = search(self.index, item.features, top_k=top_k, shortlist=shortlist, rerank=rerank, exclude=own)
+            yield QueryHits(item.path, hits)
+
+
+def search_images(
+    queries: Iterable[Path],
+    gallery: Path | Sequence[Path],
+    *,
+    top_k: int = defaults.SEARCH_TOP_K,
+    shortlist: int = defaults.SEARCH_SHORTLIST,
+    rerank: Rerank = defaults.RERANK,  # type: ignore[assignment]
+    source: FeatureSource | None = None,
+) -> list[QueryHits]:
+    """Search a gallery (a folder, searched recursively, or a list of image paths) for each query
+    image (image files, or folders searched recursively). source: None for the bundled model
+    without a cache."""
+    from ..io.images import iter_image_files, iter_query_paths
+
+    if source is None:
+        from ..model.backbone import load_model
+
+        source = FeatureSource(load_model())
+    paths = sorted(iter_image_files(gallery)) if isinstance(gallery, Path) else list(gallery)
+    found = Gallery.build(source, paths)
+    return list(found.search(iter_query_paths(map(str, queries)), top_k=top_k, shortlist=shortlist, rerank=rerank))

@@ -1,0 +1,108 @@
+"""``emdcli anomaly NORMAL_DIR QUERIES...``: how unlike a set of normal images each query is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import defaults
+from ..errors import EXIT_ANOMALY
+from .common import (
+    CacheOpt, ConfigOpt, DeviceOpt, FormatOpt, ModelOpt, OutputOpt, ProgressOpt, QuietOpt, Session, advance,
+    image_folder, query_argument, query_paths,
+)  # fmt: skip
+
+NAME = "anomaly"
+EPILOG = (
+    "[bold]Examples[/bold]\n\n"
+    "  emdcli anomaly normal/ incoming/\n\n"
+    "  emdcli anomaly normal/ part.jpg --fail-on-anomaly && echo looks normal\n\n"
+    "Score = mean EMD dissimilarity (1 - score) to the k most similar normal images. The threshold is "
+    "calibrated on NORMAL_DIR itself: each normal image is scored against the others (leave-one-out) and "
+    "the threshold is the (1 - contamination) quantile of those scores, unless --threshold is given.\n\n"
+    f"Exit codes: 0 done (anomalies are results, not failures), {EXIT_ANOMALY} with --fail-on-anomaly when any "
+    "query is anomalous, 1 runtime failure, 2 usage error."
+)
+
+
+def run(
+    normal_dir: Annotated[
+        Path, typer.Argument(help="Folder of normal images (searched recursively), 2 or more.", metavar="NORMAL_DIR",
+                             show_default=False),
+    ],  # fmt: skip
+    queries: Annotated[list[str], query_argument("Images to judge: files, folders, or - to read paths from stdin.")],
+    k: Annotated[
+        int, typer.Option("--k", min=1, help="Nearest normal images averaged (at most all the others).")
+    ] = defaults.ANOMALY_K,
+    contamination: Annotated[
+        float, typer.Option("--contamination", min=0.0, max=0.99,
+                            help="Fraction of the normal images the calibrated threshold may flag."),
+    ] = defaults.CONTAMINATION,  # fmt: skip
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Use this threshold instead of calibrating one.", show_default=False),
+    ] = None,
+    fail_on_anomaly: Annotated[
+        bool, typer.Option("--fail-on-anomaly", help=f"Exit with code {EXIT_ANOMALY} when any query is anomalous.")
+    ] = False,
+    fmt: FormatOpt = None,
+    output: OutputOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    cache: CacheOpt = None,
+    progress: ProgressOpt = None,
+    quiet: QuietOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Score how unlike the normal examples each query is, with a threshold calibrated on them."""
+    import numpy as np
+
+    from ..errors import EmdcliError
+    from ..io.files import display_path
+    from ..tasks.anomaly import AnomalyDetector
+    from .reports import anomaly_layout, rounded
+    from .sink import Sink, choose_format
+
+    session = Session.start(config, model=model, device=device, progress=progress, quiet=quiet, cache=cache, format=fmt)
+    sink = Sink(output, choose_format(session.settings.format, output), quiet=session.quiet)
+    paths = query_paths(queries)
+    images = image_folder(normal_dir, "normal")
+    with session.progress() as bars:
+        detector = AnomalyDetector.fit(session.source, images, k=k, contamination=contamination, threshold=threshold,
+                                       on_done=advance(bars, "Normal", len(images)))  # fmt: skip
+    session.report_skipped(detector.skipped)
+    cal, size = detector.calibration, detector.normal.size
+    if cal.scores.size:
+        q50, q95 = np.quantile(cal.scores, [0.5, 0.95])
+        how = "given" if cal.source == "explicit" else f"the {100 * (1 - contamination):g}th percentile"
+        session.tell(f"calibrated on {size} normal images (k={cal.k}): leave-one-out scores median {q50:.4f}, "
+                     f"95th percentile {q95:.4f}, max {cal.scores.max():.4f}; threshold {cal.threshold:.4f} ({how}), "
+                     f"flags {100 * cal.flagged_fraction:.0f}% of the normal images")  # fmt: skip
+    counts = {"judged": 0, "anomalous": 0, "skipped": 0}
+    header = {
+        "normal_dir": str(normal_dir), "normal_images": size, "model": session.backbone.manifest.name,
+        "model_sha256": session.backbone.check.actual, "k": cal.k, "threshold": round(cal.threshold, 6),
+        "threshold_source": cal.source, "contamination": contamination,
+    }  # fmt: skip
+    layout = anomaly_layout(f"{normal_dir}: threshold {cal.threshold:.4f} ({size} normal images)")
+    with sink.open(layout, header, lambda: dict(counts)) as emit:
+        for judged in detector.judge(paths):
+            path = display_path(judged.path)
+            if judged.verdict is None:
+                counts["skipped"] += 1
+                session.say(f"skipped {judged.error}")
+                emit({"path": path, "status": "error", "error": judged.error})
+                continue
+            v = judged.verdict
+            counts["judged"] += 1
+            counts["anomalous"] += int(v.anomalous)
+            emit({"path": path, "status": "ok", "score": rounded(v.score), "threshold": rounded(v.threshold),
+                  "verdict": "anomaly" if v.anomalous else "normal", "error": None})  # fmt: skip
+    if not counts["judged"] + counts["skipped"]:
+        raise EmdcliError("no query images were given", hint="give image files, folders, or pipe paths into '-'")
+    if not counts["judged"]:
+        raise EmdcliError("none of the queries could be read", hint="see the warnings above")
+    if fail_on_anomaly and counts["anomalous"]:
+        raise typer.Exit(EXIT_ANOMALY)

@@ -1,0 +1,211 @@
+"""``emdcli classify SUPPORT QUERIES...``: few-shot classification, one row per query."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from .. import defaults
+from .common import (
+    BatchSizeOpt, CacheOpt, ConfigOpt, DeviceOpt, FormatOpt, GlobalWeightOpt, KshotOpt, MetricOpt, ModelOpt,
+    OutputOpt, ProgressOpt, QuietOpt, Session, ShortlistOpt, WorkersOpt, advance, query_argument, query_paths,
+)  # fmt: skip
+
+if TYPE_CHECKING:
+    from ..tasks.classify import Classifier, Prediction, SupportSet, Tally
+
+NAME = "classify"
+EPILOG = (
+    "[bold]Examples[/bold]\n\n"
+    "  emdcli classify support/ queries/\n\n"
+    "  emdcli classify support/ queries/ --format csv > predictions.csv\n\n"
+    "  find photos -name '*.jpg' | emdcli classify support/ - --format jsonl | jq -r .predicted\n\n"
+    "Exit codes: 0 done (unreadable queries are reported and skipped), 1 runtime failure "
+    "(model, device, or no query readable), 2 usage error (bad option or path), 130 interrupted (143 on SIGTERM)."
+)
+
+
+def run(
+    support: Annotated[
+        Path,
+        typer.Argument(help="Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more.",
+                       metavar="SUPPORT", show_default=False),
+    ],  # fmt: skip
+    queries: Annotated[
+        list[str],
+        query_argument("Images to classify: files, folders (searched recursively), or - to read one path per line "
+                       "from stdin. A query inside a folder named like a class counts toward the accuracy."),
+    ],  # fmt: skip
+    fmt: FormatOpt = None,
+    output: OutputOpt = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option("--top-k", "-k", min=1, help=f"How many ranked classes to list per query. \\[default: "
+                     f"{defaults.TOP_K}]", show_default=False),
+    ] = None,  # fmt: skip
+    metric: MetricOpt = None,
+    kshot: KshotOpt = None,
+    global_weight: GlobalWeightOpt = None,
+    shortlist: ShortlistOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    batch_size: BatchSizeOpt = None,
+    workers: WorkersOpt = None,
+    cache: CacheOpt = None,
+    progress: ProgressOpt = None,
+    explain_dir: Annotated[
+        Path | None,
+        typer.Option("--explain-dir", help="Also draw each query's match with the closest example of its predicted "
+                     "class, as DIR/<query name>.png (see 'emdcli explain').", file_okay=False, show_default=False),
+    ] = None,  # fmt: skip
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="With --output FILE: keep the rows of an earlier, interrupted run "
+                     "(FILE.partial, or FILE) and classify only the queries they lack."),
+    ] = False,  # fmt: skip
+    quiet: QuietOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Classify query images by their Earth Mover's Distance to each class of SUPPORT."""
+    from ..errors import DatasetError, EmdcliError, UsageError
+    from ..io.folders import read_labelled_folder
+    from ..tasks.classify import Classifier, Tally
+    from .reports import classify_layout, prediction_record
+    from .sink import Sink, choose_format
+
+    session = Session.start(
+        config, format=fmt, top_k=top_k, metric=metric, model=model, device=device, batch_size=batch_size,
+        workers=workers, progress=progress, quiet=quiet, shortlist=shortlist, cache=cache, kshot=kshot,
+        global_weight=global_weight,
+    )  # fmt: skip
+    settings = session.settings
+    sink = Sink(output, choose_format(settings.format, output), quiet=session.quiet)
+    if resume and (output is None or sink.fmt == "table"):
+        raise UsageError("--resume needs --output FILE with --format csv, json or jsonl")
+    folder = read_labelled_folder(support)
+    from_stdin = "-" in queries
+    paths: Any = query_paths(queries)
+    if not from_stdin:
+        paths = list(paths)
+        if not paths:
+            raise DatasetError(f"no images found in {', '.join(queries)}",
+                               hint="image files end in .jpg, .jpeg, .png, .bmp, .gif, .webp or .tif")  # fmt: skip
+    for name in folder.empty:
+        session.say(f"class folder {name!r} holds no images; it is left out")
+    clf = Classifier(session.source, session.matcher())
+    started = time.perf_counter()
+    with session.progress() as bars:
+        support_set = clf.fit(folder, advance(bars, "Support", folder.image_count), keep_examples=bool(explain_dir))
+    session.report_skipped(support_set.skipped, "support image ")
+    for name in support_set.empty_classes:
+        if name not in folder.empty:
+            session.say(f"class {name!r} has no readable image; it is left out")
+    classes = support_set.classes
+    prior: list[Prediction] = []
+    if resume and output is not None:
+        prior, paths = _resume(output, sink.fmt, classes, paths, from_stdin, session)
+    top = min(settings.top_k, len(classes))
+    header = {
+        "model": clf.source.extractor.manifest.name, "model_sha256": session.backbone.check.actual,  # type: ignore[attr-defined]
+        "metric": settings.metric, "kshot": support_set.kshot, "global_weight": clf.global_weight_for(support_set),
+        "shortlist": settings.shortlist, "classes": list(classes), "shots": dict(zip(classes, support_set.shots, strict=True)),
+    }  # fmt: skip
+    tally = Tally()
+    query_started = time.perf_counter()
+
+    def summary() -> dict[str, Any]:
+        return _summary(tally, len(prior), support_set, started, query_started)
+
+    with sink.open(classify_layout(classes, top), header, summary) as emit, session.progress() as bars:
+        observe = _explainer(clf, support_set, explain_dir, session.say) if explain_dir else None
+        new = clf.predict(support_set, paths, advance(bars, "Queries", None if from_stdin else len(paths)), observe)
+        for pred in itertools.chain(prior, new):
+            tally.add(pred)
+            if not pred.ok and pred not in prior:
+                session.say(f"skipped {pred.error}")
+            emit(prediction_record(pred, classes, top))
+    if tally.total == 0:
+        raise DatasetError("no query paths were given on stdin", hint="pipe one image path per line into '-'")
+    if tally.ok == 0:
+        raise EmdcliError(f"none of the {tally.total} queries could be read", hint="see the warnings above")
+
+
+def _resume(output: Path, fmt: str, classes: tuple[str, ...], paths: Any, from_stdin: bool, session: Session) -> Any:
+    """The predictions an earlier run of this command left in ``output`` (or its .partial), and the
+    query paths still to do."""
+    from ..errors import DatasetError
+    from ..io.files import display_path, partial_path
+    from .reports import prediction_from_record
+    from .sink import read_earlier
+
+    partial = partial_path(output)
+    earlier = partial if partial.exists() else output if output.exists() else None
+    if earlier is None:
+        return [], paths
+    records, columns = read_earlier(earlier, fmt, "classify")
+    if columns is not None:  # CSV: rebuild the scores from the score:CLASS columns
+        found = [c[len("score:") :] for c in columns if c.startswith("score:")]
+        records = [{**r, "scores": {c: r.get(f"score:{c}") for c in found}} for r in records]
+    else:
+        found = list(records[0]["scores"]) if records and isinstance(records[0].get("scores"), dict) else list(classes)
+    if records and sorted(found) != sorted(classes):
+        raise DatasetError(
+            f"{earlier} was written for classes {', '.join(found)}, not {', '.join(classes)}; cannot resume",
+            hint="remove it, or resume with the support folder it was made with",
+        )
+    prior = [prediction_from_record(r) for r in records]
+    done = {display_path(p.path) for p in prior}
+    rest = (p for p in paths if display_path(p) not in done)
+    session.say(f"resuming: {len(prior)} rows from {display_path(earlier)}")
+    return prior, rest if from_stdin else list(rest)
+
+
+def _explainer(
+    clf: Classifier, support: SupportSet, folder: Path, say: Callable[[str], None]
+) -> Callable[[Prediction, Any], None]:
+    """An observer for ``Classifier.predict`` that draws each match into ``folder``."""
+    from ..errors import EmdcliError
+    from ..io.files import display_path
+    from ..io.images import model_view
+    from ..tasks.explain import render_match, save_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+
+    def draw(pred: Prediction, features: Any) -> None:
+        label = pred.predicted or ""
+        example, target = clf.closest_example(support, features, label)
+        stem = pred.path.stem
+        name, n = f"{stem}.png", 1
+        while name in taken:  # queries with the same file name in different folders
+            n += 1
+            name = f"{stem}-{n}.png"
+        taken.add(name)
+        try:
+            shown = render_match(
+                model_view(pred.path, clf.source.prep), model_view(example, clf.source.prep), features, target,
+                caption=f"{pred.path.name} -> {label} ({example.name})", metric=clf.matcher.metric,
+            )  # fmt: skip
+            save_png(shown, folder / name)
+        except (OSError, EmdcliError) as exc:
+            say(f"could not draw {display_path(pred.path)}: {exc}")
+
+    return draw
+
+
+def _summary(tally: Tally, resumed: int, support: SupportSet, started: float, query_started: float) -> dict[str, Any]:
+    now = time.perf_counter()
+    new = tally.total - resumed
+    return {
+        "queries": tally.total, "classified": tally.ok, "skipped": tally.errors, "resumed": resumed,
+        "labelled": tally.labelled, "correct": tally.correct,
+        "accuracy": None if tally.accuracy is None else round(tally.accuracy, 6),
+        "support_images": sum(support.shots), "support_skipped": len(support.skipped), "classes": len(support.classes),
+        "seconds": round(now - started, 3),
+        "queries_per_second": round(new / (now - query_started), 2) if new and now > query_started else None,
+    }  # fmt: skip

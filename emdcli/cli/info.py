@@ -1,0 +1,72 @@
+"""``emdcli info``: the model in use, its sha256 check, execution providers, config and cache."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import typer
+
+from .common import ConfigOpt, DeviceOpt, ModelOpt, Session
+
+NAME = "info"
+EPILOG = "Exit codes: 0 the model loads and its sha256 matches its manifest, 1 it does not (the report says why)."
+
+
+def run(
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json.")] = "table",
+    config: ConfigOpt = None,
+) -> None:
+    """Show the model in use (source, licence, sha256 check), execution providers, config and cache."""
+    import json
+    import os
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from .. import __version__
+    from ..config import default_config_path
+    from ..errors import ModelError
+    from ..features.cache import default_cache_dir
+    from ..model.backbone import available_providers
+    from ..model.manifest import check_model, resolve_model_path
+
+    session = Session.start(config, model=model, device=device)
+    check = check_model(resolve_model_path(session.settings.model))
+    m = check.manifest
+    env_config = os.environ.get("EMDCLI_CONFIG")
+    cfg = config or (Path(env_config) if env_config else default_config_path())
+    data: dict[str, Any] = {
+        "emdcli": __version__, "model": m.name, "manifest": str(check.manifest_path), "onnx": str(check.onnx_path),
+        "sha256": check.expected, "sha256_file": check.actual, "sha256_verified": check.ok,
+        "layer": m.layer, "input": f"{m.input_size}x{m.input_size} ({m.resize})",
+        "feature_map": f"{m.channels} x {m.grid[0]} x {m.grid[1]} ({m.grid[0] * m.grid[1]} nodes)",
+        "source": m.source, "licence": m.licence, "onnxruntime": ort.__version__,
+        "providers_available": available_providers(),
+    }  # fmt: skip
+    if check.ok:
+        backbone = session.backbone
+        data["providers_used"] = backbone.active_providers
+        data["inference"] = (f"{backbone.lanes} call(s) at once x {backbone.threads or 'default'} thread(s), "
+                             f"{session.settings.batch_size or backbone.batch_size} images per call")  # fmt: skip
+    data["config"] = f"{cfg} ({'found' if cfg.is_file() else 'not found'})"
+    data["feature_cache"] = str(default_cache_dir())
+    if fmt == "json":
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
+        for key, value in data.items():
+            table.add_row(key.replace("_", " "), escape(", ".join(value) if isinstance(value, list) else str(value)))
+        Console(highlight=False).print(table)
+    if not check.ok:
+        raise ModelError(
+            f"{check.onnx_path}: sha256 {check.actual[:16]}... does not match the manifest's {check.expected[:16]}...",
+            hint="reinstall emdcli, or rebuild the model with `emdcli export`",
+        )

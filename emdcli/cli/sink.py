@@ -1,0 +1,252 @@
+"""The one result sink of every command: format choice, streamed rows, the Rich table, the JSON
+envelope, atomic ``--output`` with ``.partial``, the summary on stderr, and reading an earlier
+output back for ``--resume``.
+
+Every command's output has one shape. CSV: a header row, then one row per record. JSON Lines:
+one object per record. JSON: one document::
+
+    {"command": "classify", "emdcli": "0.1.0", <header fields>, "rows": [<record>, ...], "summary": {...}}
+
+Rows are written and flushed as they come. Nothing is written before the first row (an empty
+run leaves stdout empty); the table is drawn once at the end with every row computed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console, RenderableType
+
+from .. import __version__
+from ..errors import DatasetError, UsageError
+from ..io.files import AtomicFile, display_path, partial_path
+from .common import note
+
+ROW_FORMATS: tuple[str, ...] = ("table", "csv", "json", "jsonl")
+#: Width of a table written to a file (a terminal uses its own width).
+FILE_TABLE_WIDTH = 160
+
+Record = dict[str, Any]
+
+
+def choose_format(fmt: str | None, output: Path | None) -> str:
+    """``fmt`` when given; else from the ``output`` suffix (.csv, .json, .jsonl, .txt for a table);
+    else a table on a terminal and CSV otherwise. UsageError for an output suffix no format has."""
+    if fmt:
+        return fmt
+    if output is not None:
+        suffix = output.suffix.lower().lstrip(".")
+        by_suffix = {"csv": "csv", "json": "json", "jsonl": "jsonl", "ndjson": "jsonl", "txt": "table"}
+        if suffix in by_suffix:
+            return by_suffix[suffix]
+        if suffix:
+            raise UsageError(
+                f"cannot tell the format from the suffix of {display_path(output)}",
+                hint="name the file .csv, .json, .jsonl or .txt (a table), or pass --format",
+            )
+        return "csv"
+    return "table" if sys.stdout.isatty() else "csv"
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one command's records are shown.
+
+    columns: the CSV header. flatten: record -> CSV values in ``columns`` order (default: the
+    record's values of those keys). table: records -> the Rich renderable drawn for people.
+    summary_line: the summary dict -> the line printed on stderr at the end (None: no line).
+    resumable: whether the command takes ``--resume`` (the message after a failure says so).
+    """
+
+    command: str
+    columns: tuple[str, ...]
+    table: Callable[[list[Record]], RenderableType]
+    flatten: Callable[[Record], list[Any]] | None = None
+    summary_line: Callable[[dict[str, Any]], str] | None = None
+    resumable: bool = False
+
+    def csv_values(self, record: Record) -> list[Any]:
+        values = self.flatten(record) if self.flatten else [record.get(c) for c in self.columns]
+        return [_csv_cell(v) for v in values]
+
+
+@dataclass
+class Sink:
+    """Where a command's rows go: stdout, or ``output`` written atomically.
+
+    Made before any work, so that a bad ``--output`` is a usage error (exit 2) at once.
+    """
+
+    output: Path | None
+    fmt: str
+    quiet: bool = False
+    rows: int = 0
+    _kept: list[Record] = field(default_factory=list, repr=False)
+    _file: AtomicFile | None = field(default=None, repr=False)
+    _started: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.output is None:
+            return
+        if self.output.is_dir():
+            raise UsageError(f"--output is a folder: {display_path(self.output)}", hint="give a file name")
+        parent = self.output.parent
+        if not parent.is_dir():
+            raise UsageError(
+                f"folder for --output does not exist: {display_path(parent)}", hint=f"create it: mkdir -p {parent}"
+            )
+
+    @property
+    def stream(self) -> IO[str]:
+        return self._file.stream if self._file else sys.stdout
+
+    @contextmanager
+    def open(
+        self, layout: Layout, header: dict[str, Any], summary: Callable[[], dict[str, Any]]
+    ) -> Iterator[Callable[[Record], None]]:
+        """``with sink.open(layout, header, summary) as emit:`` call ``emit(record)`` per row.
+
+        On success the document is closed with ``summary()``, the table drawn, the file committed
+        and the summary line printed on stderr. On failure (Ctrl-C included) the rows so far are
+        completed the same way and kept in ``FILE.partial``, the summary line printed, and the
+        error goes on.
+        """
+        self.layout, self.header = layout, header
+        if self.output is not None:
+            self._file = AtomicFile(self.output)
+        try:
+            yield self._emit
+        except BaseException as exc:
+            closed = isinstance(exc, BrokenPipeError)  # stdout is gone: nothing more to write or say
+            if not closed:
+                self._finish(summary())
+            self._abort()
+            if not closed:
+                self._summary_line(summary())
+            raise
+        self._finish(summary())
+        if self._file and self.output is not None:
+            if self.rows:  # an earlier run's .partial is a part of what was just written
+                self._file.commit()
+                partial_path(self.output).unlink(missing_ok=True)
+            else:  # no row, no file: the command reports why
+                self._file.abort(keep=False)
+        self._summary_line(summary())
+
+    def _summary_line(self, summary: dict[str, Any]) -> None:
+        if self.layout.summary_line and self.rows and not self.quiet:
+            note(self.layout.summary_line(summary))
+
+    def _start(self) -> None:
+        self._started = True
+        if self.fmt == "csv":
+            self._csv(list(self.layout.columns))
+        elif self.fmt == "json":
+            head = {"command": self.layout.command, "emdcli": __version__, **self.header}
+            self.stream.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "rows": [')
+            self.stream.flush()
+
+    def _csv(self, values: list[Any]) -> None:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(values)
+        self.stream.write(buf.getvalue())
+        self.stream.flush()
+
+    def _emit(self, record: Record) -> None:
+        if self.fmt == "table":
+            self._kept.append(record)
+        else:
+            if not self._started:
+                self._start()
+            if self.fmt == "csv":
+                self._csv(self.layout.csv_values(record))
+            else:
+                text = json.dumps(record, ensure_ascii=False)
+                self.stream.write(text + "\n" if self.fmt == "jsonl" else ("\n  " if self.rows == 0 else ",\n  ") + text)
+                self.stream.flush()
+        self.rows += 1
+
+    def _finish(self, summary: dict[str, Any]) -> None:
+        """Complete the document with what was computed (nothing at all when there is no row)."""
+        if not self.rows:
+            return
+        if self.fmt == "json":
+            self.stream.write(f'\n], "summary": {json.dumps(summary, ensure_ascii=False)}}}\n')
+            self.stream.flush()
+        elif self.fmt == "table":
+            in_file = self._file is not None
+            console = Console(file=self.stream, highlight=False, no_color=True if in_file else None,
+                              width=FILE_TABLE_WIDTH if in_file else None)  # fmt: skip
+            console.print(self.layout.table(self._kept))
+
+    def _abort(self) -> None:
+        if self._file is None:
+            return
+        kept = self._file.abort(keep=self.rows > 0)
+        if kept is not None:
+            then = "; run the same command with --resume to finish it" if self.layout.resumable else ""
+            note(f"{self.rows} rows computed so far were kept in {display_path(kept)}{then}")
+
+
+def read_earlier(path: Path, fmt: str, command: str) -> tuple[list[Record], list[str] | None]:
+    """The records of an earlier (possibly unfinished) output of ``command`` in ``fmt``, and the
+    CSV header (None for JSON formats). DatasetError when it cannot be read as such."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read {path} to resume from it ({exc})") from None
+    bad = DatasetError(
+        f"{path} is not {fmt} output of emdcli {command}; cannot resume from it",
+        hint="remove the file, or pass the --format it was written with",
+    )
+    try:
+        if fmt == "csv":
+            reader = csv.DictReader(io.StringIO(text))
+            return list(reader), list(reader.fieldnames or [])
+        if fmt == "jsonl":
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:  # a .partial document is complete too: the sink closes it before keeping it
+            doc = json.loads(text)
+            if doc.get("command") != command:
+                raise bad
+            records = doc["rows"]
+        if not all(isinstance(r, dict) and "path" in r for r in records):
+            raise bad
+        return records, None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise bad from None
+
+
+def simple_table(title: str, columns: Sequence[str]) -> Callable[[list[Record]], RenderableType]:
+    """A table of the given record keys (columns empty in every row are left out)."""
+
+    def render(records: list[Record]) -> RenderableType:
+        from rich import box
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table(title=escape(title), box=box.SIMPLE_HEAVY, title_justify="left")
+        shown = [c for c in columns if any(r.get(c) is not None for r in records)]
+        for c in shown:
+            table.add_column(c, overflow="fold")
+        for r in records:
+            table.add_row(*("" if r.get(c) is None else escape(str(r.get(c))) for c in shown))
+        return table
+
+    return render

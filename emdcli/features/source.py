@@ -1,0 +1,139 @@
+"""The one feature source: images to feature maps, through the feature cache where it pays.
+
+    source = FeatureSource(load_model())                      # cache=FeatureCache.for_model(...) to reuse
+    for item in source.stream(paths):                         # queries: embedded now, in input order
+        item.features                                         # (C, H, W) float32, or None (item.error)
+    gallery = source.array(paths)                             # (N, C, H, W) through the cache
+    labelled = source.labelled(read_labelled_folder(root))    # a folder per class -> arrays and labels
+
+classify, evaluate, search and anomaly all embed through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..io.folders import LabelledFolder
+from ..io.images import Preprocess
+from .cache import FeatureCache
+from .pipeline import DEFAULT_BATCH, Embedded, FeatureExtractor, embed_paths
+
+Progress = Callable[[int], None]  # called with the number of images just finished
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An image that was not used, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class FeatureArray:
+    """The readable images of a list, in its order, with their feature maps.
+
+    features: (N, C, H, W) float32, None when no image was readable; skipped: the unreadable ones.
+    """
+
+    paths: tuple[Path, ...]
+    features: np.ndarray | None
+    skipped: tuple[Skipped, ...]
+
+
+@dataclass(frozen=True)
+class LabelledFeatures:
+    """Every readable image of a labelled folder with its feature map.
+
+    labels: (N,) int index into ``classes``; features: (N, C, H, W) float32 (None when
+    nothing was readable); skipped: the unreadable images.
+    """
+
+    classes: tuple[str, ...]
+    paths: tuple[Path, ...]
+    labels: np.ndarray
+    features: np.ndarray | None
+    skipped: tuple[Skipped, ...]
+
+
+class FeatureSource:
+    """Feature maps of image files from one extractor (usually a :class:`~emdcli.model.Backbone`).
+
+    prep: how images become its input (default: the extractor's ``manifest.preprocess``).
+    batch_size: images per call (None: the extractor's ``batch_size``); workers: decoding threads;
+    cache: where :meth:`cached`, :meth:`array` and :meth:`labelled` keep features (None: nowhere).
+    """
+
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        prep: Preprocess | None = None,
+        *,
+        batch_size: int | None = None,
+        workers: int = 1,
+        cache: FeatureCache | None = None,
+    ) -> None:
+        if prep is None:
+            manifest = getattr(extractor, "manifest", None)
+            if manifest is None:
+                raise ValueError("give prep, the preprocessing of an extractor without a manifest")
+            prep = manifest.preprocess
+        self.extractor = extractor
+        self.prep: Preprocess = prep
+        self.batch_size: int = batch_size or int(getattr(extractor, "batch_size", DEFAULT_BATCH))
+        self.workers = workers
+        self.cache = cache
+
+    def stream(self, paths: Iterable[Path], on_done: Progress | None = None) -> Iterator[Embedded]:
+        """Feature maps of ``paths`` in input order, embedded now (no cache); ``paths`` may be a stream."""
+        return embed_paths(
+            self.extractor, self.prep, paths, batch_size=self.batch_size, workers=self.workers, on_done=on_done
+        )
+
+    def cached(self, paths: list[Path], on_done: Progress | None = None) -> Iterator[Embedded]:
+        """Feature maps of ``paths``: cached ones first, then the rest in order, embedded and stored."""
+        if self.cache is None:
+            yield from self.stream(paths, on_done)
+            return
+        todo = []
+        for path in paths:
+            features = self.cache.get(path)
+            if features is None:
+                todo.append(path)
+            else:
+                yield Embedded(path, features)
+        if on_done and len(todo) < len(paths):
+            on_done(len(paths) - len(todo))
+        for item in self.stream(todo, on_done):
+            if item.features is not None:
+                self.cache.put(item.path, item.features)
+            yield item
+        self.cache.prune()
+
+    def array(self, paths: list[Path], on_done: Progress | None = None) -> FeatureArray:
+        """The readable ``paths`` in their order and their (N, C, H, W) maps, through the cache."""
+        got: dict[Path, np.ndarray] = {}
+        skipped = []
+        for item in self.cached(paths, on_done):
+            if item.features is None:
+                skipped.append(Skipped(item.path, item.error or "unreadable"))
+            else:
+                got[item.path] = item.features
+        kept = tuple(p for p in paths if p in got)
+        return FeatureArray(kept, np.stack([got.pop(p) for p in kept]) if kept else None, tuple(skipped))
+
+    def labelled(self, folder: LabelledFolder, on_done: Progress | None = None) -> LabelledFeatures:
+        """Feature maps of every image of ``folder`` (through the cache), in folder order."""
+        owner = {p: i for i, c in enumerate(folder.classes) for p in c.files}
+        found = self.array(list(owner), on_done)
+        return LabelledFeatures(
+            classes=folder.names,
+            paths=found.paths,
+            labels=np.array([owner[p] for p in found.paths], dtype=np.intp),
+            features=found.features,
+            skipped=found.skipped,
+        )

@@ -1,0 +1,2 @@
+"""The backbone: a manifest and its verified ONNX file (:mod:`.manifest`), onnxruntime sessions
+(:mod:`.backbone`), and exporting a torch model to ONNX (:mod:`.export`, optional extra)."""

@@ -1,0 +1,234 @@
+"""Few-shot classification: fit a support folder, then score queries against it.
+
+    clf = Classifier()                                   # the bundled model, emdcli's defaults
+    support = clf.fit(read_labelled_folder(Path("support")))
+    for pred in clf.predict(support, [Path("query.jpg")]):
+        print(pred.predicted, pred.confidence)
+
+Embedding goes through a :class:`~emdcli.features.source.FeatureSource`; the class node sets
+and the scores come from a :class:`~emdcli.matching.support.Matcher`, the same code that
+``evaluate``'s ``default`` method runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatasetError
+from ..features.source import FeatureSource, Progress, Skipped
+from ..io.folders import LabelledFolder
+from ..matching.nodes import ClassBank, Nodes, softmax_confidence
+from ..matching.support import ClassNodes, Matcher
+
+
+@dataclass(frozen=True)
+class SupportSet:
+    """A fitted support folder: the class node sets, and what was left out.
+
+    nodes: the classes as :class:`~emdcli.matching.support.ClassNodes`. skipped: unreadable
+    support images. empty_classes: class folders left out (no image, or none readable).
+    examples: class -> (path, (C, H, W) feature map) of each example, kept only when asked
+    for (``fit(keep_examples=True)``).
+    """
+
+    nodes: ClassNodes
+    skipped: tuple[Skipped, ...] = ()
+    empty_classes: tuple[str, ...] = ()
+    examples: dict[str, tuple[tuple[Path, np.ndarray], ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.nodes.classes
+
+    @property
+    def shots(self) -> tuple[int, ...]:
+        return self.nodes.shots
+
+    @property
+    def kshot(self) -> str:
+        return self.nodes.kshot
+
+@dataclass(frozen=True)
+class Ranked:
+    """One class in a query's ranking: score in [-1, 1] and softmax confidence in [0, 1]."""
+
+    label: str
+    score: float
+    confidence: float
+
+
+def ranking_from_scores(labels: list[str], scores: np.ndarray) -> tuple[Ranked, ...]:
+    """``labels`` with their (len(labels),) scores, best first, with softmax confidences."""
+    conf = softmax_confidence(scores)
+    order = np.argsort(-scores, kind="stable")
+    return tuple(Ranked(labels[i], float(scores[i]), float(conf[i])) for i in order)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The outcome for one query image.
+
+    status: ``"ok"``, or ``"error"`` with ``error`` saying why (then ``ranking`` is empty).
+    ranking: every class, best first. true_label: the name of the query's parent
+    folder when that is a class of the support set, else None.
+    """
+
+    path: Path
+    status: str
+    ranking: tuple[Ranked, ...] = ()
+    true_label: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def predicted(self) -> str | None:
+        return self.ranking[0].label if self.ranking else None
+
+    @property
+    def score(self) -> float | None:
+        return self.ranking[0].score if self.ranking else None
+
+    @property
+    def confidence(self) -> float | None:
+        return self.ranking[0].confidence if self.ranking else None
+
+    @property
+    def runner_up(self) -> Ranked | None:
+        return self.ranking[1] if len(self.ranking) > 1 else None
+
+    @property
+    def correct(self) -> bool | None:
+        if not self.ok or self.true_label is None:
+            return None
+        return self.predicted == self.true_label
+
+    def scores(self) -> dict[str, float]:
+        return {r.label: r.score for r in self.ranking}
+
+
+@dataclass
+class Tally:
+    """Running counts over a stream of predictions."""
+
+    total: int = 0
+    ok: int = 0
+    errors: int = 0
+    labelled: int = 0
+    correct: int = 0
+
+    def add(self, pred: Prediction) -> None:
+        self.total += 1
+        if not pred.ok:
+            self.errors += 1
+            return
+        self.ok += 1
+        if pred.correct is not None:
+            self.labelled += 1
+            self.correct += int(pred.correct)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+
+class Classifier:
+    """DeepEMD few-shot classifier: a feature source and a matcher.
+
+    source: where feature maps come from (None: the bundled model, no cache). matcher: how
+    queries are scored (None: ``Matcher()``, emdcli's defaults, see :mod:`emdcli.defaults`).
+    """
+
+    def __init__(self, source: FeatureSource | None = None, matcher: Matcher | None = None) -> None:
+        if source is None:
+            from ..model.backbone import load_model
+
+            source = FeatureSource(load_model())
+        self.source = source
+        self.matcher = matcher or Matcher()
+
+    def fit(self, folder: LabelledFolder, on_done: Progress | None = None, *, keep_examples: bool = False) -> SupportSet:
+        """Embed every support image (through the source's cache) and make the class node sets.
+
+        Raises DatasetError when fewer than two classes have a readable image.
+        """
+        owner = {p: i for i, c in enumerate(folder.classes) for p in c.files}
+        build = self.matcher.builder(folder.names, folder.image_count)
+        skipped: list[Skipped] = []
+        kept: dict[str, list[tuple[Path, np.ndarray]]] = {}
+        for item in self.source.cached(list(owner), on_done):
+            if item.features is None:
+                skipped.append(Skipped(item.path, item.error or "unreadable"))
+                continue
+            label = owner[item.path]
+            build.add(label, item.features)
+            if keep_examples:
+                kept.setdefault(folder.names[label], []).append((item.path, item.features))
+        try:
+            nodes = build.build()
+        except ValueError:
+            nodes = None
+        if nodes is None or len(nodes.classes) < 2:
+            found = 0 if nodes is None else len(nodes.classes)
+            raise DatasetError(
+                f"{folder.root}: only {found} class(es) have a readable image; need at least 2",
+                hint="check the skipped files listed above",
+            )
+        lost = tuple(n for n in folder.names if n not in nodes.classes)
+        return SupportSet(
+            nodes=nodes,
+            skipped=tuple(skipped),
+            empty_classes=tuple(folder.empty) + lost,
+            examples={n: tuple(sorted(kept[n], key=lambda e: str(e[0]))) for n in nodes.classes if n in kept},
+        )
+
+    def global_weight_for(self, support: SupportSet) -> float:
+        """The weight of the global cosine for ``support``: as set, else the default for its kshot."""
+        return self.matcher.weight_for(support.nodes)
+
+    def rank(self, support: SupportSet, features: np.ndarray) -> tuple[Ranked, ...]:
+        """The classes for one (C, H, W) feature map, best first: every class, or with a
+        shortlist only the shortlisted ones (the others have no EMD score)."""
+        scores = self.matcher.match(support.nodes, features).total(self.global_weight_for(support))
+        idx = np.flatnonzero(~np.isnan(scores))
+        return ranking_from_scores([support.classes[i] for i in idx], scores[idx])
+
+    def closest_example(self, support: SupportSet, features: np.ndarray, label: str) -> tuple[Path, np.ndarray]:
+        """The example of class ``label`` whose EMD score with the (C, H, W) ``features`` is highest:
+        its path and feature map. Needs a support set fitted with ``keep_examples=True``."""
+        examples = support.examples.get(label)
+        if not examples:
+            raise ValueError(f"no examples kept for class {label!r}; fit with keep_examples=True")
+        q = Nodes.from_feature_map(features)
+        bank = ClassBank.from_nodes([Nodes.from_feature_map(f) for _, f in examples])
+        return examples[int(np.argmax(bank.scores(q, self.matcher.metric)))]
+
+    def predict(
+        self,
+        support: SupportSet,
+        paths: Iterable[Path],
+        on_done: Progress | None = None,
+        observe: Callable[[Prediction, np.ndarray], None] | None = None,
+    ) -> Iterator[Prediction]:
+        """One Prediction per path, in input order, as soon as its batch is embedded.
+
+        ``observe(prediction, features)`` is called with each classified query's (C, H, W)
+        feature map before the prediction is yielded (to draw it, for example).
+        """
+        known = set(support.classes)
+        for item in self.source.stream(paths, on_done):
+            parent = item.path.parent.name
+            label = parent if parent in known else None
+            if item.features is None:
+                yield Prediction(item.path, "error", true_label=label, error=item.error)
+            else:
+                pred = Prediction(item.path, "ok", self.rank(support, item.features), label)
+                if observe:
+                    observe(pred, item.features)
+                yield pred
