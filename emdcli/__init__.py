@@ -58,7 +58,35 @@ _EXPORTS = {
     "EmdcliError": "emdcli.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "__version__",
+    "load_model",
+    "Backbone",
+    "read_labelled_folder",
+    "LabelledFolder",
+    "FeatureSource",
+    "FeatureCache",
+    "Matcher",
+    "Classifier",
+    "SupportSet",
+    "Prediction",
+    "Ranked",
+    "evaluate",
+    "EvaluationRun",
+    "Evaluation",
+    "MethodResult",
+    "search",
+    "Gallery",
+    "QueryHits",
+    "Hit",
+    "anomaly",
+    "AnomalyDetector",
+    "Judged",
+    "Verdict",
+    "render_match",
+    "Explanation",
+    "EmdcliError",
+]
 
 if TYPE_CHECKING:
     from .errors import EmdcliError

@@ -50,9 +50,8 @@ def build_tiny_model(folder: Path, size: int = 32, channels: int = 8) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from emdcli.model.manifest import Manifest, write_manifest
-
     from emdcli.io.files import sha256_file
+    from emdcli.model.manifest import Manifest, write_manifest
 
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(channels, 3, 1, 1)).astype(np.float32)

@@ -7,9 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emdcli.tasks.anomaly import Calibration, NormalSet, anomaly_scores, calibrate, judge, leave_one_out_scores, normal_similarities
 from emdcli.errors import DatasetError
 from emdcli.matching.nodes import Nodes, emd_score
+from emdcli.tasks.anomaly import (
+    Calibration,
+    NormalSet,
+    anomaly_scores,
+    calibrate,
+    judge,
+    leave_one_out_scores,
+    normal_similarities,
+)
 
 C, H, W = 8, 3, 3
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emdcli.features.source import FeatureSource
-from emdcli.features.pipeline import DEFAULT_BATCH, embed_paths
 from emdcli.errors import DatasetError
+from emdcli.features.pipeline import DEFAULT_BATCH, embed_paths
+from emdcli.features.source import FeatureSource
 from emdcli.io.images import Preprocess
 from emdcli.model.backbone import CPU_BATCH, Backbone, cpu_layout
 

@@ -13,9 +13,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from emdcli import defaults
 from emdcli.cli import app
 from emdcli.errors import DatasetError, UsageError
+from emdcli.matching.nodes import ClassBank, Nodes
 from emdcli.matching.sfc import fit_sfc
+from emdcli.matching.simpleshot import centroids as simpleshot_centroids
+from emdcli.matching.simpleshot import simpleshot_scores
+from emdcli.matching.support import EpisodeMemo
 from emdcli.tasks import fewshot
 from emdcli.tasks.episodes import Episode, EpisodePlan, sample_episodes
 from emdcli.tasks.evaluate import check_methods, evaluate_episodes, mean_ci95
@@ -94,13 +99,13 @@ def test_every_method_scores_an_easy_episode_right(name: str) -> None:
 
 def test_proto_at_one_shot_is_cosine_to_the_centred_support() -> None:
     support, query, _ = _separable_episode(shot=1)
-    s = fewshot.pooled(support)[:, 0]
+    s = support.astype(np.float64).mean(axis=(-2, -1))[:, 0]
     centre = s.mean(axis=0)
     unit = (s - centre) / np.linalg.norm(s - centre, axis=1, keepdims=True)
-    q = fewshot.pooled(query) - centre
+    q = query.astype(np.float64).mean(axis=(-2, -1)) - centre
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     expected = -np.sqrt(np.maximum(2 - 2 * q @ unit.T, 0))
-    np.testing.assert_allclose(fewshot.simpleshot_scores(support, query), expected, atol=1e-9)
+    np.testing.assert_allclose(simpleshot_scores(support, query), expected, atol=1e-9)
 
 
 def test_pyramid_adds_pooled_cells() -> None:
@@ -359,10 +364,15 @@ def test_evaluate_reports_small_classes(tiny_model: Path, tmp_path: Path) -> Non
 
 def test_methods_sharing_parts_score_as_if_alone() -> None:
     support, query, _ = _separable_episode(shot=3)
-    memo = fewshot.EpisodeMemo()
+    memo = EpisodeMemo()
     together = {name: fewshot.METHODS[name].score(support, query, memo) for name in fewshot.METHODS}
     for name, method in fewshot.METHODS.items():
         np.testing.assert_allclose(together[name], method.score(support, query), err_msg=name)
-    alone = fewshot.emd_scores(support, query) + fewshot.GLOBAL_WEIGHT * fewshot.global_cosine(support, query)
-    np.testing.assert_allclose(together["emd+global"], alone)
+    # emd+global computed here from the parts, without the Matcher: mean maps, EMD, SimpleShot cosine
+    bank = ClassBank.from_nodes([Nodes.from_feature_map(m) for m in support.astype(np.float64).mean(axis=1)])
+    emd = np.stack([bank.scores(Nodes.from_feature_map(q)) for q in query])
+    centre, cents = simpleshot_centroids(list(support.astype(np.float64).mean(axis=(-2, -1))))
+    pooled_q = query.astype(np.float64).mean(axis=(-2, -1)) - centre
+    glob = (pooled_q / np.linalg.norm(pooled_q, axis=1, keepdims=True)) @ cents.T
+    np.testing.assert_allclose(together["emd+global"], emd + defaults.GLOBAL_WEIGHT * glob, atol=1e-9)
     assert memo.reused_seconds > 0  # emd+global reused emd, the shot reductions shared their solves

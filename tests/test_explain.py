@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emdcli.tasks.explain import CAPTION_HEIGHT, GAP, DrawnFlow, Explanation, render_match, save_png, strongest_flows
 from emdcli.io.images import Preprocess, load_image, model_view
 from emdcli.matching.nodes import Nodes, match
+from emdcli.tasks.explain import CAPTION_HEIGHT, GAP, DrawnFlow, Explanation, render_match, save_png, strongest_flows
 from tests.conftest import make_image
 
 PREP = Preprocess(size=64, resize="squash")

@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the export extra is not installed")
 
-from emdcli.model import export  # noqa: E402
 from emdcli.io.images import load_image  # noqa: E402
-from emdcli.model.backbone import Backbone
+from emdcli.model import export  # noqa: E402
+from emdcli.model.backbone import Backbone  # noqa: E402
 from emdcli.model.manifest import load_manifest, resolve_model_path  # noqa: E402
 from tests.conftest import EXAMPLES  # noqa: E402
 

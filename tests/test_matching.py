@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emdcli.matching.nodes import WEIGHT_EPS, ClassBank, Nodes, cost_matrix, cross_reference_weights, emd_score, match, score_matrix, softmax_confidence
+from emdcli.matching.nodes import (
+    WEIGHT_EPS,
+    ClassBank,
+    Nodes,
+    cost_matrix,
+    cross_reference_weights,
+    emd_score,
+    match,
+    score_matrix,
+    softmax_confidence,
+)
 
 
 def random_map(seed: int, c: int = 16, h: int = 3, w: int = 3) -> np.ndarray:

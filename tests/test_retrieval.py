@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emdcli.defaults import RERANK_GLOBAL_WEIGHT as GLOBAL_WEIGHT
 from emdcli.errors import DatasetError
 from emdcli.matching.nodes import Nodes, emd_score
-from emdcli.defaults import RERANK_GLOBAL_WEIGHT as GLOBAL_WEIGHT
 from emdcli.tasks.retrieval import GalleryIndex, Hit, search
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from emdcli.errors import EXIT_ANOMALY
-
 from emdcli.cli import app
+from emdcli.errors import EXIT_ANOMALY
 from tests.conftest import make_folder, make_image
 
 runner = CliRunner()

@@ -10,8 +10,19 @@ import typer
 from .. import defaults
 from ..errors import EXIT_ANOMALY
 from .common import (
-    CacheOpt, ConfigOpt, DeviceOpt, FormatOpt, ModelOpt, OutputOpt, ProgressOpt, QuietOpt, Session, advance,
-    image_folder, query_argument, query_paths,
+    CacheOpt,
+    ConfigOpt,
+    DeviceOpt,
+    FormatOpt,
+    ModelOpt,
+    OutputOpt,
+    ProgressOpt,
+    QuietOpt,
+    Session,
+    advance,
+    image_folder,
+    query_argument,
+    query_paths,
 )  # fmt: skip
 
 NAME = "anomaly"
@@ -29,16 +40,23 @@ EPILOG = (
 
 def run(
     normal_dir: Annotated[
-        Path, typer.Argument(help="Folder of normal images (searched recursively), 2 or more.", metavar="NORMAL_DIR",
-                             show_default=False),
+        Path,
+        typer.Argument(
+            help="Folder of normal images (searched recursively), 2 or more.", metavar="NORMAL_DIR", show_default=False
+        ),
     ],  # fmt: skip
     queries: Annotated[list[str], query_argument("Images to judge: files, folders, or - to read paths from stdin.")],
     k: Annotated[
         int, typer.Option("--k", min=1, help="Nearest normal images averaged (at most all the others).")
     ] = defaults.ANOMALY_K,
     contamination: Annotated[
-        float, typer.Option("--contamination", min=0.0, max=0.99,
-                            help="Fraction of the normal images the calibrated threshold may flag."),
+        float,
+        typer.Option(
+            "--contamination",
+            min=0.0,
+            max=0.99,
+            help="Fraction of the normal images the calibrated threshold may flag.",
+        ),
     ] = defaults.CONTAMINATION,  # fmt: skip
     threshold: Annotated[
         float | None,

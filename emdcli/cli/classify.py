@@ -12,8 +12,24 @@ import typer
 
 from .. import defaults
 from .common import (
-    BatchSizeOpt, CacheOpt, ConfigOpt, DeviceOpt, FormatOpt, GlobalWeightOpt, KshotOpt, MetricOpt, ModelOpt,
-    OutputOpt, ProgressOpt, QuietOpt, Session, ShortlistOpt, WorkersOpt, advance, query_argument, query_paths,
+    BatchSizeOpt,
+    CacheOpt,
+    ConfigOpt,
+    DeviceOpt,
+    FormatOpt,
+    GlobalWeightOpt,
+    KshotOpt,
+    MetricOpt,
+    ModelOpt,
+    OutputOpt,
+    ProgressOpt,
+    QuietOpt,
+    Session,
+    ShortlistOpt,
+    WorkersOpt,
+    advance,
+    query_argument,
+    query_paths,
 )  # fmt: skip
 
 if TYPE_CHECKING:
@@ -33,20 +49,30 @@ EPILOG = (
 def run(
     support: Annotated[
         Path,
-        typer.Argument(help="Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more.",
-                       metavar="SUPPORT", show_default=False),
+        typer.Argument(
+            help="Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more.",
+            metavar="SUPPORT",
+            show_default=False,
+        ),
     ],  # fmt: skip
     queries: Annotated[
         list[str],
-        query_argument("Images to classify: files, folders (searched recursively), or - to read one path per line "
-                       "from stdin. A query inside a folder named like a class counts toward the accuracy."),
+        query_argument(
+            "Images to classify: files, folders (searched recursively), or - to read one path per line "
+            "from stdin. A query inside a folder named like a class counts toward the accuracy."
+        ),
     ],  # fmt: skip
     fmt: FormatOpt = None,
     output: OutputOpt = None,
     top_k: Annotated[
         int | None,
-        typer.Option("--top-k", "-k", min=1, help=f"How many ranked classes to list per query. \\[default: "
-                     f"{defaults.TOP_K}]", show_default=False),
+        typer.Option(
+            "--top-k",
+            "-k",
+            min=1,
+            help=f"How many ranked classes to list per query. \\[default: {defaults.TOP_K}]",
+            show_default=False,
+        ),
     ] = None,  # fmt: skip
     metric: MetricOpt = None,
     kshot: KshotOpt = None,
@@ -60,13 +86,21 @@ def run(
     progress: ProgressOpt = None,
     explain_dir: Annotated[
         Path | None,
-        typer.Option("--explain-dir", help="Also draw each query's match with the closest example of its predicted "
-                     "class, as DIR/<query name>.png (see 'emdcli explain').", file_okay=False, show_default=False),
+        typer.Option(
+            "--explain-dir",
+            help="Also draw each query's match with the closest example of its predicted "
+            "class, as DIR/<query name>.png (see 'emdcli explain').",
+            file_okay=False,
+            show_default=False,
+        ),
     ] = None,  # fmt: skip
     resume: Annotated[
         bool,
-        typer.Option("--resume", help="With --output FILE: keep the rows of an earlier, interrupted run "
-                     "(FILE.partial, or FILE) and classify only the queries they lack."),
+        typer.Option(
+            "--resume",
+            help="With --output FILE: keep the rows of an earlier, interrupted run "
+            "(FILE.partial, or FILE) and classify only the queries they lack.",
+        ),
     ] = False,  # fmt: skip
     quiet: QuietOpt = None,
     config: ConfigOpt = None,
@@ -113,7 +147,8 @@ def run(
     header = {
         "model": clf.source.extractor.manifest.name, "model_sha256": session.backbone.check.actual,  # type: ignore[attr-defined]
         "metric": settings.metric, "kshot": support_set.kshot, "global_weight": clf.global_weight_for(support_set),
-        "shortlist": settings.shortlist, "classes": list(classes), "shots": dict(zip(classes, support_set.shots, strict=True)),
+        "shortlist": settings.shortlist, "classes": list(classes),
+        "shots": dict(zip(classes, support_set.shots, strict=True)),
     }  # fmt: skip
     tally = Tally()
     query_started = time.perf_counter()

@@ -9,7 +9,18 @@ from typing import Annotated, Any
 import typer
 
 from .. import defaults
-from .common import CacheOpt, ConfigOpt, DeviceOpt, FormatOpt, ModelOpt, OutputOpt, ProgressOpt, QuietOpt, Session, advance
+from .common import (
+    CacheOpt,
+    ConfigOpt,
+    DeviceOpt,
+    FormatOpt,
+    ModelOpt,
+    OutputOpt,
+    ProgressOpt,
+    QuietOpt,
+    Session,
+    advance,
+)
 
 NAME = "evaluate"
 EPILOG = (
@@ -27,8 +38,11 @@ EPILOG = (
 def run(
     dataset: Annotated[
         Path,
-        typer.Argument(help="Labelled image set: DATASET/CLASS_NAME/image.jpg, one folder per class.",
-                       metavar="DATASET", show_default=False),
+        typer.Argument(
+            help="Labelled image set: DATASET/CLASS_NAME/image.jpg, one folder per class.",
+            metavar="DATASET",
+            show_default=False,
+        ),
     ],  # fmt: skip
     way: Annotated[int, typer.Option("--way", "-n", min=2, help="Classes per episode.")] = defaults.WAY,
     shot: Annotated[int, typer.Option("--shot", min=1, help="Support images per class.")] = defaults.SHOT,
@@ -39,15 +53,18 @@ def run(
     ] = defaults.SEED,
     methods: Annotated[
         str,
-        typer.Option("--methods", help="Comma-separated methods, all scored on the same episodes; differences are "
-                     "paired against proto."),
+        typer.Option(
+            "--methods",
+            help="Comma-separated methods, all scored on the same episodes; differences are paired against proto.",
+        ),
     ] = ",".join(defaults.METHODS),  # fmt: skip
     fmt: FormatOpt = None,
     output: OutputOpt = None,
     jobs: Annotated[
         int | None,
-        typer.Option("--jobs", "-j", min=1, help="Threads scoring episodes. \\[default: number of CPUs]",
-                     show_default=False),
+        typer.Option(
+            "--jobs", "-j", min=1, help="Threads scoring episodes. \\[default: number of CPUs]", show_default=False
+        ),
     ] = None,  # fmt: skip
     model: ModelOpt = None,
     device: DeviceOpt = None,

@@ -27,20 +27,28 @@ def run(
     ],
     target: Annotated[
         Path,
-        typer.Argument(help="An image to match the query with, or a support folder (SUPPORT/CLASS/image): then the "
-                       "query is classified and matched with the closest example of its predicted class.",
-                       metavar="SUPPORT_OR_IMAGE", exists=True, show_default=False),
+        typer.Argument(
+            help="An image to match the query with, or a support folder (SUPPORT/CLASS/image): then the "
+            "query is classified and matched with the closest example of its predicted class.",
+            metavar="SUPPORT_OR_IMAGE",
+            exists=True,
+            show_default=False,
+        ),
     ],  # fmt: skip
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="PNG file to write.", dir_okay=False)
-    ] = Path("match.png"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.", dir_okay=False)] = Path(
+        "match.png"
+    ),
     lines: Annotated[
         int, typer.Option("--lines", min=0, help="How many of the strongest flows to draw.")
     ] = defaults.EXPLAIN_LINES,
     panel: Annotated[
         int | None,
-        typer.Option("--panel", min=16, help="Side of each image in pixels. \\[default: the model's input size]",
-                     show_default=False),
+        typer.Option(
+            "--panel",
+            min=16,
+            help="Side of each image in pixels. \\[default: the model's input size]",
+            show_default=False,
+        ),
     ] = None,  # fmt: skip
     metric: MetricOpt = None,
     model: ModelOpt = None,

@@ -27,8 +27,10 @@ def run(
     ] = "lite0",
     layer: Annotated[
         str,
-        typer.Option(help="Layer whose output is the feature map: blocks.0 .. blocks.6 or head for EfficientNet-Lite; "
-                     "a module name (e.g. layer3) with --arch."),
+        typer.Option(
+            help="Layer whose output is the feature map: blocks.0 .. blocks.6 or head for EfficientNet-Lite; "
+            "a module name (e.g. layer3) with --arch."
+        ),
     ] = "blocks.6",  # fmt: skip
     size: Annotated[int, typer.Option(min=32, help="Input side in pixels.")] = 224,
     resize: Annotated[
@@ -36,13 +38,19 @@ def run(
     ] = "crop",
     arch: Annotated[
         str | None,
-        typer.Option(help="Export another architecture instead: timm:NAME or torchvision:NAME (needs --weights).",
-                     show_default=False),
+        typer.Option(
+            help="Export another architecture instead: timm:NAME or torchvision:NAME (needs --weights).",
+            show_default=False,
+        ),
     ] = None,  # fmt: skip
     weights: Annotated[
         Path | None,
-        typer.Option(help="Local weights for --arch: a state dict (.pth, loaded with weights_only) or .safetensors.",
-                     exists=True, dir_okay=False, show_default=False),
+        typer.Option(
+            help="Local weights for --arch: a state dict (.pth, loaded with weights_only) or .safetensors.",
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+        ),
     ] = None,  # fmt: skip
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files in --out.")] = False,
 ) -> None:
@@ -63,7 +71,9 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     existing = sorted(p.name for p in out.glob("*.onnx"))
     if existing and not force:
-        raise UsageError(f"{out} already holds {', '.join(existing)}", hint="pass --force to overwrite, or another --out")
+        raise UsageError(
+            f"{out} already holds {', '.join(existing)}", hint="pass --force to overwrite, or another --out"
+        )
     with stderr_console().status("Exporting..."):
         if arch and weights:
             result = exporting.export_architecture(arch, weights, out, layer=layer, size=size, resize=resize)

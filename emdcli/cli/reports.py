@@ -125,7 +125,9 @@ def classify_layout(classes: Sequence[str], top_k: int) -> Layout:
                 row += [f"[red]skipped: {escape(r['error'] or '')}[/red]", "", "", ""] + ([""] if top_k > 2 else [])
             if labelled:
                 ok = r["true_label"] is not None and r["status"] == "ok"
-                row.append("" if not ok else "[green]✓[/green]" if r["correct"] else f"[red]✗[/red] {escape(r['true_label'])}")
+                row.append(
+                    "" if not ok else "[green]✓[/green]" if r["correct"] else f"[red]✗[/red] {escape(r['true_label'])}"
+                )
             t.add_row(*row)
         return t
 

@@ -10,8 +10,19 @@ import typer
 
 from .. import defaults
 from .common import (
-    CacheOpt, ConfigOpt, DeviceOpt, FormatOpt, ModelOpt, OutputOpt, ProgressOpt, QuietOpt, Session, advance,
-    image_folder, query_argument, query_paths,
+    CacheOpt,
+    ConfigOpt,
+    DeviceOpt,
+    FormatOpt,
+    ModelOpt,
+    OutputOpt,
+    ProgressOpt,
+    QuietOpt,
+    Session,
+    advance,
+    image_folder,
+    query_argument,
+    query_paths,
 )  # fmt: skip
 
 NAME = "search"
@@ -27,8 +38,9 @@ EPILOG = (
 
 
 def run(
-    queries: Annotated[list[str], query_argument("Query images: files, folders, or - to read paths from stdin.",
-                                                 "QUERY...")],  # fmt: skip
+    queries: Annotated[
+        list[str], query_argument("Query images: files, folders, or - to read paths from stdin.", "QUERY...")
+    ],  # fmt: skip
     gallery: Annotated[
         Path, typer.Argument(help="Folder of images to search (recursively).", metavar="GALLERY", show_default=False)
     ],
@@ -38,8 +50,11 @@ def run(
     ] = defaults.SEARCH_SHORTLIST,
     rerank: Annotated[
         Literal["emd", "emd+global", "none"],
-        typer.Option("--rerank", help="Re-ranking score: emd+global (EMD score + global cosine; measured the safest), "
-                     "emd, or none (global cosine only)."),
+        typer.Option(
+            "--rerank",
+            help="Re-ranking score: emd+global (EMD score + global cosine; measured the safest), "
+            "emd, or none (global cosine only).",
+        ),
     ] = defaults.RERANK,  # type: ignore[assignment]  # fmt: skip
     fmt: FormatOpt = None,
     output: OutputOpt = None,
@@ -76,13 +91,19 @@ def run(
                 continue
             counts["ok"] += 1
             for hit in result.hits:
-                yield {"query": q, "status": "ok", "rank": hit.rank, "path": display_path(hit.path),
-                       "score": rounded(hit.score), "global_score": rounded(hit.global_score), "error": None}  # fmt: skip
+                yield {
+                    "query": q, "status": "ok", "rank": hit.rank, "path": display_path(hit.path),
+                    "score": rounded(hit.score), "global_score": rounded(hit.global_score), "error": None,
+                }  # fmt: skip
 
-    header = {"gallery": str(gallery), "gallery_images": found.index.size, "model": session.backbone.manifest.name,
-              "model_sha256": session.backbone.check.actual, "shortlist": shortlist, "rerank": rerank, "top_k": top_k}  # fmt: skip
+    header = {
+        "gallery": str(gallery), "gallery_images": found.index.size, "model": session.backbone.manifest.name,
+        "model_sha256": session.backbone.check.actual, "shortlist": shortlist, "rerank": rerank, "top_k": top_k,
+    }  # fmt: skip
     layout = search_layout(f"{gallery}: {found.index.size} images, re-ranked by {rerank}")
-    with sink.open(layout, header, lambda: {"queries": counts["ok"] + counts["error"], "skipped": counts["error"]}) as emit:
+    with sink.open(
+        layout, header, lambda: {"queries": counts["ok"] + counts["error"], "skipped": counts["error"]}
+    ) as emit:
         for row in rows():
             emit(row)
     if not counts["ok"] + counts["error"]:

@@ -178,7 +178,9 @@ class Sink:
                 self._csv(self.layout.csv_values(record))
             else:
                 text = json.dumps(record, ensure_ascii=False)
-                self.stream.write(text + "\n" if self.fmt == "jsonl" else ("\n  " if self.rows == 0 else ",\n  ") + text)
+                self.stream.write(
+                    text + "\n" if self.fmt == "jsonl" else ("\n  " if self.rows == 0 else ",\n  ") + text
+                )
                 self.stream.flush()
         self.rows += 1
 

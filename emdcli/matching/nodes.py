@@ -84,7 +84,7 @@ class Match:
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     """``x`` divided by its L2 norm along the last axis (vectors of norm below 1e-12 by 1e-12)."""
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return np.asarray(x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12))
 
 
 def cross_reference_weights(a: Nodes, b: Nodes) -> tuple[np.ndarray, np.ndarray]:
@@ -98,9 +98,9 @@ def cost_matrix(a: Nodes, b: Nodes, metric: Metric = "cosine") -> np.ndarray:
     """(n, m) float64 cost in [0, 2] between the nodes of ``a`` and ``b``."""
     cos = np.clip((a.unit @ b.unit.T).astype(np.float64), -1.0, 1.0)
     if metric == "cosine":
-        return 1.0 - cos
+        return np.asarray(1.0 - cos)
     if metric == "l2":
-        return np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
+        return np.asarray(np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0)))
     raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
 
 
@@ -213,4 +213,4 @@ def softmax_confidence(scores: np.ndarray, temperature: float = TEMPERATURE) -> 
     z = temperature * np.asarray(scores, dtype=np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    return np.asarray(e / e.sum(axis=-1, keepdims=True))

@@ -16,7 +16,7 @@ from .nodes import l2_normalise
 
 def pooled(fmaps: np.ndarray) -> np.ndarray:
     """(..., C, H, W) -> (..., C) float64 global average pool."""
-    return np.asarray(fmaps, dtype=np.float64).mean(axis=(-2, -1))
+    return np.asarray(np.asarray(fmaps, dtype=np.float64).mean(axis=(-2, -1)))
 
 
 def normalised(features: np.ndarray, centre: np.ndarray) -> np.ndarray:
@@ -43,4 +43,4 @@ def simpleshot_scores(support: np.ndarray, query: np.ndarray) -> np.ndarray:
     cent = normalised(s, centre).reshape(way, shot, -1).mean(axis=1)
     q = normalised(pooled(query), centre)
     d2 = (q * q).sum(1)[:, None] - 2.0 * q @ cent.T + (cent * cent).sum(1)[None, :]
-    return -np.sqrt(np.maximum(d2, 0.0))
+    return np.asarray(-np.sqrt(np.maximum(d2, 0.0)))

@@ -83,7 +83,7 @@ class SupportBuilder:
         self.classes = tuple(classes)
         self.sfc_max_pairs = sfc_max_pairs
         self._may_fit = kshot == "sfc" and expected_examples * len(self.classes) <= sfc_max_pairs
-        self._sums: list[np.ndarray | None] = [None] * len(self.classes)
+        self._sums: list[np.ndarray | None] = [None] * len(self.classes)  # float64 running sums
         self._pooled: list[list[np.ndarray]] = [[] for _ in self.classes]
         self._maps: list[list[np.ndarray]] = [[] for _ in self.classes]
 
@@ -109,7 +109,8 @@ class SupportBuilder:
             nodes = tuple(Nodes.from_feature_map(p) for p in fit_sfc(shots).nodes)
             kshot = "sfc"
         else:
-            nodes = tuple(Nodes.from_feature_map(self._sums[i] / n) for i, n in zip(kept, counts, strict=True))  # type: ignore[operator]
+            sums = [s for s in self._sums if s is not None]
+            nodes = tuple(Nodes.from_feature_map(total / n) for total, n in zip(sums, counts, strict=True))
         centre, cents = centroids([np.stack(self._pooled[i]) for i in kept])
         return ClassNodes(tuple(self.classes[i] for i in kept), nodes, tuple(counts), centre, cents, kshot)
 
@@ -158,9 +159,9 @@ class Matcher:
     sfc_max_pairs: int = defaults.SFC_MAX_PAIRS
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (
-            ("metric", self.metric, METRICS), ("kshot", self.kshot, KSHOT_MODES), ("weighting", self.weighting, WEIGHTINGS)
-        ):  # fmt: skip
+        checks = (("metric", self.metric, METRICS), ("kshot", self.kshot, KSHOT_MODES),
+                  ("weighting", self.weighting, WEIGHTINGS))  # fmt: skip
+        for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
         if self.shortlist < 0:

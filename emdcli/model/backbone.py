@@ -1,7 +1,7 @@
 """The backbone: an onnxruntime session over a verified ONNX feature extractor.
 
-    backbone = load_model()                      # the bundled model, checked against its sha256
-    maps = backbone(batch)                       # (B, 3, S, S) float32 -> (B, C, H, W) float32
+backbone = load_model()                      # the bundled model, checked against its sha256
+maps = backbone(batch)                       # (B, 3, S, S) float32 -> (B, C, H, W) float32
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ class SupportSet:
     def kshot(self) -> str:
         return self.nodes.kshot
 
+
 @dataclass(frozen=True)
 class Ranked:
     """One class in a query's ranking: score in [-1, 1] and softmax confidence in [0, 1]."""
@@ -153,7 +154,9 @@ class Classifier:
         self.source = source
         self.matcher = matcher or Matcher()
 
-    def fit(self, folder: LabelledFolder, on_done: Progress | None = None, *, keep_examples: bool = False) -> SupportSet:
+    def fit(
+        self, folder: LabelledFolder, on_done: Progress | None = None, *, keep_examples: bool = False
+    ) -> SupportSet:
         """Embed every support image (through the source's cache) and make the class node sets.
 
         Raises DatasetError when fewer than two classes have a readable image.

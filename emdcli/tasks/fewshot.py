@@ -77,7 +77,9 @@ def episode_centred(raw: np.ndarray, centre: np.ndarray) -> Nodes:
     return Nodes(raw=raw, unit=unit, mean=raw.mean(axis=0))
 
 
-def variant_scores(support: np.ndarray, query: np.ndarray, *, pyramid: bool = False, episode_centre: bool = False) -> np.ndarray:
+def variant_scores(
+    support: np.ndarray, query: np.ndarray, *, pyramid: bool = False, episode_centre: bool = False
+) -> np.ndarray:
     """DeepEMD scores (n, way) with node sets other than classify's: the mean feature map of each
     class with extra pyramid nodes, or with nodes centred on the episode's mean support node."""
     to_nodes = pyramid_nodes if pyramid else nodes_of
@@ -109,7 +111,7 @@ def _per_shot(reduce: str) -> ScoreFn:
         way, shot = support.shape[:2]
         flat = support.reshape(way * shot, 1, *support.shape[2:])
         s = matched(single)(flat, query, memo).reshape(len(query), way, shot)
-        return s.max(axis=2) if reduce == "max" else s.mean(axis=2)
+        return np.asarray(s.max(axis=2) if reduce == "max" else s.mean(axis=2))
 
     return score
 

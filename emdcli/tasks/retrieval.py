@@ -75,7 +75,7 @@ class GalleryIndex:
         picked = np.asarray(picked, dtype=np.intp)
         if picked.size == 0:
             return np.empty(0, dtype=np.float64)
-        return self.bank.scores(query, only=picked)[picked]
+        return np.asarray(self.bank.scores(query, only=picked)[picked])
 
 
 @dataclass(frozen=True)
