@@ -9,21 +9,7 @@ import typer
 
 from .. import defaults
 from ..errors import EXIT_ANOMALY
-from .common import (
-    CacheOpt,
-    ConfigOpt,
-    DeviceOpt,
-    FormatOpt,
-    ModelOpt,
-    OutputOpt,
-    ProgressOpt,
-    QuietOpt,
-    Session,
-    advance,
-    image_folder,
-    query_argument,
-    query_paths,
-)  # fmt: skip
+from .common import Session, argument, embed_folder, query_paths, with_session
 
 NAME = "anomaly"
 EPILOG = (
@@ -38,14 +24,13 @@ EPILOG = (
 )
 
 
+@with_session("fmt", "output", "model", "device", "cache", "progress", "quiet", "config")
 def run(
     normal_dir: Annotated[
         Path,
-        typer.Argument(
-            help="Folder of normal images (searched recursively), 2 or more.", metavar="NORMAL_DIR", show_default=False
-        ),
+        argument("Folder of normal images (searched recursively), 2 or more.", "NORMAL_DIR"),
     ],  # fmt: skip
-    queries: Annotated[list[str], query_argument("Images to judge: files, folders, or - to read paths from stdin.")],
+    queries: Annotated[list[str], argument("Images to judge: files, folders, or - to read paths from stdin.")],
     k: Annotated[
         int, typer.Option("--k", min=1, help="Nearest normal images averaged (at most all the others).")
     ] = defaults.ANOMALY_K,
@@ -65,14 +50,8 @@ def run(
     fail_on_anomaly: Annotated[
         bool, typer.Option("--fail-on-anomaly", help=f"Exit with code {EXIT_ANOMALY} when any query is anomalous.")
     ] = False,
-    fmt: FormatOpt = None,
-    output: OutputOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    cache: CacheOpt = None,
-    progress: ProgressOpt = None,
-    quiet: QuietOpt = None,
-    config: ConfigOpt = None,
+    *,
+    session: Session,
 ) -> None:
     """Score how unlike the normal examples each query is, with a threshold calibrated on them."""
     import numpy as np
@@ -81,16 +60,11 @@ def run(
     from ..io.files import display_path
     from ..tasks.anomaly import AnomalyDetector
     from .reports import anomaly_layout, rounded
-    from .sink import Sink, choose_format
 
-    session = Session.start(config, model=model, device=device, progress=progress, quiet=quiet, cache=cache, format=fmt)
-    sink = Sink(output, choose_format(session.settings.format, output), quiet=session.quiet)
+    sink = session.sink()
     paths = query_paths(queries)
-    images = image_folder(normal_dir, "normal")
-    with session.progress() as bars:
-        detector = AnomalyDetector.fit(session.source, images, k=k, contamination=contamination, threshold=threshold,
-                                       on_done=advance(bars, "Normal", len(images)))  # fmt: skip
-    session.report_skipped(detector.skipped)
+    detector = embed_folder(session, normal_dir, "normal", lambda images, done: AnomalyDetector.fit(
+        session.source, images, k=k, contamination=contamination, threshold=threshold, on_done=done))  # fmt: skip
     cal, size = detector.calibration, detector.normal.size
     if cal.scores.size:
         q50, q95 = np.quantile(cal.scores, [0.5, 0.95])

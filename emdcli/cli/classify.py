@@ -10,27 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .. import defaults
-from .common import (
-    BatchSizeOpt,
-    CacheOpt,
-    ConfigOpt,
-    DeviceOpt,
-    FormatOpt,
-    GlobalWeightOpt,
-    KshotOpt,
-    MetricOpt,
-    ModelOpt,
-    OutputOpt,
-    ProgressOpt,
-    QuietOpt,
-    Session,
-    ShortlistOpt,
-    WorkersOpt,
-    advance,
-    query_argument,
-    query_paths,
-)  # fmt: skip
+from .common import Session, advance, argument, query_paths, with_session
 
 if TYPE_CHECKING:
     from ..tasks.classify import Classifier, Prediction, SupportSet, Tally
@@ -46,44 +26,35 @@ EPILOG = (
 )
 
 
+@with_session(
+    "fmt",
+    "output",
+    "top_k",
+    "metric",
+    "kshot",
+    "global_weight",
+    "shortlist",
+    "model",
+    "device",
+    "batch_size",
+    "workers",
+    "cache",
+    "progress",
+    "quiet",
+    "config",
+)
 def run(
     support: Annotated[
         Path,
-        typer.Argument(
-            help="Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more.",
-            metavar="SUPPORT",
-            show_default=False,
-        ),
+        argument("Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more.", "SUPPORT"),
     ],  # fmt: skip
     queries: Annotated[
         list[str],
-        query_argument(
+        argument(
             "Images to classify: files, folders (searched recursively), or - to read one path per line "
             "from stdin. A query inside a folder named like a class counts toward the accuracy."
         ),
     ],  # fmt: skip
-    fmt: FormatOpt = None,
-    output: OutputOpt = None,
-    top_k: Annotated[
-        int | None,
-        typer.Option(
-            "--top-k",
-            "-k",
-            min=1,
-            help=f"How many ranked classes to list per query. \\[default: {defaults.TOP_K}]",
-            show_default=False,
-        ),
-    ] = None,  # fmt: skip
-    metric: MetricOpt = None,
-    kshot: KshotOpt = None,
-    global_weight: GlobalWeightOpt = None,
-    shortlist: ShortlistOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    batch_size: BatchSizeOpt = None,
-    workers: WorkersOpt = None,
-    cache: CacheOpt = None,
-    progress: ProgressOpt = None,
     explain_dir: Annotated[
         Path | None,
         typer.Option(
@@ -102,23 +73,17 @@ def run(
             "(FILE.partial, or FILE) and classify only the queries they lack.",
         ),
     ] = False,  # fmt: skip
-    quiet: QuietOpt = None,
-    config: ConfigOpt = None,
+    *,
+    session: Session,
 ) -> None:
     """Classify query images by their Earth Mover's Distance to each class of SUPPORT."""
     from ..errors import DatasetError, EmdcliError, UsageError
     from ..io.folders import read_labelled_folder
     from ..tasks.classify import Classifier, Tally
     from .reports import classify_layout, prediction_record
-    from .sink import Sink, choose_format
 
-    session = Session.start(
-        config, format=fmt, top_k=top_k, metric=metric, model=model, device=device, batch_size=batch_size,
-        workers=workers, progress=progress, quiet=quiet, shortlist=shortlist, cache=cache, kshot=kshot,
-        global_weight=global_weight,
-    )  # fmt: skip
-    settings = session.settings
-    sink = Sink(output, choose_format(settings.format, output), quiet=session.quiet)
+    settings, output = session.settings, session.output
+    sink = session.sink()
     if resume and (output is None or sink.fmt == "table"):
         raise UsageError("--resume needs --output FILE with --format csv, json or jsonl")
     folder = read_labelled_folder(support)

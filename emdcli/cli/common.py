@@ -6,13 +6,15 @@ Only light modules are imported here, so that ``emdcli --help`` stays fast.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_type_hints
 
 import typer
 from rich.console import Console
@@ -28,7 +30,10 @@ if TYPE_CHECKING:
     from ..features.source import FeatureSource
     from ..matching.support import Matcher
     from ..model.backbone import Backbone
+    from .sink import Sink
 
+F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 DeviceName = Literal["auto", "cpu", "cuda"]
 FormatName = Literal["table", "csv", "json", "jsonl"]
 MetricName = Literal["cosine", "l2"]
@@ -62,101 +67,91 @@ def print_error(exc: EmdcliError) -> None:
 
 # options ------------------------------------------------------------------------------------
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        help="YAML file of option values (default: $EMDCLI_CONFIG, else ~/.config/emdcli/config.yaml, or under "
-        "$XDG_CONFIG_HOME when set). Flags win.",
-        show_default=False,
-        dir_okay=False,
-    ),
-]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model", help="Model manifest (.json), its .onnx, or a folder holding one. Default: the bundled "
-        "EfficientNet-Lite0.", show_default=False,
-    ),
-]  # fmt: skip
-FormatOpt = Annotated[
-    FormatName | None,
-    typer.Option(
-        "--format", "-f", help="table (for people), csv, json or jsonl. Default: from the --output file's "
-        "suffix, else table on a terminal and csv otherwise.", show_default=False,
-    ),
-]  # fmt: skip
-OutputOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--output", "-o", help="Write results to this file instead of stdout; it appears only when complete "
-        "(a failed run keeps its finished rows in FILE.partial).", dir_okay=False, show_default=False,
-    ),
-]  # fmt: skip
-CacheOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--cache/--no-cache", help="Reuse image features from earlier runs (kept under $EMDCLI_CACHE_DIR or "
-        "~/.cache/emdcli, keyed by file content, model and preprocessing). \\[default: cache]", show_default=False,
-    ),
-]  # fmt: skip
-ProgressOpt = Annotated[
-    bool | None,
-    typer.Option("--progress/--no-progress", help="Progress bars on stderr (only on a terminal).", show_default=False),
-]
-QuietOpt = Annotated[
-    bool | None,
-    typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.", show_default=False),
-]
-DeviceOpt = Annotated[
-    DeviceName | None,
-    typer.Option(
-        "--device", help="auto: CUDA when onnxruntime has it, else CPU. cuda: fail if CUDA is missing. "
-        "\\[default: auto]", show_default=False,
-    ),
-]  # fmt: skip
-BatchSizeOpt = Annotated[
-    int | None,
-    typer.Option("--batch-size", min=1, help="Images per backbone call. \\[default: 4 on CPU, 16 on CUDA]",
-                 show_default=False),
-]  # fmt: skip
-WorkersOpt = Annotated[
-    int | None,
-    typer.Option("--workers", min=1, help="Threads decoding images while the backbone runs. \\[default: 1]",
-                 show_default=False),
-]  # fmt: skip
-MetricOpt = Annotated[
-    MetricName | None,
-    typer.Option("--metric", help=f"Node cost: cosine (1 - cos, as DeepEMD) or l2. \\[default: {defaults.METRIC}]",
-                 show_default=False),
-]  # fmt: skip
-KshotOpt = Annotated[
-    KshotName | None,
-    typer.Option(
-        "--kshot", help="A class with several examples is matched through their mean feature map (mean) or a "
-        f"node set fitted to them by DeepEMD's SFC (sfc; used up to {defaults.SFC_MAX_PAIRS:,} examples x "
-        f"classes). \\[default: {defaults.KSHOT}]", show_default=False,
-    ),
-]  # fmt: skip
-GlobalWeightOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--global-weight", min=0.0, help="Add this times the global cosine (SimpleShot: pooled features, centred, "
-        f"normalised) to each class's EMD score; 0 for pure DeepEMD. \\[default: {defaults.GLOBAL_WEIGHT:g}, or "
-        f"{defaults.SFC_GLOBAL_WEIGHT:g} for classes fitted by SFC]", show_default=False,
-    ),
-]  # fmt: skip
-ShortlistOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--shortlist", min=0, help="With more classes than this, match by EMD only the ones closest by global "
-        f"cosine (others get no score). 0: match every class. \\[default: {defaults.SHORTLIST}]", show_default=False,
-    ),
-]  # fmt: skip
+
+# fmt: off
+def _option(*names: str, **kwargs: Any) -> Any:
+    """``typer.Option`` with no default shown by Typer (each help text states its own)."""
+    return typer.Option(*names, show_default=False, **kwargs)
 
 
-def query_argument(help_text: str, metavar: str = "QUERIES") -> Any:
-    """The positional list of query sources (files, folders, ``-`` for stdin)."""
+ConfigOpt = Annotated[Path | None, _option("--config", dir_okay=False, help=(
+    "YAML file of option values (default: $EMDCLI_CONFIG, else ~/.config/emdcli/config.yaml, or under "
+    "$XDG_CONFIG_HOME when set). Flags win."))]
+ModelOpt = Annotated[str | None, _option("--model", help=(
+    "Model manifest (.json), its .onnx, or a folder holding one. Default: the bundled EfficientNet-Lite0."))]
+FormatOpt = Annotated[FormatName | None, _option("--format", "-f", help=(
+    "table (for people), csv, json or jsonl. Default: from the --output file's suffix, else table on a "
+    "terminal and csv otherwise."))]
+OutputOpt = Annotated[Path | None, _option("--output", "-o", dir_okay=False, help=(
+    "Write results to this file instead of stdout; it appears only when complete (a failed run keeps its "
+    "finished rows in FILE.partial)."))]
+CacheOpt = Annotated[bool | None, _option("--cache/--no-cache", help=(
+    "Reuse image features from earlier runs (kept under $EMDCLI_CACHE_DIR or ~/.cache/emdcli, keyed by file "
+    "content, model and preprocessing). \\[default: cache]"))]
+ProgressOpt = Annotated[bool | None, _option("--progress/--no-progress", help=(
+    "Progress bars on stderr (only on a terminal)."))]
+QuietOpt = Annotated[bool | None, _option("--quiet", "-q", help="No progress, warnings or summary on stderr.")]
+DeviceOpt = Annotated[DeviceName | None, _option("--device", help=(
+    "auto: CUDA when onnxruntime has it, else CPU. cuda: fail if CUDA is missing. \\[default: auto]"))]
+BatchSizeOpt = Annotated[int | None, _option("--batch-size", min=1, help=(
+    "Images per backbone call. \\[default: 4 on CPU, 16 on CUDA]"))]
+WorkersOpt = Annotated[int | None, _option("--workers", min=1, help=(
+    "Threads decoding images while the backbone runs. \\[default: 1]"))]
+MetricOpt = Annotated[MetricName | None, _option("--metric", help=(
+    f"Node cost: cosine (1 - cos, as DeepEMD) or l2. \\[default: {defaults.METRIC}]"))]
+KshotOpt = Annotated[KshotName | None, _option("--kshot", help=(
+    "A class with several examples is matched through their mean feature map (mean) or a node set fitted to "
+    f"them by DeepEMD's SFC (sfc; used up to {defaults.SFC_MAX_PAIRS:,} examples x classes). "
+    f"\\[default: {defaults.KSHOT}]"))]
+GlobalWeightOpt = Annotated[float | None, _option("--global-weight", min=0.0, help=(
+    "Add this times the global cosine (SimpleShot: pooled features, centred, normalised) to each class's EMD "
+    f"score; 0 for pure DeepEMD. \\[default: {defaults.GLOBAL_WEIGHT:g}, or {defaults.SFC_GLOBAL_WEIGHT:g} for "
+    "classes fitted by SFC]"))]
+ShortlistOpt = Annotated[int | None, _option("--shortlist", min=0, help=(
+    "With more classes than this, match by EMD only the ones closest by global cosine (others get no score). "
+    f"0: match every class. \\[default: {defaults.SHORTLIST}]"))]
+TopKOpt = Annotated[int | None, _option("--top-k", "-k", min=1, help=(
+    f"How many ranked classes to list per query. \\[default: {defaults.TOP_K}]"))]
+# fmt: on
+
+#: The options commands share, by parameter name: each is a Settings field (``fmt`` sets ``format``)
+#: except ``output`` and ``config``, which the session keeps as they are.
+SHARED_OPTIONS: dict[str, Any] = {
+    "fmt": FormatOpt, "output": OutputOpt, "top_k": TopKOpt, "metric": MetricOpt, "kshot": KshotOpt,
+    "global_weight": GlobalWeightOpt, "shortlist": ShortlistOpt, "model": ModelOpt, "device": DeviceOpt,
+    "batch_size": BatchSizeOpt, "workers": WorkersOpt, "cache": CacheOpt, "progress": ProgressOpt,
+    "quiet": QuietOpt, "config": ConfigOpt,
+}  # fmt: skip
+
+
+def with_session(*names: str) -> Callable[[F], F]:
+    """Add the shared options ``names`` to a command (after its own) and call it with
+    ``session=Session`` made from them, as sqlite-utils' output options decorator does."""
+
+    def decorate(func: F) -> F:
+        hints = get_type_hints(func, include_extras=True)
+        own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(func).parameters.values()]
+        own = [p for p in own if p.name != "session"]
+        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=SHARED_OPTIONS[n])
+                 for n in names]  # fmt: skip
+
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            given = {n: kwargs.pop(n) for n in names}
+            config, output = given.pop("config", None), given.pop("output", None)
+            flags = {("format" if n == "fmt" else n): v for n, v in given.items()}
+            return func(*args, session=Session.start(config, output, **flags), **kwargs)
+
+        params = own + extra
+        command.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
+def argument(help_text: str, metavar: str) -> Any:
+    """A positional argument (the query list, a folder) with its metavar and no default shown."""
     return typer.Argument(help=help_text, metavar=metavar, show_default=False)
 
 
@@ -168,11 +163,19 @@ class Session:
     """One command's settings and the objects built from them, made when first needed."""
 
     settings: Settings
+    output: Path | None = None
+    config: Path | None = None
 
     @classmethod
-    def start(cls, config: Path | None, **flags: Any) -> Session:
+    def start(cls, config: Path | None, output: Path | None = None, **flags: Any) -> Session:
         """Defaults, then the config file, then the flags given (None = not given)."""
-        return cls(load_settings(config, flags))
+        return cls(load_settings(config, flags), output, config)
+
+    def sink(self) -> Sink:
+        """The command's result sink: ``--output`` (checked now) in the chosen ``--format``."""
+        from .sink import Sink, choose_format
+
+        return Sink(self.output, choose_format(self.settings.format, self.output), quiet=self.quiet)
 
     @property
     def quiet(self) -> bool:
@@ -263,6 +266,18 @@ def query_paths(queries: list[str]) -> Iterator[Path]:
     if queries.count("-") > 1:
         raise DatasetError("'-' (read paths from stdin) may be given only once")
     return iter_query_paths(queries, stdin_lines() if "-" in queries else None)
+
+
+def embed_folder(
+    session: Session, folder: Path, what: str, build: Callable[[list[Path], Callable[[int], None]], R]
+) -> R:
+    """``build(images, on_done)`` on every image of ``folder`` (the gallery of search, the normal set
+    of anomaly) under a progress bar, then a warning per unreadable image (``result.skipped``)."""
+    images = image_folder(folder, what)
+    with session.progress() as bars:
+        made = build(images, advance(bars, what.capitalize(), len(images)))
+    session.report_skipped(getattr(made, "skipped", ()))
+    return made
 
 
 def image_folder(folder: Path, what: str) -> list[Path]:

@@ -9,18 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import defaults
-from .common import (
-    CacheOpt,
-    ConfigOpt,
-    DeviceOpt,
-    FormatOpt,
-    ModelOpt,
-    OutputOpt,
-    ProgressOpt,
-    QuietOpt,
-    Session,
-    advance,
-)
+from .common import Session, advance, argument, with_session
 
 NAME = "evaluate"
 EPILOG = (
@@ -35,14 +24,11 @@ EPILOG = (
 )
 
 
+@with_session("fmt", "output", "model", "device", "cache", "progress", "quiet", "config")
 def run(
     dataset: Annotated[
         Path,
-        typer.Argument(
-            help="Labelled image set: DATASET/CLASS_NAME/image.jpg, one folder per class.",
-            metavar="DATASET",
-            show_default=False,
-        ),
+        argument("Labelled image set: DATASET/CLASS_NAME/image.jpg, one folder per class.", "DATASET"),
     ],  # fmt: skip
     way: Annotated[int, typer.Option("--way", "-n", min=2, help="Classes per episode.")] = defaults.WAY,
     shot: Annotated[int, typer.Option("--shot", min=1, help="Support images per class.")] = defaults.SHOT,
@@ -58,30 +44,22 @@ def run(
             help="Comma-separated methods, all scored on the same episodes; differences are paired against proto.",
         ),
     ] = ",".join(defaults.METHODS),  # fmt: skip
-    fmt: FormatOpt = None,
-    output: OutputOpt = None,
     jobs: Annotated[
         int | None,
         typer.Option(
             "--jobs", "-j", min=1, help="Threads scoring episodes. \\[default: number of CPUs]", show_default=False
         ),
     ] = None,  # fmt: skip
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    cache: CacheOpt = None,
-    progress: ProgressOpt = None,
-    quiet: QuietOpt = None,
-    config: ConfigOpt = None,
+    *,
+    session: Session,
 ) -> None:
     """Measure few-shot accuracy on a labelled set: N-way K-shot episodes, every method on the same ones."""
     from ..errors import UsageError
     from ..io.folders import read_labelled_folder
     from ..tasks.evaluate import check_methods, evaluate
     from .reports import evaluate_layout, evaluation_records
-    from .sink import Sink, choose_format
 
-    session = Session.start(config, model=model, device=device, progress=progress, quiet=quiet, cache=cache, format=fmt)
-    sink = Sink(output, choose_format(session.settings.format, output), quiet=session.quiet)
+    sink = session.sink()
     names = check_methods([m.strip() for m in methods.split(",") if m.strip()], shot)
     if not names:
         raise UsageError("--methods is empty", hint="for example --methods proto,emd")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import defaults
-from .common import CacheOpt, ConfigOpt, DeviceOpt, MetricOpt, ModelOpt, Session
+from .common import Session, with_session
 
 NAME = "explain"
 EPILOG = (
@@ -21,6 +21,7 @@ EPILOG = (
 )
 
 
+@with_session("metric", "model", "device", "cache", "config")
 def run(
     query: Annotated[
         Path, typer.Argument(help="The query image.", metavar="QUERY", exists=True, dir_okay=False, show_default=False)
@@ -50,11 +51,8 @@ def run(
             show_default=False,
         ),
     ] = None,  # fmt: skip
-    metric: MetricOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    cache: CacheOpt = None,
-    config: ConfigOpt = None,
+    *,
+    session: Session,
 ) -> None:
     """Draw the DeepEMD match between a query and an image (or its predicted class's closest example)."""
     from ..errors import EmdcliError, UsageError
@@ -64,7 +62,6 @@ def run(
     from ..tasks.classify import Classifier
     from ..tasks.explain import render_match, save_png
 
-    session = Session.start(config, model=model, device=device, metric=metric, cache=cache)
     if not output.parent.is_dir():
         raise UsageError(f"folder for --output does not exist: {output.parent}")
     backbone, prep = session.backbone, session.source.prep

@@ -6,17 +6,17 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from .common import ConfigOpt, DeviceOpt, ModelOpt, Session
+from .common import Session, with_session
 
 NAME = "info"
 EPILOG = "Exit codes: 0 the model loads and its sha256 matches its manifest, 1 it does not (the report says why)."
 
 
+@with_session("model", "device", "config")
 def run(
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json.")] = "table",
-    config: ConfigOpt = None,
+    *,
+    session: Session,
 ) -> None:
     """Show the model in use (source, licence, sha256 check), execution providers, config and cache."""
     import json
@@ -32,11 +32,10 @@ def run(
     from ..model.backbone import available_providers
     from ..model.manifest import check_model, resolve_model_path
 
-    session = Session.start(config, model=model, device=device)
     check = check_model(resolve_model_path(session.settings.model))
     m = check.manifest
     env_config = os.environ.get("EMDCLI_CONFIG")
-    cfg = config or (Path(env_config) if env_config else default_config_path())
+    cfg = session.config or (Path(env_config) if env_config else default_config_path())
     data: dict[str, Any] = {
         "emdcli": __version__, "model": m.name, "manifest": str(check.manifest_path), "onnx": str(check.onnx_path),
         "sha256": check.expected, "sha256_file": check.actual, "sha256_verified": check.ok,

@@ -87,22 +87,22 @@ def _patched_attrs(attrs: tuple[tuple[Any, str, Any], ...]) -> Iterator[None]:
                 setattr(obj, name, old)
 
 
+def _set_env(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @contextlib.contextmanager
 def _patched_env(env: dict[str, str | None]) -> Iterator[None]:
     saved = {key: os.environ.get(key) for key in env}
     try:
-        for key, value in env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_env(env)
         yield
     finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
+        _set_env(saved)
 
 
 @contextlib.contextmanager

@@ -9,21 +9,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from .. import defaults
-from .common import (
-    CacheOpt,
-    ConfigOpt,
-    DeviceOpt,
-    FormatOpt,
-    ModelOpt,
-    OutputOpt,
-    ProgressOpt,
-    QuietOpt,
-    Session,
-    advance,
-    image_folder,
-    query_argument,
-    query_paths,
-)  # fmt: skip
+from .common import Session, argument, embed_folder, query_paths, with_session
 
 NAME = "search"
 EPILOG = (
@@ -37,13 +23,12 @@ EPILOG = (
 )
 
 
+@with_session("fmt", "output", "model", "device", "cache", "progress", "quiet", "config")
 def run(
     queries: Annotated[
-        list[str], query_argument("Query images: files, folders, or - to read paths from stdin.", "QUERY...")
+        list[str], argument("Query images: files, folders, or - to read paths from stdin.", "QUERY...")
     ],  # fmt: skip
-    gallery: Annotated[
-        Path, typer.Argument(help="Folder of images to search (recursively).", metavar="GALLERY", show_default=False)
-    ],
+    gallery: Annotated[Path, argument("Folder of images to search (recursively).", "GALLERY")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Hits per query.")] = defaults.SEARCH_TOP_K,
     shortlist: Annotated[
         int, typer.Option("--shortlist", min=0, help="How many global-cosine hits DeepEMD re-ranks (0: all).")
@@ -56,29 +41,18 @@ def run(
             "emd, or none (global cosine only).",
         ),
     ] = defaults.RERANK,  # type: ignore[assignment]  # fmt: skip
-    fmt: FormatOpt = None,
-    output: OutputOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    cache: CacheOpt = None,
-    progress: ProgressOpt = None,
-    quiet: QuietOpt = None,
-    config: ConfigOpt = None,
+    *,
+    session: Session,
 ) -> None:
     """Find the gallery images most like each query: global shortlist, then DeepEMD re-ranking."""
     from ..errors import EmdcliError
     from ..io.files import display_path
     from ..tasks.retrieval import Gallery
     from .reports import rounded, search_layout
-    from .sink import Sink, choose_format
 
-    session = Session.start(config, model=model, device=device, progress=progress, quiet=quiet, cache=cache, format=fmt)
-    sink = Sink(output, choose_format(session.settings.format, output), quiet=session.quiet)
+    sink = session.sink()
     paths = query_paths(queries)
-    images = image_folder(gallery, "gallery")
-    with session.progress() as bars:
-        found = Gallery.build(session.source, images, advance(bars, "Gallery", len(images)))
-    session.report_skipped(found.skipped)
+    found = embed_folder(session, gallery, "gallery", lambda images, done: Gallery.build(session.source, images, done))
     counts = {"ok": 0, "error": 0}
 
     def rows() -> Iterator[dict[str, Any]]:
