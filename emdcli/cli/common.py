@@ -150,7 +150,7 @@ def with_session(*names: str) -> Callable[[F], F]:
     return decorate
 
 
-def argument(help_text: str, metavar: str) -> Any:
+def argument(help_text: str, metavar: str = "QUERIES") -> Any:
     """A positional argument (the query list, a folder) with its metavar and no default shown."""
     return typer.Argument(help=help_text, metavar=metavar, show_default=False)
 
