@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from emdcli import __version__
 from emdcli.cli import app
+from emdcli.io.files import sha256_file
 from emdcli.model.backbone import cpu_layout, usable_cores
 
 runner = CliRunner()
@@ -236,11 +237,28 @@ def test_config_file_sets_defaults(tiny_model: Path, support_dir: Path, query_di
     assert res.stdout.startswith("path,")
 
 
+def test_info_reports_a_tampered_model_as_not_verified(tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "tampered"
+    shutil.copytree(tiny_model.parent, folder)
+    onnx = folder / "tiny.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\0")  # one byte more: still loads, but is not the manifest's file
+    res = run("info", "--model", folder / "tiny.json", "--format", "json")
+    assert res.exit_code == 1
+    data = json.loads(res.stdout)
+    assert data["sha256_verified"] is False
+    assert data["sha256_file"] == sha256_file(onnx) != data["sha256"]
+    assert "providers_used" not in data  # the model was not loaded
+    assert "does not match the manifest" in res.stderr
+
+
 def test_info_reports_model_and_providers(tiny_model: Path) -> None:
     res = run("info", "--model", tiny_model, "--format", "json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["model"] == "tiny" and data["sha256_verified"] is True
+    assert data["sha256_file"] == data["sha256"] == sha256_file(tiny_model.parent / "tiny.onnx")
     assert "CPUExecutionProvider" in data["providers_available"]
     assert data["feature_map"] == "8 x 4 x 4 (16 nodes)"
     lanes, threads = cpu_layout(usable_cores())

@@ -42,10 +42,25 @@ def test_bundled_model_equals_torch_on_a_real_image() -> None:
     assert float(np.max(np.abs(got - expected))) <= 1e-4
 
 
-def test_rebuild_is_byte_identical_with_the_same_versions(rebuilt: export.ExportResult) -> None:
-    if rebuilt.manifest.exporter != BUNDLED.exporter:
-        pytest.skip(f"bundled with {BUNDLED.exporter}, this machine has {rebuilt.manifest.exporter}")
-    assert rebuilt.manifest.sha256 == BUNDLED.sha256
+def test_rebuild_matches_the_bundled_model_within_float_rounding(rebuilt: export.ExportResult) -> None:
+    """What holds on any machine: the same graph, the same weights within float rounding (constants
+    folded on another CPU differ in the last bits, so the bytes and the sha256 may differ), and the
+    same features on a real image."""
+    import onnx
+    from onnx import numpy_helper
+
+    bundled_path = resolve_model_path(None).parent / BUNDLED.file
+    ours, theirs = onnx.load(str(bundled_path)), onnx.load(str(rebuilt.onnx_path))
+    assert [n.op_type for n in theirs.graph.node] == [n.op_type for n in ours.graph.node]
+    a = [numpy_helper.to_array(t) for t in ours.graph.initializer]
+    b = [numpy_helper.to_array(t) for t in theirs.graph.initializer]
+    assert [x.shape for x in b] == [x.shape for x in a]
+    assert max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True)) <= 1e-5
+    image = next((EXAMPLES / "queries").rglob("*.png"))
+    x = load_image(image, BUNDLED.preprocess)[None]
+    got = Backbone(rebuilt.manifest_path, device="cpu")(x)
+    want = Backbone(resolve_model_path(None), device="cpu")(x)
+    assert float(np.max(np.abs(got - want))) <= 1e-4
 
 
 def test_export_a_torchvision_architecture_from_a_local_file(tmp_path: Path) -> None:
