@@ -1,4 +1,4 @@
-"""Anomaly detection by DeepEMD (emdcli.anomaly) vs global cosine: AUROC per image set.
+"""Anomaly detection by DeepEMD (emdcli.tasks.anomaly) vs global cosine: AUROC per image set.
 
 For each set (one folder per class under DATA/SET), every class with at least
 ``--n-normal + --min-held`` images (a seeded sample of ``--max-classes`` of them when
@@ -10,7 +10,7 @@ there are more) is in turn the normal class:
 
 Each test image gets two scores, higher = more anomalous:
 
-- ``emd``: :func:`emdcli.anomaly.anomaly_scores`, mean ``1 - EMD score`` over its k
+- ``emd``: :func:`emdcli.tasks.anomaly.anomaly_scores`, mean ``1 - EMD score`` over its k
   nearest normal images;
 - ``global``: mean ``1 - cosine`` over its k nearest normal images by pooled features
   centred on the normal set's mean and L2-normalised (CL2N);
@@ -21,7 +21,7 @@ Each test image gets two scores, higher = more anomalous:
 AUROC is the Mann-Whitney rank-sum statistic (ties count half), averaged over the
 classes, in percent; a paired difference emd - global is the mean over classes
 +- 1.96 * std / sqrt(classes). ``FPR``/``TPR`` are the EMD score's rates on the held-out
-normal images and on the anomalies at the threshold :func:`emdcli.anomaly.calibrate`
+normal images and on the anomalies at the threshold :func:`emdcli.tasks.anomaly.calibrate`
 sets from the normal set alone (``--contamination``). Seeded and deterministic. Images
 are embedded once with the bundled model through the library's feature cache.
 
@@ -44,11 +44,11 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from common import cached_classifier, command_line, difference_text, embed_set, set_names
+from common import cached_source, command_line, difference_text, embed_set, set_names
 
-from emdcli.anomaly import NormalSet, anomaly_scores, calibrate
-from emdcli.fewshot import pooled
-from emdcli.matching import l2_normalise
+from emdcli.matching.nodes import l2_normalise
+from emdcli.matching.simpleshot import pooled
+from emdcli.tasks.anomaly import NormalSet, anomaly_scores, calibrate
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -92,11 +92,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
-    backbone, clf = cached_classifier()
+    backbone, source = cached_source()
     names = set_names(args.data, args.sets)
     rows, timings = [], []
     for name in names:
-        paths, labels, fmaps = embed_set(clf, args.data / name)
+        paths, labels, fmaps = embed_set(source, args.data / name)
         rng = np.random.default_rng([args.seed, zlib.crc32(name.encode())])
         counts = np.bincount(labels)
         eligible = np.flatnonzero(counts >= args.n_normal + args.min_held)

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np  # noqa: E402
 
-from emdcli.evaluate import mean_ci95  # noqa: E402
-from emdcli.export import _Cut, efficientnet_lite, export_module
-from emdcli.images import Preprocess, iter_image_files, load_image
-from emdcli.matching import Nodes, emd_score
+from emdcli.io.images import Preprocess, iter_image_files, load_image
+from emdcli.matching.nodes import Nodes, emd_score
+from emdcli.model.export import _Cut, efficientnet_lite, export_module
+from emdcli.tasks.evaluate import mean_ci95  # noqa: E402
 
 # (variant, size, resize, layers)
 CONFIGS = [

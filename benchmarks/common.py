@@ -8,19 +8,20 @@ from pathlib import Path
 
 import numpy as np
 
-from emdcli.cache import FeatureCache
-from emdcli.classify import Classifier
-from emdcli.evaluate import mean_ci95
-from emdcli.folders import read_labelled_folder
-from emdcli.model import Backbone, resolve_model_path
+from emdcli.features.cache import FeatureCache
+from emdcli.features.source import FeatureSource
+from emdcli.io.folders import read_labelled_folder
+from emdcli.model.backbone import Backbone
+from emdcli.model.manifest import resolve_model_path
+from emdcli.tasks.evaluate import mean_ci95
 
 
-def cached_classifier() -> tuple[Backbone, Classifier]:
-    """The bundled model on one CPU thread, and a classifier over it that caches the
+def cached_source() -> tuple[Backbone, FeatureSource]:
+    """The bundled model on one CPU thread, and a feature source over it that caches the
     features of every image it embeds (up to 2 GiB)."""
     backbone = Backbone(resolve_model_path(None), device="cpu", threads=1)
     cache = FeatureCache.for_model(backbone.manifest, max_bytes=2**31)
-    return backbone, Classifier(backbone, backbone.manifest.preprocess, cache=cache)
+    return backbone, FeatureSource(backbone, cache=cache)
 
 
 def set_names(data: Path, subset: str) -> list[str]:
@@ -29,9 +30,9 @@ def set_names(data: Path, subset: str) -> list[str]:
     return [n for n in names if n in subset.split(",")] if subset else names
 
 
-def embed_set(clf: Classifier, root: Path) -> tuple[tuple[Path, ...], np.ndarray, np.ndarray]:
+def embed_set(source: FeatureSource, root: Path) -> tuple[tuple[Path, ...], np.ndarray, np.ndarray]:
     """Paths, labels (N,) and (N, C, H, W) feature maps of the readable images under ``root``."""
-    data = clf.embed_labelled(read_labelled_folder(root))
+    data = source.labelled(read_labelled_folder(root))
     if data.skipped:
         print(f"# {root.name}: {len(data.skipped)} unreadable image(s) left out", file=sys.stderr)
     assert data.features is not None, f"{root}: no readable image"

@@ -1,13 +1,13 @@
-"""Retrieval quality of global cosine alone vs DeepEMD re-ranking (emdcli.retrieval).
+"""Retrieval quality of global cosine alone vs DeepEMD re-ranking (emdcli.tasks.retrieval).
 
 Every image of a set (one folder per class under DATA/SET) is a query against the rest
 of its set, itself excluded; the images of its class are the relevant ones. For each
-query this runs :func:`emdcli.retrieval.search` three times on the same gallery:
+query this runs :func:`emdcli.tasks.retrieval.search` three times on the same gallery:
 
 - ``global``: global cosine only (``rerank="none"``),
 - ``emd``: the ``--shortlist`` globally closest re-ranked by EMD score,
 - ``emd+W*global``: the same shortlist re-ranked by EMD score + W x global cosine, for
-  each W of ``--global-weights`` (default: the library's ``GLOBAL_WEIGHT``),
+  each W of ``--global-weights`` (default: ``emdcli.defaults.RERANK_GLOBAL_WEIGHT``),
 
 and reports recall@1 (the first hit is of the query's class) and mAP@R (R = number of
 other images of the query's class; AP@R = (1/R) sum_{i<=R} precision@i * rel_i), in
@@ -33,9 +33,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import cached_classifier, command_line, difference_text, embed_set, set_names
+from common import cached_source, command_line, difference_text, embed_set, set_names
 
-from emdcli.retrieval import GLOBAL_WEIGHT, GalleryIndex, Rerank, search
+from emdcli.defaults import RERANK_GLOBAL_WEIGHT
+from emdcli.tasks.retrieval import GalleryIndex, Rerank, search
 
 
 def average_precision_at_r(rel: np.ndarray) -> float:
@@ -51,17 +52,19 @@ def main() -> int:
     ap.add_argument("--sets", default="", help="comma-separated subset of set names")
     ap.add_argument("--shortlist", type=int, default=50, help="images re-ranked by EMD (0 = all)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N queries of each set (0 = all)")
-    ap.add_argument("--global-weights", default=f"{GLOBAL_WEIGHT:g}", help="comma-separated weights for emd+global")
+    ap.add_argument(
+        "--global-weights", default=f"{RERANK_GLOBAL_WEIGHT:g}", help="comma-separated weights for emd+global"
+    )
     args = ap.parse_args()
     # (row name, rerank, global weight)
     modes: list[tuple[str, Rerank, float]] = [("global", "none", 0.0), ("emd", "emd", 0.0)]
     modes += [(f"emd+{float(w):g}*global", "emd+global", float(w)) for w in args.global_weights.split(",")]
-    backbone, clf = cached_classifier()
+    backbone, source = cached_source()
     names = set_names(args.data, args.sets)
     rows = []
     for name in names:
         t0 = time.perf_counter()
-        paths, labels, fmaps = embed_set(clf, args.data / name)
+        paths, labels, fmaps = embed_set(source, args.data / name)
         t_embed = time.perf_counter() - t0
         t0 = time.perf_counter()
         index = GalleryIndex.from_features(paths, fmaps)

@@ -1,4 +1,4 @@
-"""Time DeepEMD's SFC fit (emdcli.sfc.fit_sfc) on real 5-way 5-shot support sets.
+"""Time DeepEMD's SFC fit (emdcli.matching.sfc.fit_sfc) on real 5-way 5-shot support sets.
 
 Embeds one set with the bundled model (through the feature cache), draws seeded 5-way
 5-shot episodes and prints the median and 90th-percentile wall time of one fit, and the
@@ -18,13 +18,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from emdcli.cache import FeatureCache  # noqa: E402
-from emdcli.classify import Classifier  # noqa: E402
-from emdcli.episodes import sample_episodes  # noqa: E402
-from emdcli.fewshot import nodes_of  # noqa: E402
-from emdcli.folders import read_labelled_folder  # noqa: E402
-from emdcli.model import Backbone, resolve_model_path  # noqa: E402
-from emdcli.sfc import SFC_STEPS, fit_sfc  # noqa: E402
+from emdcli.features.cache import FeatureCache  # noqa: E402
+from emdcli.features.source import FeatureSource  # noqa: E402
+from emdcli.io.folders import read_labelled_folder  # noqa: E402
+from emdcli.matching.sfc import SFC_STEPS, fit_sfc  # noqa: E402
+from emdcli.model.backbone import Backbone  # noqa: E402
+from emdcli.model.manifest import resolve_model_path  # noqa: E402
+from emdcli.tasks.episodes import sample_episodes  # noqa: E402
+from emdcli.tasks.fewshot import nodes_of  # noqa: E402
 
 
 def main() -> int:
@@ -35,9 +36,8 @@ def main() -> int:
     ap.add_argument("--shot", type=int, default=5)
     args = ap.parse_args()
     backbone = Backbone(resolve_model_path(None))
-    prep = backbone.manifest.preprocess
-    clf = Classifier(backbone, prep, cache=FeatureCache(f"{backbone.manifest.sha256}/{prep.key()}"))
-    data = clf.embed_labelled(read_labelled_folder(args.data))
+    source = FeatureSource(backbone, cache=FeatureCache.for_model(backbone.manifest))
+    data = source.labelled(read_labelled_folder(args.data))
     assert data.features is not None, f"{args.data}: no readable image"
     maps, labels = data.features, data.labels
     plan = sample_episodes(labels, args.way, args.shot, 1, args.episodes, seed=0)

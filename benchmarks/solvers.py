@@ -23,10 +23,11 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from emdcli.images import iter_image_files, load_image  # noqa: E402
-from emdcli.matching import Nodes, cost_matrix, cross_reference_weights  # noqa: E402
-from emdcli.model import Backbone, resolve_model_path  # noqa: E402
-from emdcli.transport import MAX_ITER, emd_cost_trusted, solve_emd  # noqa: E402
+from emdcli.io.images import iter_image_files, load_image  # noqa: E402
+from emdcli.matching.nodes import Nodes, cost_matrix, cross_reference_weights  # noqa: E402
+from emdcli.matching.transport import MAX_ITER, emd_cost_trusted, solve_emd  # noqa: E402
+from emdcli.model.backbone import Backbone  # noqa: E402
+from emdcli.model.manifest import resolve_model_path  # noqa: E402
 
 
 def problems(data: Path, name: str, count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
