@@ -16,12 +16,11 @@ from typing import Any
 from . import defaults
 from .errors import ConfigError
 
-FORMATS = ("table", "csv", "json", "jsonl")
 CHOICES: dict[str, tuple[str, ...]] = {
-    "device": ("auto", "cpu", "cuda"),
-    "metric": ("cosine", "l2"),
-    "format": FORMATS,
-    "kshot": ("mean", "sfc"),
+    "device": defaults.DEVICES,
+    "metric": defaults.METRICS,
+    "format": defaults.FORMATS,
+    "kshot": defaults.KSHOT_MODES,
 }
 
 
@@ -30,15 +29,15 @@ class Settings:
     """Every option a config file may set; ``None`` means "decide at run time"."""
 
     model: str | None = None
-    device: str = "auto"
-    metric: str = "cosine"
+    device: str = defaults.DEVICE
+    metric: str = defaults.METRIC
     format: str | None = None
-    top_k: int = 2
+    top_k: int = defaults.TOP_K
     batch_size: int | None = None  # None: the backbone's (emdcli.model.Backbone.batch_size)
-    workers: int = 1
+    workers: int = defaults.WORKERS
     progress: bool = True
     quiet: bool = False
-    shortlist: int = 10
+    shortlist: int = defaults.SHORTLIST
     cache: bool = True
     kshot: str = defaults.KSHOT
     global_weight: float | None = None  # None: by kshot (emdcli.defaults.global_weight_for)

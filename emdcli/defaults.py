@@ -6,7 +6,17 @@ the command line reads this module to print its help.
 
 from __future__ import annotations
 
+# the values an option may take ------------------------------------------------------------
+
+DEVICES = ("auto", "cpu", "cuda")
+METRICS = ("cosine", "l2")
+KSHOT_MODES = ("mean", "sfc")
+FORMATS = ("table", "csv", "json", "jsonl")
+RERANKS = ("emd", "emd+global", "none")
+
 # classify ------------------------------------------------------------------------------------
+
+DEVICE = "auto"
 
 #: How a class with several examples gets its node set: ``"sfc"`` (fitted by SFC) or ``"mean"`` (mean map).
 KSHOT = "sfc"
@@ -23,6 +33,8 @@ SFC_MAX_PAIRS = 2500
 METRIC = "cosine"
 #: Ranked classes listed per query.
 TOP_K = 2
+#: Threads decoding images while the backbone runs (on 2 cores a second one slowed the backbone).
+WORKERS = 1
 
 # search --------------------------------------------------------------------------------------
 

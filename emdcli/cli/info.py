@@ -52,7 +52,7 @@ def run(
     data["config"] = f"{cfg} ({'found' if cfg.is_file() else 'not found'})"
     data["feature_cache"] = str(default_cache_dir())
     if fmt == "json":
-        typer.echo(json.dumps(data, indent=2))
+        typer.echo(json.dumps({"command": NAME, **data}, indent=2))  # the envelope's header; info has no rows
     else:
         from rich.console import Console
         from rich.markup import escape

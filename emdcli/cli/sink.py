@@ -30,7 +30,6 @@ from ..errors import DatasetError, UsageError
 from ..io.files import AtomicFile, display_path, partial_path
 from .common import note
 
-ROW_FORMATS: tuple[str, ...] = ("table", "csv", "json", "jsonl")
 #: Width of a table written to a file (a terminal uses its own width).
 FILE_TABLE_WIDTH = 160
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import defaults
 from ..io.folders import LabelledFolder
 from ..io.images import Preprocess
 from .cache import FeatureCache
@@ -74,7 +75,7 @@ class FeatureSource:
         prep: Preprocess | None = None,
         *,
         batch_size: int | None = None,
-        workers: int = 1,
+        workers: int = defaults.WORKERS,
         cache: FeatureCache | None = None,
     ) -> None:
         if prep is None:

@@ -20,11 +20,12 @@ from typing import Literal
 
 import numpy as np
 
+from .. import defaults
 from ..errors import TransportError
 from .transport import emd_cost_trusted, solve_emd
 
 Metric = Literal["cosine", "l2"]
-METRICS: tuple[str, ...] = ("cosine", "l2")
+METRICS: tuple[str, ...] = defaults.METRICS
 Weighting = Literal["cross", "uniform"]
 WEIGHTINGS: tuple[str, ...] = ("cross", "uniform")
 #: DeepEMD's temperature: confidences are ``softmax(TEMPERATURE * scores)``.

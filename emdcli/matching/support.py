@@ -26,7 +26,7 @@ from .nodes import METRICS, WEIGHTINGS, ClassBank, Metric, Nodes, Weighting
 from .simpleshot import centroids, normalised, pooled
 
 #: How a class with several examples gets its node set: their mean feature map, or SFC.
-KSHOT_MODES: tuple[str, ...] = ("mean", "sfc")
+KSHOT_MODES: tuple[str, ...] = defaults.KSHOT_MODES
 
 
 @dataclass(frozen=True)

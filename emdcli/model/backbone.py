@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import defaults
 from ..errors import DeviceError, ModelError
 from .manifest import ModelCheck, resolve_model_path, verified_model
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = defaults.DEVICES
 
 
 def available_providers() -> list[str]:
@@ -84,7 +85,7 @@ class Backbone:
     """
 
     def __init__(
-        self, manifest_path: Path, device: str = "auto", threads: int | None = None, lanes: int | None = None
+        self, manifest_path: Path, device: str = defaults.DEVICE, threads: int | None = None, lanes: int | None = None
     ) -> None:
         #: The sha256 check made on loading (raises ModelError on a mismatch).
         self.check: ModelCheck = verified_model(manifest_path)
@@ -137,7 +138,7 @@ class Backbone:
         return np.asarray(out, dtype=np.float32)
 
 
-def load_model(model: str | os.PathLike[str] | None = None, device: str = "auto") -> Backbone:
+def load_model(model: str | os.PathLike[str] | None = None, device: str = defaults.DEVICE) -> Backbone:
     """The backbone of ``model`` (None: the bundled EfficientNet-Lite0; else a manifest, its
     .onnx or a folder holding one) on ``device`` (auto, cpu or cuda), its sha256 verified."""
     return Backbone(resolve_model_path(model), device=device)

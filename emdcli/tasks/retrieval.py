@@ -28,7 +28,7 @@ from ..matching.nodes import ClassBank, Nodes
 from ..matching.simpleshot import normalised, pooled
 
 Rerank = Literal["emd", "emd+global", "none"]
-RERANKS: tuple[str, ...] = ("emd", "emd+global", "none")
+RERANKS: tuple[str, ...] = defaults.RERANKS
 
 
 @dataclass(frozen=True)
