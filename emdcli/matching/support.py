@@ -72,6 +72,12 @@ class ClassScores:
         return self.emd + global_weight * self.global_cosine if global_weight else self.emd.copy()
 
 
+def uses_sfc(kshot: str, counts: Sequence[int], sfc_max_pairs: int) -> bool:
+    """Whether classes with ``counts`` examples each get SFC node sets: asked for, some class has
+    several examples, and (examples x classes) is at most ``sfc_max_pairs``."""
+    return kshot == "sfc" and max(counts) > 1 and sum(counts) * len(counts) <= sfc_max_pairs
+
+
 class SupportBuilder:
     """Collects support examples one feature map at a time and makes their :class:`ClassNodes`.
 
@@ -81,7 +87,7 @@ class SupportBuilder:
 
     def __init__(self, classes: Sequence[str], kshot: str, expected_examples: int, sfc_max_pairs: int) -> None:
         self.classes = tuple(classes)
-        self.sfc_max_pairs = sfc_max_pairs
+        self.kshot, self.sfc_max_pairs = kshot, sfc_max_pairs
         self._may_fit = kshot == "sfc" and expected_examples * len(self.classes) <= sfc_max_pairs
         self._sums: list[np.ndarray | None] = [None] * len(self.classes)  # float64 running sums
         self._pooled: list[list[np.ndarray]] = [[] for _ in self.classes]
@@ -102,7 +108,7 @@ class SupportBuilder:
             raise ValueError("no class has an example")
         counts = [len(self._pooled[i]) for i in kept]
         kshot = "mean"
-        if self._may_fit and max(counts) > 1 and sum(counts) * len(kept) <= self.sfc_max_pairs:
+        if self._may_fit and uses_sfc(self.kshot, counts, self.sfc_max_pairs):
             from .sfc import fit_sfc
 
             shots = [np.stack([f.reshape(f.shape[0], -1).T for f in self._maps[i]]) for i in kept]  # (shot, H*W, C)
@@ -213,5 +219,7 @@ class Matcher:
 
     def fit_episode(self, support: np.ndarray, memo: EpisodeMemo | None = None) -> ClassNodes:
         """:meth:`fit` on a (way, shot, C, H, W) episode support set (shared through ``memo``)."""
-        key = ("fit", self.kshot, self.sfc_max_pairs, support.shape)
+        way, shot = support.shape[:2]
+        made_by = "sfc" if uses_sfc(self.kshot, [shot] * way, self.sfc_max_pairs) else "mean"
+        key = ("fit", made_by, support.shape)  # matchers that make the same node sets share them
         return self.fit(list(support)) if memo is None else memo.get(key, lambda: self.fit(list(support)))
