@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -230,5 +232,12 @@ def test_classify_explain_dir_writes_one_picture_per_query(tiny_model: Path, tmp
               "--explain-dir", str(tmp_path / "pics")],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    # Two queries are called img_0.png (one per class folder): the second gets a suffix.
-    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == ["img_0-2.png", "img_0.png", "img_1.png"]
+    # Two queries are called img_0.png (one per class folder): each picture mirrors its query's
+    # path, and the 'picture' column says which picture belongs to which query.
+    pictures = sorted(p for p in (tmp_path / "pics").rglob("*.png"))
+    assert len(pictures) == 3
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert {r["path"]: r["picture"] for r in rows} == {
+        r["path"]: str(tmp_path / "pics" / r["path"].lstrip("/")) + ".png" for r in rows
+    }
+    assert sorted(Path(r["picture"]) for r in rows) == pictures

@@ -9,7 +9,7 @@ import typer
 
 from .. import defaults
 from ..errors import EXIT_ANOMALY
-from .common import Session, argument, embed_folder, query_paths, with_session
+from .common import NullOpt, Session, argument, embed_folder, query_paths, with_session
 
 NAME = "anomaly"
 EPILOG = (
@@ -50,6 +50,7 @@ def run(
     fail_on_anomaly: Annotated[
         bool, typer.Option("--fail-on-anomaly", help=f"Exit with code {EXIT_ANOMALY} when any query is anomalous.")
     ] = False,
+    null: NullOpt = False,
     *,
     session: Session,
 ) -> None:
@@ -62,7 +63,7 @@ def run(
     from .reports import anomaly_layout, rounded
 
     sink = session.sink()
-    paths = query_paths(queries)
+    paths = query_paths(queries, null)
     detector = embed_folder(session, normal_dir, "normal", lambda images, done: AnomalyDetector.fit(
         session.source, images, k=k, contamination=contamination, threshold=threshold, on_done=done))  # fmt: skip
     cal, size = detector.calibration, detector.normal.size

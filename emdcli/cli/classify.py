@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import Session, advance, argument, query_paths, with_session
+from .common import NullOpt, Session, advance, argument, query_paths, with_session
 
 if TYPE_CHECKING:
     from ..tasks.classify import Classifier, Prediction, SupportSet, Tally
@@ -60,7 +60,7 @@ def run(
         typer.Option(
             "--explain-dir",
             help="Also draw each query's match with the closest example of its predicted "
-            "class, as DIR/<query name>.png (see 'emdcli explain').",
+            "class, as DIR/<query path>.png, named in the column 'picture' (see 'emdcli explain').",
             file_okay=False,
             show_default=False,
         ),
@@ -73,6 +73,7 @@ def run(
             "(FILE.partial, or FILE) and classify only the queries they lack.",
         ),
     ] = False,  # fmt: skip
+    null: NullOpt = False,
     *,
     session: Session,
 ) -> None:
@@ -88,7 +89,7 @@ def run(
         raise UsageError("--resume needs --output FILE with --format csv, json or jsonl")
     folder = read_labelled_folder(support)
     from_stdin = "-" in queries
-    paths: Any = query_paths(queries)
+    paths: Any = query_paths(queries, null)
     if not from_stdin:
         paths = list(paths)
         if not paths:
@@ -121,14 +122,19 @@ def run(
     def summary() -> dict[str, Any]:
         return _summary(tally, len(prior), support_set, started, query_started)
 
-    with sink.open(classify_layout(classes, top), header, summary) as emit, session.progress() as bars:
-        observe = _explainer(clf, support_set, explain_dir, session.say) if explain_dir else None
+    pictures: dict[Path, str] = {}  # query -> the picture drawn of its match (--explain-dir)
+    layout = classify_layout(classes, top, pictures=explain_dir is not None)
+    with sink.open(layout, header, summary) as emit, session.progress() as bars:
+        observe = _explainer(clf, support_set, explain_dir, pictures, session.say) if explain_dir else None
         new = clf.predict(support_set, paths, advance(bars, "Queries", None if from_stdin else len(paths)), observe)
         for pred in itertools.chain(prior, new):
             tally.add(pred)
             if not pred.ok and pred not in prior:
                 session.say(f"skipped {pred.error}")
-            emit(prediction_record(pred, classes, top))
+            record = prediction_record(pred, classes, top)
+            if explain_dir is not None:
+                record["picture"] = pictures.pop(pred.path, None)
+            emit(record)
     if tally.total == 0:
         raise DatasetError("no query paths were given on stdin", hint="pipe one image path per line into '-'")
     if tally.ok == 0:
@@ -165,33 +171,42 @@ def _resume(output: Path, fmt: str, classes: tuple[str, ...], paths: Any, from_s
     return prior, rest if from_stdin else list(rest)
 
 
+def picture_path(folder: Path, query: Path) -> Path:
+    """Where ``--explain-dir`` draws ``query``'s match: the query's path (relative to the working
+    folder when inside it, else absolute) below ``folder``, with ``.png`` added, so that every
+    picture maps back to exactly one query."""
+    import os
+
+    where = os.path.abspath(query)
+    inside = os.path.relpath(where)
+    rel = where.lstrip(os.sep) if inside.startswith(os.pardir) else inside
+    return folder / f"{rel}.png"
+
+
 def _explainer(
-    clf: Classifier, support: SupportSet, folder: Path, say: Callable[[str], None]
+    clf: Classifier, support: SupportSet, folder: Path, pictures: dict[Path, str], say: Callable[[str], None]
 ) -> Callable[[Prediction, Any], None]:
-    """An observer for ``Classifier.predict`` that draws each match into ``folder``."""
+    """An observer for ``Classifier.predict`` that draws each match into ``folder`` and notes the
+    picture's path in ``pictures``."""
     from ..errors import EmdcliError
     from ..io.files import display_path
     from ..io.images import model_view
     from ..tasks.explain import render_match, save_png
 
     folder.mkdir(parents=True, exist_ok=True)
-    taken: set[str] = set()
 
     def draw(pred: Prediction, features: Any) -> None:
         label = pred.predicted or ""
         example, target = clf.closest_example(support, features, label)
-        stem = pred.path.stem
-        name, n = f"{stem}.png", 1
-        while name in taken:  # queries with the same file name in different folders
-            n += 1
-            name = f"{stem}-{n}.png"
-        taken.add(name)
+        target_path = picture_path(folder, pred.path)
         try:
+            target_path.parent.mkdir(parents=True, exist_ok=True)
             shown = render_match(
                 model_view(pred.path, clf.source.prep), model_view(example, clf.source.prep), features, target,
                 caption=f"{pred.path.name} -> {label} ({example.name})", metric=clf.matcher.metric,
             )  # fmt: skip
-            save_png(shown, folder / name)
+            save_png(shown, target_path)
+            pictures[pred.path] = display_path(target_path)
         except (OSError, EmdcliError) as exc:
             say(f"could not draw {display_path(pred.path)}: {exc}")
 

@@ -112,6 +112,8 @@ ShortlistOpt = Annotated[int | None, _option("--shortlist", min=0, help=(
     f"0: match every class. \\[default: {defaults.SHORTLIST}]"))]
 TopKOpt = Annotated[int | None, _option("--top-k", "-k", min=1, help=(
     f"How many ranked classes to list per query. \\[default: {defaults.TOP_K}]"))]
+NullOpt = Annotated[bool, _option("--null", "-0", help=(
+    "Paths read from stdin ('-') end with a NUL byte, as find -print0 and xargs -0 use, not a newline."))]
 # fmt: on
 
 #: The options commands share, by parameter name: each is a Settings field (``fmt`` sets ``format``)
@@ -242,17 +244,27 @@ def advance(bars: Progress, description: str, total: int | None) -> Callable[[in
     return lambda n: bars.advance(task, n)
 
 
-def stdin_lines() -> Iterator[str]:
-    """Lines of stdin; bytes that are not UTF-8 are kept as in file names (surrogateescape)."""
+def stdin_lines(null: bool = False) -> Iterator[str]:
+    """Paths on stdin, one per line (or, with ``null``, each ended by a NUL byte as ``find -print0``
+    writes them); bytes that are not UTF-8 are kept as in file names (surrogateescape). Each path is
+    yielded as soon as it is complete, so a slow pipe is read as it comes."""
     raw = getattr(sys.stdin, "buffer", None)
     if raw is None:
-        yield from sys.stdin
+        yield from (sys.stdin.read().split("\0") if null else sys.stdin)
         return
-    for line in raw:
-        yield os.fsdecode(line.rstrip(b"\r\n"))
+    if not null:
+        for line in raw:
+            yield os.fsdecode(line.rstrip(b"\r\n"))
+        return
+    pending = b""
+    while chunk := raw.read1(1 << 16):
+        *done, pending = (pending + chunk).split(b"\0")
+        yield from (os.fsdecode(p) for p in done)
+    if pending:
+        yield os.fsdecode(pending)
 
 
-def query_paths(queries: list[str]) -> Iterator[Path]:
+def query_paths(queries: list[str], null: bool = False) -> Iterator[Path]:
     """The query arguments as a lazy stream of paths (``-`` reads stdin). UsageError for a missing path."""
     from ..errors import DatasetError
     from ..io.images import iter_query_paths
@@ -265,7 +277,7 @@ def query_paths(queries: list[str]) -> Iterator[Path]:
             )
     if queries.count("-") > 1:
         raise DatasetError("'-' (read paths from stdin) may be given only once")
-    return iter_query_paths(queries, stdin_lines() if "-" in queries else None)
+    return iter_query_paths(queries, stdin_lines(null) if "-" in queries else None)
 
 
 def embed_folder(

@@ -93,16 +93,18 @@ def classify_summary_line(summary: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def classify_layout(classes: Sequence[str], top_k: int) -> Layout:
-    """Columns: path, status, prediction, runner-up, truth, top_1..top_K, score:CLASS..., error."""
+def classify_layout(classes: Sequence[str], top_k: int, *, pictures: bool = False) -> Layout:
+    """Columns: path, status, prediction, runner-up, truth, top_1..top_K, score:CLASS..., picture
+    (with ``--explain-dir``), error."""
     head = ["path", "status", "predicted", "score", "confidence", "runner_up", "runner_up_score", "true_label"]
-    columns = (*head, "correct", *(f"top_{i}" for i in range(1, top_k + 1)), *(f"score:{c}" for c in classes), "error")
+    tail = ("picture", "error") if pictures else ("error",)
+    columns = (*head, "correct", *(f"top_{i}" for i in range(1, top_k + 1)), *(f"score:{c}" for c in classes), *tail)
 
     def flatten(rec: Record) -> list[Any]:
         tops = [t["class"] for t in rec["top"]]
         row = [rec[k] for k in head] + [rec["correct"]]
         row += [tops[i] if i < len(tops) else None for i in range(top_k)]
-        return row + [rec["scores"].get(c) for c in classes] + [rec["error"]]
+        return row + [rec["scores"].get(c) for c in classes] + [rec.get(k) for k in tail]
 
     def table(records: list[Record]) -> RenderableType:
         labelled = any(r["true_label"] is not None for r in records)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from .. import defaults
-from .common import Session, argument, embed_folder, query_paths, with_session
+from .common import NullOpt, Session, argument, embed_folder, query_paths, with_session
 
 NAME = "search"
 EPILOG = (
@@ -41,6 +41,7 @@ def run(
             "emd, or none (global cosine only).",
         ),
     ] = defaults.RERANK,  # type: ignore[assignment]  # fmt: skip
+    null: NullOpt = False,
     *,
     session: Session,
 ) -> None:
@@ -51,7 +52,7 @@ def run(
     from .reports import rounded, search_layout
 
     sink = session.sink()
-    paths = query_paths(queries)
+    paths = query_paths(queries, null)
     found = embed_folder(session, gallery, "gallery", lambda images, done: Gallery.build(session.source, images, done))
     counts = {"ok": 0, "error": 0}
 
