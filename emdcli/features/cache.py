@@ -110,6 +110,13 @@ class FeatureCache:
             self._digests[key] = digest
         return digest
 
+    def has(self, path: Path) -> bool:
+        """Whether an entry for the image file ``path`` exists (it may still be damaged: ``get`` says)."""
+        try:
+            return self.entry_path(self._digest(path)).is_file()
+        except OSError:
+            return False
+
     def get(self, path: Path) -> np.ndarray | None:
         """The cached float32 array for the image file ``path``, or None on a miss.
 

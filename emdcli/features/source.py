@@ -96,24 +96,33 @@ class FeatureSource:
         )
 
     def cached(self, paths: list[Path], on_done: Progress | None = None) -> Iterator[Embedded]:
-        """Feature maps of ``paths``: cached ones first, then the rest in order, embedded and stored."""
-        if self.cache is None:
+        """Feature maps of ``paths`` in input order: from the cache where it has them, the rest
+        embedded (in batches, while the cached ones are read) and stored. The order never depends on
+        what the cache holds, so results built from them are the same on a cold and a warm cache."""
+        cache = self.cache
+        if cache is None:
             yield from self.stream(paths, on_done)
             return
-        todo = []
-        for path in paths:
-            features = self.cache.get(path)
-            if features is None:
-                todo.append(path)
-            else:
-                yield Embedded(path, features)
-        if on_done and len(todo) < len(paths):
-            on_done(len(paths) - len(todo))
-        for item in self.stream(todo, on_done):
-            if item.features is not None:
-                self.cache.put(item.path, item.features)
-            yield item
-        self.cache.prune()
+        missing = [p for p in paths if not cache.has(p)]
+        embedded = self.stream(missing, on_done)
+        wanted = set(missing)
+        try:
+            for path in paths:
+                features = None if path in wanted else cache.get(path)
+                if features is not None:
+                    if on_done:
+                        on_done(1)
+                    yield Embedded(path, features)
+                    continue
+                item = next(embedded) if path in wanted else next(self.stream([path], on_done))  # damaged: embed now
+                if item.features is not None:
+                    cache.put(item.path, item.features)
+                yield item
+        finally:  # the caller may stop early: end the embedding threads now
+            close = getattr(embedded, "close", None)
+            if close:
+                close()
+        cache.prune()
 
     def array(self, paths: list[Path], on_done: Progress | None = None) -> FeatureArray:
         """The readable ``paths`` in their order and their (N, C, H, W) maps, through the cache."""
