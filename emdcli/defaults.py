@@ -53,6 +53,9 @@ RERANK_GLOBAL_WEIGHT = 1.0
 ANOMALY_K = 3
 #: Fraction of the normal images a calibrated threshold may flag.
 CONTAMINATION = 0.05
+#: Fewer normal images than this get a warning that the calibrated threshold is a rough one (with 10
+#: per class, contamination 0.05 flagged 5.4-18.3% of held-out normal images: docs/benchmarks.md).
+CALIBRATION_IMAGES = 10
 
 # evaluate ------------------------------------------------------------------------------------
 

@@ -137,7 +137,7 @@ def test_no_readable_query_is_a_failure(tiny_model: Path, support_dir: Path, tmp
     bad.write_bytes(b"")
     res = classify(tiny_model, support_dir, bad, "-f", "csv")
     assert res.exit_code == 1
-    assert "Error: none of the 1 queries could be read" in res.stderr
+    assert "Error: the query could not be read" in res.stderr
 
 
 def test_empty_class_folder_is_warned_about(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
@@ -343,7 +343,7 @@ def test_table_shows_rows_computed_before_a_failure(
     res = classify(tiny_model, support_dir, query_dir, "-f", "table")
     assert res.exit_code == 1
     assert "img_0.png" in res.stdout and "img_1.png" not in res.stdout
-    assert "1 queries · 1 classified" in res.stderr
+    assert "1 query · 1 classified" in res.stderr
 
 
 def test_shortlist_scores_only_the_closest_classes(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:

@@ -32,20 +32,34 @@ def run(
     ],  # fmt: skip
     queries: Annotated[list[str], argument("Images to judge: files, folders, or - to read paths from stdin.")],
     k: Annotated[
-        int, typer.Option("--k", min=1, help="Nearest normal images averaged (at most all the others).")
-    ] = defaults.ANOMALY_K,
+        int,
+        typer.Option(
+            "--neighbours",
+            "--k",
+            metavar="N",
+            min=1,
+            help="How many nearest normal images a score averages (at most all the others).",
+        ),
+    ] = defaults.ANOMALY_K,  # fmt: skip
     contamination: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--contamination",
+            metavar="FLOAT",
             min=0.0,
             max=0.99,
-            help="Fraction of the normal images the calibrated threshold may flag.",
+            help="Fraction of the normal images the calibrated threshold may flag (not with --threshold).",
+            show_default=f"{defaults.CONTAMINATION:g}",
         ),
-    ] = defaults.CONTAMINATION,  # fmt: skip
+    ] = None,  # fmt: skip
     threshold: Annotated[
         float | None,
-        typer.Option("--threshold", help="Use this threshold instead of calibrating one.", show_default=False),
+        typer.Option(
+            "--threshold",
+            metavar="FLOAT",
+            help="Use this threshold instead of calibrating one.",
+            show_default="calibrated on NORMAL_DIR",
+        ),
     ] = None,
     fail_on_anomaly: Annotated[
         bool, typer.Option("--fail-on-anomaly", help=f"Exit with code {EXIT_ANOMALY} when any query is anomalous.")
@@ -57,16 +71,23 @@ def run(
     """Score how unlike the normal examples each query is, with a threshold calibrated on them."""
     import numpy as np
 
-    from ..errors import EmdcliError
+    from ..errors import EmdcliError, UsageError
     from ..io.files import display_path
     from ..tasks.anomaly import AnomalyDetector
     from .reports import anomaly_layout, rounded
 
     sink = session.sink()
+    if threshold is not None and contamination is not None:
+        hint = "--threshold sets the threshold; --contamination calibrates one on NORMAL_DIR"
+        raise UsageError("--contamination and --threshold cannot be used together", hint=hint)
+    contamination = defaults.CONTAMINATION if contamination is None else contamination
     paths = query_paths(queries, null)
     detector = embed_folder(session, normal_dir, "normal", lambda images, done: AnomalyDetector.fit(
         session.source, images, k=k, contamination=contamination, threshold=threshold, on_done=done))  # fmt: skip
     cal, size = detector.calibration, detector.normal.size
+    if cal.source == "quantile" and size < defaults.CALIBRATION_IMAGES:
+        session.say(f"the threshold is calibrated on only {size} normal images, too few for a quantile to mean "
+                    f"much; give {defaults.CALIBRATION_IMAGES} or more, or set --threshold")  # fmt: skip
     if cal.scores.size:
         q50, q95 = np.quantile(cal.scores, [0.5, 0.95])
         how = "given" if cal.source == "explicit" else f"the {100 * (1 - contamination):g}th percentile"

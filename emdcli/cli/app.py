@@ -23,6 +23,7 @@ from .. import __version__  # noqa: E402
 from ..errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_TERMINATED, EmdcliError  # noqa: E402
 from . import anomaly, classify, evaluate, explain, export, info, search  # noqa: E402
 from .common import print_error, stderr_console  # noqa: E402
+from .help import EmdcliCommand, EmdcliGroup  # noqa: E402
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,10 +36,11 @@ app = typer.Typer(
         "SUPPORT_DIR holds one sub-folder of example images per class. Results go to stdout "
         "(a table on a terminal, CSV in a pipe); progress, warnings and errors go to stderr."
     ),
+    cls=EmdcliGroup,
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["--help", "-h"]},
 )
 
 
@@ -123,7 +125,9 @@ def main_callback(
 
 
 for _module in (classify, evaluate, search, anomaly, explain, info, export):
-    app.command(name=_module.NAME, epilog=getattr(_module, "EPILOG", None))(handle_errors(_module.run))
+    app.command(name=_module.NAME, epilog=getattr(_module, "EPILOG", None), cls=EmdcliCommand)(
+        handle_errors(_module.run)
+    )
 
 
 def main() -> None:

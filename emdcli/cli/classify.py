@@ -59,10 +59,11 @@ def run(
         Path | None,
         typer.Option(
             "--explain-dir",
+            metavar="DIR",
             help="Also draw each query's match with the closest example of its predicted "
             "class, as DIR/<query path>.png, named in the column 'picture' (see 'emdcli explain').",
             file_okay=False,
-            show_default=False,
+            show_default="none",
         ),
     ] = None,  # fmt: skip
     resume: Annotated[
@@ -80,8 +81,8 @@ def run(
     """Classify query images by their Earth Mover's Distance to each class of SUPPORT."""
     from ..errors import DatasetError, EmdcliError, UsageError
     from ..io.folders import read_labelled_folder
-    from ..tasks.classify import Classifier, Tally
-    from .reports import classify_layout, prediction_record
+    from ..tasks.classify import Classifier, SupportOverlap, Tally
+    from .reports import classify_layout, prediction_record, query_warnings, support_warnings
 
     settings, output = session.settings, session.output
     sink = session.sink()
@@ -89,14 +90,15 @@ def run(
         raise UsageError("--resume needs --output FILE with --format csv, json or jsonl")
     folder = read_labelled_folder(support)
     from_stdin = "-" in queries
-    paths: Any = query_paths(queries, null)
+    not_images: list[Path] = []  # files in the query folders that are not images
+    paths: Any = query_paths(queries, null, not_images)
     if not from_stdin:
         paths = list(paths)
         if not paths:
             raise DatasetError(f"no images found in {', '.join(queries)}",
                                hint="image files end in .jpg, .jpeg, .png, .bmp, .gif, .webp or .tif")  # fmt: skip
-    for name in folder.empty:
-        session.say(f"class folder {name!r} holds no images; it is left out")
+    for line in support_warnings(folder):
+        session.say(line)
     clf = Classifier(session.source, session.matcher())
     started = time.perf_counter()
     with session.progress() as bars:
@@ -116,11 +118,11 @@ def run(
         "shortlist": settings.shortlist, "classes": list(classes),
         "shots": dict(zip(classes, support_set.shots, strict=True)),
     }  # fmt: skip
-    tally = Tally()
+    tally = Tally(overlap=SupportOverlap(folder))
     query_started = time.perf_counter()
 
     def summary() -> dict[str, Any]:
-        return _summary(tally, len(prior), support_set, started, query_started)
+        return _summary(tally, len(prior), support_set, len(not_images), started, query_started)
 
     pictures: dict[Path, str] = {}  # query -> the picture drawn of its match (--explain-dir)
     layout = classify_layout(classes, top, pictures=explain_dir is not None)
@@ -135,10 +137,14 @@ def run(
             if explain_dir is not None:
                 record["picture"] = pictures.pop(pred.path, None)
             emit(record)
+        for line in query_warnings(tally, not_images, support):  # before the summary line
+            session.say(line)
     if tally.total == 0:
         raise DatasetError("no query paths were given on stdin", hint="pipe one image path per line into '-'")
     if tally.ok == 0:
-        raise EmdcliError(f"none of the {tally.total} queries could be read", hint="see the warnings above")
+        what = "the query" if tally.total == 1 else f"none of the {tally.total} queries"
+        raise EmdcliError(f"{what} could not be read" if tally.total == 1 else f"{what} could be read",
+                          hint="see the warnings above")  # fmt: skip
 
 
 def _resume(output: Path, fmt: str, classes: tuple[str, ...], paths: Any, from_stdin: bool, session: Session) -> Any:
@@ -167,7 +173,7 @@ def _resume(output: Path, fmt: str, classes: tuple[str, ...], paths: Any, from_s
     prior = [prediction_from_record(r) for r in records]
     done = {display_path(p.path) for p in prior}
     rest = (p for p in paths if display_path(p) not in done)
-    session.say(f"resuming: {len(prior)} rows from {display_path(earlier)}")
+    session.say(f"resuming: {len(prior)} {'row' if len(prior) == 1 else 'rows'} from {display_path(earlier)}")
     return prior, rest if from_stdin else list(rest)
 
 
@@ -204,6 +210,7 @@ def _explainer(
             shown = render_match(
                 model_view(pred.path, clf.source.prep), model_view(example, clf.source.prep), features, target,
                 caption=f"{pred.path.name} -> {label} ({example.name})", metric=clf.matcher.metric,
+                class_score=pred.score,
             )  # fmt: skip
             save_png(shown, target_path)
             pictures[pred.path] = display_path(target_path)
@@ -213,12 +220,15 @@ def _explainer(
     return draw
 
 
-def _summary(tally: Tally, resumed: int, support: SupportSet, started: float, query_started: float) -> dict[str, Any]:
+def _summary(
+    tally: Tally, resumed: int, support: SupportSet, not_images: int, started: float, query_started: float
+) -> dict[str, Any]:
     now = time.perf_counter()
     new = tally.total - resumed
     return {
         "queries": tally.total, "classified": tally.ok, "skipped": tally.errors, "resumed": resumed,
-        "labelled": tally.labelled, "correct": tally.correct,
+        "labelled": tally.labelled, "correct": tally.correct, "support_images_as_queries": tally.support_images,
+        "not_images": not_images,
         "accuracy": None if tally.accuracy is None else round(tally.accuracy, 6),
         "support_images": sum(support.shots), "support_skipped": len(support.skipped), "classes": len(support.classes),
         "seconds": round(now - started, 3),

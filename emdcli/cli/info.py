@@ -14,7 +14,9 @@ EPILOG = "Exit codes: 0 the model loads and its sha256 matches its manifest, 1 i
 
 @with_session("model", "device", "config")
 def run(
-    fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json.")] = "table",
+    fmt: Annotated[
+        Literal["table", "json"], typer.Option("--format", "-f", metavar="FORMAT", help="table or json.")
+    ] = "table",
     *,
     session: Session,
 ) -> None:

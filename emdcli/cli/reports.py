@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Group, RenderableType
-from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
 from ..io.files import display_path
-from .sink import Layout, Record, simple_table
+from ..io.images import count_by_suffix
+from .sink import Layout, Record
+from .tables import NUMBER, PATH, Col, FitTable, Prose, common_folder, simple_table
 
 if TYPE_CHECKING:
-    from ..tasks.classify import Prediction
+    from ..io.folders import LabelledFolder
+    from ..tasks.classify import Prediction, Tally
     from ..tasks.evaluate import Evaluation
 
 #: Decimal places of scores and confidences in every output.
@@ -68,20 +70,62 @@ def prediction_from_record(rec: Record) -> Prediction:
     return Prediction(Path(str(rec["path"])), status, ranking, rec.get("true_label") or None, error)
 
 
-def common_folder(paths: Sequence[str]) -> Path | None:
-    """The deepest folder holding every path, or None when they share none but the root."""
-    try:
-        base = Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]))
-    except ValueError:
-        return None
-    return None if base == Path(base.anchor) else base
+def plural(n: int, word: str) -> str:
+    """``"1 query"``, ``"2 queries"``, ``"3 classes"``, ``"4 images"``."""
+    if n == 1:
+        return f"{n} {word}"
+    if word.endswith("y") and word[-2:-1] not in "aeiou":
+        return f"{n} {word[:-1]}ies"
+    return f"{n} {word}es" if word.endswith(("s", "x", "ch", "sh")) else f"{n} {word}s"
+
+
+def _listed(paths: Sequence[Path], most: int = 3) -> str:
+    shown = ", ".join(display_path(p.name) for p in paths[:most])
+    return shown + (", ..." if len(paths) > most else "")
+
+
+def support_warnings(folder: LabelledFolder) -> list[str]:
+    """What reading the support folder left out, one line per reason."""
+    out = [f"class folder {name!r} holds no images; it is left out" for name in folder.empty]
+    if folder.loose:
+        out.append(f"not used: {plural(len(folder.loose), 'file')} directly in {display_path(folder.root)}, "
+                   f"outside any class folder ({_listed(folder.loose)})")  # fmt: skip
+    if folder.ignored:
+        out.append(f"not used: {plural(len(folder.ignored), 'file')} in the class folders that "
+                   f"{'is not an image' if len(folder.ignored) == 1 else 'are not images'} "
+                   f"({count_by_suffix(folder.ignored)})")  # fmt: skip
+    return out
+
+
+def query_warnings(tally: Tally, not_images: Sequence[Path], support: Path) -> list[str]:
+    """After a run: files left out of the query folders, and queries that are support images."""
+    out = []
+    if not_images:
+        out.append(f"left out: {plural(len(not_images), 'file')} in the query folders that "
+                   f"{'is not an image' if len(not_images) == 1 else 'are not images'} "
+                   f"({count_by_suffix(not_images)})")  # fmt: skip
+    n = tally.support_images
+    if n:
+        what = (
+            "every query is a support image"
+            if n == tally.total
+            else (f"{n} of {plural(tally.total, 'query')} {'is a support image' if n == 1 else 'are support images'}")
+        )
+        out.append(f"{what} itself (the same file content): their predictions and the accuracy say nothing "
+                   "about unseen images; did you swap SUPPORT and QUERIES, or give the same folder twice?")  # fmt: skip
+    elif tally.in_support_folders:
+        out.append(f"{plural(tally.in_support_folders, 'query')} inside the support set's class folders "
+                   f"({display_path(support)}/CLASS/...): did you swap SUPPORT and QUERIES?")  # fmt: skip
+    return out
 
 
 def classify_summary_line(summary: dict[str, Any]) -> str:
-    parts = [f"{summary['queries']} queries", f"{summary['classified']} classified"]
+    parts = [plural(summary["queries"], "query"), f"{summary['classified']} classified"]
     if summary["skipped"]:
         parts.append(f"{summary['skipped']} skipped")
-    parts.append(f"{summary['classes']} classes from {summary['support_images']} examples")
+    parts.append(f"{plural(summary['classes'], 'class')} from {plural(summary['support_images'], 'example')}")
+    if summary.get("support_images_as_queries"):
+        parts.append(f"{summary['support_images_as_queries']} of them support images")
     if summary["accuracy"] is not None:
         parts.append(
             f"accuracy {summary['correct']}/{summary['labelled']} = {100 * summary['accuracy']:.1f}% "
@@ -107,31 +151,43 @@ def classify_layout(classes: Sequence[str], top_k: int, *, pictures: bool = Fals
         return row + [rec["scores"].get(c) for c in classes] + [rec.get(k) for k in tail]
 
     def table(records: list[Record]) -> RenderableType:
-        labelled = any(r["true_label"] is not None for r in records)
         base = common_folder([r["path"] for r in records])
-        where = f" in {escape(display_path(base))}" if base else ""
-        t = Table(title=f"{len(records)} queries{where}, {len(classes)} classes", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
-        t.add_column("query", overflow="fold", min_width=12)
-        for name in ("predicted", "score", "conf.", "runner-up") + ((f"top {top_k}",) if top_k > 2 else ()):
-            t.add_column(name, justify="right" if name in ("score", "conf.") else "left", no_wrap=name != "runner-up")
-        if labelled:
-            t.add_column("truth", no_wrap=True)
-        for r in records:
-            row = [escape(os.path.relpath(os.path.abspath(r["path"]), base) if base else r["path"])]
+        done = [r for r in records if r["status"] == "ok"]
+
+        def cells(text: Callable[[Record], str]) -> list[Text]:  # blank in a skipped row
+            return [Text(text(r)) if r["status"] == "ok" else Text("") for r in records]
+
+        def predicted(r: Record) -> Text:  # or why it was skipped (without its path again), wrapped as prose
             if r["status"] == "ok":
-                ru = f"{escape(r['runner_up'])} ({r['runner_up_score']:.3f})" if r["runner_up"] else ""
-                row += [escape(r["predicted"]), f"{r['score']:.3f}", f"{100 * r['confidence']:.0f}%", ru]
-                row += [escape(", ".join(t["class"] for t in r["top"]))] if top_k > 2 else []
-            else:
-                row += [f"[red]skipped: {escape(r['error'] or '')}[/red]", "", "", ""] + ([""] if top_k > 2 else [])
-            if labelled:
-                ok = r["true_label"] is not None and r["status"] == "ok"
-                row.append(
-                    "" if not ok else "[green]✓[/green]" if r["correct"] else f"[red]✗[/red] {escape(r['true_label'])}"
-                )
-            t.add_row(*row)
-        return t
+                return Text(r["predicted"])
+            return Prose("skipped: " + str(r["error"] or "").removeprefix(f"{r['path']}: "), style="red")
+
+        def mark(r: Record) -> Text:  # for a classified query in a class-named folder
+            if r["status"] != "ok" or r["true_label"] is None:
+                return Text("")
+            return Text("✓", "green") if r["correct"] else Text("✗", "red")
+
+        query = [Text(os.path.relpath(os.path.abspath(r["path"]), base) if base else r["path"]) for r in records]
+        cols = [
+            Col("query", query, PATH),
+            Col("predicted", [predicted(r) for r in records]),
+            Col("score", cells(lambda r: f"{r['score']:.3f}"), NUMBER, justify="right"),
+            Col("conf.", cells(lambda r: f"{100 * r['confidence']:.0f}%"), NUMBER, justify="right"),
+        ]
+        # the optional columns give way when space is short: top K first, then the true class (✓ or ✗ stay),
+        # then the runner-up
+        if any(r["runner_up"] for r in done):
+            runner_up = cells(lambda r: f"{r['runner_up']} ({r['runner_up_score']:.3f})" if r["runner_up"] else "")
+            cols.append(Col("runner-up", runner_up, give_way=3))
+        if top_k > 2:
+            cols.append(Col(f"top {top_k}", cells(lambda r: ", ".join(t["class"] for t in r["top"])), give_way=1))
+        if any(r["true_label"] is not None for r in done):
+            marks = [mark(r) for r in records]
+            truth = [m + f" {r['true_label']}" if m.plain == "✗" else m for m, r in zip(marks, records, strict=True)]
+            cols.append(Col("truth", truth, give_way=2, shorter=marks))
+        where = f" in {display_path(base)}" if base else ""
+        title = f"{plural(len(records), 'query')}{where}, {plural(len(classes), 'class')}"
+        return FitTable(title, cols, box=box.SIMPLE_HEAD, pad_edge=False)
 
     return Layout("classify", columns, table, flatten, classify_summary_line, resumable=True)
 
@@ -162,17 +218,18 @@ def evaluation_records(evaluation: Evaluation) -> list[Record]:
 
 def evaluate_layout(title: str) -> Layout:
     def table(records: list[Record]) -> RenderableType:
-        t = Table(title=escape(title), box=box.SIMPLE_HEAVY, title_justify="left")
-        t.add_column("method", style="bold")
-        for name in ("accuracy %", "vs proto (paired)", "ms / episode"):
-            t.add_column(name, justify="right")
         best = max(r["accuracy"] for r in records)
-        for r in records:
-            acc = f"{r['accuracy']:.1f} ± {r['ci95']:.1f}"
-            acc = f"[bold green]{acc}[/]" if r["accuracy"] == best else acc
-            diff = "" if r["vs_proto"] is None else f"{r['vs_proto']:+.1f} ± {r['vs_proto_ci95']:.1f}"
-            t.add_row(escape(r["method"]), acc, diff, f"{1000 * r['seconds_per_episode']:.0f}")
-        return t
+        accuracy = [Text(f"{r['accuracy']:.1f} ± {r['ci95']:.1f}", "bold green" if r["accuracy"] == best else "")
+                    for r in records]  # fmt: skip
+        paired = [Text("" if r["vs_proto"] is None else f"{r['vs_proto']:+.1f} ± {r['vs_proto_ci95']:.1f}")
+                  for r in records]  # fmt: skip
+        cols = [
+            Col("method", [Text(r["method"]) for r in records], style="bold"),
+            Col("accuracy %", accuracy, NUMBER, justify="right"),
+            Col("vs proto (paired)", paired, NUMBER, justify="right"),
+            Col("ms / episode", [Text(f"{1000 * r['seconds_per_episode']:.0f}") for r in records], NUMBER, "right"),
+        ]
+        return FitTable(title, cols)
 
     return Layout("evaluate", EVALUATE_COLUMNS, table)
 
@@ -189,7 +246,7 @@ def search_layout(title: str) -> Layout:
 
 def anomaly_layout(title: str) -> Layout:
     def line(summary: dict[str, Any]) -> str:
-        return f"{summary['anomalous']} of {summary['judged']} queries anomalous"
+        return f"{summary['anomalous']} of {plural(summary['judged'], 'query')} anomalous"
 
     return Layout("anomaly", ANOMALY_COLUMNS, simple_table(title, ANOMALY_COLUMNS), summary_line=line)
 

@@ -26,17 +26,21 @@ EPILOG = (
 @with_session("fmt", "output", "model", "device", "cache", "progress", "quiet", "config")
 def run(
     queries: Annotated[
-        list[str], argument("Query images: files, folders, or - to read paths from stdin.", "QUERY...")
+        list[str], argument("Query images: files, folders, or - to read paths from stdin.", "QUERY")
     ],  # fmt: skip
     gallery: Annotated[Path, argument("Folder of images to search (recursively).", "GALLERY")],
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Hits per query.")] = defaults.SEARCH_TOP_K,
+    top_k: Annotated[
+        int, typer.Option("--top-k", "-k", metavar="N", min=1, help="Hits per query.")
+    ] = defaults.SEARCH_TOP_K,
     shortlist: Annotated[
-        int, typer.Option("--shortlist", min=0, help="How many global-cosine hits DeepEMD re-ranks (0: all).")
+        int,
+        typer.Option("--shortlist", metavar="N", min=0, help="How many global-cosine hits DeepEMD re-ranks (0: all)."),
     ] = defaults.SEARCH_SHORTLIST,
     rerank: Annotated[
         Literal["emd", "emd+global", "none"],
         typer.Option(
             "--rerank",
+            metavar="SCORE",
             help="Re-ranking score: emd+global (EMD score + global cosine; measured the safest), "
             "emd, or none (global cosine only).",
         ),

@@ -17,7 +17,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +30,10 @@ from ..errors import DatasetError, UsageError
 from ..io.files import AtomicFile, display_path, partial_path
 from .common import note
 
-#: Width of a table written to a file (a terminal uses its own width).
-FILE_TABLE_WIDTH = 160
+#: The widest a table written to a file gets. A file has no screen: its table is as wide as its
+#: content, so that each row is one line (grep finds it whole); only beyond this does it give way as
+#: on a terminal this wide. (A terminal uses its own width.)
+FILE_TABLE_WIDTH = 1000
 
 Record = dict[str, Any]
 
@@ -191,10 +193,15 @@ class Sink:
             self.stream.write(f'\n], "summary": {json.dumps(summary, ensure_ascii=False)}}}\n')
             self.stream.flush()
         elif self.fmt == "table":
-            in_file = self._file is not None
-            console = Console(file=self.stream, highlight=False, no_color=True if in_file else None,
-                              width=FILE_TABLE_WIDTH if in_file else None)  # fmt: skip
-            console.print(self.layout.table(self._kept))
+            table = self.layout.table(self._kept)
+            if self._file is None:
+                Console(file=self.stream, highlight=False).print(table)
+            else:
+                console = Console(file=self.stream, highlight=False, no_color=True, width=FILE_TABLE_WIDTH)
+                console.width = console.measure(table).maximum  # as wide as the content needs
+                with console.capture() as drawn:
+                    console.print(table)
+                self.stream.write("".join(line.rstrip() + "\n" for line in drawn.get().splitlines()))
 
     def _abort(self) -> None:
         if self._file is None:
@@ -202,7 +209,8 @@ class Sink:
         kept = self._file.abort(keep=self.rows > 0)
         if kept is not None:
             then = "; run the same command with --resume to finish it" if self.layout.resumable else ""
-            note(f"{self.rows} rows computed so far were kept in {display_path(kept)}{then}")
+            rows = "1 row computed so far was" if self.rows == 1 else f"{self.rows} rows computed so far were"
+            note(f"{rows} kept in {display_path(kept)}{then}")
 
 
 def read_earlier(path: Path, fmt: str, command: str) -> tuple[list[Record], list[str] | None]:
@@ -232,22 +240,3 @@ def read_earlier(path: Path, fmt: str, command: str) -> tuple[list[Record], list
         return records, None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise bad from None
-
-
-def simple_table(title: str, columns: Sequence[str]) -> Callable[[list[Record]], RenderableType]:
-    """A table of the given record keys (columns empty in every row are left out)."""
-
-    def render(records: list[Record]) -> RenderableType:
-        from rich import box
-        from rich.markup import escape
-        from rich.table import Table
-
-        table = Table(title=escape(title), box=box.SIMPLE_HEAVY, title_justify="left")
-        shown = [c for c in columns if any(r.get(c) is not None for r in records)]
-        for c in shown:
-            table.add_column(c, overflow="fold")
-        for r in records:
-            table.add_row(*("" if r.get(c) is None else escape(str(r.get(c))) for c in shown))
-        return table
-
-    return render

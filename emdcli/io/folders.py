@@ -23,13 +23,15 @@ class LabelledFolder:
 
     classes: the classes that hold at least one image, sorted by name.
     empty: names of class folders without any image (skipped).
-    ignored: files that were not read because their names are not images' names.
+    ignored: files in class folders that were not read because their names are not images' names.
+    loose: files lying directly in ``root``, outside any class folder (not used).
     """
 
     root: Path
     classes: tuple[ClassFolder, ...]
     empty: tuple[str, ...]
     ignored: tuple[Path, ...]
+    loose: tuple[Path, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -50,24 +52,21 @@ def read_labelled_folder(root: Path, min_classes: int = 2) -> LabelledFolder:
         raise DatasetError(f"support folder does not exist: {root}")
     if not root.is_dir():
         raise DatasetError(f"support must be a folder with one sub-folder per class, got a file: {root}")
-    classes, empty, ignored = [], [], []
-    loose = 0
+    classes: list[ClassFolder] = []
+    empty: list[str] = []
+    ignored: list[Path] = []
+    loose: list[Path] = []
     for entry in sorted(root.iterdir()):
         if is_hidden(entry):
             continue
         if entry.is_dir():
-            files = tuple(iter_image_files(entry))
-            ignored += [
-                p for p in sorted(entry.rglob("*"))
-                if p.is_file() and not is_image_name(p) and not any(is_hidden(q) for q in p.relative_to(entry).parents)
-                and not is_hidden(p)
-            ]  # fmt: skip
+            files = tuple(iter_image_files(entry, ignored))
             if files:
                 classes.append(ClassFolder(entry.name, files))
             else:
                 empty.append(entry.name)
-        elif is_image_name(entry):
-            loose += 1
+        elif entry.is_file():
+            loose.append(entry)
     seen: dict[str, str] = {}
     for c in classes:
         other = seen.setdefault(c.name.casefold(), c.name)
@@ -78,8 +77,9 @@ def read_labelled_folder(root: Path, min_classes: int = 2) -> LabelledFolder:
             )
     if len(classes) < min_classes:
         hint = "arrange examples as SUPPORT/CLASS_NAME/image.jpg, at least two classes"
-        if loose:
-            hint = f"{loose} images lie directly in {root}; move them into one sub-folder per class"
+        images = [p for p in loose if is_image_name(p)]
+        if images:
+            hint = f"{len(images)} images lie directly in {root}; move them into one sub-folder per class"
         found = f"{len(classes)} class folder{'s' if len(classes) != 1 else ''} with images"
         raise DatasetError(f"{root}: needs at least {min_classes} class folders with images, found {found}", hint)
-    return LabelledFolder(root, tuple(classes), tuple(empty), tuple(ignored))
+    return LabelledFolder(root, tuple(classes), tuple(empty), tuple(ignored), tuple(loose))

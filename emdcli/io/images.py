@@ -33,17 +33,35 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def iter_image_files(folder: Path) -> Iterator[Path]:
-    """Image files below ``folder``, recursively, in sorted order; hidden entries skipped."""
+def iter_image_files(folder: Path, not_images: list[Path] | None = None) -> Iterator[Path]:
+    """Image files below ``folder``, recursively, in sorted order; hidden entries skipped.
+
+    not_images: when given, the other (not hidden) files found are appended to it.
+    """
     for root, dirs, files in os.walk(folder, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             path = Path(root) / name
-            if not is_hidden(path) and is_image_name(path):
+            if is_hidden(path):
+                continue
+            if is_image_name(path):
                 yield path
+            elif not_images is not None:
+                not_images.append(path)
 
 
-def iter_query_paths(sources: Iterable[str], stdin: Iterable[str] | None = None) -> Iterator[Path]:
+def count_by_suffix(paths: Iterable[Path]) -> str:
+    """``".heic 2, .txt 1"``: how many of ``paths`` end in each suffix, most first."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        key = path.suffix.lower() or "(no suffix)"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def iter_query_paths(
+    sources: Iterable[str], stdin: Iterable[str] | None = None, not_images: list[Path] | None = None
+) -> Iterator[Path]:
     """Expand query arguments lazily: a file as is, a folder recursively, ``-`` from stdin.
 
     Lines read from stdin are paths, one per line; blank lines are skipped. They
@@ -60,7 +78,7 @@ def iter_query_paths(sources: Iterable[str], stdin: Iterable[str] | None = None)
             continue
         path = Path(source)
         if path.is_dir():
-            yield from iter_image_files(path)
+            yield from iter_image_files(path, not_images)
         elif path.exists():
             yield path
         else:
@@ -131,7 +149,10 @@ def model_view(path: Path, prep: Preprocess) -> PILImage:
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not a recognised image format") from None
+        if is_image_name(path):
+            raise ImageError(f"{path}: not a recognised image format") from None
+        readable = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise ImageError(f"{path}: not a recognised image format (emdcli reads {readable}; convert it)") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path}: refused, declared size is too large ({exc})") from None
     except Image.DecompressionBombWarning as exc:

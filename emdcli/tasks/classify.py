@@ -12,6 +12,8 @@ and the scores come from a :class:`~emdcli.matching.support.Matcher`, the same c
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from ..features.source import FeatureSource, Progress, Skipped
+from ..io.files import sha256_file
 from ..io.folders import LabelledFolder
 from ..matching.nodes import ClassBank, Nodes, softmax_confidence
 from ..matching.support import ClassNodes, Matcher
@@ -114,18 +117,61 @@ class Prediction:
         return {r.label: r.score for r in self.ranking}
 
 
+class SupportOverlap:
+    """Which queries are support images themselves (the same bytes) or lie in the support set's
+    own class folders: a sign of swapped arguments or of the same folder given twice.
+
+    Only a query whose size equals some support image's is hashed, so the check costs a stat.
+    """
+
+    def __init__(self, folder: LabelledFolder) -> None:
+        self._by_size: dict[int, list[Path]] = {}
+        for path in (p for c in folder.classes for p in c.files):
+            with contextlib.suppress(OSError):
+                self._by_size.setdefault(path.stat().st_size, []).append(path)
+        self._digests: dict[Path, str] = {}
+        self.class_folders = {(folder.root / c.name).resolve() for c in folder.classes}
+
+    def _digest(self, path: Path) -> str:
+        if path not in self._digests:
+            self._digests[path] = sha256_file(path)
+        return self._digests[path]
+
+    def is_support_image(self, query: Path) -> bool:
+        """Whether the file ``query`` has the same content as a support image."""
+        try:
+            same_size = self._by_size.get(query.stat().st_size, [])
+            return bool(same_size) and any(self._digest(query) == self._digest(p) for p in same_size)
+        except OSError:
+            return False
+
+    def in_class_folder(self, query: Path) -> bool:
+        """Whether ``query`` lies below one of the support set's class folders."""
+        return any(parent in self.class_folders for parent in Path(os.path.abspath(query)).parents)
+
+
 @dataclass
 class Tally:
-    """Running counts over a stream of predictions."""
+    """Running counts over a stream of predictions.
+
+    support_images: queries that are support images themselves; in_support_folders: queries
+    lying in the support's class folders (both counted only with an ``overlap`` to check).
+    """
 
     total: int = 0
     ok: int = 0
     errors: int = 0
     labelled: int = 0
     correct: int = 0
+    support_images: int = 0
+    in_support_folders: int = 0
+    overlap: SupportOverlap | None = field(default=None, repr=False)
 
     def add(self, pred: Prediction) -> None:
         self.total += 1
+        if self.overlap is not None:
+            self.support_images += self.overlap.is_support_image(pred.path)
+            self.in_support_folders += self.overlap.in_class_folder(pred.path)
         if not pred.ok:
             self.errors += 1
             return
