@@ -45,9 +45,8 @@ def choose_providers(device: str) -> list[str]:
 
 #: Most backbone calls run at once on CPU (each call holds a batch's activations).
 MAX_CPU_LANES = 4
-#: Images per call on CPU: as fast as 8 or 16 end to end on 2 cores, with a lower peak
-#: memory (peak RSS of `classify` with two lanes: 358-367 MB, against 534 MB at 8 and
-#: 838-888 MB at 16).
+#: Images per call on CPU: no slower end to end than 16 on 2 cores, at well under half the peak
+#: memory (docs/benchmarks.md, "Throughput, cache, start-up and memory").
 CPU_BATCH = 4
 #: Images per call on CUDA (not measured: no GPU was available to measure it).
 CUDA_BATCH = 16
@@ -65,9 +64,9 @@ def cpu_layout(cores: int) -> tuple[int, int]:
     """(lanes, threads per lane) for ``cores`` CPU cores.
 
     A lane is one backbone call running at the same time as others. On 2 cores two
-    single-threaded lanes classify 18-21% more photos per second end to end than one
-    call with 2 threads (three runs of benchmarks/throughput.py): batches in parallel
-    need no synchronisation inside each layer. Beyond MAX_CPU_LANES lanes the cores
+    single-threaded lanes classify more photos per second end to end than one call with
+    2 threads (docs/benchmarks.md, measured by benchmarks/throughput.py): batches in
+    parallel need no synchronisation inside each layer. Beyond MAX_CPU_LANES lanes the cores
     are split between them (not measured: only 2 cores were available).
     """
     lanes = max(1, min(cores, MAX_CPU_LANES))
