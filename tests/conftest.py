@@ -80,6 +80,22 @@ def build_tiny_model(folder: Path, size: int = 32, channels: int = 8) -> Path:
     return write_manifest(manifest, folder / "tiny.json")
 
 
+def write_flat_onnx(path: Path) -> None:
+    """An ONNX model at ``path`` whose output is a (B, 3) vector, not a feature map."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["image"], ["p"]), helper.make_node("Flatten", ["p"], ["features"])],
+        "flat",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("model"))

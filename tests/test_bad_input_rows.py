@@ -20,7 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from emdcli.cli import app
-from tests.conftest import make_folder, make_image
+from tests.conftest import make_folder, make_image, write_flat_onnx
 
 runner = CliRunner()
 
@@ -200,18 +200,7 @@ def test_support_path_that_is_a_file_is_a_usage_error(tiny_model: Path, tmp_path
 
 def _flat_model(folder: Path) -> None:
     """Replace the tiny model's ONNX file with one whose output is a (B, 3) vector."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["image"], ["p"]), helper.make_node("Flatten", ["p"], ["features"])],
-        "flat",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(folder / "tiny.onnx"))
+    write_flat_onnx(folder / "tiny.onnx")
 
 
 @pytest.mark.parametrize("how", ["output is not a feature map", "manifest is not JSON", "manifest lacks sha256"])

@@ -59,22 +59,12 @@ def test_file_that_is_not_onnx(tmp_path: Path) -> None:
 
 
 def test_model_whose_output_is_not_a_feature_map(tmp_path: Path) -> None:
-    import onnx
-    from onnx import TensorProto, helper
-
     from emdcli.io.files import sha256_file
+    from tests.conftest import write_flat_onnx
 
-    graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["image"], ["p"]), helper.make_node("Flatten", ["p"], ["features"])],
-        "flat",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
     folder = tmp_path / "flat"
     manifest_path = build_tiny_model(folder)
-    onnx.save(model, str(folder / "tiny.onnx"))
+    write_flat_onnx(folder / "tiny.onnx")
     data = json.loads(manifest_path.read_text())
     data["sha256"] = sha256_file(folder / "tiny.onnx")
     manifest_path.write_text(json.dumps(data))
