@@ -374,3 +374,11 @@ def test_every_command_has_teaching_help(command: str) -> None:
     res = run(command, "--help")
     assert res.exit_code == 0
     assert "Examples" in res.stdout and "Exit codes" in res.stdout and "--model" in res.stdout
+
+
+def test_summary_line_and_json_summary_agree(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    res = classify(tiny_model, support_dir, query_dir, "-f", "json")
+    assert res.exit_code == 0
+    summary = json.loads(res.stdout)["summary"]
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.endswith(f" · {summary['queries_per_second']:.1f} queries/s · {summary['seconds']:.1f} s")

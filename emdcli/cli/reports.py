@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
 from rich.text import Text
 
 from ..io.files import display_path
@@ -249,8 +249,3 @@ def anomaly_layout(title: str) -> Layout:
         return f"{summary['anomalous']} of {plural(summary['judged'], 'query')} anomalous"
 
     return Layout("anomaly", ANOMALY_COLUMNS, simple_table(title, ANOMALY_COLUMNS), summary_line=line)
-
-
-def with_note(renderable: RenderableType, text: str) -> RenderableType:
-    """A renderable followed by a line of text."""
-    return Group(renderable, text)

@@ -100,7 +100,6 @@ class Sink:
     rows: int = 0
     _kept: list[Record] = field(default_factory=list, repr=False)
     _file: AtomicFile | None = field(default=None, repr=False)
-    _started: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.output is None:
@@ -135,27 +134,29 @@ class Sink:
             yield self._emit
         except BaseException as exc:
             closed = isinstance(exc, BrokenPipeError)  # stdout is gone: nothing more to write or say
-            if not closed:
-                self._finish(summary())
+            final = None if closed else summary()  # once, so the document and the line agree
+            if final is not None:
+                self._finish(final)
             self._abort()
-            if not closed:
-                self._summary_line(summary())
+            if final is not None:
+                self._summary_line(final)
             raise
-        self._finish(summary())
+        final = summary()
+        self._finish(final)
         if self._file and self.output is not None:
             if self.rows:  # an earlier run's .partial is a part of what was just written
                 self._file.commit()
                 partial_path(self.output).unlink(missing_ok=True)
             else:  # no row, no file: the command reports why
                 self._file.abort(keep=False)
-        self._summary_line(summary())
+        self._summary_line(final)
 
     def _summary_line(self, summary: dict[str, Any]) -> None:
         if self.layout.summary_line and self.rows and not self.quiet:
             note(self.layout.summary_line(summary))
 
     def _start(self) -> None:
-        self._started = True
+        """The CSV header or the JSON document's head, written with the first row."""
         if self.fmt == "csv":
             self._csv(list(self.layout.columns))
         elif self.fmt == "json":
@@ -173,7 +174,7 @@ class Sink:
         if self.fmt == "table":
             self._kept.append(record)
         else:
-            if not self._started:
+            if self.rows == 0:
                 self._start()
             if self.fmt == "csv":
                 self._csv(self.layout.csv_values(record))
