@@ -68,15 +68,18 @@ def row_label(option: typer.core.TyperOption) -> str:
 
 
 def test_every_command_is_checked() -> None:
-    assert COMMANDS == ["classify", "evaluate", "search", "anomaly", "explain", "info", "export"]
+    assert COMMANDS == ["classify", "batch", "evaluate", "search", "anomaly", "explain", "info", "export"]
 
 
 @pytest.mark.parametrize("width", [80, 120])
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: " ".join(p) or "emdcli")
 def test_help_has_no_library_leftovers(monkeypatch: pytest.MonkeyPatch, page: list[str], width: int) -> None:
     text = render_help(monkeypatch, page, width)
+    # a required option says so after its help, once (batch's --output); nothing else is marked required
+    required = [o for o in options(page[0] if page else None) if o.required]
+    assert text.count("[required]") == len(required), (page, [o.opts for o in required])
     for leftover in LEFTOVERS:
-        assert leftover not in text, leftover
+        assert leftover not in text.replace("[required]", "", len(required)), leftover
     assert not TYPE_LABEL.search(text), TYPE_LABEL.search(text)
     usage = next(line.strip() for line in text.splitlines() if line.strip().startswith("Usage:"))
     assert "{" not in usage and "}" not in usage and "...}" not in usage
@@ -88,6 +91,7 @@ def test_help_has_no_library_leftovers(monkeypatch: pytest.MonkeyPatch, page: li
 def test_usage_lines_name_arguments_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
     expected = {
         "classify": "Usage: emdcli classify [OPTIONS] SUPPORT QUERIES...",
+        "batch": "Usage: emdcli batch [OPTIONS] SUPPORT INPUT",
         "evaluate": "Usage: emdcli evaluate [OPTIONS] DATASET",
         "search": "Usage: emdcli search [OPTIONS] QUERY... GALLERY",
         "anomaly": "Usage: emdcli anomaly [OPTIONS] NORMAL_DIR QUERIES...",
@@ -118,6 +122,8 @@ def test_every_option_shows_its_default_unless_a_lone_flag(monkeypatch: pytest.M
             assert "[default:" not in row, (name, label)  # a lone flag: off unless given
         elif option.is_flag:
             assert re.search(r"\[default: (on|off)\]", row), (name, label, row)
+        elif option.required:
+            assert row.rstrip(" │").endswith("[required]") and "[default:" not in row, (name, label, row)
         else:
             assert re.search(r"\[default: [^\]]+\]", row), (name, label, row)
             assert option.metavar and option.metavar.isupper(), (name, label, "a plain metavar: N, FILE ...")
@@ -143,7 +149,7 @@ def test_one_letter_one_meaning() -> None:
     way = [name for name in COMMANDS if any("-n" in o.opts for o in options(name))]
     assert way == ["evaluate"]
     top_k = [name for name in COMMANDS if any("-k" in o.opts for o in options(name))]
-    assert top_k == ["classify", "search"]
+    assert top_k == ["classify", "batch", "search"]
     neighbours = next(o for o in options("anomaly") if "--neighbours" in o.opts)
     assert neighbours.opts == ["--neighbours", "--k"]  # --k: the old name, still accepted and shown
 

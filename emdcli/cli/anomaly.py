@@ -74,7 +74,8 @@ def run(
     from ..errors import EmdcliError, UsageError
     from ..io.files import display_path
     from ..tasks.anomaly import AnomalyDetector
-    from .reports import anomaly_layout, rounded
+    from ..tasks.classify import rounded
+    from .reports import anomaly_layout
 
     sink = session.sink()
     if threshold is not None and contamination is not None:

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from ..io.files import display_path
 from ..io.images import count_by_suffix
+from ..tasks.classify import prediction_columns, rounded
 from .sink import Layout, Record
 from .tables import NUMBER, PATH, Col, FitTable, Prose, common_folder, simple_table
 
@@ -20,14 +21,6 @@ if TYPE_CHECKING:
     from ..io.folders import LabelledFolder
     from ..tasks.classify import Prediction, Tally
     from ..tasks.evaluate import Evaluation
-
-#: Decimal places of scores and confidences in every output.
-SCORE_DIGITS = 6
-
-
-def rounded(x: float | None, digits: int = SCORE_DIGITS) -> float | None:
-    return None if x is None else round(float(x), digits)
-
 
 # classify -----------------------------------------------------------------------------------
 
@@ -142,7 +135,7 @@ def classify_layout(classes: Sequence[str], top_k: int, *, pictures: bool = Fals
     (with ``--explain-dir``), error."""
     head = ["path", "status", "predicted", "score", "confidence", "runner_up", "runner_up_score", "true_label"]
     tail = ("picture", "error") if pictures else ("error",)
-    columns = (*head, "correct", *(f"top_{i}" for i in range(1, top_k + 1)), *(f"score:{c}" for c in classes), *tail)
+    columns = (*prediction_columns(classes, top_k)[:-1], *tail)
 
     def flatten(rec: Record) -> list[Any]:
         tops = [t["class"] for t in rec["top"]]

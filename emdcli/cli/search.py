@@ -52,8 +52,9 @@ def run(
     """Find the gallery images most like each query: global shortlist, then DeepEMD re-ranking."""
     from ..errors import EmdcliError
     from ..io.files import display_path
+    from ..tasks.classify import rounded
     from ..tasks.retrieval import Gallery
-    from .reports import rounded, search_layout
+    from .reports import search_layout
 
     sink = session.sink()
     paths = query_paths(queries, null)

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import DatasetError
 from ..features.source import FeatureSource, Progress, Skipped
-from ..io.files import sha256_file
+from ..io.files import display_path, sha256_file
 from ..io.folders import LabelledFolder
 from ..matching.nodes import ClassBank, Nodes, softmax_confidence
 from ..matching.support import ClassNodes, Matcher
@@ -63,6 +64,14 @@ class Ranked:
     label: str
     score: float
     confidence: float
+
+
+#: Decimal places of scores and confidences in every output.
+SCORE_DIGITS = 6
+
+
+def rounded(x: float | None, digits: int = SCORE_DIGITS) -> float | None:
+    return None if x is None else round(float(x), digits)
 
 
 def ranking_from_scores(labels: list[str], scores: np.ndarray) -> tuple[Ranked, ...]:
@@ -115,6 +124,33 @@ class Prediction:
 
     def scores(self) -> dict[str, float]:
         return {r.label: r.score for r in self.ranking}
+
+
+def prediction_columns(classes: Sequence[str], top_k: int) -> tuple[str, ...]:
+    """The flat columns of a prediction (classify's CSV, batch's every format): path, status,
+    prediction, runner-up, truth, top_1..top_K, score:CLASS for each class, error."""
+    return (
+        "path", "status", "predicted", "score", "confidence", "runner_up", "runner_up_score", "true_label", "correct",
+        *(f"top_{i}" for i in range(1, top_k + 1)), *(f"score:{c}" for c in classes), "error",
+    )  # fmt: skip
+
+
+def prediction_row(pred: Prediction, classes: Sequence[str], top_k: int, path: str | None = None) -> dict[str, Any]:
+    """``pred`` as one flat row keyed by :func:`prediction_columns` (scores rounded to SCORE_DIGITS;
+    None where there is no value). path: the text of the path column (default: ``pred.path``)."""
+    ru = pred.runner_up
+    scores = pred.scores()
+    tops = [r.label for r in pred.ranking[:top_k]]
+    row: dict[str, Any] = {
+        "path": display_path(pred.path) if path is None else path, "status": pred.status,
+        "predicted": pred.predicted, "score": rounded(pred.score), "confidence": rounded(pred.confidence),
+        "runner_up": ru.label if ru else None, "runner_up_score": rounded(ru.score) if ru else None,
+        "true_label": pred.true_label, "correct": pred.correct,
+    }  # fmt: skip
+    row.update({f"top_{i + 1}": tops[i] if i < len(tops) else None for i in range(top_k)})
+    row.update({f"score:{c}": rounded(scores.get(c)) for c in classes})
+    row["error"] = pred.error
+    return row
 
 
 class SupportOverlap:

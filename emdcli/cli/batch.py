@@ -1,0 +1,350 @@
+"""``emdcli batch SUPPORT INPUT --output DEST``: classify very many images, in this process or on a Ray
+cluster, into Parquet parts (or one CSV/JSONL file), resumable."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+
+from .common import Session, argument, with_session
+
+if TYPE_CHECKING:
+    from ..tasks.batch import BatchJob
+
+NAME = "batch"
+EPILOG = (
+    "[bold]Examples[/bold]\n\n"
+    "  emdcli batch support/ photos/ -o predictions/\n\n"
+    "  emdcli batch support/ manifest.parquet -o predictions/ --engine ray --workers 8\n\n"
+    "  RAY_ADDRESS=head-node:6379 emdcli batch support/ paths.txt -o out/ --engine ray --resume\n\n"
+    "Rows have classify's CSV columns plus model_sha256; with --engine ray they come in the order "
+    "batches finish. Exit codes: 0 done (unreadable images are status=error rows), 1 runtime failure "
+    "(model, workers, cluster), 2 usage error (bad option, INPUT or DEST, Ray not installed), "
+    "130 interrupted (143 on SIGTERM): what was written is kept; --resume finishes it."
+)
+
+EngineName = Literal["local", "ray"]
+BatchFormat = Literal["parquet", "csv", "jsonl"]
+#: Error rows reported one by one on stderr before they are only counted.
+SHOWN_ERRORS = 10
+
+
+@with_session(
+    "top_k", "metric", "kshot", "global_weight", "shortlist", "model", "device", "cache", "progress", "quiet", "config"
+)
+def run(
+    support: Annotated[
+        Path,
+        argument("Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more.", "SUPPORT"),
+    ],  # fmt: skip
+    source: Annotated[
+        str,
+        argument(
+            "The images: a folder (searched recursively), a text file of paths (one per line), or a "
+            ".parquet/.csv manifest with a 'path' column. Relative paths are read from the current folder.",
+            "INPUT",
+        ),
+    ],  # fmt: skip
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DEST",
+            help="A folder for Parquet parts (part-NNNNNN.parquet, and _emdcli.json with the run's settings), "
+            "or a .csv/.jsonl file, written atomically (an unfinished run keeps DEST.partial).",
+            show_default=False,
+        ),
+    ],  # fmt: skip
+    engine: Annotated[
+        EngineName,
+        typer.Option(
+            "--engine",
+            metavar="ENGINE",
+            help="local: in this process, no Ray needed; ray: a Ray Data actor pool "
+            "(a local cluster, or --address / $RAY_ADDRESS).",
+        ),
+    ] = "local",  # fmt: skip
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            metavar="ADDR",
+            help="The Ray cluster to run on (host:port, or ray://host:10001).",
+            show_default="$RAY_ADDRESS, else a local cluster for this run",
+        ),
+    ] = None,  # fmt: skip
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            "--workers",
+            metavar="N|MIN-MAX",
+            help="ray: 1-CPU worker processes, a fixed number or an autoscaling range; local: backbone calls at once.",
+            show_default="one per core (local cluster), the cluster's CPUs but one (--address)",
+        ),
+    ] = None,  # fmt: skip
+    batch_size: Annotated[
+        int,
+        typer.Option("--batch-size", metavar="B", min=1, help="Images handed to a worker at once (one Ray task)."),
+    ] = 64,  # fmt: skip
+    fmt: Annotated[
+        BatchFormat | None,
+        typer.Option(
+            "--format",
+            "-f",
+            metavar="FORMAT",
+            help="parquet, csv or jsonl.",
+            show_default="csv or jsonl by DEST's suffix, else parquet",
+        ),
+    ] = None,  # fmt: skip
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Keep the rows DEST already holds and classify only the paths they lack."),
+    ] = False,  # fmt: skip
+    *,
+    session: Session,
+) -> None:
+    """Classify many images into DEST: in this process, or on a Ray cluster; resumable."""
+    from ..io.folders import read_labelled_folder
+    from ..tasks import batch as lib
+    from .reports import support_warnings
+
+    chosen = fmt or _format_for(output)
+    span = _parse_workers(workers, engine)
+    if engine == "ray":
+        from ..tasks.ray_engine import need_ray
+
+        need_ray()  # before any work: exit 2 with what to install
+    out = _Output(output, chosen, session.quiet)  # checks DEST now (exit 2)
+    folder = read_labelled_folder(support)
+    inputs = lib.list_inputs(source)
+    for line in support_warnings(folder):
+        session.say(line)
+    if inputs.duplicates:
+        session.say(f"{inputs.duplicates} duplicate path(s) in {source} are classified once")
+    with session.progress() as bars:
+        task = bars.add_task("Support", total=folder.image_count)
+        job, support_set = lib.fit_job(
+            folder, session.source, session.matcher(), session.backbone.check, top_k=session.settings.top_k,
+            device=session.settings.device, on_done=lambda n: bars.advance(task, n),
+        )  # fmt: skip
+    session.report_skipped(support_set.skipped, "support image ")
+    done = out.start(job, resume=resume, source=source)
+    todo = [p for p in inputs.paths if p not in done]
+    if done:
+        session.tell(f"resuming: {len(done)} of {len(inputs.paths)} paths are already in {output}")
+    if not todo:
+        out.finish_empty()
+        session.tell(f"nothing to do: every path of {source} is in {output}")
+        return
+    tally = _Tally(resumed=len(done), engine=engine)
+    with out.writing(job, tally) as write, session.progress() as bars:
+        task = bars.add_task("Images", total=len(todo))
+        tally.engine_started = time.perf_counter()
+        if engine == "local":
+            tally.workers = span[1] if workers else None
+            local_job = job.with_layout(threads=None, lanes=tally.workers)
+            for rows in lib.run_local(local_job, todo, batch_size, lambda n: bars.advance(task, n)):
+                _take(rows, tally, write, session)
+        else:
+            from ..tasks.ray_engine import ray_cluster, run_ray
+
+            with ray_cluster(address, span if workers else None) as cluster:
+                tally.workers = cluster.workers[1]
+                for rows in run_ray(job, todo, cluster.workers, batch_size):
+                    bars.advance(task, len(rows))
+                    _take(rows, tally, write, session)
+
+
+def _take(rows: list[dict[str, Any]], tally: _Tally, write: Any, session: Session) -> None:
+    now = time.perf_counter()
+    if tally.first_row_at is None:
+        tally.first_row_at, tally.first_rows = now, len(rows)
+    for row in rows:
+        if row["status"] != "ok":
+            tally.errors += 1
+            if tally.errors <= SHOWN_ERRORS:
+                session.say(f"skipped {row['error']}")
+        elif row["correct"] is not None:
+            tally.labelled += 1
+            tally.correct += bool(row["correct"])
+    tally.rows += len(rows)
+    tally.last_row_at = now
+    write(rows)
+
+
+class _Tally:
+    """Counts over the rows of this run, and when they came (for start-up and throughput)."""
+
+    def __init__(self, resumed: int, engine: str) -> None:
+        self.resumed, self.engine = resumed, engine
+        self.rows = self.errors = self.labelled = self.correct = self.first_rows = 0
+        self.workers: int | None = None  # None: the engine's default
+        self.engine_started = time.perf_counter()
+        self.first_row_at: float | None = None
+        self.last_row_at: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        end = time.perf_counter()
+        after = self.rows - self.first_rows
+        steady = (self.last_row_at or end) - (self.first_row_at or end)
+        return {
+            "rows": self.rows, "classified": self.rows - self.errors, "skipped": self.errors,
+            "resumed": self.resumed, "engine": self.engine, "workers": self.workers,
+            "labelled": self.labelled, "correct": self.correct,
+            "accuracy": round(self.correct / self.labelled, 6) if self.labelled else None,
+            "startup_seconds": round(self.first_row_at - self.engine_started, 3) if self.first_row_at else None,
+            "rows_per_second": round(after / steady, 2) if after and steady > 0 else None,
+            "seconds": round(end - self.engine_started, 3),
+        }  # fmt: skip
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    from .reports import plural
+
+    parts = [plural(summary["rows"], "row"), f"{summary['classified']} classified"]
+    if summary["skipped"]:
+        parts.append(f"{summary['skipped']} skipped (status=error)")
+    if summary["resumed"]:
+        parts.append(f"{summary['resumed']} resumed")
+    if summary["accuracy"] is not None:
+        parts.append(f"accuracy {summary['correct']}/{summary['labelled']} = {100 * summary['accuracy']:.1f}%")
+    workers = "" if summary["workers"] is None else f", {plural(summary['workers'], 'worker')}"
+    parts.append(f"engine {summary['engine']}{workers}")
+    if summary["startup_seconds"] is not None:
+        parts.append(f"start-up {summary['startup_seconds']:.1f} s")
+    if summary["rows_per_second"]:
+        parts.append(f"{summary['rows_per_second']:.1f} rows/s after it")
+    parts.append(f"{summary['seconds']:.1f} s")
+    return " · ".join(parts)
+
+
+def _format_for(output: Path) -> str:
+    suffix = output.suffix.lower()
+    return {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffix, "parquet")
+
+
+def _parse_workers(text: str | None, engine: str) -> tuple[int, int]:
+    """``N`` or ``MIN-MAX`` -> (min, max); (1, 1) when not given. UsageError otherwise."""
+    from ..errors import UsageError
+
+    if text is None:
+        return (1, 1)
+    low, sep, high = text.partition("-")
+    try:
+        span = (int(low), int(high) if sep else int(low))
+    except ValueError:
+        raise UsageError(f"--workers {text}: expected a number N or a range MIN-MAX, such as 4 or 2-8") from None
+    if span[0] < 1 or span[1] < span[0]:
+        raise UsageError(f"--workers {text}: need 1 <= MIN <= MAX")
+    if sep and engine == "local":
+        raise UsageError(f"--workers {text}: a range is for --engine ray; give a number with --engine local")
+    return span
+
+
+class _Output:
+    """DEST: Parquet parts in a folder, or one CSV/JSONL file through the sink (atomic, .partial)."""
+
+    def __init__(self, path: Path, fmt: str, quiet: bool) -> None:
+        self.path, self.fmt, self.quiet = path, fmt, quiet
+        if fmt == "parquet":
+            from ..io.parquet import PartFolder, need_pyarrow
+
+            need_pyarrow()
+            self.parts: Any = PartFolder(path)
+        else:
+            from .sink import Sink
+
+            self.sink = Sink(path, fmt, quiet=quiet)
+        self._prior: list[dict[str, Any]] = []
+
+    def start(self, job: BatchJob, *, resume: bool, source: str) -> set[str]:
+        """Prepare DEST for ``job``; with ``resume``, the paths it already holds."""
+        from .. import __version__
+
+        settings = {"command": "batch", "emdcli": __version__, **job.header(), "columns": list(job.columns),
+                    "input": source}  # fmt: skip
+        if self.fmt == "parquet":
+            compare = ("model_sha256", "metric", "kshot", "global_weight", "shortlist", "top_k", "classes", "columns")
+            self.parts.start(settings, resume=resume, compare=compare)
+            return self.parts.done_paths() if resume else set()
+        if resume:
+            self._prior = _earlier_rows(self.path, self.fmt, job)
+        return {str(r["path"]) for r in self._prior}
+
+    def finish_empty(self) -> None:
+        """Nothing new to write: a resumed CSV/JSONL is completed from what it held."""
+        if self.fmt != "parquet" and self._prior:
+            with self.writing_rows(self._prior_columns(), lambda: {}) as emit:
+                for row in self._prior:
+                    emit(row)
+
+    def _prior_columns(self) -> tuple[str, ...]:
+        return tuple(self._prior[0]) if self._prior else ()
+
+    def writing_rows(self, columns: tuple[str, ...], summary: Any) -> Any:
+        from .sink import Layout
+        from .tables import simple_table
+
+        layout = Layout("batch", columns, simple_table("batch", columns), summary_line=summary_line, resumable=True)
+        return self.sink.open(layout, {}, summary)
+
+    def writing(self, job: BatchJob, tally: _Tally) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def parquet() -> Any:
+            writer = self.parts.writer(job.columns)
+            try:
+                yield writer.add
+            except BaseException:
+                writer.close()
+                if writer.written and not self.quiet:
+                    from .common import note
+
+                    note(f"{writer.written} rows of this run were kept in {self.path}; "
+                         "run the same command with --resume to finish it")  # fmt: skip
+                raise
+            writer.close()
+            if not self.quiet and tally.rows:
+                from .common import note
+
+                note(summary_line(tally.summary()))
+
+        @contextlib.contextmanager
+        def through_sink() -> Any:
+            with self.writing_rows(job.columns, tally.summary) as emit:
+                for row in self._prior:
+                    emit(row)
+
+                def write(rows: list[dict[str, Any]]) -> None:
+                    for row in rows:
+                        emit(row)
+
+                yield write
+
+        return parquet() if self.fmt == "parquet" else through_sink()
+
+
+def _earlier_rows(path: Path, fmt: str, job: BatchJob) -> list[dict[str, Any]]:
+    """The rows an earlier run left in ``path`` (or its .partial), checked to be this job's."""
+    from ..errors import DatasetError
+    from ..io.files import partial_path
+    from .sink import read_earlier
+
+    partial = partial_path(path)
+    earlier = partial if partial.exists() else path if path.exists() else None
+    if earlier is None:
+        return []
+    records, columns = read_earlier(earlier, fmt, "batch")
+    found = tuple(columns) if columns is not None else tuple(records[0]) if records else job.columns
+    if found != job.columns or any(str(r.get("model_sha256")) != job.model_sha256 for r in records):
+        raise DatasetError(
+            f"{earlier} was written by another model or support set (its columns or model_sha256 differ); "
+            "cannot resume it",
+            hint="resume with the same SUPPORT and --model, or write to a new file",
+        )
+    return records

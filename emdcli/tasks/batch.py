@@ -1,0 +1,290 @@
+"""Classification of very many images: a job fitted once, scored in batches by any number of workers.
+
+    job = BatchJob.fit(folder, source, matcher, model=backbone.check, top_k=2)   # on the driver
+    scorer = BatchScorer(job)                                # on each worker: checks version and model
+    rows = scorer.score(["a.jpg", "b.jpg"])                  # one flat row per path, in order
+
+The job carries the fitted class node sets (not the support images), the matching settings, the
+emdcli version and the model's sha256, and a custom model's files, so that a worker on another
+machine needs nothing but emdcli installed. :func:`run_local` runs the same :class:`BatchScorer`
+in this process; :mod:`emdcli.tasks.ray_engine` runs it on a Ray actor pool. Rows have the columns
+of classify's CSV (:func:`~emdcli.tasks.classify.prediction_columns`) plus ``model_sha256``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import DatasetError, EmdcliError
+from ..features.source import FeatureSource, Progress
+from ..io.files import display_path
+from ..io.folders import LabelledFolder
+from ..matching.support import ClassNodes, Matcher
+from ..model.manifest import ModelCheck, bundled_model_dir, resolve_model_path
+from .classify import Classifier, Prediction, SupportSet, prediction_columns, prediction_row
+
+#: Rows handed to a worker at once (one Ray task): large enough that a task's overhead is small next
+#: to its images, small enough that a worker lost mid-batch costs little to redo.
+BATCH_SIZE = 64
+#: The name a custom model's manifest gets on a worker (beside its ONNX file, as the manifest names it).
+MANIFEST_NAME = "emdcli-model.json"
+
+
+class WorkerMismatch(EmdcliError):
+    """A worker's emdcli or model is not the driver's: its rows would not be comparable."""
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """Everything a worker needs to classify images as the driver would.
+
+    classes: the fitted class node sets. matcher: how queries are scored. top_k: ranked classes
+    per row. model_sha256: the sha256 of the driver's ONNX file. model_files: file name -> bytes of
+    a custom model (manifest and ONNX), None for the bundled one (each worker uses its own
+    installed copy, checked against ``model_sha256``). emdcli: the driver's version. base_dir: the
+    folder relative paths are read from (the driver's working folder). device: onnxruntime device.
+    threads, lanes: the backbone layout per worker (None: the defaults for the worker's cores).
+    """
+
+    classes: ClassNodes
+    matcher: Matcher
+    top_k: int
+    model_sha256: str
+    model_name: str
+    model_files: dict[str, bytes] | None = field(default=None, repr=False)
+    emdcli: str = __version__
+    base_dir: str = field(default_factory=os.getcwd)
+    device: str = "cpu"
+    threads: int | None = None
+    lanes: int | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns of every row, in order."""
+        return (*prediction_columns(self.classes.classes, self.top_k), "model_sha256")
+
+    @property
+    def global_weight(self) -> float:
+        return self.matcher.weight_for(self.classes)
+
+    def header(self) -> dict[str, Any]:
+        """The job's settings as written beside its output (and checked on ``--resume``)."""
+        names = self.classes.classes
+        return {
+            "model": self.model_name, "model_sha256": self.model_sha256, "metric": self.matcher.metric,
+            "kshot": self.classes.kshot, "global_weight": self.global_weight, "shortlist": self.matcher.shortlist,
+            "top_k": self.top_k, "classes": list(names), "shots": dict(zip(names, self.classes.shots, strict=True)),
+        }  # fmt: skip
+
+    def with_layout(self, threads: int | None, lanes: int | None) -> BatchJob:
+        from dataclasses import replace
+
+        return replace(self, threads=threads, lanes=lanes)
+
+
+def fit_job(
+    folder: LabelledFolder,
+    source: FeatureSource,
+    matcher: Matcher,
+    model: ModelCheck,
+    *,
+    top_k: int,
+    device: str = "cpu",
+    on_done: Progress | None = None,
+) -> tuple[BatchJob, SupportSet]:
+    """Fit ``folder`` (through ``source`` and its cache) into a job for workers; also the support set
+    (its skipped images and empty classes, for the report). A model outside emdcli's bundled folder
+    travels in the job."""
+    support = Classifier(source, matcher).fit(folder, on_done)
+    bundled = model.onnx_path.resolve().parent == bundled_model_dir().resolve()
+    files = None
+    if not bundled:
+        files = {model.manifest.file: model.onnx_path.read_bytes(), MANIFEST_NAME: model.manifest_path.read_bytes()}
+    job = BatchJob(
+        classes=support.nodes, matcher=matcher, top_k=min(top_k, len(support.classes)), model_sha256=model.actual,
+        model_name=model.manifest.name, model_files=files, device=device,
+    )  # fmt: skip
+    return job, support
+
+
+class BatchScorer:
+    """A worker: the job's model loaded once, then :meth:`score` for each batch of paths.
+
+    Raises WorkerMismatch when this process's emdcli version or model sha256 differs from the job's.
+    """
+
+    def __init__(self, job: BatchJob) -> None:
+        from ..model.backbone import Backbone
+
+        if job.emdcli != __version__:
+            raise WorkerMismatch(
+                f"emdcli worker refused the job: this worker runs emdcli {__version__}, the driver {job.emdcli}",
+                hint="install the same emdcli version on every machine of the cluster",
+            )
+        self.job = job
+        self._model_dir: tempfile.TemporaryDirectory[str] | None = None
+        manifest = resolve_model_path(None)
+        if job.model_files is not None:  # a custom model: written where this worker can load it
+            self._model_dir = tempfile.TemporaryDirectory(prefix="emdcli-model-")
+            for name, data in job.model_files.items():
+                target = Path(self._model_dir.name, name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            manifest = Path(self._model_dir.name, MANIFEST_NAME)
+        self.backbone = Backbone(manifest, device=job.device, threads=job.threads, lanes=job.lanes)
+        if self.backbone.check.actual != job.model_sha256:
+            raise WorkerMismatch(
+                f"emdcli worker refused the job: its model {self.backbone.onnx_path.name} has sha256 "
+                f"{self.backbone.check.actual[:12]}..., the driver's {job.model_sha256[:12]}...",
+                hint="install the same emdcli version on every machine, or pass the model with --model",
+            )
+        self._classifier = Classifier(FeatureSource(self.backbone, workers=1), job.matcher)
+        self._support = SupportSet(nodes=job.classes)
+
+    def score(self, paths: Iterable[str], on_done: Progress | None = None) -> Iterator[dict[str, Any]]:
+        """One flat row per path (``job.columns``), in input order; an unreadable image is a
+        ``status=error`` row. ``paths`` are as listed by :func:`list_inputs`."""
+        texts: list[str] = []
+
+        def local(items: Iterable[str]) -> Iterator[Path]:
+            for text in items:
+                texts.append(text)
+                yield Path(self.job.base_dir, text) if not is_uri(text) else Path(text)
+
+        names = self.job.classes.classes
+        for i, pred in enumerate(self._classifier.predict(self._support, local(paths), on_done)):
+            row = prediction_row(_labelled(pred, texts[i], names), names, self.job.top_k, path=texts[i])
+            row["model_sha256"] = self.job.model_sha256
+            yield row
+
+    def __call__(self, paths: Sequence[str]) -> list[dict[str, Any]]:
+        return list(self.score(paths))
+
+
+def _labelled(pred: Prediction, text: str, classes: Sequence[str]) -> Prediction:
+    """``pred`` with its true label taken from ``text`` (the parent folder's name, when a class) and
+    its error naming ``text`` rather than the resolved path."""
+    from dataclasses import replace
+
+    parent = text.replace("\\", "/").rstrip("/").split("/")[-2:-1]
+    label = parent[0] if parent and parent[0] in classes else None
+    error = pred.error
+    if error is not None:
+        error = error.replace(str(pred.path), text)
+    return replace(pred, true_label=label, error=error)
+
+
+def is_uri(text: str) -> bool:
+    """Whether ``text`` names an object in a filesystem of pyarrow's (``s3://``, ``gs://``, ...)."""
+    return "://" in text and not text.startswith("file://")
+
+
+# inputs ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    """What INPUT lists: the image paths (unique, in the order listed, as written), how INPUT was
+    read (``folder``, ``list``, ``parquet`` or ``csv``), duplicates dropped, and files of a folder
+    that are not images."""
+
+    paths: tuple[str, ...]
+    kind: str
+    duplicates: int = 0
+    not_images: tuple[Path, ...] = ()
+
+
+def list_inputs(source: str) -> BatchInput:
+    """The image paths INPUT names: a folder (searched recursively), a Parquet or CSV manifest with a
+    ``path`` column, or a text file of paths (one per line). DatasetError when it names none."""
+    from ..io.images import iter_image_files
+
+    where = Path(source)
+    if not where.exists():
+        raise DatasetError(
+            f"INPUT does not exist: {source}",
+            hint="give a folder of images, a text file of paths, or a .parquet/.csv manifest",
+        )
+    not_images: list[Path] = []
+    if where.is_dir():
+        kind = "folder"
+        listed = [display_path(p) for p in sorted(iter_image_files(where, not_images))]
+    elif where.suffix.lower() == ".parquet":
+        kind, listed = "parquet", _parquet_paths(where)
+    elif where.suffix.lower() == ".csv":
+        kind, listed = "csv", _csv_paths(where)
+    else:
+        kind = "list"
+        try:
+            text = where.read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as exc:
+            raise DatasetError(f"cannot read INPUT {source} ({exc.strerror or exc})") from None
+        listed = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    unique = tuple(dict.fromkeys(listed))
+    if not unique:
+        what = "no images found in" if kind == "folder" else "no paths listed in"
+        raise DatasetError(f"{what} {source}", hint="image files end in .jpg, .jpeg, .png, .bmp, .gif, .webp or .tif")
+    return BatchInput(unique, kind, len(listed) - len(unique), tuple(not_images))
+
+
+def _parquet_paths(path: Path) -> list[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DatasetError("reading a Parquet manifest needs pyarrow",
+                           hint="pip install 'emdcli[ray]' (or pyarrow)") from None  # fmt: skip
+    try:
+        schema = pq.read_schema(path)
+        if "path" not in schema.names:
+            raise DatasetError(f"{path} has no 'path' column (columns: {', '.join(schema.names)})",
+                               hint="name the column of image paths 'path'")  # fmt: skip
+        column = pq.read_table(path, columns=["path"]).column("path").to_pylist()
+    except DatasetError:
+        raise
+    except Exception as exc:  # pyarrow raises its own error types for a damaged file
+        raise DatasetError(f"cannot read {path} as Parquet ({exc})") from None
+    return [str(p) for p in column if p]
+
+
+def _csv_paths(path: Path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            if "path" not in (reader.fieldnames or []):
+                raise DatasetError(f"{path} has no 'path' column (header: {', '.join(reader.fieldnames or [])})",
+                                   hint="name the column of image paths 'path'")  # fmt: skip
+            return [row["path"] for row in reader if row.get("path")]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"cannot read {path} as CSV ({exc})") from None
+
+
+# the local engine --------------------------------------------------------------------------------
+
+
+def batches(paths: Iterable[str], size: int) -> Iterator[list[str]]:
+    """``paths`` in lists of ``size`` (the last may be shorter)."""
+    chunk: list[str] = []
+    for path in paths:
+        chunk.append(path)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def run_local(
+    job: BatchJob, paths: Iterable[str], batch_size: int = BATCH_SIZE, on_done: Progress | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    """The job in this process: one :class:`BatchScorer`, fed ``batch_size`` paths at a time as a Ray
+    worker is; yields each batch's rows (in input order)."""
+    scorer = BatchScorer(job)
+    for chunk in batches(paths, batch_size):
+        yield list(scorer.score(chunk, on_done))

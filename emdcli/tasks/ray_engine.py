@@ -1,0 +1,173 @@
+"""batch on Ray Data: the job's :class:`~emdcli.tasks.batch.BatchScorer` on an actor pool of 1-CPU workers.
+
+    with ray_cluster(address=None, workers=2) as cluster:      # a local cluster, or RAY_ADDRESS / address
+        for rows in run_ray(job, paths, cluster.workers):        # each finished batch's rows
+            ...
+
+Each worker holds the model once and classifies ``batch_size`` paths per task. Ray restarts a
+worker that dies and retries its task (``max_restarts=-1`` and ``max_task_retries=-1`` on the pool,
+Ray Data's defaults, kept), so a lost worker loses no row and duplicates none. Rows come in the order
+batches finish, not in input order. Needs ``pip install 'emdcli[ray]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import EmdcliError, UsageError
+from .batch import BATCH_SIZE, BatchJob, BatchScorer, WorkerMismatch
+
+#: Object store of a local cluster started by emdcli, in bytes: rows are small, images never enter it.
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
+#: Actors that may die while starting, one after another, before the job fails (a worker that
+#: refuses the job, or cannot load the model, fails every time: stop early).
+MAX_ACTOR_INIT_DEATHS = 2
+#: What the driver looks for in a failure to tell a refusing worker from other errors.
+_REFUSED = "emdcli worker refused the job"
+
+
+def need_ray() -> Any:
+    """The ray module, or a UsageError (exit 2) saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UsageError("--engine ray needs Ray, which is not installed",
+                         hint="pip install 'emdcli[ray]', or use --engine local") from None  # fmt: skip
+    return ray
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The Ray cluster a job runs on: its address, whether emdcli started it, and the workers to use."""
+
+    address: str
+    started_here: bool
+    workers: tuple[int, int]
+    cpus: float
+
+
+@contextlib.contextmanager
+def ray_cluster(address: str | None = None, workers: tuple[int, int] | None = None) -> Iterator[Cluster]:
+    """Connect to the cluster at ``address`` (else ``$RAY_ADDRESS``), or start a local one for this run.
+
+    A local cluster gets one logical CPU more than it has workers, so that Ray Data's read tasks
+    never wait behind the 1-CPU actors (ray-project/ray#44687). workers: (min, max) actors; None:
+    one per usable core (local) or per CPU of the cluster but one. The SIGTERM handler in place
+    before (``ray.init`` replaces it) is put back, so SIGTERM still stops the run cleanly.
+    """
+    from ..model.backbone import usable_cores
+
+    ray = need_ray()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if in_main else None
+    started_here = False
+    if not ray.is_initialized():
+        target = address or os.environ.get("RAY_ADDRESS")
+        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+        if target:
+            try:
+                ray.init(address=target, **quiet)
+            except Exception as exc:  # ConnectionError, and Ray's own types
+                raise EmdcliError(
+                    f"cannot connect to the Ray cluster at {target} ({_first_line(exc)})",
+                    hint="check the address ('ray status' on the head node prints it)",
+                ) from None
+        else:
+            size = workers[1] if workers else usable_cores()
+            ray.init(num_cpus=size + 1, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+            started_here = True
+        if in_main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    if workers is None:
+        n = usable_cores() if started_here else max(1, int(cpus) - 1)
+        workers = (n, n)
+    try:
+        yield Cluster(ray.get_runtime_context().gcs_address, started_here, workers, cpus)
+    finally:
+        if started_here:
+            ray.shutdown()
+            if in_main and previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+class RayScorer:
+    """The callable class Ray Data puts on each actor: a :class:`BatchScorer` for the job in the
+    object store (Ray does not resolve a reference given inside constructor kwargs, so it is
+    fetched here)."""
+
+    def __init__(self, job_ref: list[Any]) -> None:
+        import ray
+
+        job: BatchJob = ray.get(job_ref[0])
+        self.scorer = BatchScorer(job.with_layout(threads=1, lanes=1))  # one CPU per actor
+        from ..io.parquet import schema_for
+
+        self.schema = schema_for(job.columns)
+
+    def __call__(self, batch: Any) -> Any:
+        """A pyarrow table with a ``path`` column -> a table of the rows (``job.columns``)."""
+        import pyarrow as pa
+
+        rows = self.scorer(batch.column("path").to_pylist())
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+
+def run_ray(
+    job: BatchJob, paths: Sequence[str], workers: tuple[int, int], batch_size: int = BATCH_SIZE
+) -> Iterator[list[dict[str, Any]]]:
+    """The job on Ray Data, inside :func:`ray_cluster`: yields the rows of each finished batch.
+
+    Raises WorkerMismatch when the workers refuse the job, EmdcliError when Ray fails otherwise.
+    """
+    ray = need_ray()
+    from ray.data import ActorPoolStrategy, DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.max_consecutive_actor_init_deaths = MAX_ACTOR_INIT_DEATHS
+    if not paths:
+        return
+    job_ref = ray.put(job)
+    blocks = max(1, min(len(paths), math.ceil(len(paths) / batch_size)))
+    low, high = workers
+    pool = ActorPoolStrategy(size=low) if low == high else ActorPoolStrategy(min_size=low, max_size=high)
+    dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks).map_batches(
+        RayScorer,
+        fn_constructor_kwargs={"job_ref": [job_ref]},
+        compute=pool,
+        num_cpus=1,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+    )
+    try:
+        for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            yield table.to_pylist()
+    except (KeyboardInterrupt, GeneratorExit):
+        raise
+    except Exception as exc:
+        if os.environ.get("EMDCLI_DEBUG"):
+            raise
+        text = str(exc)
+        if _REFUSED in text:
+            line = next(line for line in text.splitlines() if _REFUSED in line)
+            raise WorkerMismatch(line[line.index(_REFUSED) :].strip()) from None
+        raise EmdcliError(f"the Ray job failed: {_first_line(exc)}",
+                          hint="run again with EMDCLI_DEBUG=1 for Ray's traceback") from None  # fmt: skip
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
