@@ -59,3 +59,7 @@ class TransportError(EmdcliError):
 
 class ExportError(EmdcliError):
     """Building or exporting a backbone failed (optional ``export`` extra)."""
+
+
+class WorkerMismatchError(EmdcliError):
+    """A batch worker's emdcli version or model differs from the driver's: it refuses the job."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import DatasetError, EmdcliError
+from ..errors import DatasetError, WorkerMismatchError
 from ..features.source import FeatureSource, Progress
 from ..io.files import display_path
 from ..io.folders import LabelledFolder
@@ -35,10 +35,6 @@ from .classify import Classifier, Prediction, SupportSet, prediction_columns, pr
 BATCH_SIZE = 64
 #: The name a custom model's manifest gets on a worker (beside its ONNX file, as the manifest names it).
 MANIFEST_NAME = "emdcli-model.json"
-
-
-class WorkerMismatch(EmdcliError):
-    """A worker's emdcli or model is not the driver's: its rows would not be comparable."""
 
 
 @dataclass(frozen=True)
@@ -117,14 +113,14 @@ def fit_job(
 class BatchScorer:
     """A worker: the job's model loaded once, then :meth:`score` for each batch of paths.
 
-    Raises WorkerMismatch when this process's emdcli version or model sha256 differs from the job's.
+    Raises WorkerMismatchError when this process's emdcli version or model sha256 differs from the job's.
     """
 
     def __init__(self, job: BatchJob) -> None:
         from ..model.backbone import Backbone
 
         if job.emdcli != __version__:
-            raise WorkerMismatch(
+            raise WorkerMismatchError(
                 f"emdcli worker refused the job: this worker runs emdcli {__version__}, the driver {job.emdcli}",
                 hint="install the same emdcli version on every machine of the cluster",
             )
@@ -140,7 +136,7 @@ class BatchScorer:
             manifest = Path(self._model_dir.name, MANIFEST_NAME)
         self.backbone = Backbone(manifest, device=job.device, threads=job.threads, lanes=job.lanes)
         if self.backbone.check.actual != job.model_sha256:
-            raise WorkerMismatch(
+            raise WorkerMismatchError(
                 f"emdcli worker refused the job: its model {self.backbone.onnx_path.name} has sha256 "
                 f"{self.backbone.check.actual[:12]}..., the driver's {job.model_sha256[:12]}...",
                 hint="install the same emdcli version on every machine, or pass the model with --model",

@@ -22,8 +22,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import EmdcliError, UsageError
-from .batch import BATCH_SIZE, BatchJob, BatchScorer, WorkerMismatch
+from ..errors import EmdcliError, UsageError, WorkerMismatchError
+from .batch import BATCH_SIZE, BatchJob, BatchScorer
 
 #: Object store of a local cluster started by emdcli, in bytes: rows are small, images never enter it.
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
@@ -129,7 +129,7 @@ def run_ray(
 ) -> Iterator[list[dict[str, Any]]]:
     """The job on Ray Data, inside :func:`ray_cluster`: yields the rows of each finished batch.
 
-    Raises WorkerMismatch when the workers refuse the job, EmdcliError when Ray fails otherwise.
+    Raises WorkerMismatchError when the workers refuse the job, EmdcliError when Ray fails otherwise.
     """
     ray = need_ray()
     from ray.data import ActorPoolStrategy, DataContext
@@ -163,7 +163,7 @@ def run_ray(
         text = str(exc)
         if _REFUSED in text:
             line = next(line for line in text.splitlines() if _REFUSED in line)
-            raise WorkerMismatch(line[line.index(_REFUSED) :].strip()) from None
+            raise WorkerMismatchError(line[line.index(_REFUSED) :].strip()) from None
         raise EmdcliError(f"the Ray job failed: {_first_line(exc)}",
                           hint="run again with EMDCLI_DEBUG=1 for Ray's traceback") from None  # fmt: skip
 
