@@ -137,6 +137,27 @@ def test_relative_paths_are_read_from_the_current_folder(
     ]
 
 
+def test_uris_are_read_through_pyarrow_filesystems(
+    tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path
+) -> None:
+    """file:// URIs go through the same code as s3:// or gs:// ones (pyarrow's filesystems)."""
+    assert batch(tiny_model, support_dir, query_dir, tmp_path / "local").exit_code == 0
+    expected = {Path(r.pop("path")).as_uri(): r for r in parquet_rows(tmp_path / "local")}
+    res = batch(tiny_model, support_dir, query_dir.as_uri(), tmp_path / "folder-uri")
+    assert res.exit_code == 0, res.output
+    assert {r.pop("path"): r for r in parquet_rows(tmp_path / "folder-uri")} == expected
+    listing = tmp_path / "uris.csv"
+    missing = (query_dir / "red" / "gone.png").as_uri()
+    listing.write_text("path\n" + "".join(f"{u}\n" for u in [*expected, missing, "nosuch://bucket/x.png"]))
+    res = batch(tiny_model, support_dir, listing, tmp_path / "list-uri")
+    assert res.exit_code == 0, res.output
+    rows = {r.pop("path"): r for r in parquet_rows(tmp_path / "list-uri")}
+    assert rows.pop(missing)["status"] == rows.pop("nosuch://bucket/x.png")["status"] == "error"
+    assert rows == expected
+    bad = batch(tiny_model, support_dir, "nosuch://bucket/photos/", tmp_path / "bad")
+    assert bad.exit_code == 2 and "cannot open nosuch://bucket/photos/" in bad.stderr
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

@@ -1,13 +1,14 @@
-"""Finding images on disk and turning one into a normalised input tensor."""
+"""Finding images on disk (or in object storage) and turning one into a normalised input tensor."""
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, Union
 
 import numpy as np
 
@@ -25,11 +26,67 @@ PREPROCESS_VERSION = 2
 BACKGROUND = (255, 255, 255)
 
 
+def is_uri(text: str) -> bool:
+    """Whether ``text`` names a file through a URI (``s3://``, ``gs://``, ``hdfs://``, ``file://`` ...)."""
+    scheme, sep, _ = text.partition("://")
+    return bool(sep) and scheme.isidentifier()
+
+
+def remote_filesystem(uri: str) -> tuple[object, str]:
+    """pyarrow's filesystem for ``uri`` and the path inside it. UsageError when pyarrow is missing,
+    DatasetError when it has no filesystem for the scheme (or cannot reach it)."""
+    from ..errors import UsageError
+
+    try:
+        from pyarrow import fs
+    except ImportError:
+        raise UsageError(f"reading {uri.partition('://')[0]}:// paths needs pyarrow",
+                         hint="pip install 'emdcli[ray]' (or pyarrow)") from None  # fmt: skip
+    try:
+        return fs.FileSystem.from_uri(uri)  # type: ignore[no-any-return]
+    except Exception as exc:  # pyarrow's ArrowInvalid, OSError ...
+        raise DatasetError(f"cannot open {uri} ({exc})",
+                           hint="pyarrow reads s3://, gs://, abfs://, hdfs:// and file:// URIs") from None  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RemoteImage:
+    """An image named by a URI and read through pyarrow's filesystems (object storage)."""
+
+    uri: str
+
+    def __str__(self) -> str:
+        return self.uri
+
+    @property
+    def name(self) -> str:
+        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.name).suffix
+
+    @property
+    def parent(self) -> PurePosixPath:
+        """The folder part of the URI (its ``.name`` is the folder's name)."""
+        return PurePosixPath(self.uri.partition("://")[2]).parent
+
+    def open(self) -> IO[bytes]:
+        """The file's bytes, read whole (images are small). OSError when it cannot be read."""
+        filesystem, inner = remote_filesystem(self.uri)
+        with filesystem.open_input_stream(inner) as stream:  # type: ignore[attr-defined]
+            return io.BytesIO(stream.readall())
+
+
+#: A local file, or an image in object storage.
+ImagePath = Union[Path, RemoteImage]  # noqa: UP007 - a runtime alias on Python 3.10
+
+
 def is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
-def is_image_name(path: Path) -> bool:
+def is_image_name(path: ImagePath) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
@@ -107,13 +164,15 @@ class Preprocess:
         return f"v{PREPROCESS_VERSION}/{self.size}/{self.resize}/{self.mean}/{self.std}"
 
 
-def _open_rgb(path: Path, size: int) -> PILImage:
+def _open_rgb(path: ImagePath, size: int) -> PILImage:
     from PIL import Image, ImageOps
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data": the pixels still decode
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as opened:  # closed even when decoding fails
+        with Image.open(
+            path.open() if isinstance(path, RemoteImage) else path
+        ) as opened:  # closed even when decoding fails
             if opened.format == "JPEG":
                 opened.draft("RGB", (size, size))  # decode large JPEGs at reduced scale
             upright = opened.getexif().get(0x0112, 1) in (0, 1)  # EXIF orientation: already upright
@@ -131,7 +190,7 @@ def _open_rgb(path: Path, size: int) -> PILImage:
     return img.convert("RGB")
 
 
-def model_view(path: Path, prep: Preprocess) -> PILImage:
+def model_view(path: ImagePath, prep: Preprocess) -> PILImage:
     """``path`` as the backbone sees it: an RGB ``size`` x ``size`` Pillow image (cropped or
     squashed, transparency on white). Raises ImageError for anything unreadable."""
     from PIL import Image, UnidentifiedImageError
@@ -165,7 +224,7 @@ def model_view(path: Path, prep: Preprocess) -> PILImage:
     return img
 
 
-def load_image(path: Path, prep: Preprocess) -> np.ndarray:
+def load_image(path: ImagePath, prep: Preprocess) -> np.ndarray:
     """Decode ``path`` to a normalised (3, size, size) float32 array.
 
     Raises ImageError (with the file name) for anything that is not a readable image.

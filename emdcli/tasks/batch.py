@@ -14,18 +14,20 @@ of classify's CSV (:func:`~emdcli.tasks.classify.prediction_columns`) plus ``mod
 from __future__ import annotations
 
 import csv
+import io
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, cast
 
 from .. import __version__
 from ..errors import DatasetError, WorkerMismatchError
 from ..features.source import FeatureSource, Progress
 from ..io.files import display_path
 from ..io.folders import LabelledFolder
+from ..io.images import RemoteImage, is_uri
 from ..matching.support import ClassNodes, Matcher
 from ..model.manifest import ModelCheck, bundled_model_dir, resolve_model_path
 from .classify import Classifier, Prediction, SupportSet, prediction_columns, prediction_row
@@ -152,7 +154,8 @@ class BatchScorer:
         def local(items: Iterable[str]) -> Iterator[Path]:
             for text in items:
                 texts.append(text)
-                yield Path(self.job.base_dir, text) if not is_uri(text) else Path(text)
+                # an image in object storage goes down the same path as a file: only decoding tells them apart
+                yield cast(Path, RemoteImage(text)) if is_uri(text) else Path(self.job.base_dir, text)
 
         names = self.job.classes.classes
         for i, pred in enumerate(self._classifier.predict(self._support, local(paths), on_done)):
@@ -177,11 +180,6 @@ def _labelled(pred: Prediction, text: str, classes: Sequence[str]) -> Prediction
     return replace(pred, true_label=label, error=error)
 
 
-def is_uri(text: str) -> bool:
-    """Whether ``text`` names an object in a filesystem of pyarrow's (``s3://``, ``gs://``, ...)."""
-    return "://" in text and not text.startswith("file://")
-
-
 # inputs ------------------------------------------------------------------------------------------
 
 
@@ -199,30 +197,29 @@ class BatchInput:
 
 def list_inputs(source: str) -> BatchInput:
     """The image paths INPUT names: a folder (searched recursively), a Parquet or CSV manifest with a
-    ``path`` column, or a text file of paths (one per line). DatasetError when it names none."""
+    ``path`` column, or a text file of paths (one per line, ``#`` starts a comment). INPUT and the
+    paths may be URIs that pyarrow reads (``s3://bucket/photos/``). DatasetError when it names none."""
     from ..io.images import iter_image_files
 
-    where = Path(source)
-    if not where.exists():
-        raise DatasetError(
-            f"INPUT does not exist: {source}",
-            hint="give a folder of images, a text file of paths, or a .parquet/.csv manifest",
-        )
     not_images: list[Path] = []
-    if where.is_dir():
-        kind = "folder"
-        listed = [display_path(p) for p in sorted(iter_image_files(where, not_images))]
-    elif where.suffix.lower() == ".parquet":
-        kind, listed = "parquet", _parquet_paths(where)
-    elif where.suffix.lower() == ".csv":
-        kind, listed = "csv", _csv_paths(where)
+    if is_uri(source):
+        kind, listed = _remote_listing(source)
     else:
-        kind = "list"
-        try:
-            text = where.read_text(encoding="utf-8", errors="surrogateescape")
-        except OSError as exc:
-            raise DatasetError(f"cannot read INPUT {source} ({exc.strerror or exc})") from None
-        listed = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        where = Path(source)
+        if not where.exists():
+            raise DatasetError(
+                f"INPUT does not exist: {source}",
+                hint="give a folder of images, a text file of paths, or a .parquet/.csv manifest",
+            )
+        if where.is_dir():
+            kind = "folder"
+            listed = [display_path(p) for p in sorted(iter_image_files(where, not_images))]
+        else:
+            try:
+                data = where.read_bytes()
+            except OSError as exc:
+                raise DatasetError(f"cannot read INPUT {source} ({exc.strerror or exc})") from None
+            kind, listed = _manifest_paths(source, data)
     unique = tuple(dict.fromkeys(listed))
     if not unique:
         what = "no images found in" if kind == "folder" else "no paths listed in"
@@ -230,35 +227,68 @@ def list_inputs(source: str) -> BatchInput:
     return BatchInput(unique, kind, len(listed) - len(unique), tuple(not_images))
 
 
-def _parquet_paths(path: Path) -> list[str]:
+def _manifest_paths(name: str, data: bytes) -> tuple[str, list[str]]:
+    """The kind of the manifest file ``name`` (by its suffix) and the paths its bytes list."""
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix == ".parquet":
+        return "parquet", _parquet_paths(name, data)
+    text = data.decode("utf-8", errors="surrogateescape")
+    if suffix == ".csv":
+        return "csv", _csv_paths(name, text)
+    return "list", [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _remote_listing(uri: str) -> tuple[str, list[str]]:
+    """A folder or manifest in a filesystem of pyarrow's: its kind and the URIs of its images."""
+    from pyarrow import fs
+
+    from ..io.images import is_image_name, remote_filesystem
+
+    filesystem, inner = remote_filesystem(uri)
+    scheme = uri.partition("://")[0]
     try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DatasetError("reading a Parquet manifest needs pyarrow",
-                           hint="pip install 'emdcli[ray]' (or pyarrow)") from None  # fmt: skip
-    try:
-        schema = pq.read_schema(path)
-        if "path" not in schema.names:
-            raise DatasetError(f"{path} has no 'path' column (columns: {', '.join(schema.names)})",
-                               hint="name the column of image paths 'path'")  # fmt: skip
-        column = pq.read_table(path, columns=["path"]).column("path").to_pylist()
+        info = filesystem.get_file_info(inner)  # type: ignore[attr-defined]
+        if info.type == fs.FileType.Directory:
+            found = filesystem.get_file_info(fs.FileSelector(inner, recursive=True))  # type: ignore[attr-defined]
+            files = sorted(f.path for f in found if f.type == fs.FileType.File)
+            images = [f for f in files if is_image_name(Path(f)) and not PurePosixPath(f).name.startswith(".")]
+            return "folder", [f"{scheme}://{f}" for f in images]
+        if info.type == fs.FileType.NotFound:
+            raise DatasetError(f"INPUT does not exist: {uri}")
+        with filesystem.open_input_stream(inner) as stream:  # type: ignore[attr-defined]
+            data = stream.readall()
     except DatasetError:
         raise
-    except Exception as exc:  # pyarrow raises its own error types for a damaged file
-        raise DatasetError(f"cannot read {path} as Parquet ({exc})") from None
-    return [str(p) for p in column if p]
+    except Exception as exc:  # pyarrow's errors: permissions, network ...
+        raise DatasetError(f"cannot read INPUT {uri} ({exc})") from None
+    return _manifest_paths(uri, data)
 
 
-def _csv_paths(path: Path) -> list[str]:
+def _parquet_paths(name: str, data: bytes) -> list[str]:
+    import pyarrow as pa
+
+    from ..io.parquet import need_pyarrow
+
+    pq = need_pyarrow().parquet
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            if "path" not in (reader.fieldnames or []):
-                raise DatasetError(f"{path} has no 'path' column (header: {', '.join(reader.fieldnames or [])})",
-                                   hint="name the column of image paths 'path'")  # fmt: skip
-            return [row["path"] for row in reader if row.get("path")]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"cannot read {path} as CSV ({exc})") from None
+        table = pq.read_table(pa.BufferReader(data))
+    except Exception as exc:  # pyarrow raises its own error types for a damaged file
+        raise DatasetError(f"cannot read {name} as Parquet ({exc})") from None
+    if "path" not in table.column_names:
+        raise DatasetError(f"{name} has no 'path' column (columns: {', '.join(table.column_names)})",
+                           hint="name the column of image paths 'path'")  # fmt: skip
+    return [str(p) for p in table.column("path").to_pylist() if p]
+
+
+def _csv_paths(name: str, text: str) -> list[str]:
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if "path" not in (reader.fieldnames or []):
+            raise DatasetError(f"{name} has no 'path' column (header: {', '.join(reader.fieldnames or [])})",
+                               hint="name the column of image paths 'path'")  # fmt: skip
+        return [row["path"] for row in reader if row.get("path")]
+    except csv.Error as exc:
+        raise DatasetError(f"cannot read {name} as CSV ({exc})") from None
 
 
 # the local engine --------------------------------------------------------------------------------
