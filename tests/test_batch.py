@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -266,42 +267,50 @@ def test_a_worker_refuses_a_job_of_another_version_or_model(tiny_model: Path, su
         BatchScorer(replace(job, model_sha256="0" * 64))
 
 
+def jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    return sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda r: r["path"])
+
+
 def test_sigint_keeps_the_rows_so_far_and_resume_completes_them(
     tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path
 ) -> None:
-    """A named pipe among the inputs holds the run mid-way (its decoding waits for a writer), so the
-    interruption comes after some rows and before the rest, with no timing guesswork."""
+    """A named pipe among the inputs holds the run mid-way (its decoding waits for a writer); the
+    signal comes once the rows before it are written, with no timing guesswork."""
     paths = sorted(str(p) for p in query_dir.rglob("*.png"))
     fifo = tmp_path / "held.png"
     os.mkfifo(fifo)
     listing = tmp_path / "paths.txt"
     listing.write_text("\n".join([*paths[:4], str(fifo), *paths[4:]]) + "\n")
-    dest = tmp_path / "out"
+    dest = tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "emdcli", "batch", str(support_dir), str(listing), "-o", str(dest),
            "--model", str(tiny_model), "--batch-size", "2", "--workers", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    opened, interrupted = threading.Event(), threading.Event()
+    released = threading.Event()
 
-    def hold() -> None:  # blocks until emdcli opens the pipe to read it; ends it (empty) after the signal
+    def hold() -> None:  # the pipe stays open, and empty, until the signal has been sent
         with open(fifo, "wb"):
-            opened.set()
-            interrupted.wait(60)
+            released.wait(60)
 
     threading.Thread(target=hold, daemon=True).start()
-    assert opened.wait(60), "emdcli never reached the pipe"
+
+    def rows_written() -> int:  # in the hidden file the output is written to until it is complete
+        return sum(len(p.read_text().splitlines()) for p in tmp_path.glob(".out.jsonl.*.tmp"))
+
+    deadline = time.monotonic() + 60
+    while rows_written() < 4:
+        assert time.monotonic() < deadline and proc.poll() is None, "the rows before the pipe never came"
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
-    interrupted.set()
+    released.set()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
-    assert "rows of this run were kept in" in err.decode() and "--resume" in err.decode()
-    kept = parquet_rows(dest)
-    assert 1 <= len(kept) <= 5 and {r["path"] for r in kept} <= {*paths[:4], str(fifo)}
+    assert "4 rows computed so far were kept in" in err.decode() and "--resume" in err.decode()
+    assert [r["path"] for r in jsonl_rows(tmp_path / "out.jsonl.partial")] == paths[:4]
     fifo.unlink()
     make_folder(tmp_path / "swap", {"red": 1})
     os.replace(tmp_path / "swap" / "red" / "img_0.png", fifo)  # now a readable image
-    assert batch(tiny_model, support_dir, listing, dest, "--resume").exit_code == 0
-    assert batch(tiny_model, support_dir, listing, tmp_path / "full").exit_code == 0
-    done = parquet_rows(dest)
-    assert [r["path"] for r in done] == sorted({*paths, str(fifo)})
-    full = {r["path"]: r for r in parquet_rows(tmp_path / "full")}
-    assert all(r == full[r["path"]] for r in done if r["path"] != str(fifo))
+    resumed = batch(tiny_model, support_dir, listing, dest, "--resume")
+    assert resumed.exit_code == 0 and "resuming: 4 of 7 paths" in resumed.stderr
+    assert batch(tiny_model, support_dir, listing, tmp_path / "full.jsonl").exit_code == 0
+    assert jsonl_rows(dest) == jsonl_rows(tmp_path / "full.jsonl")
+    assert not (tmp_path / "out.jsonl.partial").exists()

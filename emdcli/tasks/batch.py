@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from .. import __version__
 from ..errors import DatasetError, WorkerMismatchError
@@ -31,6 +31,8 @@ from ..io.images import RemoteImage, is_uri
 from ..matching.support import ClassNodes, Matcher
 from ..model.manifest import ModelCheck, bundled_model_dir, resolve_model_path
 from .classify import Classifier, Prediction, SupportSet, prediction_columns, prediction_row
+
+T = TypeVar("T")
 
 #: Rows handed to a worker at once (one Ray task): large enough that a task's overhead is small next
 #: to its images, small enough that a worker lost mid-batch costs little to redo.
@@ -294,11 +296,11 @@ def _csv_paths(name: str, text: str) -> list[str]:
 # the local engine --------------------------------------------------------------------------------
 
 
-def batches(paths: Iterable[str], size: int) -> Iterator[list[str]]:
-    """``paths`` in lists of ``size`` (the last may be shorter)."""
-    chunk: list[str] = []
-    for path in paths:
-        chunk.append(path)
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter)."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
         if len(chunk) == size:
             yield chunk
             chunk = []
@@ -309,8 +311,7 @@ def batches(paths: Iterable[str], size: int) -> Iterator[list[str]]:
 def run_local(
     job: BatchJob, paths: Iterable[str], batch_size: int = BATCH_SIZE, on_done: Progress | None = None
 ) -> Iterator[list[dict[str, Any]]]:
-    """The job in this process: one :class:`BatchScorer`, fed ``batch_size`` paths at a time as a Ray
-    worker is; yields each batch's rows (in input order)."""
-    scorer = BatchScorer(job)
-    for chunk in batches(paths, batch_size):
-        yield list(scorer.score(chunk, on_done))
+    """The job in this process: one :class:`BatchScorer` (the code a Ray worker runs) scoring every
+    path as one stream, so its pipeline never drains between batches; yields the rows in lists of
+    ``batch_size``, in input order."""
+    yield from batches(BatchScorer(job).score(paths, on_done), batch_size)
