@@ -224,14 +224,24 @@ class Session:
             BarColumn,
             MofNCompleteColumn,
             Progress,
+            ProgressColumn,
+            Task,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.text import Text
+
+        class RateColumn(ProgressColumn):
+            """Images (or rows) per second, as Rich estimates it over the last 30 s."""
+
+            def render(self, task: Task) -> Text:
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:.1f}/s" if speed else "", style="progress.data.speed")
 
         shown = self.settings.progress and not self.quiet and sys.stderr.isatty()
         return Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(), console=stderr_console(), transient=True, disable=not shown,
         )  # fmt: skip
 
