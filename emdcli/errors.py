@@ -63,3 +63,14 @@ class ExportError(EmdcliError):
 
 class WorkerMismatchError(EmdcliError):
     """A batch worker's emdcli version or model differs from the driver's: it refuses the job."""
+
+
+def import_extra(module: str, needed_for: str, hint: str) -> object:
+    """``module`` imported, or a UsageError (exit 2): ``needed_for`` needs it, and ``hint`` says
+    what to install (an optional extra such as ``pip install 'emdcli[ray]'``)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"{needed_for} needs {module.split('.')[0]}, which is not installed", hint=hint) from None

@@ -207,7 +207,7 @@ def test_engine_ray_without_ray_says_what_to_install(
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     res = batch(tiny_model, support_dir, query_dir, tmp_path / "out", "--engine", "ray")
     assert res.exit_code == 2
-    assert "--engine ray needs Ray" in res.stderr and "pip install 'emdcli[ray]'" in res.stderr
+    assert "--engine ray needs ray, which is not installed" in res.stderr and "pip install 'emdcli[ray]'" in res.stderr
     assert not (tmp_path / "out").exists()
 
 

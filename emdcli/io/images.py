@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Union
+from typing import IO, TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -26,6 +26,10 @@ PREPROCESS_VERSION = 2
 BACKGROUND = (255, 255, 255)
 
 
+#: How to get pyarrow, which reads URIs (and Parquet).
+PYARROW_HINT = "pip install 'emdcli[ray]' (or pyarrow)"
+
+
 def is_uri(text: str) -> bool:
     """Whether ``text`` names a file through a URI (``s3://``, ``gs://``, ``hdfs://``, ``file://`` ...)."""
     scheme, sep, _ = text.partition("://")
@@ -35,13 +39,9 @@ def is_uri(text: str) -> bool:
 def remote_filesystem(uri: str) -> tuple[object, str]:
     """pyarrow's filesystem for ``uri`` and the path inside it. UsageError when pyarrow is missing,
     DatasetError when it has no filesystem for the scheme (or cannot reach it)."""
-    from ..errors import UsageError
+    from ..errors import import_extra
 
-    try:
-        from pyarrow import fs
-    except ImportError:
-        raise UsageError(f"reading {uri.partition('://')[0]}:// paths needs pyarrow",
-                         hint="pip install 'emdcli[ray]' (or pyarrow)") from None  # fmt: skip
+    fs: Any = import_extra("pyarrow.fs", f"reading {uri.partition('://')[0]}:// paths", PYARROW_HINT)
     try:
         return fs.FileSystem.from_uri(uri)  # type: ignore[no-any-return]
     except Exception as exc:  # pyarrow's ArrowInvalid, OSError ...

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetError, UsageError
+from ..errors import DatasetError, UsageError, import_extra
 from .files import TMP_SUFFIX, atomic_write, display_path
 
 #: Rows per part file, at most (a part is also written after PART_SECONDS with fewer rows).
@@ -36,12 +36,10 @@ _FLOAT_COLUMNS = ("score", "confidence", "runner_up_score")
 
 
 def need_pyarrow() -> Any:
-    """The pyarrow module, or a UsageError saying how to install it."""
-    try:
-        import pyarrow
-    except ImportError:
-        raise UsageError("writing Parquet needs pyarrow",
-                         hint="pip install 'emdcli[ray]', or choose --format csv or jsonl") from None  # fmt: skip
+    """The pyarrow module (with ``pyarrow.parquet`` loaded), or a UsageError saying how to install it."""
+    import_extra("pyarrow.parquet", "Parquet", "pip install 'emdcli[ray]', or choose --format csv or jsonl")
+    import pyarrow
+
     return pyarrow
 
 

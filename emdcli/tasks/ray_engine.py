@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import EmdcliError, UsageError, WorkerMismatchError
+from ..errors import EmdcliError, WorkerMismatchError, import_extra
 from .batch import BATCH_SIZE, BatchJob, BatchScorer
 
 #: Object store of a local cluster started by emdcli, in bytes: rows are small, images never enter it.
@@ -35,13 +35,10 @@ _REFUSED = "emdcli worker refused the job"
 
 
 def need_ray() -> Any:
-    """The ray module, or a UsageError (exit 2) saying how to install it."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise UsageError("--engine ray needs Ray, which is not installed",
-                         hint="pip install 'emdcli[ray]', or use --engine local") from None  # fmt: skip
+    """The ray module (with ``ray.data`` loaded), or a UsageError (exit 2) saying how to install it."""
+    import_extra("ray.data", "--engine ray", "pip install 'emdcli[ray]', or use --engine local")
+    import ray
+
     return ray
 
 
