@@ -241,6 +241,11 @@ def test_resume_of_a_csv_from_its_partial_file(
     assert res.exit_code == 0, res.output
     assert csv_rows(out.read_text()) == csv_rows(full.read_text())
     assert not (tmp_path / "out.csv.partial").exists()
+    (tmp_path / "out.csv.partial").write_text(full.read_text())  # every row done: resuming completes the file
+    out.unlink()
+    res = batch(tiny_model, support_dir, query_dir, out, "--resume")
+    assert res.exit_code == 0 and "nothing to do" in res.stderr and "6 resumed" in res.stderr
+    assert out.read_text() == full.read_text() and not (tmp_path / "out.csv.partial").exists()
     other = make_folder(tmp_path / "other", {"red": 2, "green": 2})
     (tmp_path / "out.csv.partial").write_text("".join(lines[:3]))
     res = batch(tiny_model, other, query_dir, out, "--resume")

@@ -137,19 +137,17 @@ def run(
     if done:
         session.tell(f"resuming: {len(done)} of {len(inputs.paths)} paths are already in {output}")
     if not todo:
-        out.finish_empty()
         session.tell(f"nothing to do: every path of {source} is in {output}")
-        return
     tally = _Tally(resumed=len(done), engine=engine)
     with out.writing(job, tally) as write, session.progress() as bars:
         task = bars.add_task("Images", total=len(todo))
         tally.engine_started = time.perf_counter()
-        if engine == "local":
+        if todo and engine == "local":
             tally.workers = span[1] if workers else None
             local_job = job.with_layout(threads=None, lanes=tally.workers)
             for rows in lib.run_local(local_job, todo, batch_size, lambda n: bars.advance(task, n)):
                 _take(rows, tally, write, session)
-        else:
+        elif todo:
             from ..tasks.ray_engine import ray_cluster, run_ray
 
             with ray_cluster(address, span if workers else None) as cluster:
@@ -275,25 +273,13 @@ class _Output:
             self._prior = _earlier_rows(self.path, self.fmt, job)
         return {str(r["path"]) for r in self._prior}
 
-    def finish_empty(self) -> None:
-        """Nothing new to write: a resumed CSV/JSONL is completed from what it held."""
-        if self.fmt != "parquet" and self._prior:
-            with self.writing_rows(self._prior_columns(), lambda: {}) as emit:
-                for row in self._prior:
-                    emit(row)
+    def writing(self, job: BatchJob, tally: _Tally) -> Any:
+        """``with out.writing(job, tally) as write:`` call ``write(rows)`` per finished batch. A CSV or
+        JSONL file gets the rows it held first (``--resume``); on failure what was written is kept."""
+        import contextlib
 
-    def _prior_columns(self) -> tuple[str, ...]:
-        return tuple(self._prior[0]) if self._prior else ()
-
-    def writing_rows(self, columns: tuple[str, ...], summary: Any) -> Any:
         from .sink import Layout
         from .tables import simple_table
-
-        layout = Layout("batch", columns, simple_table("batch", columns), summary_line=summary_line, resumable=True)
-        return self.sink.open(layout, {}, summary)
-
-    def writing(self, job: BatchJob, tally: _Tally) -> Any:
-        import contextlib
 
         @contextlib.contextmanager
         def parquet() -> Any:
@@ -316,7 +302,9 @@ class _Output:
 
         @contextlib.contextmanager
         def through_sink() -> Any:
-            with self.writing_rows(job.columns, tally.summary) as emit:
+            columns = job.columns
+            layout = Layout("batch", columns, simple_table("batch", columns), summary_line=summary_line, resumable=True)
+            with self.sink.open(layout, {}, tally.summary) as emit:
                 for row in self._prior:
                     emit(row)
 
