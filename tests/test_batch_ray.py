@@ -99,8 +99,8 @@ def holder_of(path: Path) -> int | None:
     return None
 
 
-def wait_for(condition: Any, what: str) -> Any:
-    deadline = time.monotonic() + WAIT
+def wait_for(condition: Any, what: str, seconds: float = WAIT) -> Any:
+    deadline = time.monotonic() + seconds
     while not (found := condition()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
@@ -222,3 +222,49 @@ def test_an_interrupted_ray_run_is_resumed_to_the_same_rows(
     assert f"{len(many) + 1 - len(kept)} rows" in resumed.stderr
     assert batch(tiny_model, support_dir, listing, tmp_path / "full").exit_code == 0
     assert rows_of(dest) == rows_of(tmp_path / "full")
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """The processes below ``pid`` and their titles."""
+    parents, titles = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                titles[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except (OSError, ValueError, IndexError):
+                continue
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return {p: titles.get(p, "") for p in found}
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_local_cluster_starts_leaves_no_process(
+    tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path, sig: int, code: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Ray's agents outlive ``ray.shutdown()`` of a half-started cluster; emdcli stops them itself."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cmd = [sys.executable, "-m", "emdcli", "batch", str(support_dir), str(query_dir), "-o", str(tmp_path / "out"),
+           "--model", str(tiny_model), "--engine", "ray"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    agents = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+    started = wait_for(lambda: (d := descendants(proc.pid)) and any(t.startswith(agents) for t in d.values()) and d,
+                       "the local cluster's agents to start")  # fmt: skip
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == code, err.decode()
+    # at once: left alone, the agents notice the raylet is gone only after a minute or more
+    wait_for(lambda: not any(_running(p) for p in started), "every process to end", seconds=10)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent to read its status does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -28,6 +28,9 @@ EPILOG = (
 
 EngineName = Literal["local", "ray"]
 BatchFormat = Literal["parquet", "csv", "jsonl"]
+#: The rate after start-up (from the first rows received to the last) is reported only over at least
+#: this many seconds: rows arrive a batch at a time, so a shorter span says nothing.
+MIN_STEADY_SECONDS = 1.0
 #: Error rows reported one by one on stderr before they are only counted.
 SHOWN_ERRORS = 10
 
@@ -195,7 +198,7 @@ class _Tally:
             "labelled": self.labelled, "correct": self.correct,
             "accuracy": round(self.correct / self.labelled, 6) if self.labelled else None,
             "startup_seconds": round(self.first_row_at - self.engine_started, 3) if self.first_row_at else None,
-            "rows_per_second": round(after / steady, 2) if after and steady > 0 else None,
+            "rows_per_second": round(after / steady, 2) if after and steady >= MIN_STEADY_SECONDS else None,
             "seconds": round(end - self.engine_started, 3),
         }  # fmt: skip
 

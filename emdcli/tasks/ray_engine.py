@@ -66,24 +66,38 @@ def ray_cluster(address: str | None = None, workers: tuple[int, int] | None = No
     ray = need_ray()
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if in_main else None
+
+    def restore_sigterm() -> None:
+        if in_main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
     started_here = False
     if not ray.is_initialized():
         target = address or os.environ.get("RAY_ADDRESS")
         quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
-        if target:
-            try:
+        try:
+            if target:
                 ray.init(address=target, **quiet)
-            except Exception as exc:  # ConnectionError, and Ray's own types
+            else:
+                size = workers[1] if workers else usable_cores()
+                ray.init(num_cpus=size + 1, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                         **quiet)  # fmt: skip
+                started_here = True
+        except BaseException as exc:  # also Ctrl-C or SIGTERM half-way: stop what was started
+            started = _descendants()
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            _kill(started)  # the raylet's agents outlive a half-started cluster's shutdown
+            restore_sigterm()
+            if in_main and isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:
+                signal.raise_signal(signal.SIGTERM)  # ray.init's own handler exits 15: the one before decides
+            if isinstance(exc, Exception) and target:
                 raise EmdcliError(
                     f"cannot connect to the Ray cluster at {target} ({_first_line(exc)})",
                     hint="check the address ('ray status' on the head node prints it)",
                 ) from None
-        else:
-            size = workers[1] if workers else usable_cores()
-            ray.init(num_cpus=size + 1, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
-            started_here = True
-        if in_main and previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+            raise
+        restore_sigterm()
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
     cpus = float(ray.cluster_resources().get("CPU", 1))
@@ -95,8 +109,7 @@ def ray_cluster(address: str | None = None, workers: tuple[int, int] | None = No
     finally:
         if started_here:
             ray.shutdown()
-            if in_main and previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            restore_sigterm()
 
 
 class RayScorer:
@@ -146,7 +159,7 @@ def run_ray(
         fn_constructor_kwargs={"job_ref": [job_ref]},
         compute=pool,
         num_cpus=1,
-        batch_size=batch_size,
+        batch_size=None,  # a task is one block: batch_size rows at most (Ray would otherwise join two short blocks)
         batch_format="pyarrow",
     )
     try:
@@ -163,6 +176,33 @@ def run_ray(
             raise WorkerMismatchError(line[line.index(_REFUSED) :].strip()) from None
         raise EmdcliError(f"the Ray job failed: {_first_line(exc)}",
                           hint="run again with EMDCLI_DEBUG=1 for Ray's traceback") from None  # fmt: skip
+
+
+def _descendants() -> set[int]:
+    """The pids of every process started by this one (children, their children ...); empty where the
+    system has no /proc."""
+    parents: dict[int, int] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with (
+                    contextlib.suppress(OSError, ValueError, IndexError),
+                    open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh,
+                ):
+                    parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _kill(pids: set[int]) -> None:
+    """SIGKILL to each of ``pids`` still running."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _first_line(exc: BaseException) -> str:
