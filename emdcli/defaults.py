@@ -36,6 +36,16 @@ TOP_K = 2
 #: Threads decoding images while the backbone runs (on 2 cores a second one slowed the backbone).
 WORKERS = 1
 
+# batch ---------------------------------------------------------------------------------------
+
+#: Images handed to a Ray worker at once (one task), at most: smaller tasks lost up to a fifth of the
+#: throughput to Ray's per-task overhead on 2 cores (docs/benchmarks.md, "batch: local and Ray");
+#: a lost worker redoes at most one task.
+BATCH_TASK_SIZE = 256
+#: ... and at least this many tasks per worker when the input is small, so that no worker idles
+#: while another has a long task (1,000 images in tasks of 1,024 kept one of two workers idle).
+BATCH_TASKS_PER_WORKER = 4
+
 # search --------------------------------------------------------------------------------------
 
 #: Hits listed per query.

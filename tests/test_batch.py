@@ -63,6 +63,7 @@ def test_rows_are_classify_rows_plus_the_model_sha256(
     assert listed.exit_code == 0, listed.output
     res = batch(tiny_model, support_dir, query_dir, tmp_path / "out.csv", "--top-k", "3", "--batch-size", "4")
     assert res.exit_code == 0, res.output
+    assert "--batch-size applies to --engine ray" in res.stderr
     mine = csv_rows((tmp_path / "out.csv").read_text())
     theirs = csv_rows(listed.stdout)
     assert len(mine) == len(theirs) == 6
@@ -288,7 +289,7 @@ def test_sigint_keeps_the_rows_so_far_and_resume_completes_them(
     listing.write_text("\n".join([*paths[:4], str(fifo), *paths[4:]]) + "\n")
     dest = tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "emdcli", "batch", str(support_dir), str(listing), "-o", str(dest),
-           "--model", str(tiny_model), "--batch-size", "2", "--workers", "1"]  # fmt: skip
+           "--model", str(tiny_model), "--workers", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     released = threading.Event()
 
@@ -319,3 +320,12 @@ def test_sigint_keeps_the_rows_so_far_and_resume_completes_them(
     assert batch(tiny_model, support_dir, listing, tmp_path / "full.jsonl").exit_code == 0
     assert jsonl_rows(dest) == jsonl_rows(tmp_path / "full.jsonl")
     assert not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_a_ray_task_is_at_most_256_images_and_each_worker_gets_four() -> None:
+    from emdcli.tasks.ray_engine import task_size
+
+    assert task_size(10**6, 8) == 256  # a large input: the measured size
+    assert task_size(2000, 2) == 250  # 8 tasks of 250 for 2 workers, not 7 of 256 and one of 208
+    assert task_size(100, 2) == 13
+    assert task_size(3, 2) == 1

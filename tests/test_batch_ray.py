@@ -54,7 +54,8 @@ def cluster() -> Iterator[str]:
 
 
 def batch(tiny_model: Path, support: Path, source: Path, dest: Path, *rest: Any) -> Any:
-    args = ["batch", support, source, "-o", dest, "--model", tiny_model, "--batch-size", "2", *rest]
+    tasks = ["--batch-size", "2"] if "ray" in rest else []  # many small tasks
+    args = ["batch", support, source, "-o", dest, "--model", tiny_model, *tasks, *rest]
     return runner.invoke(app, [str(a) for a in args])
 
 

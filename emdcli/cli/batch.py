@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from .. import defaults
 from .common import Session, argument, with_session
 
 if TYPE_CHECKING:
@@ -90,9 +91,16 @@ def run(
         ),
     ] = None,  # fmt: skip
     batch_size: Annotated[
-        int,
-        typer.Option("--batch-size", metavar="B", min=1, help="Images handed to a worker at once (one Ray task)."),
-    ] = 64,  # fmt: skip
+        int | None,
+        typer.Option(
+            "--batch-size",
+            metavar="B",
+            min=1,
+            help="--engine ray: images handed to a worker at once (one Ray task; a lost worker redoes "
+            "at most one). --engine local streams every image through one worker.",
+            show_default=str(defaults.BATCH_TASK_SIZE),
+        ),
+    ] = None,  # fmt: skip
     fmt: Annotated[
         BatchFormat | None,
         typer.Option(
@@ -117,6 +125,8 @@ def run(
 
     chosen = fmt or _format_for(output)
     span = _parse_workers(workers, engine)
+    if batch_size is not None and engine == "local":
+        session.say("--batch-size applies to --engine ray; the local engine streams every image through one worker")
     if engine == "ray":
         from ..tasks.ray_engine import need_ray
 
@@ -148,7 +158,7 @@ def run(
         if todo and engine == "local":
             tally.workers = span[1] if workers else None
             local_job = job.with_layout(threads=None, lanes=tally.workers)
-            for rows in lib.run_local(local_job, todo, batch_size, lambda n: bars.advance(task, n)):
+            for rows in lib.run_local(local_job, todo, lambda n: bars.advance(task, n)):
                 _take(rows, tally, write, session)
         elif todo:
             from ..tasks.ray_engine import ray_cluster, run_ray

@@ -34,9 +34,6 @@ from .classify import Classifier, Prediction, SupportSet, prediction_columns, pr
 
 T = TypeVar("T")
 
-#: Rows handed to a worker at once (one Ray task): large enough that a task's overhead is small next
-#: to its images, small enough that a worker lost mid-batch costs little to redo.
-BATCH_SIZE = 64
 #: The name a custom model's manifest gets on a worker (beside its ONNX file, as the manifest names it).
 MANIFEST_NAME = "emdcli-model.json"
 
@@ -308,10 +305,9 @@ def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-def run_local(
-    job: BatchJob, paths: Iterable[str], batch_size: int = BATCH_SIZE, on_done: Progress | None = None
-) -> Iterator[list[dict[str, Any]]]:
+def run_local(job: BatchJob, paths: Iterable[str], on_done: Progress | None = None) -> Iterator[list[dict[str, Any]]]:
     """The job in this process: one :class:`BatchScorer` (the code a Ray worker runs) scoring every
-    path as one stream, so its pipeline never drains between batches; yields the rows in lists of
-    ``batch_size``, in input order."""
-    yield from batches(BatchScorer(job).score(paths, on_done), batch_size)
+    path as one stream, so its pipeline never drains between batches; yields the rows of each
+    backbone call, in input order."""
+    scorer = BatchScorer(job)
+    yield from batches(scorer.score(paths, on_done), scorer.backbone.batch_size)
