@@ -95,8 +95,10 @@ def test_an_unreadable_image_is_an_error_row_not_a_failure(
     tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path
 ) -> None:
     (query_dir / "red" / "broken.png").write_bytes(b"not a png")
+    (query_dir / "notes.txt").write_text("not an image, not listed")
     res = batch(tiny_model, support_dir, query_dir, tmp_path / "out")
     assert res.exit_code == 0, res.output
+    assert "left out: 1 file in" in res.stderr and "that is not an image (.txt 1)" in res.stderr
     rows = {Path(r["path"]).relative_to(query_dir).as_posix(): r for r in parquet_rows(tmp_path / "out")}
     assert len(rows) == 7
     broken = rows.pop("red/broken.png")
@@ -121,7 +123,7 @@ def test_a_list_a_csv_and_a_parquet_manifest_give_the_same_rows(
         assert res.exit_code == 0, res.output
         results[source.name] = parquet_rows(dest)
         if source == listing:
-            assert "1 duplicate path(s)" in res.stderr
+            assert "1 duplicate path in" in res.stderr and "each is classified once" in res.stderr
     first = results.pop(query_dir.name)
     assert len(first) == 6 and all(rows == first for rows in results.values())
 

@@ -120,8 +120,9 @@ def run(
 ) -> None:
     """Classify many images into DEST: in this process, or on a Ray cluster; resumable."""
     from ..io.folders import read_labelled_folder
+    from ..io.images import count_by_suffix
     from ..tasks import batch as lib
-    from .reports import support_warnings
+    from .reports import plural, support_warnings
 
     chosen = fmt or _format_for(output)
     span = _parse_workers(workers, engine)
@@ -137,7 +138,11 @@ def run(
     for line in support_warnings(folder):
         session.say(line)
     if inputs.duplicates:
-        session.say(f"{inputs.duplicates} duplicate path(s) in {source} are classified once")
+        session.say(f"{plural(inputs.duplicates, 'duplicate path')} in {source}: each is classified once")
+    if inputs.not_images:
+        n = len(inputs.not_images)
+        what = "is not an image" if n == 1 else "are not images"
+        session.say(f"left out: {plural(n, 'file')} in {source} that {what} ({count_by_suffix(inputs.not_images)})")
     with session.progress() as bars:
         task = bars.add_task("Support", total=folder.image_count)
         job, support_set = lib.fit_job(
