@@ -25,6 +25,11 @@ KSHOT = "sfc"
 GLOBAL_WEIGHT = 0.5
 #: The same for a class whose node set was fitted by SFC (the global term lowered its accuracy there).
 SFC_GLOBAL_WEIGHT = 0.0
+#: Classes whose pooled features are this alike or more (the mean cosine between the classes' mean
+#: pooled features, uncentred) get no global term: their global features hardly tell them apart, and
+#: the term then costs accuracy (shapes such as glyphs). Chosen on half of each dev set's classes
+#: (docs/benchmarks.md, "The global weight chosen per support set").
+SIMILAR_CLASSES = 0.55
 #: With more classes than this, only the ones closest by global cosine are matched by EMD (0: all).
 SHORTLIST = 10
 #: SFC solves (support images x classes) EMDs per step: above this many, classes use the mean map.
@@ -83,6 +88,9 @@ METHODS = ("proto", "emd", "default")
 EXPLAIN_LINES = 12
 
 
-def global_weight_for(kshot: str) -> float:
-    """The default global weight for classes whose node sets were made by ``kshot`` (``"mean"`` or ``"sfc"``)."""
-    return SFC_GLOBAL_WEIGHT if kshot == "sfc" else GLOBAL_WEIGHT
+def global_weight_for(kshot: str, similarity: float | None = None) -> float:
+    """The default global weight for classes whose node sets were made by ``kshot`` (``"mean"`` or
+    ``"sfc"``) and whose pooled features are ``similarity`` alike (see SIMILAR_CLASSES; None: unknown)."""
+    if kshot == "sfc" or (similarity is not None and similarity >= SIMILAR_CLASSES):
+        return SFC_GLOBAL_WEIGHT if kshot == "sfc" else 0.0
+    return GLOBAL_WEIGHT

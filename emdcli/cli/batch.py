@@ -122,7 +122,7 @@ def run(
     from ..io.folders import read_labelled_folder
     from ..io.images import count_by_suffix
     from ..tasks import batch as lib
-    from .reports import plural, support_warnings
+    from .reports import plural, similar_classes_note, support_warnings
 
     chosen = fmt or _format_for(output)
     span = _parse_workers(workers, engine)
@@ -150,6 +150,8 @@ def run(
             device=session.settings.device, on_done=lambda n: bars.advance(task, n),
         )  # fmt: skip
     session.report_skipped(support_set.skipped, "support image ")
+    if note := similar_classes_note(job.matcher, job.classes):
+        session.tell(note)
     done = out.start(job, resume=resume, source=source)
     todo = [p for p in inputs.paths if p not in done]
     if done:

@@ -81,8 +81,8 @@ def run(
     """Classify query images by their Earth Mover's Distance to each class of SUPPORT."""
     from ..errors import DatasetError, EmdcliError, UsageError
     from ..io.folders import read_labelled_folder
-    from ..tasks.classify import Classifier, SupportOverlap, Tally
-    from .reports import classify_layout, prediction_record, query_warnings, support_warnings
+    from ..tasks.classify import Classifier, SupportOverlap, Tally, rounded
+    from .reports import classify_layout, prediction_record, query_warnings, similar_classes_note, support_warnings
 
     settings, output = session.settings, session.output
     sink = session.sink()
@@ -107,6 +107,9 @@ def run(
     for name in support_set.empty_classes:
         if name not in folder.empty:
             session.say(f"class {name!r} has no readable image; it is left out")
+    note = similar_classes_note(clf.matcher, support_set.nodes)
+    if note:
+        session.tell(note)
     classes = support_set.classes
     prior: list[Prediction] = []
     if resume and output is not None:
@@ -115,8 +118,8 @@ def run(
     header = {
         "model": clf.source.extractor.manifest.name, "model_sha256": session.backbone.check.actual,  # type: ignore[attr-defined]
         "metric": settings.metric, "kshot": support_set.kshot, "global_weight": clf.global_weight_for(support_set),
-        "shortlist": settings.shortlist, "classes": list(classes),
-        "shots": dict(zip(classes, support_set.shots, strict=True)),
+        "support_similarity": rounded(support_set.nodes.similarity, 4), "shortlist": settings.shortlist,
+        "classes": list(classes), "shots": dict(zip(classes, support_set.shots, strict=True)),
     }  # fmt: skip
     tally = Tally(overlap=SupportOverlap(folder))
     query_started = time.perf_counter()

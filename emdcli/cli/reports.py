@@ -19,6 +19,7 @@ from .tables import NUMBER, PATH, Col, FitTable, Prose, common_folder, simple_ta
 
 if TYPE_CHECKING:
     from ..io.folders import LabelledFolder
+    from ..matching.support import ClassNodes, Matcher
     from ..tasks.classify import Prediction, Tally
     from ..tasks.evaluate import Evaluation
 
@@ -88,6 +89,20 @@ def support_warnings(folder: LabelledFolder) -> list[str]:
                    f"{'is not an image' if len(folder.ignored) == 1 else 'are not images'} "
                    f"({count_by_suffix(folder.ignored)})")  # fmt: skip
     return out
+
+
+def similar_classes_note(matcher: Matcher, classes: ClassNodes) -> str | None:
+    """A line for stderr when the default dropped the global term because the classes look alike
+    overall (``defaults.SIMILAR_CLASSES``); None otherwise."""
+    from .. import defaults
+
+    similarity = classes.similarity
+    if matcher.global_weight is not None or classes.kshot == "sfc" or similarity is None:
+        return None
+    if similarity < defaults.SIMILAR_CLASSES:
+        return None
+    return (f"the classes look alike overall (similarity {similarity:.2f} >= {defaults.SIMILAR_CLASSES}): "
+            "matching by EMD alone, without the global term (--global-weight sets it)")  # fmt: skip
 
 
 def query_warnings(tally: Tally, not_images: Sequence[Path], support: Path) -> list[str]:

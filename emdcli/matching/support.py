@@ -36,8 +36,9 @@ class ClassNodes:
     classes: the class names; nodes[i]: the (H*W, C) node set of class i; shots[i]: how many
     examples it was made from. centre: (C,) float64 mean pooled feature of every example;
     centroids: (K, C) float64 SimpleShot class centroids. kshot: how the node sets were made,
-    ``"mean"`` (mean feature map) or ``"sfc"`` (fitted by SFC). bank: the nodes stacked for
-    scoring a query against every class at once.
+    ``"mean"`` (mean feature map) or ``"sfc"`` (fitted by SFC). similarity: how alike the classes
+    are overall, the mean cosine between their mean pooled features (uncentred), in [-1, 1]; None
+    when unknown. bank: the nodes stacked for scoring a query against every class at once.
     """
 
     classes: tuple[str, ...]
@@ -46,6 +47,7 @@ class ClassNodes:
     centre: np.ndarray = field(repr=False, compare=False)
     centroids: np.ndarray = field(repr=False, compare=False)
     kshot: str = "mean"
+    similarity: float | None = None
     bank: ClassBank = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -118,7 +120,19 @@ class SupportBuilder:
             sums = [s for s in self._sums if s is not None]
             nodes = tuple(Nodes.from_feature_map(total / n) for total, n in zip(sums, counts, strict=True))
         centre, cents = centroids([np.stack(self._pooled[i]) for i in kept])
-        return ClassNodes(tuple(self.classes[i] for i in kept), nodes, tuple(counts), centre, cents, kshot)
+        similarity = class_similarity([np.mean(self._pooled[i], axis=0) for i in kept])
+        return ClassNodes(tuple(self.classes[i] for i in kept), nodes, tuple(counts), centre, cents, kshot, similarity)
+
+
+def class_similarity(means: Sequence[np.ndarray]) -> float | None:
+    """The mean cosine between every two of the (C,) mean pooled features ``means`` (not centred):
+    how alike the classes look overall. None for fewer than two classes."""
+    if len(means) < 2:
+        return None
+    unit = np.stack([m / (np.linalg.norm(m) or 1.0) for m in means])
+    sims = unit @ unit.T
+    k = len(means)
+    return float((sims.sum() - np.trace(sims)) / (k * (k - 1)))
 
 
 class EpisodeMemo:
@@ -189,8 +203,11 @@ class Matcher:
         return build.build()
 
     def weight_for(self, classes: ClassNodes) -> float:
-        """The global cosine's weight for ``classes``: as given, else the default for their kshot."""
-        return defaults.global_weight_for(classes.kshot) if self.global_weight is None else self.global_weight
+        """The global cosine's weight for ``classes``: as given, else the default for how their node
+        sets were made and how alike they are (:func:`emdcli.defaults.global_weight_for`)."""
+        if self.global_weight is not None:
+            return self.global_weight
+        return defaults.global_weight_for(classes.kshot, classes.similarity)
 
     def match(self, classes: ClassNodes, fmap: np.ndarray) -> ClassScores:
         """Score one (C, H, W) query feature map against every class (EMD on the shortlist only)."""

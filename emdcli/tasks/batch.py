@@ -30,7 +30,7 @@ from ..io.folders import LabelledFolder
 from ..io.images import RemoteImage, is_uri
 from ..matching.support import ClassNodes, Matcher
 from ..model.manifest import ModelCheck, bundled_model_dir, resolve_model_path
-from .classify import Classifier, Prediction, SupportSet, prediction_columns, prediction_row
+from .classify import Classifier, Prediction, SupportSet, prediction_columns, prediction_row, rounded
 
 T = TypeVar("T")
 
@@ -76,7 +76,8 @@ class BatchJob:
         names = self.classes.classes
         return {
             "model": self.model_name, "model_sha256": self.model_sha256, "metric": self.matcher.metric,
-            "kshot": self.classes.kshot, "global_weight": self.global_weight, "shortlist": self.matcher.shortlist,
+            "kshot": self.classes.kshot, "global_weight": self.global_weight,
+            "support_similarity": rounded(self.classes.similarity, 4), "shortlist": self.matcher.shortlist,
             "top_k": self.top_k, "classes": list(names), "shots": dict(zip(names, self.classes.shots, strict=True)),
         }  # fmt: skip
 
