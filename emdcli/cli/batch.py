@@ -298,6 +298,7 @@ class _Output:
         JSONL file gets the rows it held first (``--resume``); on failure what was written is kept."""
         import contextlib
 
+        from .common import note
         from .sink import Layout
         from .tables import simple_table
 
@@ -309,15 +310,11 @@ class _Output:
             except BaseException:
                 writer.close()
                 if writer.written and not self.quiet:
-                    from .common import note
-
                     note(f"{writer.written} rows of this run were kept in {self.path}; "
                          "run the same command with --resume to finish it")  # fmt: skip
                 raise
             writer.close()
             if not self.quiet and tally.rows:
-                from .common import note
-
                 note(summary_line(tally.summary()))
 
         @contextlib.contextmanager
@@ -340,11 +337,10 @@ class _Output:
 def _earlier_rows(path: Path, fmt: str, job: BatchJob) -> list[dict[str, Any]]:
     """The rows an earlier run left in ``path`` (or its .partial), checked to be this job's."""
     from ..errors import DatasetError
-    from ..io.files import partial_path
+    from ..io.files import earlier_output
     from .sink import read_earlier
 
-    partial = partial_path(path)
-    earlier = partial if partial.exists() else path if path.exists() else None
+    earlier = earlier_output(path)
     if earlier is None:
         return []
     records, columns = read_earlier(earlier, fmt, "batch")

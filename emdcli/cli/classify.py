@@ -154,12 +154,11 @@ def _resume(output: Path, fmt: str, classes: tuple[str, ...], paths: Any, from_s
     """The predictions an earlier run of this command left in ``output`` (or its .partial), and the
     query paths still to do."""
     from ..errors import DatasetError
-    from ..io.files import display_path, partial_path
+    from ..io.files import display_path, earlier_output
     from .reports import prediction_from_record
     from .sink import read_earlier
 
-    partial = partial_path(output)
-    earlier = partial if partial.exists() else output if output.exists() else None
+    earlier = earlier_output(output)
     if earlier is None:
         return [], paths
     records, columns = read_earlier(earlier, fmt, "classify")

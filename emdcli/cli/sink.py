@@ -27,7 +27,7 @@ from rich.console import Console, RenderableType
 
 from .. import __version__
 from ..errors import DatasetError, UsageError
-from ..io.files import AtomicFile, display_path, partial_path
+from ..io.files import AtomicFile, display_path, partial_path, require_output_folder
 from .common import note
 
 #: The widest a table written to a file gets. A file has no screen: its table is as wide as its
@@ -106,11 +106,7 @@ class Sink:
             return
         if self.output.is_dir():
             raise UsageError(f"--output is a folder: {display_path(self.output)}", hint="give a file name")
-        parent = self.output.parent
-        if not parent.is_dir():
-            raise UsageError(
-                f"folder for --output does not exist: {display_path(parent)}", hint=f"create it: mkdir -p {parent}"
-            )
+        require_output_folder(self.output)
 
     @property
     def stream(self) -> IO[str]:

@@ -32,6 +32,24 @@ def display_path(path: str | os.PathLike[str]) -> str:
     return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
 
 
+def require_output_folder(path: Path) -> None:
+    """UsageError (exit 2) when the folder that is to hold ``path`` (``--output``) does not exist."""
+    from ..errors import UsageError
+
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(
+            f"folder for --output does not exist: {display_path(parent)}", hint=f"create it: mkdir -p {parent}"
+        )
+
+
+def earlier_output(path: Path) -> Path | None:
+    """What an earlier run writing ``path`` left: its ``.partial`` when there is one, else ``path``
+    when it exists, else None (for ``--resume``)."""
+    partial = partial_path(path)
+    return partial if partial.exists() else path if path.exists() else None
+
+
 def partial_path(path: Path) -> Path:
     """Where the rows of an unfinished run writing ``path`` are kept: ``<path>.partial``."""
     return path.with_name(path.name + PARTIAL_SUFFIX)

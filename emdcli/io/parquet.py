@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError, UsageError, import_extra
-from .files import TMP_SUFFIX, atomic_write, display_path
+from .files import TMP_SUFFIX, atomic_write, display_path, require_output_folder
 
 #: Rows per part file, at most (a part is also written after PART_SECONDS with fewer rows).
 PART_ROWS = 50_000
@@ -63,9 +63,7 @@ class PartFolder:
         if folder.is_file():
             raise UsageError(f"--output {display_path(folder)} is a file; Parquet output is a folder",
                              hint="give a folder name, or a .csv/.jsonl file with --format csv or jsonl")  # fmt: skip
-        if not folder.parent.is_dir():
-            raise UsageError(f"folder for --output does not exist: {display_path(folder.parent)}",
-                             hint=f"create it: mkdir -p {folder.parent}")  # fmt: skip
+        require_output_folder(folder)
 
     @property
     def settings_path(self) -> Path:
@@ -125,7 +123,7 @@ class PartFolder:
         return done
 
     def writer(self, columns: Sequence[str]) -> PartWriter:
-        numbers = [int(p.name.split("-")[1].split(".")[0]) for p in self.parts() if p.name.split("-")[1][:1].isdigit()]
+        numbers = [int(n) for p in self.parts() if (n := p.stem.removeprefix("part-")).isdigit()]
         return PartWriter(self.folder, columns, first_index=max(numbers, default=-1) + 1)
 
 

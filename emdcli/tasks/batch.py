@@ -1,6 +1,6 @@
 """Classification of very many images: a job fitted once, scored in batches by any number of workers.
 
-    job = BatchJob.fit(folder, source, matcher, model=backbone.check, top_k=2)   # on the driver
+    job, support = fit_job(folder, source, matcher, backbone.check, top_k=2)   # on the driver
     scorer = BatchScorer(job)                                # on each worker: checks version and model
     rows = scorer.score(["a.jpg", "b.jpg"])                  # one flat row per path, in order
 
@@ -240,11 +240,11 @@ def _manifest_paths(name: str, data: bytes) -> tuple[str, list[str]]:
 
 def _remote_listing(uri: str) -> tuple[str, list[str]]:
     """A folder or manifest in a filesystem of pyarrow's: its kind and the URIs of its images."""
-    from pyarrow import fs
-
     from ..io.images import is_image_name, remote_filesystem
 
-    filesystem, inner = remote_filesystem(uri)
+    filesystem, inner = remote_filesystem(uri)  # first: exit 2 with what to install when pyarrow is missing
+    from pyarrow import fs
+
     scheme = uri.partition("://")[0]
     try:
         info = filesystem.get_file_info(inner)  # type: ignore[attr-defined]
@@ -265,13 +265,11 @@ def _remote_listing(uri: str) -> tuple[str, list[str]]:
 
 
 def _parquet_paths(name: str, data: bytes) -> list[str]:
-    import pyarrow as pa
-
     from ..io.parquet import need_pyarrow
 
-    pq = need_pyarrow().parquet
+    pa = need_pyarrow()  # before any bare import: exit 2 with what to install
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        table = pa.parquet.read_table(pa.BufferReader(data))
     except Exception as exc:  # pyarrow raises its own error types for a damaged file
         raise DatasetError(f"cannot read {name} as Parquet ({exc})") from None
     if "path" not in table.column_names:
