@@ -30,7 +30,7 @@ and no RAY_ADDRESS (so --engine ray always starts its own local cluster: one 1-C
    Once more with --engine ray interrupted within ``ray.init()`` (as soon as the raylet's agents appear).
 
 Processes the CLI started that still run 2 s after it exited are reported (and killed); so are runs
-that exit otherwise than expected, with their stderr. Total time with the defaults: about 5 minutes
+that exit otherwise than expected, with their stderr. Total time with the defaults: about 6 minutes
 on 2 cores.
 
     python benchmarks/batch_bench.py [--data ../shared/data] [--images 2000] [--rounds 3]

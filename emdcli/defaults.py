@@ -88,9 +88,15 @@ METHODS = ("proto", "emd", "default")
 EXPLAIN_LINES = 12
 
 
+def look_alike(kshot: str, similarity: float | None) -> bool:
+    """Whether the default drops the global term of classes made by ``kshot`` (``"mean"`` or ``"sfc"``)
+    because their pooled features are ``similarity`` alike (see SIMILAR_CLASSES; None: unknown)."""
+    return kshot != "sfc" and similarity is not None and similarity >= SIMILAR_CLASSES
+
+
 def global_weight_for(kshot: str, similarity: float | None = None) -> float:
     """The default global weight for classes whose node sets were made by ``kshot`` (``"mean"`` or
-    ``"sfc"``) and whose pooled features are ``similarity`` alike (see SIMILAR_CLASSES; None: unknown)."""
-    if kshot == "sfc" or (similarity is not None and similarity >= SIMILAR_CLASSES):
-        return SFC_GLOBAL_WEIGHT if kshot == "sfc" else 0.0
-    return GLOBAL_WEIGHT
+    ``"sfc"``) and whose pooled features are ``similarity`` alike."""
+    if kshot == "sfc":
+        return SFC_GLOBAL_WEIGHT
+    return 0.0 if look_alike(kshot, similarity) else GLOBAL_WEIGHT

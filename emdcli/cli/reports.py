@@ -97,9 +97,7 @@ def similar_classes_note(matcher: Matcher, classes: ClassNodes) -> str | None:
     from .. import defaults
 
     similarity = classes.similarity
-    if matcher.global_weight is not None or classes.kshot == "sfc" or similarity is None:
-        return None
-    if similarity < defaults.SIMILAR_CLASSES:
+    if matcher.global_weight is not None or similarity is None or not defaults.look_alike(classes.kshot, similarity):
         return None
     return (f"the classes look alike overall (similarity {similarity:.2f} >= {defaults.SIMILAR_CLASSES}): "
             "matching by EMD alone, without the global term (--global-weight sets it)")  # fmt: skip
