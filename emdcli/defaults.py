@@ -82,6 +82,27 @@ SEED = 0
 #: Methods scored when none are named; the first is the baseline of the paired differences.
 METHODS = ("proto", "emd", "default")
 
+# train ---------------------------------------------------------------------------------------
+
+#: The first trained block (``blocks.K`` trains blocks K..6 on cached outputs of the blocks before).
+TRAIN_FROM = "blocks.6"
+#: Training episodes (N-way K-shot tasks of the base classes), with a cosine-decayed learning rate.
+TRAIN_EPISODES = 2000
+#: Episode shape of training: classes, examples per class and queries per class.
+TRAIN_WAY = 5
+TRAIN_SHOT = 1
+TRAIN_QUERY = 5
+#: Peak learning rate of SGD (Nesterov momentum 0.9, weight decay 5e-4).
+TRAIN_LR = 1e-3
+#: Cached views of each image the episodes draw from: centre, flipped, zoomed, zoomed and flipped.
+TRAIN_VIEWS = 2
+#: Held-out base classes for validation: a fraction of the classes (below 1; at least the way) or a count.
+VAL_CLASSES = 0.2
+#: Validation runs every this many episodes (and before the first and after the last).
+VAL_EVERY = 250
+#: Fixed validation episodes of the held-out classes (the training shape: way, shot and query).
+VAL_EPISODES = 100
+
 # explain -------------------------------------------------------------------------------------
 
 #: How many of the strongest flows a picture draws.

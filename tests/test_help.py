@@ -68,7 +68,7 @@ def row_label(option: typer.core.TyperOption) -> str:
 
 
 def test_every_command_is_checked() -> None:
-    assert COMMANDS == ["classify", "batch", "evaluate", "search", "anomaly", "explain", "info", "export"]
+    assert COMMANDS == ["classify", "batch", "evaluate", "search", "anomaly", "explain", "train", "info", "export"]
 
 
 @pytest.mark.parametrize("width", [80, 120])
@@ -147,7 +147,7 @@ def test_one_letter_one_meaning() -> None:
     for option in options(None):
         assert all(o in LETTERS or o in LETTERS.values() for o in option.opts), option.opts
     way = [name for name in COMMANDS if any("-n" in o.opts for o in options(name))]
-    assert way == ["evaluate"]
+    assert way == ["evaluate", "train"]
     top_k = [name for name in COMMANDS if any("-k" in o.opts for o in options(name))]
     assert top_k == ["classify", "batch", "search"]
     neighbours = next(o for o in options("anomaly") if "--neighbours" in o.opts)

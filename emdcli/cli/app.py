@@ -21,7 +21,7 @@ import typer  # noqa: E402
 
 from .. import __version__  # noqa: E402
 from ..errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_TERMINATED, EmdcliError  # noqa: E402
-from . import anomaly, batch, classify, evaluate, explain, export, info, search  # noqa: E402
+from . import anomaly, batch, classify, evaluate, explain, export, info, search, train  # noqa: E402
 from .common import print_error, stderr_console  # noqa: E402
 from .help import EmdcliCommand, EmdcliGroup  # noqa: E402
 
@@ -124,7 +124,7 @@ def main_callback(
     """emdcli: few-shot image classification by Earth Mover's Distance."""
 
 
-for _module in (classify, batch, evaluate, search, anomaly, explain, info, export):
+for _module in (classify, batch, evaluate, search, anomaly, explain, train, info, export):
     app.command(name=_module.NAME, epilog=getattr(_module, "EPILOG", None), cls=EmdcliCommand)(
         handle_errors(_module.run)
     )

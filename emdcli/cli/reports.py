@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..matching.support import ClassNodes, Matcher
     from ..tasks.classify import Prediction, Tally
     from ..tasks.evaluate import Evaluation
+    from ..tasks.train import TrainResult
 
 # classify -----------------------------------------------------------------------------------
 
@@ -238,6 +239,40 @@ def evaluate_layout(title: str) -> Layout:
         return FitTable(title, cols)
 
     return Layout("evaluate", EVALUATE_COLUMNS, table)
+
+
+# train ----------------------------------------------------------------------------------------
+
+TRAIN_METHODS = ("proto", "emd", "default")
+TRAIN_COLUMNS = ("episode", *TRAIN_METHODS, *(f"{m}_ci95" for m in TRAIN_METHODS), "kept")
+
+
+def train_records(result: TrainResult) -> list[Record]:
+    """One record per validation: the held-out classes' accuracy and interval per method (percent,
+    rounded to 0.01), and whether its state is the one exported."""
+    return [
+        {"episode": v.episode, **{m: round(v.accuracy[m], 2) for m in TRAIN_METHODS},
+         **{f"{m}_ci95": round(v.ci95[m], 2) for m in TRAIN_METHODS}, "kept": v.episode == result.best.episode}
+        for v in result.history
+    ]  # fmt: skip
+
+
+def train_layout(title: str) -> Layout:
+    def table(records: list[Record]) -> RenderableType:
+        cols = [Col("episode", [Text(str(r["episode"])) for r in records], NUMBER, justify="right")]
+        for m in TRAIN_METHODS:
+            cells = [Text(f"{r[m]:.1f} ± {r[m + '_ci95']:.1f}", "bold green" if r["kept"] and m == "default" else "")
+                     for r in records]  # fmt: skip
+            cols.append(Col(m, cells, NUMBER, justify="right"))
+        cols.append(Col("kept", [Text("kept" if r["kept"] else "") for r in records]))
+        return FitTable(title, cols)
+
+    def line(summary: dict[str, Any]) -> str:
+        before, kept = summary["before"]["default"], summary["kept"]["default"]
+        return (f"kept the state after episode {summary['kept_episode']}: default {before:.1f}% -> {kept:.1f}% on the "
+                f"held-out classes; model: {summary['model']}")  # fmt: skip
+
+    return Layout("train", TRAIN_COLUMNS, table, summary_line=line)
 
 
 # search and anomaly -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import ModelError
 from ..io.files import atomic_write, sha256_file
@@ -29,7 +30,8 @@ class Manifest:
 
     input_size: side of the square input in px. grid: (H, W) of the output map, so a
     feature map has ``H * W`` nodes of ``channels`` values each. exporter: the versions
-    that wrote the file.
+    that wrote the file. training: for a model written by ``emdcli train``, its settings, parent,
+    base set and validation figures (None for an exported one).
     """
 
     name: str
@@ -45,6 +47,7 @@ class Manifest:
     source: str
     licence: str
     exporter: str = ""
+    training: dict[str, Any] | None = None
 
     @property
     def preprocess(self) -> Preprocess:
@@ -71,8 +74,11 @@ class ModelCheck:
 
 def write_manifest(manifest: Manifest, path: Path) -> Path:
     """Write ``manifest`` as JSON atomically; returns ``path``."""
+    fields = asdict(manifest)
+    if fields["training"] is None:
+        del fields["training"]
     with atomic_write(path) as fh:
-        json.dump(asdict(manifest), fh, indent=2)
+        json.dump(fields, fh, indent=2)
         fh.write("\n")
     return path
 
@@ -135,6 +141,7 @@ def load_manifest(path: Path) -> Manifest:
             source=str(data["source"]),
             licence=str(data["licence"]),
             exporter=str(data.get("exporter", "")),
+            training=dict(data["training"]) if isinstance(data.get("training"), dict) else None,
         )
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{path}: manifest has a malformed field ({exc})") from None
