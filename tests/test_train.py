@@ -219,6 +219,13 @@ def test_a_trained_folder_works_as_model_in_classify_and_evaluate(trained: Path,
     assert json.loads(res.stdout)["model"] == trained.name
 
 
+def test_info_shows_the_training_record(trained: Path) -> None:
+    res = runner.invoke(app, ["info", "--model", str(trained), "-f", "json"])
+    assert res.exit_code == 0, res.output
+    line = json.loads(res.stdout)["trained"]
+    assert line.startswith("blocks.6 onward on 4 classes (") and "of 12; held-out 2-way 1-shot default" in line
+
+
 def test_train_writes_its_validation_table(base_dir: Path, tmp_path: Path, cache_env: Path) -> None:
     out = tmp_path / "m"
     res = _train([str(base_dir), "--out", str(out), "--episodes", "4", "--val-every", "2", "--val-episodes", "3",

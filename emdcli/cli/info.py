@@ -46,6 +46,8 @@ def run(
         "source": m.source, "licence": m.licence, "onnxruntime": ort.__version__,
         "providers_available": available_providers(),
     }  # fmt: skip
+    if m.training is not None:
+        data["trained"] = training_summary(m.training)
     if check.ok:
         backbone = session.backbone
         data["providers_used"] = backbone.active_providers
@@ -71,3 +73,15 @@ def run(
             f"{check.onnx_path}: sha256 {check.actual[:16]}... does not match the manifest's {check.expected[:16]}...",
             hint="reinstall emdcli, or rebuild the model with `emdcli export`",
         )
+
+
+def training_summary(training: dict[str, Any]) -> str:
+    """One line on a model written by ``emdcli train``: base set, episodes kept, validation before/after."""
+    try:
+        base, settings = training["base_set"], training["settings"]
+        before, kept = training["validation_before"]["accuracy"], training["validation_kept"]["accuracy"]
+        return (f"{settings['train_from']} onward on {base['train_classes']} classes ({base['images']} images); kept "
+                f"episode {training['kept_episode']} of {settings['episodes']}; held-out {settings['way']}-way "
+                f"{settings['shot']}-shot default {before['default']:.1f}% -> {kept['default']:.1f}%")  # fmt: skip
+    except (KeyError, TypeError):
+        return "by emdcli train (its record in the manifest is incomplete)"

@@ -166,6 +166,9 @@ def run(
         session.tell(f"stopped after episode {result.episodes_done} of {episodes}; checkpoint kept in {out}")
         session.tell(f"continue with: emdcli train {base_dir} --out {out} --resume")
         raise KeyboardInterrupt if signals[0] == signal.SIGINT else _terminated()
+    if result.best.episode == 0:
+        session.say("no validation beat the parent's: the model written has the bundled model's weights "
+                    "(try more --episodes, another --lr, or more base classes)")  # fmt: skip
     header = {
         "base_dir": str(base_dir), "model_dir": str(out), "manifest": str(result.manifest_path),
         "settings": settings.__dict__, "classes": len(result.class_names), "train_classes": len(result.split.train),
