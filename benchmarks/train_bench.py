@@ -8,18 +8,12 @@ novel classes are never seen by training, nor by the choice of defaults.
 the validation curve (the held-out base classes' 5-way 1-shot accuracy of proto, emd and default
 every VAL_EVERY episodes) and the time per episode. Defaults are chosen from it.
 
-``--phase mix``: leave one set out. Train with the defaults on every class of the other sets
-(all of ALL_SETS but one, class folders named SET__CLASS), then score the bundled and the trained
-model on the left-out set's classes as in ``--phase eval``: would a model trained on a broad mix
-be a better bundled default?
-
 ``--phase eval``: on every set and split, train with the defaults on the base classes, then score
 the bundled and the trained model on the novel classes with ``proto``, ``emd`` and ``default`` on the
 same seeded episodes (5-way 1-shot and 5-way 5-shot), with the paired difference of the defaults.
 
     python benchmarks/train_bench.py --phase choose --data ../shared/data
     python benchmarks/train_bench.py --phase eval --data ../shared/data --episodes 300
-    python benchmarks/train_bench.py --phase mix --data ../shared/data --episodes 300
 """
 
 from __future__ import annotations
@@ -58,7 +52,6 @@ CANDIDATES = {
     "from blocks.5, lr 1e-2, 1 view": TrainSettings(train_from="blocks.5", views=1, lr=1e-2),
 }
 METHODS = ("proto", "emd", "default")
-ALL_SETS = ("cards", "glyphs", "icons", "openclipart", "tuxpaint")
 
 
 def split_set(root: Path, novel: float, seed: int, into: Path) -> tuple[Path, Path]:
@@ -155,38 +148,9 @@ def eval_phase(data: Path, sets: list[str], seeds: list[int], episodes: int, tra
               f"{result.train_seconds:.0f} | {per:.0f} | {result.best.episode} |")  # fmt: skip
 
 
-def mix_phase(data: Path, left_out: list[str], episodes: int, train_episodes: int | None) -> None:
-    print(f"Leave one set out: train on every class of the other sets of {', '.join(ALL_SETS)}, score the "
-          f"left-out set's classes; 5-way, 5 queries per class, {episodes} episodes per row.\n")  # fmt: skip
-    print("| left out | base classes / images | setting | model | proto | emd | default | trained − bundled default |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in left_out:
-        with tempfile.TemporaryDirectory() as tmp:
-            base = Path(tmp) / "base"
-            base.mkdir()
-            for other in (s for s in ALL_SETS if s != name):
-                for cls in sorted(p for p in (data / other).iterdir() if p.is_dir()):
-                    os.symlink(cls.resolve(), base / f"{other}__{cls.name}")
-            settings = TrainSettings()
-            if train_episodes:
-                settings = dataclasses.replace(settings, episodes=train_episodes)
-            result, _ = run_training(base, Path(tmp) / "model", settings)
-            for shot in (1, 5):
-                bundled = novel_eval(None, data / name, 5, shot, episodes, 0)
-                trained = novel_eval(str(result.model_dir), data / name, 5, shot, episodes, 0)
-                mean, ci = mean_ci95(100 * (trained.per_episode["default"] - bundled.per_episode["default"]))
-                for label, ev in (("bundled", bundled), ("trained", trained)):
-                    acc = {r.method: f"{r.accuracy:.1f} ± {r.ci95:.1f}" for r in ev.results}
-                    paired = f"**{mean:+.1f} ± {ci:.1f}**" if label == "trained" else ""
-                    print(f"| {name} | {len(result.class_names)} / {result.image_count} | 5w{shot}s | {label} | "
-                          f"{acc['proto']} | {acc['emd']} | {acc['default']} | {paired} |", flush=True)  # fmt: skip
-            print(f"done {name}: kept episode {result.best.episode}, training {result.train_seconds:.0f} s",
-                  file=sys.stderr, flush=True)  # fmt: skip
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=("choose", "eval", "mix"), required=True)
+    parser.add_argument("--phase", choices=("choose", "eval"), required=True)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--episodes", type=int, default=300, help="novel-class episodes per setting (eval)")
     parser.add_argument("--train-episodes", type=int, default=None, help="override the training episodes")
@@ -202,11 +166,9 @@ def main() -> None:
     print(f"`{command_line()}`\n")
     if args.phase == "choose":
         choose(args.data, args.train_episodes, args.candidates.split(";"))
-    elif args.phase == "mix":
-        mix_phase(args.data, (args.sets or ",".join(ALL_SETS)).split(","), args.episodes, args.train_episodes)
     else:
         seeds = [int(s) for s in args.split_seeds.split(",")]
-        eval_phase(args.data, (args.sets or ",".join(NOVEL)).split(","), seeds, args.episodes, args.train_episodes)
+        eval_phase(args.data, args.sets.split(","), seeds, args.episodes, args.train_episodes)
 
 
 if __name__ == "__main__":

@@ -155,8 +155,9 @@ def test_the_trained_model_is_a_model_folder_whose_onnx_matches_torch(trained: P
     assert info["settings"]["episodes"] == TINY.episodes and info["base_set"]["classes"] == 6
     assert [v["episode"] for v in info["validation"]] == [0, 4, 8, 12]
     assert not (trained / CHECKPOINT).exists()
-    defaults_by_episode = [(v["accuracy"]["default"], -v["episode"]) for v in info["validation"]]
-    assert info["kept_episode"] == -max(defaults_by_episode)[1]  # the first best default accuracy is kept
+    eligible = [(v["accuracy"]["default"], -v["episode"]) for v in info["validation"]
+                if v["episode"] == 0 or v["gain"] - v["gain_ci95"] > 0]  # fmt: skip
+    assert info["kept_episode"] == -max(eligible)[1]  # the first best of the significant gains (or the parent)
     assert info["validation_kept"]["episode"] == info["kept_episode"]
 
 
@@ -232,7 +233,7 @@ def test_train_writes_its_validation_table(base_dir: Path, tmp_path: Path, cache
                   "-f", "csv"])  # fmt: skip
     assert res.exit_code == 0, res.output
     lines = res.stdout.strip().splitlines()
-    assert lines[0] == "episode,proto,emd,default,proto_ci95,emd_ci95,default_ci95,kept"
+    assert lines[0] == "episode,proto,emd,default,proto_ci95,emd_ci95,default_ci95,gain,gain_ci95,kept"
     assert [line.split(",")[0] for line in lines[1:]] == ["0", "2", "4"]
     assert sum(line.endswith("true") for line in lines[1:]) == 1
     assert (out / "m.onnx").is_file() and (out / "m.json").is_file()

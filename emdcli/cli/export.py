@@ -14,8 +14,6 @@ EPILOG = (
     "  emdcli export --arch torchvision:resnet18 --weights resnet18.pth --layer layer3 --out resnet-model\n\n"
     "Exit codes: 0 written, 1 export failure (or ONNX output further than 1e-4 from torch), 2 usage error."
 )
-#: Largest |ONNX - torch| difference of an export's output that is accepted.
-PARITY_TOLERANCE = 1e-4
 
 
 def run(
@@ -99,5 +97,6 @@ def run(
     typer.echo(f"wrote {result.manifest_path}")
     typer.echo(f"sha256 {m.sha256}")
     typer.echo(f"feature map {m.channels} x {m.grid[0]} x {m.grid[1]}; max |onnx - torch| = {result.max_abs_diff:.2e}")
-    if result.max_abs_diff > PARITY_TOLERANCE:
-        raise EmdcliError(f"ONNX output differs from torch by {result.max_abs_diff:.2e} (> {PARITY_TOLERANCE:g})")
+    limit = exporting.PARITY_TOLERANCE
+    if result.max_abs_diff > limit:
+        raise EmdcliError(f"ONNX output differs from torch by {result.max_abs_diff:.2e} (> {limit:g})")

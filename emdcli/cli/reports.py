@@ -244,15 +244,17 @@ def evaluate_layout(title: str) -> Layout:
 # train ----------------------------------------------------------------------------------------
 
 TRAIN_METHODS = ("proto", "emd", "default")
-TRAIN_COLUMNS = ("episode", *TRAIN_METHODS, *(f"{m}_ci95" for m in TRAIN_METHODS), "kept")
+TRAIN_COLUMNS = ("episode", *TRAIN_METHODS, *(f"{m}_ci95" for m in TRAIN_METHODS), "gain", "gain_ci95", "kept")
 
 
 def train_records(result: TrainResult) -> list[Record]:
     """One record per validation: the held-out classes' accuracy and interval per method (percent,
-    rounded to 0.01), and whether its state is the one exported."""
+    rounded to 0.01), the default's paired gain over the parent (points), and whether its state is
+    the one exported."""
     return [
         {"episode": v.episode, **{m: round(v.accuracy[m], 2) for m in TRAIN_METHODS},
-         **{f"{m}_ci95": round(v.ci95[m], 2) for m in TRAIN_METHODS}, "kept": v.episode == result.best.episode}
+         **{f"{m}_ci95": round(v.ci95[m], 2) for m in TRAIN_METHODS}, "gain": round(v.gain, 2),
+         "gain_ci95": round(v.gain_ci95, 2), "kept": v.episode == result.best.episode}
         for v in result.history
     ]  # fmt: skip
 
@@ -264,6 +266,8 @@ def train_layout(title: str) -> Layout:
             cells = [Text(f"{r[m]:.1f} ± {r[m + '_ci95']:.1f}", "bold green" if r["kept"] and m == "default" else "")
                      for r in records]  # fmt: skip
             cols.append(Col(m, cells, NUMBER, justify="right"))
+        gains = [Text("" if r["episode"] == 0 else f"{r['gain']:+.1f} ± {r['gain_ci95']:.1f}") for r in records]
+        cols.append(Col("default vs before", gains, NUMBER, justify="right"))
         cols.append(Col("kept", [Text("kept" if r["kept"] else "") for r in records]))
         return FitTable(title, cols)
 

