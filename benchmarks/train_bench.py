@@ -155,12 +155,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=300, help="novel-class episodes per setting (eval)")
     parser.add_argument("--train-episodes", type=int, default=None, help="override the training episodes")
     parser.add_argument("--candidates", default=";".join(list(CANDIDATES)[:4]), help="choose: names separated by ;")
-    parser.add_argument(
-        "--sets",
-        default=None,
-        help="eval: the sets split (default: icons,cards,openclipart); "
-        "mix: the sets left out in turn (default: all five)",
-    )
+    parser.add_argument("--sets", default=",".join(NOVEL), help="eval: the sets to split, comma-separated")
     parser.add_argument("--split-seeds", default="0,1")
     args = parser.parse_args()
     print(f"`{command_line()}`\n")
