@@ -273,9 +273,9 @@ def train_layout(title: str) -> Layout:
 
     def line(summary: dict[str, Any]) -> str:
         before, kept = summary["before"]["default"], summary["kept"]["default"]
-        trunk, training = summary["trunk_seconds"], summary["train_seconds"]
+        times = f"trunk maps {summary['trunk_seconds']:.0f} s, training {summary['train_seconds']:.0f} s"
         return (f"kept the state after episode {summary['kept_episode']}: default {before:.1f}% -> {kept:.1f}% on the "
-                f"held-out classes; trunk maps {trunk:.0f} s, training {training:.0f} s; model: {summary['model']}")  # fmt: skip
+                f"held-out classes; {times}; model: {summary['model']}")  # fmt: skip
 
     return Layout("train", TRAIN_COLUMNS, table, summary_line=line)
 
