@@ -426,7 +426,7 @@ def load_checkpoint(path: Path, settings: TrainSettings, base: str) -> _State:
     """The state saved at ``path``; UsageError when it was made with other settings or another base set."""
     torch = trainable.require_torch()
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
         saved_settings, saved_base, raw = payload["settings"], payload["base"], dict(payload["state"])
     except Exception as exc:  # a damaged or foreign file
         raise UsageError(f"{display_path(path)} is not a readable checkpoint ({type(exc).__name__})",
