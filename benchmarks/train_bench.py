@@ -38,7 +38,7 @@ from emdcli.tasks.evaluate import evaluate, mean_ci95  # noqa: E402
 from emdcli.tasks.train import TrainSettings, train  # noqa: E402
 
 #: Novel classes per set: a count, or a fraction of the set's classes.
-NOVEL = {"icons": 100, "cards": 0.5, "openclipart": 0.5}
+NOVEL = {"icons": 100, "cards": 0.5, "openclipart": 0.5, "glyphs": 0.5}
 CANDIDATES = {
     "lr 1e-3, 1 view": TrainSettings(views=1),
     "lr 1e-3, 2 views": TrainSettings(views=2),
