@@ -146,8 +146,8 @@ def run(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with session.progress() as bars:
-            images = read_labelled_folder(base_dir).image_count * views
-            moved = advance(bars, "Trunk maps", images)
+            folder = read_labelled_folder(base_dir)
+            moved = advance(bars, "Trunk maps", folder.image_count * views)
 
             def embedded(n: int) -> None:  # nothing is trained yet: a stop needs no checkpoint
                 if stop.is_set():
@@ -166,7 +166,7 @@ def run(
                 session.tell(f"validation after episode {v.episode}: {cells}  ({v.seconds:.1f} s)")
 
             result = train(
-                base_dir, out, settings, resume=resume, force=force, device=session.settings.device,
+                folder, out, settings, resume=resume, force=force, device=session.settings.device,
                 cache=session.settings.cache, stop=stop, on_embedded=embedded, on_episode=on_episode,
                 on_validation=on_validation,
             )  # fmt: skip

@@ -183,6 +183,11 @@ class _State:
     best_episode: int = 0
     train_seconds: float = 0.0
 
+    @property
+    def best(self) -> Validation:
+        """The validation of the state kept so far."""
+        return next(v for v in self.history if v.episode == self.best_episode)
+
 
 # the base set ----------------------------------------------------------------------------------
 
@@ -464,7 +469,7 @@ def learning_rate(settings: TrainSettings, episode: int) -> float:
 
 
 def train(
-    base_dir: Path,
+    base_dir: Path | LabelledFolder,
     out: Path,
     settings: TrainSettings = TrainSettings(),
     *,
@@ -477,7 +482,8 @@ def train(
     on_episode: Callable[[EpisodeStats], None] | None = None,
     on_validation: Callable[[Validation], None] | None = None,
 ) -> TrainResult:
-    """Meta-train on the classes of ``base_dir`` and write the model into ``out`` (see the module).
+    """Meta-train on the classes of ``base_dir`` (a folder per class, or one already read) and write the
+    model into ``out`` (see the module).
 
     ``stop`` set during the run ends it after the current episode with a checkpoint (the result's
     ``stopped``); ``resume`` continues from the checkpoint in ``out``. Raises UsageError (or
@@ -486,7 +492,7 @@ def train(
     settings.check()
     torch = trainable.require_torch()
     checkpoint_from = prepare_model_dir(out, resume, force)
-    folder = read_labelled_folder(base_dir, min_classes=2)
+    folder = base_dir if isinstance(base_dir, LabelledFolder) else read_labelled_folder(base_dir)
     dev = torch_device(device)
     if dev.type == "cpu":  # the CLI caps BLAS threads at 1 for the matching; training wants every core
         torch.set_num_threads(usable_cores())
@@ -556,8 +562,7 @@ def train(
         if state.episode % settings.val_every == 0 or state.episode == settings.episodes:
             record = validate(head, val_trunk, val_plan, state.episode, dev, state.history[0])
             state.history.append(record)
-            best = next(v for v in state.history if v.episode == state.best_episode)
-            if record.significant and record.accuracy[SELECT_BY] > best.accuracy[SELECT_BY]:
+            if record.significant and record.accuracy[SELECT_BY] > state.best.accuracy[SELECT_BY]:
                 state.best_head, state.best_episode = copy.deepcopy(head.state_dict()), state.episode
             if on_validation:
                 on_validation(record)
@@ -567,11 +572,12 @@ def train(
     state.train_seconds = time.perf_counter() - started
 
     head.load_state_dict(state.best_head)
-    best = next(v for v in state.history if v.episode == state.best_episode)
+    best = state.best
+    parent = trainable.bundled_manifest()
     training = {
         "emdcli": __version__,
         "settings": asdict(settings),
-        "parent": {"name": trainable.bundled_manifest().name, "sha256": trainable.bundled_manifest().sha256,
+        "parent": {"name": parent.name, "sha256": parent.sha256,
                    "weights_sha256": sha256_file(trainable.parent_weights())},
         "base_set": {"fingerprint": base, "classes": len(names), "images": int(labels.size),
                      "train_classes": len(split.train), "val_classes": [names[i] for i in split.val]},
@@ -605,6 +611,5 @@ def _result(
     image_count: int,
     max_abs_diff: float | None = None,
 ) -> TrainResult:
-    best = next(v for v in state.history if v.episode == state.best_episode)
-    return TrainResult(out, manifest_path, tuple(state.history), best, state.episode, trunk_seconds,
+    return TrainResult(out, manifest_path, tuple(state.history), state.best, state.episode, trunk_seconds,
                        state.train_seconds, skipped, split, names, image_count, max_abs_diff)  # fmt: skip
