@@ -41,14 +41,15 @@ class Settings:
     cache: bool = True
     kshot: str = defaults.KSHOT
     global_weight: float | None = None  # None: by kshot (emdcli.defaults.global_weight_for)
+    transductive: bool | None = None  # None: for a set of queries, not for a stream (stdin)
 
 
 _TYPES: dict[str, type] = {
     "top_k": int, "batch_size": int, "workers": int, "progress": bool, "quiet": bool, "shortlist": int, "cache": bool,
-    "global_weight": float,
+    "global_weight": float, "transductive": bool,
 }  # fmt: skip
 _MINIMUM = {"top_k": 1, "batch_size": 1, "workers": 1, "shortlist": 0}
-_OPTIONAL = {"batch_size"}  # may be null: decided at run time
+_OPTIONAL = {"batch_size", "transductive"}  # may be null: decided at run time
 
 
 def default_config_path() -> Path:

@@ -32,6 +32,25 @@ SFC_GLOBAL_WEIGHT = 0.0
 SIMILAR_CLASSES = 0.55
 #: With more classes than this, only the ones closest by global cosine are matched by EMD (0: all).
 SHORTLIST = 10
+#: A set of queries (a folder, a file list, an episode, a batch task) is matched transductively: the
+#: queries move each class's prototype and node set toward where the class lies in their domain
+#: (emdcli.matching.transductive). Chosen on half of each dev set's classes (docs/benchmarks.md,
+#: "Transductive matching").
+TRANSDUCTIVE = True
+#: Weight of the global cosine in the transductive rounds, for classes made either way (one example,
+#: mean map or SFC); classes that look alike (support similarity >= SIMILAR_CLASSES) get none.
+TRANSDUCTIVE_GLOBAL_WEIGHT = 0.5
+#: Temperature of the soft assignments of queries to classes.
+TRANSDUCTIVE_TEMPERATURE = 10.0
+#: Soft k-means rounds before and after the node refit.
+TRANSDUCTIVE_ROUNDS = 3
+#: The inductive scores are kept when the queries' predictions spread over the classes less than this
+#: (normalised entropy of the predicted-class histogram): a set of mostly one class, where moving the
+#: classes toward the queries cost accuracy.
+TRANSDUCTIVE_MIN_SPREAD = 0.6
+#: classify matches at most this many queries as one set (about 62 KB of memory each with the bundled
+#: model); more are matched in consecutive sets of this size, in input order.
+TRANSDUCTIVE_SET = 10_000
 #: SFC solves (support images x classes) EMDs per step: above this many, classes use the mean map.
 SFC_MAX_PAIRS = 2500
 #: Node cost of the matching: ``"cosine"`` (1 - cos, as DeepEMD) or ``"l2"``.
@@ -118,6 +137,12 @@ def look_alike(kshot: str, similarity: float | None) -> bool:
     """Whether the default drops the global term of classes made by ``kshot`` (``"mean"`` or ``"sfc"``)
     because their pooled features are ``similarity`` alike (see SIMILAR_CLASSES; None: unknown)."""
     return kshot != "sfc" and similarity is not None and similarity >= SIMILAR_CLASSES
+
+
+def transductive_weight_for(similarity: float | None) -> float:
+    """The global weight of the transductive rounds for classes ``similarity`` alike (None: unknown)."""
+    alike = similarity is not None and similarity >= SIMILAR_CLASSES
+    return 0.0 if alike else TRANSDUCTIVE_GLOBAL_WEIGHT
 
 
 def global_weight_for(kshot: str, similarity: float | None = None) -> float:

@@ -61,9 +61,8 @@ def test_rows_are_classify_rows_plus_the_model_sha256(
 ) -> None:
     listed = run("classify", support_dir, query_dir, "--model", tiny_model, "-f", "csv", "--top-k", "3")
     assert listed.exit_code == 0, listed.output
-    res = batch(tiny_model, support_dir, query_dir, tmp_path / "out.csv", "--top-k", "3", "--batch-size", "4")
+    res = batch(tiny_model, support_dir, query_dir, tmp_path / "out.csv", "--top-k", "3")  # one set, as classify's
     assert res.exit_code == 0, res.output
-    assert "--batch-size applies to --engine ray" in res.stderr
     mine = csv_rows((tmp_path / "out.csv").read_text())
     theirs = csv_rows(listed.stdout)
     assert len(mine) == len(theirs) == 6
@@ -72,6 +71,10 @@ def test_rows_are_classify_rows_plus_the_model_sha256(
         assert row.pop("model_sha256") == sha
         assert row == expected
     assert {r["correct"] for r in mine} == {"true"}  # the tiny model separates the colours
+    streamed = batch(tiny_model, support_dir, query_dir, tmp_path / "each.csv", "--top-k", "3", "--batch-size", "4",
+                     "--no-transductive")  # fmt: skip
+    assert streamed.exit_code == 0, streamed.output
+    assert "with --no-transductive the local engine streams every image" in streamed.stderr
 
 
 def test_parquet_csv_and_jsonl_hold_the_same_rows(
@@ -220,16 +223,18 @@ def test_resume_classifies_only_what_is_missing(
     paths = sorted(str(p) for p in query_dir.rglob("*.png"))
     (tmp_path / "half.txt").write_text("\n".join(paths[:2]) + "\n")
     (tmp_path / "all.txt").write_text("\n".join(paths) + "\n")
-    assert batch(tiny_model, support_dir, tmp_path / "all.txt", tmp_path / "full").exit_code == 0
-    assert batch(tiny_model, support_dir, tmp_path / "half.txt", tmp_path / "out").exit_code == 0
-    res = batch(tiny_model, support_dir, tmp_path / "all.txt", tmp_path / "out", "--resume")
+    assert batch(tiny_model, support_dir, tmp_path / "all.txt", tmp_path / "full", "--no-transductive").exit_code == 0
+    assert batch(tiny_model, support_dir, tmp_path / "half.txt", tmp_path / "out", "--no-transductive").exit_code == 0
+    res = batch(tiny_model, support_dir, tmp_path / "all.txt", tmp_path / "out", "--resume", "--no-transductive")
     assert res.exit_code == 0, res.output
     assert "resuming: 2 of 6 paths are already in" in res.stderr and "4 rows" in res.stderr
     assert len(list((tmp_path / "out").glob("part-*.parquet"))) == 2
     assert parquet_rows(tmp_path / "out") == parquet_rows(tmp_path / "full")
-    again = batch(tiny_model, support_dir, tmp_path / "all.txt", tmp_path / "out", "--resume")
+    again = batch(tiny_model, support_dir, tmp_path / "all.txt", tmp_path / "out", "--resume", "--no-transductive")
     assert again.exit_code == 0 and "nothing to do" in again.stderr
-    other = batch(tiny_model, support_dir, tmp_path / "all.txt", tmp_path / "out", "--resume", "--top-k", "3")
+    other = batch(
+        tiny_model, support_dir, tmp_path / "all.txt", tmp_path / "out", "--resume", "--top-k", "3", "--no-transductive"
+    )
     assert other.exit_code == 2 and "other settings (top_k, columns)" in other.stderr
 
 
@@ -237,21 +242,21 @@ def test_resume_of_a_csv_from_its_partial_file(
     tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path
 ) -> None:
     full, out = tmp_path / "full.csv", tmp_path / "out.csv"
-    assert batch(tiny_model, support_dir, query_dir, full).exit_code == 0
+    assert batch(tiny_model, support_dir, query_dir, full, "--no-transductive").exit_code == 0
     lines = full.read_text().splitlines(keepends=True)
     (tmp_path / "out.csv.partial").write_text("".join(lines[:3]))  # the header and two rows
-    res = batch(tiny_model, support_dir, query_dir, out, "--resume")
+    res = batch(tiny_model, support_dir, query_dir, out, "--resume", "--no-transductive")
     assert res.exit_code == 0, res.output
     assert csv_rows(out.read_text()) == csv_rows(full.read_text())
     assert not (tmp_path / "out.csv.partial").exists()
     (tmp_path / "out.csv.partial").write_text(full.read_text())  # every row done: resuming completes the file
     out.unlink()
-    res = batch(tiny_model, support_dir, query_dir, out, "--resume")
+    res = batch(tiny_model, support_dir, query_dir, out, "--resume", "--no-transductive")
     assert res.exit_code == 0 and "nothing to do" in res.stderr and "6 resumed" in res.stderr
     assert out.read_text() == full.read_text() and not (tmp_path / "out.csv.partial").exists()
     other = make_folder(tmp_path / "other", {"red": 2, "green": 2})
     (tmp_path / "out.csv.partial").write_text("".join(lines[:3]))
-    res = batch(tiny_model, other, query_dir, out, "--resume")
+    res = batch(tiny_model, other, query_dir, out, "--resume", "--no-transductive")
     assert res.exit_code == 2 and "cannot resume it" in res.stderr
 
 
@@ -291,7 +296,7 @@ def test_sigint_keeps_the_rows_so_far_and_resume_completes_them(
     listing.write_text("\n".join([*paths[:4], str(fifo), *paths[4:]]) + "\n")
     dest = tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "emdcli", "batch", str(support_dir), str(listing), "-o", str(dest),
-           "--model", str(tiny_model), "--workers", "1"]  # fmt: skip
+           "--no-transductive", "--model", str(tiny_model), "--workers", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     released = threading.Event()
 
@@ -317,17 +322,38 @@ def test_sigint_keeps_the_rows_so_far_and_resume_completes_them(
     fifo.unlink()
     make_folder(tmp_path / "swap", {"red": 1})
     os.replace(tmp_path / "swap" / "red" / "img_0.png", fifo)  # now a readable image
-    resumed = batch(tiny_model, support_dir, listing, dest, "--resume")
+    resumed = batch(tiny_model, support_dir, listing, dest, "--resume", "--no-transductive")
     assert resumed.exit_code == 0 and "resuming: 4 of 7 paths" in resumed.stderr
-    assert batch(tiny_model, support_dir, listing, tmp_path / "full.jsonl").exit_code == 0
+    assert batch(tiny_model, support_dir, listing, tmp_path / "full.jsonl", "--no-transductive").exit_code == 0
     assert jsonl_rows(dest) == jsonl_rows(tmp_path / "full.jsonl")
     assert not (tmp_path / "out.jsonl.partial").exists()
 
 
 def test_a_ray_task_is_at_most_256_images_and_each_worker_gets_four() -> None:
-    from emdcli.tasks.ray_engine import task_size
+    from types import SimpleNamespace
 
-    assert task_size(10**6, 8) == 256  # a large input: the measured size
-    assert task_size(2000, 2) == 250  # 8 tasks of 250 for 2 workers, not 7 of 256 and one of 208
-    assert task_size(100, 2) == 13
-    assert task_size(3, 2) == 1
+    from emdcli.matching.support import Matcher
+    from emdcli.tasks.batch import task_images
+
+    job: Any = SimpleNamespace(matcher=Matcher(transductive=False))
+    assert task_images(job, 10**6, 8) == 256  # a large input: the measured size
+    assert task_images(job, 2000, 2) == 250  # 8 tasks of 250 for 2 workers, not 7 of 256 and one of 208
+    assert task_images(job, 100, 2) == 13
+    assert task_images(job, 3, 2) == 1
+    assert task_images(job, 3, 2, batch_size=64) == 64
+
+
+def test_a_transductive_task_is_one_set_whatever_the_workers() -> None:
+    from types import SimpleNamespace
+
+    from emdcli.matching.support import Matcher
+    from emdcli.tasks.batch import query_sets, task_images
+
+    job: Any = SimpleNamespace(matcher=Matcher())
+    assert task_images(job, 2000, 2) == task_images(job, 2000, 16) == 256
+    sets = query_sets(list(range(300)), 256)
+    assert [len(s) for s in sets] == [150, 150] and [x for s in sets for x in s] == list(range(300))
+    assert [len(s) for s in query_sets(list(range(1000)), 256)] == [250] * 4
+    assert [len(s) for s in query_sets(list(range(257)), 256)] == [129, 128]
+    assert [len(s) for s in query_sets(list(range(5)), 256)] == [5]
+    assert query_sets([], 256) == []

@@ -54,15 +54,19 @@ def cluster() -> Iterator[str]:
 
 
 def batch(tiny_model: Path, support: Path, source: Path, dest: Path, *rest: Any) -> Any:
-    tasks = ["--batch-size", "2"] if "ray" in rest else []  # many small tasks
-    args = ["batch", support, source, "-o", dest, "--model", tiny_model, *tasks, *rest]
+    """batch in many small tasks (of 2 images, each a set of queries), on either engine; the fault and
+    resume tests match each query alone (--no-transductive), so that their rows compare with an
+    undisturbed run's whatever the sets."""
+    mode = [] if "--transductive" in rest else ["--no-transductive"]
+    args = ["batch", support, source, "-o", dest, "--model", tiny_model, "--batch-size", "2", *mode, *rest]
     return runner.invoke(app, [str(a) for a in args])
 
 
 def start(tiny_model: Path, support: Path, source: Path, dest: Path, address: str, *rest: str) -> Any:
     """The CLI in a subprocess, on the test cluster."""
     cmd = [sys.executable, "-m", "emdcli", "batch", str(support), str(source), "-o", str(dest),
-           "--model", str(tiny_model), "--batch-size", "2", "--engine", "ray", "--address", address, *rest]  # fmt: skip
+           "--model", str(tiny_model), "--batch-size", "2", "--engine", "ray", "--address", address,
+           "--no-transductive", *rest]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -114,12 +118,14 @@ def many(tmp_path: Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*.png"))
 
 
+@pytest.mark.parametrize("mode", ["--transductive", "--no-transductive"])
 def test_ray_rows_equal_the_local_engine_rows(
-    cluster: str, tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path
+    cluster: str, tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path, mode: str
 ) -> None:
+    """Transductive: the same sets of queries (tasks of 2) on both engines, so the same rows."""
     (query_dir / "red" / "broken.png").write_bytes(b"not a png")
-    local = batch(tiny_model, support_dir, query_dir, tmp_path / "local")
-    on_ray = batch(tiny_model, support_dir, query_dir, tmp_path / "ray", "--engine", "ray")
+    local = batch(tiny_model, support_dir, query_dir, tmp_path / "local", mode)
+    on_ray = batch(tiny_model, support_dir, query_dir, tmp_path / "ray", "--engine", "ray", mode)
     assert local.exit_code == 0 and on_ray.exit_code == 0, on_ray.output
     assert "engine ray, 2 workers" in on_ray.stderr
     mine, theirs = rows_of(tmp_path / "ray"), rows_of(tmp_path / "local")

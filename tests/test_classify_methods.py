@@ -44,11 +44,9 @@ def classify_scores(clf: Classifier, support_dir: Path, qmaps: np.ndarray) -> tu
     """What classify reports for each query: (kshot used, (n, K) scores with NaN for unranked classes)."""
     folder = read_labelled_folder(support_dir)
     support = clf.fit(folder)
-    rows = []
-    for q in qmaps:
-        got = {r.label: r.score for r in clf.rank(support, q)}
-        rows.append([got.get(c.name, np.nan) for c in folder.classes])
-    return support.kshot, np.array(rows)
+    scores = clf.score_set(support, qmaps).scores
+    order = [support.classes.index(c.name) for c in folder.classes]
+    return support.kshot, scores[:, order]
 
 
 @pytest.mark.parametrize(
@@ -61,7 +59,8 @@ def test_classify_settings_equal_the_method(
     support_dir = make_folder(tmp_path / "support", {"red": 3, "green": 3, "blue": 3})
     queries = sorted(make_folder(tmp_path / "q", {"red": 1, "green": 1, "blue": 1}, seed=4).rglob("*.png"))
     backbone = Backbone(tiny_model)
-    clf = Classifier(FeatureSource(backbone), Matcher(kshot=kshot, global_weight=global_weight, shortlist=0))
+    matcher = Matcher(kshot=kshot, global_weight=global_weight, shortlist=0, transductive=False)
+    clf = Classifier(FeatureSource(backbone), matcher)
     maps, qmaps = episode_arrays(backbone, support_dir, queries)
     used, got = classify_scores(clf, support_dir, qmaps)
     assert used == kshot
@@ -110,7 +109,7 @@ def test_default_at_one_shot_is_emd_plus_global(tiny_model: Path, tmp_path: Path
     assert support.kshot == "mean" and clf.global_weight_for(support) == defaults.GLOBAL_WEIGHT
     maps, qmaps = episode_arrays(backbone, support_dir, queries)
     expected = fewshot.METHODS["emd+global"].score(maps, qmaps)
-    np.testing.assert_allclose(fewshot.METHODS["default"].score(maps, qmaps), expected)
+    np.testing.assert_allclose(fewshot.METHODS["default-inductive"].score(maps, qmaps), expected)
     assert not np.allclose(expected, fewshot.METHODS["emd"].score(maps, qmaps))  # the global term counts
 
 

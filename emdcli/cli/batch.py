@@ -37,7 +37,18 @@ SHOWN_ERRORS = 10
 
 
 @with_session(
-    "top_k", "metric", "kshot", "global_weight", "shortlist", "model", "device", "cache", "progress", "quiet", "config"
+    "top_k",
+    "metric",
+    "kshot",
+    "global_weight",
+    "transductive",
+    "shortlist",
+    "model",
+    "device",
+    "cache",
+    "progress",
+    "quiet",
+    "config",
 )
 def run(
     support: Annotated[
@@ -96,9 +107,10 @@ def run(
             "--batch-size",
             metavar="B",
             min=1,
-            help="--engine ray: images handed to a worker at once (one Ray task; a lost worker redoes "
-            "at most one). --engine local streams every image through one worker.",
-            show_default=str(defaults.BATCH_TASK_SIZE),
+            help="Images per task: one set of queries matched together (transductive, on either engine), "
+            "and on --engine ray what a worker is handed at once (a lost worker redoes at most one task). "
+            "--no-transductive --engine local streams every image through one worker.",
+            show_default=f"{defaults.BATCH_TASK_SIZE}, in tasks of near-equal size",
         ),
     ] = None,  # fmt: skip
     fmt: Annotated[
@@ -126,8 +138,9 @@ def run(
 
     chosen = fmt or _format_for(output)
     span = _parse_workers(workers, engine)
-    if batch_size is not None and engine == "local":
-        session.say("--batch-size applies to --engine ray; the local engine streams every image through one worker")
+    if batch_size is not None and engine == "local" and session.settings.transductive is False:
+        session.say("--batch-size is the size of a set of queries; with --no-transductive the local engine "
+                    "streams every image through one worker")  # fmt: skip
     if engine == "ray":
         from ..tasks.ray_engine import need_ray
 
@@ -165,7 +178,7 @@ def run(
         if todo and engine == "local":
             tally.workers = span[1] if workers else None
             local_job = job.with_layout(threads=None, lanes=tally.workers)
-            for rows in lib.run_local(local_job, todo, lambda n: bars.advance(task, n)):
+            for rows in lib.run_local(local_job, todo, lambda n: bars.advance(task, n), batch_size):
                 _take(rows, tally, write, session)
         elif todo:
             from ..tasks.ray_engine import ray_cluster, run_ray

@@ -13,7 +13,7 @@ import typer
 from .common import NullOpt, Session, advance, argument, query_paths, with_session
 
 if TYPE_CHECKING:
-    from ..tasks.classify import Classifier, Prediction, SupportSet, Tally
+    from ..tasks.classify import Classifier, Prediction, SetReport, SupportSet, Tally
 
 NAME = "classify"
 EPILOG = (
@@ -33,6 +33,7 @@ EPILOG = (
     "metric",
     "kshot",
     "global_weight",
+    "transductive",
     "shortlist",
     "model",
     "device",
@@ -82,7 +83,14 @@ def run(
     from ..errors import DatasetError, EmdcliError, UsageError
     from ..io.folders import read_labelled_folder
     from ..tasks.classify import Classifier, SupportOverlap, Tally, rounded
-    from .reports import classify_layout, prediction_record, query_warnings, similar_classes_note, support_warnings
+    from .reports import (
+        classify_layout,
+        prediction_record,
+        query_warnings,
+        similar_classes_note,
+        support_warnings,
+        transductive_notes,
+    )
 
     settings, output = session.settings, session.output
     sink = session.sink()
@@ -99,7 +107,7 @@ def run(
                                hint="image files end in .jpg, .jpeg, .png, .bmp, .gif, .webp or .tif")  # fmt: skip
     for line in support_warnings(folder):
         session.say(line)
-    clf = Classifier(session.source, session.matcher())
+    clf = Classifier(session.source, session.matcher(stream=from_stdin))
     started = time.perf_counter()
     with session.progress() as bars:
         support_set = clf.fit(folder, advance(bars, "Support", folder.image_count), keep_examples=bool(explain_dir))
@@ -115,17 +123,19 @@ def run(
     if resume and output is not None:
         prior, paths = _resume(output, sink.fmt, classes, paths, from_stdin, session)
     top = min(settings.top_k, len(classes))
+    transductive_weight = clf.matcher.transductive_weight_for(support_set.nodes) if clf.matcher.transductive else None
     header = {
         "model": clf.source.extractor.manifest.name, "model_sha256": session.backbone.check.actual,  # type: ignore[attr-defined]
         "metric": settings.metric, "kshot": support_set.kshot, "global_weight": clf.global_weight_for(support_set),
         "support_similarity": rounded(support_set.nodes.similarity, 4), "shortlist": settings.shortlist,
+        "transductive": clf.matcher.transductive, "transductive_global_weight": transductive_weight,
         "classes": list(classes), "shots": dict(zip(classes, support_set.shots, strict=True)),
     }  # fmt: skip
     tally = Tally(overlap=SupportOverlap(folder))
     query_started = time.perf_counter()
 
     def summary() -> dict[str, Any]:
-        return _summary(tally, len(prior), support_set, len(not_images), started, query_started)
+        return _summary(tally, len(prior), support_set, len(not_images), started, query_started, clf.sets)
 
     pictures: dict[Path, str] = {}  # query -> the picture drawn of its match (--explain-dir)
     layout = classify_layout(classes, top, pictures=explain_dir is not None)
@@ -142,6 +152,8 @@ def run(
             emit(record)
         for line in query_warnings(tally, not_images, support):  # before the summary line
             session.say(line)
+        for line in transductive_notes(clf.sets):
+            session.tell(line)
     if tally.total == 0:
         raise DatasetError("no query paths were given on stdin", hint="pipe one image path per line into '-'")
     if tally.ok == 0:
@@ -223,11 +235,18 @@ def _explainer(
 
 
 def _summary(
-    tally: Tally, resumed: int, support: SupportSet, not_images: int, started: float, query_started: float
+    tally: Tally,
+    resumed: int,
+    support: SupportSet,
+    not_images: int,
+    started: float,
+    query_started: float,
+    sets: list[SetReport],
 ) -> dict[str, Any]:
     now = time.perf_counter()
     new = tally.total - resumed
     return {
+        "query_sets": len(sets), "transduced_sets": sum(s.ran for s in sets),
         "queries": tally.total, "classified": tally.ok, "skipped": tally.errors, "resumed": resumed,
         "labelled": tally.labelled, "correct": tally.correct, "support_images_as_queries": tally.support_images,
         "not_images": not_images,

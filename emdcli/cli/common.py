@@ -112,6 +112,12 @@ GlobalWeightOpt = Annotated[float | None, _option("--global-weight", metavar="FL
 ShortlistOpt = Annotated[int | None, _option("--shortlist", metavar="N", min=0, help=(
     "With more classes than N, match by EMD only the N closest by global cosine (others get no score); "
     "0: match every class."), default=str(defaults.SHORTLIST))]
+TransductiveOpt = Annotated[bool | None, _option("--transductive/--no-transductive", help=(
+    "Match a set of queries together: they move each class toward where it lies in their domain (kept "
+    "off when their predictions spread over the classes too little, as in a folder of one class). "
+    f"classify takes sets of up to {defaults.TRANSDUCTIVE_SET:,} queries, batch one set per task; "
+    "--no-transductive matches each query on its own."),
+    default="on; off for - (stdin)")]
 TopKOpt = Annotated[int | None, _option("--top-k", "-k", metavar="N", min=1, help=(
     "How many ranked classes to list per query."), default=str(defaults.TOP_K))]
 NullOpt = Annotated[bool, _option("--null", "-0", help=(
@@ -122,7 +128,8 @@ NullOpt = Annotated[bool, _option("--null", "-0", help=(
 #: except ``output`` and ``config``, which the session keeps as they are.
 SHARED_OPTIONS: dict[str, Any] = {
     "fmt": FormatOpt, "output": OutputOpt, "top_k": TopKOpt, "metric": MetricOpt, "kshot": KshotOpt,
-    "global_weight": GlobalWeightOpt, "shortlist": ShortlistOpt, "model": ModelOpt, "device": DeviceOpt,
+    "global_weight": GlobalWeightOpt, "transductive": TransductiveOpt, "shortlist": ShortlistOpt, "model": ModelOpt,
+    "device": DeviceOpt,
     "batch_size": BatchSizeOpt, "workers": WorkersOpt, "cache": CacheOpt, "progress": ProgressOpt,
     "quiet": QuietOpt, "config": ConfigOpt,
 }  # fmt: skip
@@ -212,11 +219,15 @@ class Session:
             self.backbone, batch_size=self.settings.batch_size, workers=self.settings.workers, cache=cache
         )
 
-    def matcher(self) -> Matcher:
+    def matcher(self, *, stream: bool = False) -> Matcher:
+        """The matcher of the settings; ``stream``: the queries come one by one (stdin), which by
+        default turns the transductive step off."""
         from ..matching.support import Matcher
 
         s = self.settings
-        return Matcher(metric=s.metric, kshot=s.kshot, global_weight=s.global_weight, shortlist=s.shortlist)  # type: ignore[arg-type]
+        transductive = s.transductive if s.transductive is not None else not stream
+        return Matcher(metric=s.metric, kshot=s.kshot, global_weight=s.global_weight, shortlist=s.shortlist,  # type: ignore[arg-type]
+                       transductive=transductive)  # fmt: skip
 
     def progress(self) -> Progress:
         """Progress bars on stderr: transient, and shown only on a terminal when not quiet."""

@@ -20,7 +20,7 @@ from .tables import NUMBER, PATH, Col, FitTable, Prose, common_folder, simple_ta
 if TYPE_CHECKING:
     from ..io.folders import LabelledFolder
     from ..matching.support import ClassNodes, Matcher
-    from ..tasks.classify import Prediction, Tally
+    from ..tasks.classify import Prediction, SetReport, Tally
     from ..tasks.evaluate import Evaluation
     from ..tasks.train import TrainResult
 
@@ -102,6 +102,29 @@ def similar_classes_note(matcher: Matcher, classes: ClassNodes) -> str | None:
         return None
     return (f"the classes look alike overall (similarity {similarity:.2f} >= {defaults.SIMILAR_CLASSES}): "
             "matching by EMD alone, without the global term (--global-weight sets it)")  # fmt: skip
+
+
+def transductive_notes(sets: Sequence[SetReport]) -> list[str]:
+    """Lines for stderr about the sets of queries whose transductive step was left out (their
+    predictions spread over the classes less than ``defaults.TRANSDUCTIVE_MIN_SPREAD``)."""
+    from .. import defaults
+
+    kept = [s for s in sets if not s.ran]
+    if not kept:
+        return []
+    if len(sets) == 1:
+        s = kept[0]
+        why = (
+            "a single query"
+            if s.queries < 2
+            else (
+                f"their predictions spread over the classes too little ({s.spread:.2f} < "
+                f"{defaults.TRANSDUCTIVE_MIN_SPREAD}), as when most are of one class"
+            )
+        )
+        return [f"matched each query on its own, not as a set: {why}"]
+    return [f"matched the queries of {len(kept)} of {len(sets)} sets each on its own: their predictions "
+            f"spread over the classes too little (< {defaults.TRANSDUCTIVE_MIN_SPREAD})"]  # fmt: skip
 
 
 def query_warnings(tally: Tally, not_images: Sequence[Path], support: Path) -> list[str]:

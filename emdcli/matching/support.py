@@ -24,6 +24,7 @@ import numpy as np
 from .. import defaults
 from .nodes import METRICS, WEIGHTINGS, ClassBank, Metric, Nodes, Weighting
 from .simpleshot import centroids, normalised, pooled
+from .transductive import Transduction, TransductiveScores
 
 #: How a class with several examples gets its node set: their mean feature map, or SFC.
 KSHOT_MODES: tuple[str, ...] = defaults.KSHOT_MODES
@@ -38,7 +39,10 @@ class ClassNodes:
     centroids: (K, C) float64 SimpleShot class centroids. kshot: how the node sets were made,
     ``"mean"`` (mean feature map) or ``"sfc"`` (fitted by SFC). similarity: how alike the classes
     are overall, the mean cosine between their mean pooled features (uncentred), in [-1, 1]; None
-    when unknown. bank: the nodes stacked for scoring a query against every class at once.
+    when unknown. examples_pooled: (N, C) float64 every example's pooled feature, and
+    example_labels: (N,) the class index of each; map_sums: (K, H*W, C) float64 the sum of each
+    class's example maps, as nodes (the transductive step refits classes from these).
+    bank: the nodes stacked for scoring a query against every class at once.
     """
 
     classes: tuple[str, ...]
@@ -48,6 +52,9 @@ class ClassNodes:
     centroids: np.ndarray = field(repr=False, compare=False)
     kshot: str = "mean"
     similarity: float | None = None
+    examples_pooled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False, compare=False)
+    example_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.intp), repr=False, compare=False)
+    map_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)), repr=False, compare=False)
     bank: ClassBank = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -63,11 +70,13 @@ class ClassScores:
     """One query scored against every class.
 
     emd: (K,) float64 EMD scores in [-1, 1] (NaN for classes left off the shortlist);
-    global_cosine: (K,) float64 SimpleShot cosine in [-1, 1].
+    global_cosine: (K,) float64 SimpleShot cosine in [-1, 1]; pooled: (C,) float64 the query's
+    pooled feature (for the transductive step).
     """
 
     emd: np.ndarray
     global_cosine: np.ndarray
+    pooled: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def total(self, global_weight: float) -> np.ndarray:
         """(K,) float64 ``emd + global_weight * global_cosine``."""
@@ -109,6 +118,7 @@ class SupportBuilder:
         if not kept:
             raise ValueError("no class has an example")
         counts = [len(self._pooled[i]) for i in kept]
+        sums = [s for s in self._sums if s is not None]
         kshot = "mean"
         if self._may_fit and uses_sfc(self.kshot, counts, self.sfc_max_pairs):
             from .sfc import fit_sfc
@@ -117,11 +127,15 @@ class SupportBuilder:
             nodes = tuple(Nodes.from_feature_map(p) for p in fit_sfc(shots).nodes)
             kshot = "sfc"
         else:
-            sums = [s for s in self._sums if s is not None]
             nodes = tuple(Nodes.from_feature_map(total / n) for total, n in zip(sums, counts, strict=True))
         centre, cents = centroids([np.stack(self._pooled[i]) for i in kept])
         similarity = class_similarity([np.mean(self._pooled[i], axis=0) for i in kept])
-        return ClassNodes(tuple(self.classes[i] for i in kept), nodes, tuple(counts), centre, cents, kshot, similarity)
+        map_sums = np.stack([total.reshape(total.shape[0], -1).T for total in sums])  # (K, H*W, C)
+        return ClassNodes(
+            tuple(self.classes[i] for i in kept), nodes, tuple(counts), centre, cents, kshot, similarity,
+            examples_pooled=np.concatenate([np.stack(self._pooled[i]) for i in kept]),
+            example_labels=np.repeat(np.arange(len(kept)), counts), map_sums=map_sums,
+        )  # fmt: skip
 
 
 def class_similarity(means: Sequence[np.ndarray]) -> float | None:
@@ -169,6 +183,8 @@ class Matcher:
     for how the classes were made (:func:`emdcli.defaults.global_weight_for`). shortlist: with
     more classes than this, EMD only for the ones closest by global cosine (0: every class).
     weighting: ``"cross"`` (DeepEMD's cross-reference node weights) or ``"uniform"``.
+    transductive: a set of queries is matched together (:mod:`emdcli.matching.transductive`); False:
+    each query on its own. transduction: the transductive step's settings.
     """
 
     metric: Metric = defaults.METRIC  # type: ignore[assignment]
@@ -177,6 +193,8 @@ class Matcher:
     shortlist: int = defaults.SHORTLIST
     weighting: Weighting = "cross"
     sfc_max_pairs: int = defaults.SFC_MAX_PAIRS
+    transductive: bool = defaults.TRANSDUCTIVE
+    transduction: Transduction = field(default_factory=Transduction)
 
     def __post_init__(self) -> None:
         checks = (("metric", self.metric, METRICS), ("kshot", self.kshot, KSHOT_MODES),
@@ -209,6 +227,30 @@ class Matcher:
             return self.global_weight
         return defaults.global_weight_for(classes.kshot, classes.similarity)
 
+    def transductive_weight_for(self, classes: ClassNodes) -> float:
+        """The global cosine's weight in the transductive rounds: as given, else by how alike the
+        classes are (:func:`emdcli.defaults.transductive_weight_for`)."""
+        if self.global_weight is not None:
+            return self.global_weight
+        return defaults.transductive_weight_for(classes.similarity)
+
+    def score_set(
+        self, classes: ClassNodes, parts: Sequence[ClassScores], maps: np.ndarray | None = None
+    ) -> TransductiveScores:
+        """Scores of a set of queries, each already matched on its own (``parts``, from :meth:`match`):
+        transductively when the matcher is, else the inductive scores. maps: (n, C, H, W) the queries'
+        feature maps (for the node refit); pooled features come from ``maps`` or ``parts``."""
+        inductive = self.weight_for(classes)
+        emd = np.stack([p.emd for p in parts]) if parts else np.zeros((0, len(classes.classes)))
+        cosine = np.stack([p.global_cosine for p in parts]) if parts else np.zeros_like(emd)
+        if not self.transductive or not parts:
+            return TransductiveScores(emd + inductive * cosine if inductive else emd.copy(), False, 0.0)
+        pooled_queries = np.stack([p.pooled for p in parts])
+        return self.transduction.run(
+            classes, emd, cosine, pooled_queries, inductive_weight=inductive,
+            weight=self.transductive_weight_for(classes), maps=maps, metric=self.metric, weighting=self.weighting,
+        )  # fmt: skip
+
     def match(self, classes: ClassNodes, fmap: np.ndarray) -> ClassScores:
         """Score one (C, H, W) query feature map against every class (EMD on the shortlist only)."""
         glob = classes.global_cosine(pooled(fmap))
@@ -216,7 +258,7 @@ class Matcher:
         if self.shortlist and len(classes.classes) > self.shortlist:
             picked = np.argsort(-glob, kind="stable")[: self.shortlist]
         emd = classes.bank.scores(Nodes.from_feature_map(fmap), self.metric, only=picked, weighting=self.weighting)
-        return ClassScores(emd, glob)
+        return ClassScores(emd, glob, pooled(fmap))
 
     def scores(self, classes: ClassNodes, query: np.ndarray, memo: EpisodeMemo | None = None) -> np.ndarray:
         """(n, K) float64 scores of (n, C, H, W) query maps; NaN for classes off a query's shortlist.
@@ -231,6 +273,8 @@ class Matcher:
             return [self.match(classes, q) for q in query]
 
         parts: list[ClassScores] = compute() if memo is None else memo.get(key, compute)
+        if self.transductive:
+            return self.score_set(classes, parts, np.asarray(query)).scores
         weight = self.weight_for(classes)
         return np.stack([p.total(weight) for p in parts])
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar, cast
 
-from .. import __version__
+from .. import __version__, defaults
 from ..errors import DatasetError, WorkerMismatchError
 from ..features.source import FeatureSource, Progress
 from ..io.files import display_path
@@ -30,7 +30,7 @@ from ..io.folders import LabelledFolder
 from ..io.images import RemoteImage, is_uri
 from ..matching.support import ClassNodes, Matcher
 from ..model.manifest import ModelCheck, bundled_model_dir, resolve_model_path
-from .classify import Classifier, Prediction, SupportSet, prediction_columns, prediction_row, rounded
+from .classify import Classifier, Prediction, SupportSet, batches, prediction_columns, prediction_row, rounded
 
 T = TypeVar("T")
 
@@ -78,6 +78,9 @@ class BatchJob:
             "model": self.model_name, "model_sha256": self.model_sha256, "metric": self.matcher.metric,
             "kshot": self.classes.kshot, "global_weight": self.global_weight,
             "support_similarity": rounded(self.classes.similarity, 4), "shortlist": self.matcher.shortlist,
+            "transductive": self.matcher.transductive,
+            "transductive_global_weight": self.matcher.transductive_weight_for(self.classes)
+            if self.matcher.transductive else None,
             "top_k": self.top_k, "classes": list(names), "shots": dict(zip(names, self.classes.shots, strict=True)),
         }  # fmt: skip
 
@@ -292,21 +295,37 @@ def _csv_paths(name: str, text: str) -> list[str]:
 # the local engine --------------------------------------------------------------------------------
 
 
-def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """``items`` in lists of ``size`` (the last may be shorter)."""
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def query_sets(paths: Sequence[T], size: int) -> list[Sequence[T]]:
+    """``paths`` in ``ceil(n / size)`` consecutive sets whose sizes differ by at most one (the larger
+    first): how a transductive job's paths are matched, one set per task on either engine (the
+    partition Ray Data's ``from_items`` makes into that many blocks)."""
+    count = max(1, -(-len(paths) // max(1, size)))
+    base, extra = divmod(len(paths), count)
+    bounds = [i * base + min(i, extra) for i in range(count + 1)]
+    return [paths[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
-def run_local(job: BatchJob, paths: Iterable[str], on_done: Progress | None = None) -> Iterator[list[dict[str, Any]]]:
-    """The job in this process: one :class:`BatchScorer` (the code a Ray worker runs) scoring every
-    path as one stream, so its pipeline never drains between batches; yields the rows of each
-    backbone call, in input order."""
+def task_images(job: BatchJob, images: int, workers: int, batch_size: int | None = None) -> int:
+    """Images per task: ``batch_size`` when given; for a transductive job BATCH_TASK_SIZE (a task is
+    one set of queries, so its size may not depend on the workers); else BATCH_TASK_SIZE, or fewer
+    so that each of ``workers`` gets BATCH_TASKS_PER_WORKER tasks of a small input."""
+    if batch_size:
+        return batch_size
+    if job.matcher.transductive:
+        return defaults.BATCH_TASK_SIZE
+    spread = -(-images // (workers * defaults.BATCH_TASKS_PER_WORKER))
+    return max(1, min(defaults.BATCH_TASK_SIZE, spread))
+
+
+def run_local(
+    job: BatchJob, paths: Sequence[str], on_done: Progress | None = None, batch_size: int | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    """The job in this process: one :class:`BatchScorer` (the code a Ray worker runs). Transductive:
+    the rows of each set of :func:`query_sets`, as a Ray task makes them; else every path scored as
+    one stream (the pipeline never drains), yielding the rows of each backbone call; in input order."""
     scorer = BatchScorer(job)
+    if job.matcher.transductive:
+        for part in query_sets(paths, task_images(job, len(paths), 1, batch_size)):
+            yield list(scorer.score(part, on_done))
+        return
     yield from batches(scorer.score(paths, on_done), scorer.backbone.batch_size)

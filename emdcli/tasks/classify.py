@@ -17,16 +17,20 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+from .. import defaults
 from ..errors import DatasetError
 from ..features.source import FeatureSource, Progress, Skipped
 from ..io.files import display_path, sha256_file
 from ..io.folders import LabelledFolder
 from ..matching.nodes import ClassBank, Nodes, softmax_confidence
 from ..matching.support import ClassNodes, Matcher
+from ..matching.transductive import TransductiveScores
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,8 @@ class Classifier:
             source = FeatureSource(load_model())
         self.source = source
         self.matcher = matcher or Matcher()
+        #: What the transductive step did for each set of queries :meth:`predict` matched, in order.
+        self.sets: list[SetReport] = []
 
     def fit(
         self, folder: LabelledFolder, on_done: Progress | None = None, *, keep_examples: bool = False
@@ -284,6 +290,12 @@ class Classifier:
         idx = np.flatnonzero(~np.isnan(scores))
         return ranking_from_scores([support.classes[i] for i in idx], scores[idx])
 
+    def score_set(self, support: SupportSet, maps: np.ndarray) -> TransductiveScores:
+        """Scores of (n, C, H, W) query maps matched as one set, as :meth:`predict` matches a set:
+        ``scores`` (n, K), NaN for classes off a query's shortlist (transductive when the matcher is)."""
+        parts = [self.matcher.match(support.nodes, fmap) for fmap in maps]
+        return self.matcher.score_set(support.nodes, parts, maps)
+
     def closest_example(self, support: SupportSet, features: np.ndarray, label: str) -> tuple[Path, np.ndarray]:
         """The example of class ``label`` whose EMD score with the (C, H, W) ``features`` is highest:
         its path and feature map. Needs a support set fitted with ``keep_examples=True``."""
@@ -301,19 +313,66 @@ class Classifier:
         on_done: Progress | None = None,
         observe: Callable[[Prediction, np.ndarray], None] | None = None,
     ) -> Iterator[Prediction]:
-        """One Prediction per path, in input order, as soon as its batch is embedded.
+        """One Prediction per path, in input order.
 
-        ``observe(prediction, features)`` is called with each classified query's (C, H, W)
-        feature map before the prediction is yielded (to draw it, for example).
+        With a transductive matcher the paths are matched as sets of at most
+        ``defaults.TRANSDUCTIVE_SET`` consecutive queries, a set's predictions coming once it is
+        embedded (what each set's step did is appended to :attr:`sets`); else each query alone, as
+        soon as its batch is embedded. ``observe(prediction, features)`` is called with each
+        classified query's (C, H, W) feature map before the prediction is yielded (to draw it).
         """
         known = set(support.classes)
-        for item in self.source.stream(paths, on_done):
-            parent = item.path.parent.name
-            label = parent if parent in known else None
-            if item.features is None:
-                yield Prediction(item.path, "error", true_label=label, error=item.error)
-            else:
-                pred = Prediction(item.path, "ok", self.rank(support, item.features), label)
+
+        def label_of(path: Path) -> str | None:
+            return path.parent.name if path.parent.name in known else None
+
+        embedded = self.source.stream(paths, on_done)
+        if not self.matcher.transductive:
+            for item in embedded:
+                if item.features is None:
+                    yield Prediction(item.path, "error", true_label=label_of(item.path), error=item.error)
+                    continue
+                pred = Prediction(item.path, "ok", self.rank(support, item.features), label_of(item.path))
                 if observe:
                     observe(pred, item.features)
                 yield pred
+            return
+        for chunk in batches(embedded, defaults.TRANSDUCTIVE_SET):
+            ok = [item.features for item in chunk if item.features is not None]
+            result = self.score_set(support, np.stack(ok)) if ok else None
+            if result is not None:
+                self.sets.append(SetReport(len(ok), result.ran, result.spread))
+            rows = iter(() if result is None else result.scores)
+            for item in chunk:
+                if item.features is None:
+                    yield Prediction(item.path, "error", true_label=label_of(item.path), error=item.error)
+                    continue
+                scores = next(rows)
+                idx = np.flatnonzero(~np.isnan(scores))
+                ranking = ranking_from_scores([support.classes[i] for i in idx], scores[idx])
+                pred = Prediction(item.path, "ok", ranking, label_of(item.path))
+                if observe:
+                    observe(pred, item.features)
+                yield pred
+
+
+@dataclass(frozen=True)
+class SetReport:
+    """What the transductive step did for one set of queries: how many it matched, whether it ran
+    (False: the inductive scores were kept) and the spread of the inductive predictions, in [0, 1]."""
+
+    queries: int
+    ran: bool
+    spread: float
+
+
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter)."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -105,7 +105,7 @@ def _memoised(key: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> S
 
 def _per_shot(reduce: str) -> ScoreFn:
     """EMD against every shot separately (each shot its own class), then the best or the mean per class."""
-    single = Matcher(kshot="mean", global_weight=0.0, shortlist=0)
+    single = Matcher(kshot="mean", global_weight=0.0, shortlist=0, transductive=False)
 
     def score(support: np.ndarray, query: np.ndarray, memo: EpisodeMemo | None = None) -> np.ndarray:
         way, shot = support.shape[:2]
@@ -118,13 +118,16 @@ def _per_shot(reduce: str) -> ScoreFn:
 
 def _methods() -> dict[str, FewShotMethod]:
     w = defaults.GLOBAL_WEIGHT
-    plain = {"global_weight": 0.0, "shortlist": 0}
-    with_global = {"global_weight": w, "shortlist": 0}
+    plain = {"global_weight": 0.0, "shortlist": 0, "transductive": False}  # the fixed methods: each query alone
+    with_global = {"global_weight": w, "shortlist": 0, "transductive": False}
     items = [
         FewShotMethod("proto", "SimpleShot: nearest CL2N centroid of pooled features (the baseline)",
                       _memoised("proto", simpleshot_scores)),
         FewShotMethod("default", "exactly what classify does with its defaults (emd+global at 1-shot, emd-sfc "
-                      "at k-shot, shortlist, large-support fallback)", matched(Matcher())),
+                      "at k-shot, shortlist, large-support fallback, transductive over the episode's queries)",
+                      matched(Matcher())),
+        FewShotMethod("default-inductive", "the default with each query matched on its own (classify "
+                      "--no-transductive)", matched(Matcher(transductive=False))),
         FewShotMethod("emd", "DeepEMD: cross-reference weights, per-node centring, class = mean feature map",
                       matched(Matcher(kshot="mean", **plain))),  # type: ignore[arg-type]
         FewShotMethod("emd-uniform", "emd with uniform node weights",

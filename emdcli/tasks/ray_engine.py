@@ -5,7 +5,7 @@
             ...
 
 Each worker holds the model once and classifies a task of at most 256 paths at a time
-(:func:`task_size`). Ray restarts a worker that dies and retries its task (``max_restarts=-1`` and
+(:func:`~emdcli.tasks.batch.task_images`). Ray restarts a worker that dies and retries its task (``max_restarts=-1`` and
 ``max_task_retries=-1`` on the pool, Ray Data's defaults, kept), so a lost worker loses no row and
 duplicates none. Rows come in the order
 batches finish, not in input order. Needs ``pip install 'emdcli[ray]'``.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import signal
 import threading
@@ -23,9 +22,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import defaults
 from ..errors import EmdcliError, WorkerMismatchError, import_extra
-from .batch import BatchJob, BatchScorer
+from .batch import BatchJob, BatchScorer, query_sets, task_images
 
 #: Object store of a local cluster started by emdcli, in bytes: rows are small, images never enter it.
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
@@ -153,8 +151,8 @@ def run_ray(
     if not paths:
         return
     job_ref = ray.put(job)
-    size = batch_size or task_size(len(paths), workers[1])
-    blocks = max(1, min(len(paths), math.ceil(len(paths) / size)))
+    size = task_images(job, len(paths), workers[1], batch_size)
+    blocks = len(query_sets(paths, size))  # Ray splits the items into blocks as query_sets does
     low, high = workers
     pool = ActorPoolStrategy(size=low) if low == high else ActorPoolStrategy(min_size=low, max_size=high)
     dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks).map_batches(
@@ -179,13 +177,6 @@ def run_ray(
             raise WorkerMismatchError(line[line.index(_REFUSED) :].strip()) from None
         raise EmdcliError(f"the Ray job failed: {_first_line(exc)}",
                           hint="run again with EMDCLI_DEBUG=1 for Ray's traceback") from None  # fmt: skip
-
-
-def task_size(images: int, workers: int) -> int:
-    """Images per Ray task by default: BATCH_TASK_SIZE, or fewer so that each of ``workers`` gets
-    BATCH_TASKS_PER_WORKER tasks of a small input."""
-    spread = math.ceil(images / (workers * defaults.BATCH_TASKS_PER_WORKER))
-    return max(1, min(defaults.BATCH_TASK_SIZE, spread))
 
 
 def _descendants() -> set[int]:
