@@ -3,12 +3,25 @@ keeps the inductive scores, and that the order of the queries never changes a sc
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from emdcli.cli import app
+from emdcli.features.source import FeatureSource
+from emdcli.io.folders import read_labelled_folder
+from emdcli.io.images import load_image
 from emdcli.matching.nodes import ClassBank, Nodes
 from emdcli.matching.support import ClassNodes, Matcher
 from emdcli.matching.transductive import Transduction, prediction_spread, refit_scores, soft_assignment
+from emdcli.model.backbone import Backbone
+from emdcli.tasks.classify import Classifier, Prediction, prediction_row
+from tests.conftest import make_folder
 
 C, H, W = 24, 3, 3
 
@@ -168,3 +181,81 @@ def test_settings_are_checked_where_used() -> None:
     matcher = Matcher(transduction=step)
     _, ran = score(matcher, classes, queries)
     assert not ran
+
+
+# the command line ----------------------------------------------------------------------------------
+
+runner = CliRunner()
+
+
+def classify(tiny_model: Path, *args: object, input: str | None = None) -> object:
+    return runner.invoke(app, ["classify", *(str(a) for a in args), "--model", str(tiny_model)], input=input)
+
+
+def test_no_transductive_gives_the_rows_of_each_query_matched_alone(
+    tiny_model: Path, support_dir: Path, query_dir: Path
+) -> None:
+    res: object = classify(tiny_model, support_dir, query_dir, "-f", "csv", "--no-transductive", "--no-cache")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    clf = Classifier(FeatureSource(Backbone(tiny_model)), Matcher(transductive=False))
+    support = clf.fit(read_labelled_folder(support_dir))
+    paths = sorted(query_dir.rglob("*.png"))
+    maps = Backbone(tiny_model)(np.stack([load_image(p, clf.source.prep) for p in paths]))
+    want = [prediction_row(Prediction(p, "ok", clf.rank(support, m), p.parent.name), support.classes, 2)
+            for p, m in zip(paths, maps, strict=True)]  # fmt: skip
+    got = list(csv.DictReader(io.StringIO(res.stdout)))  # type: ignore[attr-defined]
+    assert len(got) == len(want) == 6
+    for row, expected in zip(got, want, strict=True):
+        assert row["predicted"] == expected["predicted"] and row["runner_up"] == expected["runner_up"]
+        for c in support.classes:
+            assert float(row[f"score:{c}"]) == expected[f"score:{c}"]
+
+
+def test_a_set_of_queries_is_matched_together_and_its_rows_do_not_depend_on_their_order(
+    tiny_model: Path, support_dir: Path, tmp_path: Path
+) -> None:
+    queries = sorted(make_folder(tmp_path / "q", {"red": 3, "green": 3, "blue": 3}, seed=5).rglob("*.png"))
+    forward: object = classify(tiny_model, support_dir, *queries, "-f", "json")
+    backward: object = classify(tiny_model, support_dir, *reversed(queries), "-f", "json")
+    alone: object = classify(tiny_model, support_dir, *queries, "-f", "json", "--no-transductive")
+    docs = [json.loads(r.stdout) for r in (forward, backward, alone)]  # type: ignore[attr-defined]
+    assert docs[0]["transductive"] is True and docs[0]["transductive_global_weight"] == 0.5
+    assert docs[0]["summary"]["query_sets"] == 1 and docs[0]["summary"]["transduced_sets"] == 1
+    assert docs[2]["transductive"] is False and docs[2]["summary"]["transduced_sets"] == 0
+    by_path = [{r["path"]: r for r in d["rows"]} for d in docs]
+    assert [r["path"] for r in docs[1]["rows"]] == [str(q) for q in reversed(queries)]  # rows in input order
+    assert by_path[0] == by_path[1]  # ... with the same content
+    assert any(by_path[0][p]["scores"] != by_path[2][p]["scores"] for p in by_path[0])  # the step ran
+
+
+def test_stdin_is_matched_query_by_query_unless_asked(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:
+    listing = "".join(f"{p}\n" for p in sorted(query_dir.rglob("*.png")))
+    streamed: object = classify(tiny_model, support_dir, "-", "-f", "json", input=listing)
+    asked: object = classify(tiny_model, support_dir, "-", "-f", "json", "--transductive", input=listing)
+    folder: object = classify(tiny_model, support_dir, query_dir, "-f", "json")
+    s, a, f = (json.loads(r.stdout) for r in (streamed, asked, folder))  # type: ignore[attr-defined]
+    assert s["transductive"] is False and s["summary"]["query_sets"] == 0
+    assert a["transductive"] is True and a["summary"]["query_sets"] == 1
+    assert a["rows"] == f["rows"]  # stdin read to its end is the same set as the folder
+
+
+def test_queries_of_one_class_are_matched_alone_and_stderr_says_why(
+    tiny_model: Path, support_dir: Path, tmp_path: Path
+) -> None:
+    reds = make_folder(tmp_path / "q", {"red": 4}, seed=6)
+    res: object = classify(tiny_model, support_dir, reds, "-f", "json")
+    alone: object = classify(tiny_model, support_dir, reds, "-f", "json", "--no-transductive")
+    assert res.exit_code == 0  # type: ignore[attr-defined]
+    doc, ref = json.loads(res.stdout), json.loads(alone.stdout)  # type: ignore[attr-defined]
+    assert doc["summary"]["transduced_sets"] == 0 and doc["rows"] == ref["rows"]
+    assert "matched each query on its own, not as a set: their predictions are too lopsided" in res.stderr  # type: ignore[attr-defined]
+
+
+def test_transductive_is_a_config_key(tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("transductive: false\n")
+    res: object = classify(tiny_model, support_dir, query_dir, "-f", "json", "--config", config)
+    assert json.loads(res.stdout)["transductive"] is False  # type: ignore[attr-defined]
+    config.write_text("transductive: maybe\n")
+    bad: object = classify(tiny_model, support_dir, query_dir, "--config", config)
+    assert bad.exit_code == 2 and "transductive" in bad.stderr  # type: ignore[attr-defined]

@@ -105,26 +105,21 @@ def similar_classes_note(matcher: Matcher, classes: ClassNodes) -> str | None:
 
 
 def transductive_notes(sets: Sequence[SetReport]) -> list[str]:
-    """Lines for stderr about the sets of queries whose transductive step was left out (their
-    predictions spread over the classes less than ``defaults.TRANSDUCTIVE_MIN_SPREAD``)."""
-    from .. import defaults
-
+    """Lines for stderr about the sets of queries that were matched each query on its own because
+    their predictions were too lopsided (``defaults.TRANSDUCTIVE_MIN_SPREAD``, ``TRANSDUCTIVE_MAX_SHARE``)."""
     kept = [s for s in sets if not s.ran]
     if not kept:
         return []
     if len(sets) == 1:
         s = kept[0]
-        why = (
-            "a single query"
-            if s.queries < 2
-            else (
-                f"their predictions spread over the classes too little ({s.spread:.2f} < "
-                f"{defaults.TRANSDUCTIVE_MIN_SPREAD}), as when most are of one class"
-            )
-        )
-        return [f"matched each query on its own, not as a set: {why}"]
-    return [f"matched the queries of {len(kept)} of {len(sets)} sets each on its own: their predictions "
-            f"spread over the classes too little (< {defaults.TRANSDUCTIVE_MIN_SPREAD})"]  # fmt: skip
+        if s.queries < 2:
+            return ["matched the query on its own: a set of one query has nothing to share"]
+        return [
+            f"matched each query on its own, not as a set: their predictions are too lopsided (spread "
+            f"{s.spread:.2f}, the largest class {s.share:.1f}x its even share), as when most are of one class"
+        ]
+    return [f"matched the queries of {len(kept)} of {len(sets)} sets each on its own: their predictions were too "
+            "lopsided, as when most are of one class"]  # fmt: skip
 
 
 def query_warnings(tally: Tally, not_images: Sequence[Path], support: Path) -> list[str]:

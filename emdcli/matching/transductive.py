@@ -8,9 +8,10 @@ For n queries against the K classes of a :class:`~emdcli.matching.support.ClassN
 
 1. **The inductive scores** ``S0 = emd + weight * global cosine`` (what ``--no-transductive``
    gives) and the *spread* of their predictions: the entropy of the predicted-class histogram over
-   ``log K``, in [0, 1]. Below ``min_spread`` the queries look like fewer classes than the support
-   has (a folder of one class, say); there, moving the classes toward the queries was measured to
-   cost accuracy, so S0 is kept (``ran`` is False).
+   ``log K``, in [0, 1], and the largest share one class takes of them. Below ``min_spread``, or
+   above ``max_share`` times the even share, the queries look lopsided (a folder mostly of one class,
+   say); there, moving the classes toward the queries was measured to cost accuracy, so S0 is kept
+   (``ran`` is False).
 2. **Soft k-means on the pooled features**: centred on the mean of the support and the queries
    together, each class's prototype is the sum of its normalised examples plus the normalised
    queries weighted by their soft assignment ``P = softmax(temperature * S)``; S is the EMD score
@@ -44,13 +45,15 @@ class TransductiveScores:
     """The outcome of the transductive step for one set of queries.
 
     scores: (n, K) float64, higher is closer (NaN for classes off a query's shortlist).
-    ran: whether the step changed the inductive scores (False: the spread was below the limit, or
-    fewer than two queries). spread: the normalised entropy of the inductive predictions, in [0, 1].
+    ran: whether the step changed the inductive scores (False: the predictions were too lopsided, or
+    fewer than two queries). spread: the normalised entropy of the inductive predictions, in [0, 1];
+    share: the largest class's share of them times K (1 when even, K when all pick one class).
     """
 
     scores: np.ndarray
     ran: bool
     spread: float
+    share: float = 0.0
 
 
 def prediction_spread(scores: np.ndarray) -> float:
@@ -63,6 +66,16 @@ def prediction_spread(scores: np.ndarray) -> float:
     p = np.bincount(picks, minlength=k) / n
     p = p[p > 0]
     return float(-(p * np.log(p)).sum() / np.log(k))
+
+
+def largest_share(scores: np.ndarray) -> float:
+    """The largest share of ``argmax`` predictions of (n, K) ``scores`` that one class takes, times K:
+    1 when every class gets as many, K when one class gets them all (0 for no query)."""
+    n, k = scores.shape
+    if n == 0:
+        return 0.0
+    picks = np.argmax(np.where(np.isnan(scores), -np.inf, scores), axis=1)
+    return float(np.bincount(picks, minlength=k).max() / n * k)
 
 
 def soft_assignment(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -78,7 +91,8 @@ class Transduction:
     """The transductive step's settings (see the module docstring).
 
     temperature: of the soft assignments. rounds: soft k-means rounds, before and after the refit.
-    min_spread: below this prediction spread the inductive scores are kept. refit: refit the class
+    min_spread: below this prediction spread the inductive scores are kept, and also when one class
+    takes more than ``max_share`` times its even share (1/K) of the predictions (None: no limit). refit: refit the class
     node sets with the queries and match again by EMD (needs the query maps). min_queries: smaller
     sets keep the inductive scores.
     """
@@ -86,6 +100,7 @@ class Transduction:
     temperature: float = defaults.TRANSDUCTIVE_TEMPERATURE
     rounds: int = defaults.TRANSDUCTIVE_ROUNDS
     min_spread: float = defaults.TRANSDUCTIVE_MIN_SPREAD
+    max_share: float | None = defaults.TRANSDUCTIVE_MAX_SHARE
     refit: bool = True
     min_queries: int = 2
 
@@ -114,9 +129,10 @@ class Transduction:
         cosine = np.asarray(cosine, dtype=np.float64)
         pooled = np.asarray(pooled, dtype=np.float64)
         inductive = emd + inductive_weight * cosine
-        spread = prediction_spread(inductive)
-        if len(emd) < self.min_queries or spread < self.min_spread:
-            return TransductiveScores(inductive, False, spread)
+        spread, share = prediction_spread(inductive), largest_share(inductive)
+        lopsided = self.max_share is not None and share > self.max_share
+        if len(emd) < self.min_queries or spread < self.min_spread or lopsided:
+            return TransductiveScores(inductive, False, spread, share)
         order = np.lexsort(pooled.T[::-1])  # one canonical order for every sum over the queries
         emd, pooled, cosine = emd[order], pooled[order], cosine[order]
         scores = self._soft_kmeans(classes, emd, pooled, weight, cosine)
@@ -126,7 +142,7 @@ class Transduction:
             scores = self._soft_kmeans(classes, emd, pooled, weight, cosine)
         back = np.empty_like(order)
         back[order] = np.arange(len(order))
-        return TransductiveScores(scores[back], True, spread)
+        return TransductiveScores(scores[back], True, spread, share)
 
     def _soft_kmeans(
         self, classes: ClassNodes, emd: np.ndarray, pooled: np.ndarray, weight: float, cosine: np.ndarray

@@ -341,7 +341,7 @@ class Classifier:
             ok = [item.features for item in chunk if item.features is not None]
             result = self.score_set(support, np.stack(ok)) if ok else None
             if result is not None:
-                self.sets.append(SetReport(len(ok), result.ran, result.spread))
+                self.sets.append(SetReport(len(ok), result.ran, result.spread, result.share))
             rows = iter(() if result is None else result.scores)
             for item in chunk:
                 if item.features is None:
@@ -359,11 +359,13 @@ class Classifier:
 @dataclass(frozen=True)
 class SetReport:
     """What the transductive step did for one set of queries: how many it matched, whether it ran
-    (False: the inductive scores were kept) and the spread of the inductive predictions, in [0, 1]."""
+    (False: the inductive scores were kept), the spread of the inductive predictions, in [0, 1], and
+    the largest share of them one class took, times the number of classes."""
 
     queries: int
     ran: bool
     spread: float
+    share: float
 
 
 def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
