@@ -151,8 +151,9 @@ def dev_phase(args: argparse.Namespace) -> None:
 
 
 def imbalance_phase(args: argparse.Namespace) -> None:
-    print(f"Eval classes (split seed {args.split_seed}), 5-way 1-shot, {args.episodes} episodes (seed {args.seed}); "
-          "accuracy % of default-inductive -> the shipped default, and the paired difference ± 95% interval.\n")  # fmt: skip
+    print(f"Eval classes (split seed {args.split_seed}), 5-way 1-shot, {args.episodes} episodes (seed "
+          f"{args.seed}); accuracy % of default-inductive -> the shipped default, and the paired difference "
+          "± 95% interval.\n")  # fmt: skip
     for query in args.queries:
         print(f"\n#### {query} queries per class\n")
         print("| set | " + " | ".join(MODES) + " |")
@@ -197,6 +198,16 @@ def peer_scores(name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     return score
 
 
+def peer_episode(
+    score: Callable[[np.ndarray, np.ndarray], np.ndarray], pooled_all: np.ndarray, episode: Any
+) -> tuple[float, float]:
+    """One easyfsl method on one episode: its accuracy and seconds."""
+    support, query = cl2n(pooled_all[episode.support], pooled_all[episode.query.reshape(-1)])
+    started = time.perf_counter()
+    got = score(support, query)
+    return float(np.mean(np.argmax(got, 1) == episode.query_labels)), time.perf_counter() - started
+
+
 def cl2n(support: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pooled (way, shot, C) and (n, C) features centred on the support mean and L2-normalised."""
     centre = support.reshape(-1, support.shape[-1]).mean(axis=0)
@@ -239,17 +250,8 @@ def eval_phase(args: argparse.Namespace) -> None:
                 seconds = {r.method: r.seconds_per_episode for r in result.results}
                 for peer in PEERS:
                     score = peer_scores(peer)
-
-                    def run(
-                        ep: Any, score: Callable[[np.ndarray, np.ndarray], np.ndarray] = score
-                    ) -> tuple[float, float]:
-                        s, q = cl2n(pooled_all[ep.support], pooled_all[ep.query.reshape(-1)])
-                        t = time.perf_counter()
-                        got = score(s, q)
-                        return float(np.mean(np.argmax(got, 1) == ep.query_labels)), time.perf_counter() - t
-
                     with ThreadPoolExecutor(2) as pool:
-                        done = list(pool.map(run, plan.episodes))
+                        done = list(pool.map(lambda ep, f=score, x=pooled_all: peer_episode(f, x, ep), plan.episodes))
                     per_episode[peer] = np.array([a for a, _ in done])
                     seconds[peer] = float(np.mean([t for _, t in done]))
                 best_peer = max(PEERS, key=lambda m: per_episode[m].mean())
@@ -261,9 +263,8 @@ def eval_phase(args: argparse.Namespace) -> None:
                     acc, ci = mean_ci95(100 * per_episode[method])
                     diff, dci = mean_ci95(100 * (per_episode[method] - per_episode[best_peer]))
                     star = " (best easyfsl)" if method == best_peer else ""
-                    print(
-                        f"| {method}{star} | {acc:.1f} ± {ci:.1f} | {diff:+.1f} ± {dci:.1f} | {1000 * seconds[method]:.1f} |"
-                    )
+                    ms = 1000 * seconds[method]
+                    print(f"| {method}{star} | {acc:.1f} ± {ci:.1f} | {diff:+.1f} ± {dci:.1f} | {ms:.1f} |")
                 means = {m: 100 * float(v.mean()) for m, v in per_episode.items()}
                 summary.append((name, shot, query, means, seconds, best_peer))
     print(
