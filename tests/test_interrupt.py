@@ -149,3 +149,26 @@ def test_resume_needs_a_structured_output_file(
     res = CliRunner().invoke(app, ["classify", str(support_dir), str(query_dir), "--resume", *extra])
     assert res.exit_code == 2
     assert "--resume needs --output FILE" in res.stderr
+
+
+def test_sigint_while_a_set_of_queries_is_read_writes_none_of_its_rows(
+    tiny_model: Path, support_dir: Path, query_dir: Path, query_paths: list[Path], tmp_path: Path
+) -> None:
+    """--transductive reads stdin to its end as one set: stopped before that, no row of the set
+    exists, none is written, and --resume then matches every query (as a fresh run does)."""
+    out = tmp_path / "preds.csv"
+    proc = start(str(support_dir), "-", "--transductive", "--model", str(tiny_model), "-o", str(out))
+    feed(proc, query_paths[:3])
+    wait_for(lambda: list(tmp_path.glob(".preds.csv.*.tmp")), "the temporary output file")
+    time.sleep(0.5)  # the three images are read; the set waits for the end of stdin
+    proc.send_signal(signal.SIGINT)
+    code, stdout, err = finish(proc)
+    assert code == 130, err
+    assert not out.exists() and stdout == ""
+    partial = out.with_name("preds.csv.partial")
+    assert not partial.exists() or list(csv.DictReader(io.StringIO(partial.read_text()))) == []
+    args = ["classify", str(support_dir), str(query_dir), "--model", str(tiny_model)]
+    res = CliRunner().invoke(app, [*args, "-o", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    fresh = CliRunner().invoke(app, [*args, "-f", "csv"])
+    assert out.read_text() == fresh.stdout
