@@ -113,8 +113,8 @@ ShortlistOpt = Annotated[int | None, _option("--shortlist", metavar="N", min=0, 
     "With more classes than N, match by EMD only the N closest by global cosine (others get no score); "
     "0: match every class."), default=str(defaults.SHORTLIST))]
 TransductiveOpt = Annotated[bool | None, _option("--transductive/--no-transductive", help=(
-    "Match a set of queries together: they move each class toward where it lies in their domain (kept "
-    "off when their predictions spread over the classes too little, as in a folder of one class). "
+    "Match a set of queries together: they move each class toward where it lies in their domain (not "
+    "done when their predictions are lopsided, as in a folder mostly of one class). "
     f"classify takes sets of up to {defaults.TRANSDUCTIVE_SET:,} queries, batch one set per task; "
     "--no-transductive matches each query on its own."),
     default="on; off for - (stdin)")]
