@@ -11,7 +11,8 @@ import pytest
 
 from emdcli.errors import DeviceError, ModelError
 from emdcli.model.backbone import Backbone, choose_providers
-from emdcli.model.manifest import load_manifest, resolve_model_path
+from emdcli.model import manifest as manifest_module
+from emdcli.model.manifest import bundled_models, load_manifest, resolve_model_path
 from tests.conftest import build_tiny_model
 
 
@@ -34,6 +35,23 @@ def test_resolve_model_path_accepts_json_onnx_and_folder(tiny_model: Path) -> No
     assert resolve_model_path(str(tiny_model.with_suffix(".onnx"))) == tiny_model
     assert resolve_model_path(str(tiny_model.parent)) == tiny_model
     assert resolve_model_path(None).name == "efficientnet_lite0.json"
+
+
+def test_a_bundled_model_is_named_by_its_stem(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--model NAME`` finds weights/NAME.json; a file or folder of that name where emdcli runs wins."""
+    weights = tmp_path / "weights"
+    copy_model(tiny_model, weights)
+    shutil.copy(tiny_model, weights / "efficientnet_lite0.json")
+    monkeypatch.setattr(manifest_module, "bundled_model_dir", lambda: weights)
+    assert bundled_models() == ("efficientnet_lite0", "tiny")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_path("tiny") == weights / "tiny.json"
+    assert resolve_model_path("nothing") == Path("nothing")  # not a bundled name: a path (load says not found)
+    (tmp_path / "tiny").mkdir()
+    with pytest.raises(ModelError, match="expected exactly one manifest"):  # the local folder of that name is meant
+        resolve_model_path("tiny")
 
 
 def test_sha256_mismatch_is_refused(tiny_model: Path, tmp_path: Path) -> None:

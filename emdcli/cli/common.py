@@ -78,8 +78,9 @@ def _option(*names: str, default: str | None = None, **kwargs: Any) -> Any:
 ConfigOpt = Annotated[Path | None, _option("--config", metavar="FILE", dir_okay=False, help=(
     "YAML file of option values; flags win."),
     default="$EMDCLI_CONFIG, else ~/.config/emdcli/config.yaml (under $XDG_CONFIG_HOME when set)")]
-ModelOpt = Annotated[str | None, _option("--model", metavar="PATH", help=(
-    "Model manifest (.json), its .onnx, or a folder holding one."), default="the bundled EfficientNet-Lite0")]
+ModelOpt = Annotated[str | None, _option("--model", metavar="MODEL", help=(
+    "A bundled model's name (emdcli info lists them), a model manifest (.json), its .onnx, or a folder holding "
+    "one."), default="the bundled EfficientNet-Lite0")]
 FormatOpt = Annotated[FormatName | None, _option("--format", "-f", metavar="FORMAT", help=(
     "table (for people), csv, json or jsonl."),
     default="from the --output file's suffix, else table on a terminal and csv in a pipe")]

@@ -32,7 +32,7 @@ def run(
     from ..errors import ModelError
     from ..features.cache import default_cache_dir
     from ..model.backbone import available_providers
-    from ..model.manifest import check_model, resolve_model_path
+    from ..model.manifest import bundled_models, check_model, resolve_model_path
 
     check = check_model(resolve_model_path(session.settings.model))
     m = check.manifest
@@ -53,6 +53,7 @@ def run(
         data["providers_used"] = backbone.active_providers
         data["inference"] = (f"{backbone.lanes} call(s) at once x {backbone.threads or 'default'} thread(s), "
                              f"{session.settings.batch_size or backbone.batch_size} images per call")  # fmt: skip
+    data["bundled_models"] = list(bundled_models())
     data["config"] = f"{cfg} ({'found' if cfg.is_file() else 'not found'})"
     data["feature_cache"] = str(default_cache_dir())
     if fmt == "json":

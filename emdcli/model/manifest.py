@@ -92,11 +92,21 @@ def bundled_model_dir() -> Path:
     return package / "weights"
 
 
+def bundled_models() -> tuple[str, ...]:
+    """Names of the models shipped in ``weights/`` (the stems of their manifests), the default first."""
+    names = sorted(p.stem for p in bundled_model_dir().glob("*.json"))
+    return tuple(sorted(names, key=lambda n: n != BUNDLED_NAME))
+
+
 def resolve_model_path(model: str | os.PathLike[str] | None) -> Path:
-    """The manifest path for ``model``: None (bundled), a .json, a .onnx, or a folder."""
+    """The manifest path for ``model``: None (the default bundled model), a bundled model's name
+    (:func:`bundled_models`; a file or folder of that name in the working folder wins), a .json, a
+    .onnx, or a folder."""
     if model is None or str(model) == "":
         return bundled_model_dir() / f"{BUNDLED_NAME}.json"
     path = Path(model)
+    if not path.exists() and path.name == str(model) and str(model) in bundled_models():
+        return bundled_model_dir() / f"{model}.json"
     if path.is_dir():
         found = sorted(path.glob("*.json"))
         if len(found) != 1:
