@@ -26,6 +26,11 @@ images, 2 threads).
     python benchmarks/mixed_train.py --phase loso --data ../shared/data --episodes 100
     python benchmarks/mixed_train.py --phase all --data ../shared/data --episodes 100 --out /tmp/mixed
     python benchmarks/mixed_train.py --phase variants --data ../shared/data --episodes 100
+    python benchmarks/mixed_train.py --phase variants-trained --variants lite1,lite2 --data ../shared/data
+
+``--phase variants-trained``: each variant as the start of meta-training: exported as in
+``--phase variants``, then trained (``train(model=...)``) and scored as in ``--phase all``, frozen
+against trained (``--phase all`` is this for lite0, the bundled model).
 """
 
 from __future__ import annotations
@@ -265,9 +270,47 @@ def variants_phase(args: argparse.Namespace) -> None:
               f"{means[(5, 'proto')]:.1f} | {means[(5, 'default')]:.1f} |")  # fmt: skip
 
 
+def variants_trained_phase(args: argparse.Namespace) -> None:
+    from emdcli.model.export import export_bundled
+
+    rows, gains, trainings = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in args.variants:
+            exported = export_bundled(Path(tmp) / variant, variant=variant, size=VARIANT_SIZES[variant])
+            settings = TrainSettings(seed=args.seed, val_every=args.val_every)
+            if args.train_episodes:
+                settings = dataclasses.replace(settings, episodes=args.train_episodes)
+            t0 = time.perf_counter()
+            result = train(mix(args.data, args.sets, args.split_seed), Path(tmp) / f"{variant}-trained", settings,
+                           force=True, model=str(exported.manifest_path))  # fmt: skip
+            trainings.append(training_line(f"every set, from {variant}", result, time.perf_counter() - t0))
+            assert result.manifest_path is not None
+            frozen_model, trained_model = load_model(str(exported.manifest_path)), load_model(str(result.manifest_path))
+            for name in args.sets:
+                target = half(args.data, name, "eval", args.split_seed)
+                fb, labels = features_of(frozen_model, target)
+                ft, _ = features_of(trained_model, target)
+                frozen = {shot: score(fb, labels, shot, args.episodes, args.seed) for shot in SHOTS}
+                trained = {shot: score(ft, labels, shot, args.episodes, args.seed) for shot in SHOTS}
+                gains += [(f"{variant} {name}", shot, trained[shot]["default"] - frozen[shot]["default"])
+                          for shot in SHOTS]  # fmt: skip
+                rows += compare_rows(f"every set, from {variant}", name, frozen, trained)
+                print(f"done: {variant} {name}", file=sys.stderr, flush=True)
+    print(f"Each variant frozen (\"bundled\" columns: its ImageNet export) against it meta-trained on the dev classes "
+          f"of every set, scored on each set's eval classes; 5-way, {QUERY} queries per class, {args.episodes} "
+          f"episodes per row (seed {args.seed}); accuracy % ± 95% interval; bold: the paired interval is clear "
+          "of 0.\n")  # fmt: skip
+    print(TABLE_HEAD)
+    print("\n".join(rows))
+    summary(gains)
+    print(f"\nTraining (validation every {args.val_every} episodes; 2 cores):\n")
+    print(TRAIN_HEAD)
+    print("\n".join(trainings))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=("loso", "all", "variants"), required=True)
+    parser.add_argument("--phase", choices=("loso", "all", "variants", "variants-trained"), required=True)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -281,7 +324,9 @@ def main() -> None:
     args.sets = args.sets.split(",")
     args.variants = args.variants.split(",")
     print(f"`{command_line()}`\n")
-    {"loso": loso_phase, "all": all_phase, "variants": variants_phase}[args.phase](args)
+    phases = {"loso": loso_phase, "all": all_phase, "variants": variants_phase,
+              "variants-trained": variants_trained_phase}  # fmt: skip
+    phases[args.phase](args)
 
 
 if __name__ == "__main__":

@@ -74,3 +74,21 @@ def import_extra(module: str, needed_for: str, hint: str) -> object:
         return importlib.import_module(module)
     except ImportError:
         raise UsageError(f"{needed_for} needs {module.split('.')[0]}, which is not installed", hint=hint) from None
+
+
+def os_error(exc: BaseException) -> EmdcliError | None:
+    """What an OSError from the machine's state means to the user (exit 1), or None for any other
+    exception: a full disk or quota, a permission denied, a read-only file system."""
+    import errno
+
+    if not isinstance(exc, OSError):
+        return None
+    where = f": {exc.filename}" if exc.filename else ""
+    kept = "rows already written are kept (with --output, in FILE.partial; --resume finishes it)"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EmdcliError(f"no space left on the device{where}", hint=f"free some space and run again; {kept}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return EmdcliError(f"permission denied{where}", hint="check the file's and its folder's permissions")
+    if exc.errno == errno.EROFS:
+        return EmdcliError(f"read-only file system{where}", hint="write to another folder")
+    return None

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from emdcli.errors import DeviceError, ModelError
-from emdcli.model.backbone import Backbone, choose_providers
 from emdcli.model import manifest as manifest_module
+from emdcli.model.backbone import Backbone, choose_providers
 from emdcli.model.manifest import bundled_models, load_manifest, resolve_model_path
 from tests.conftest import build_tiny_model
 

@@ -20,7 +20,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import typer  # noqa: E402
 
 from .. import __version__  # noqa: E402
-from ..errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_TERMINATED, EmdcliError  # noqa: E402
+from ..errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_TERMINATED, EmdcliError, os_error  # noqa: E402
 from . import anomaly, batch, classify, evaluate, explain, export, info, search, train  # noqa: E402
 from .common import print_error, stderr_console  # noqa: E402
 from .help import EmdcliCommand, EmdcliGroup  # noqa: E402
@@ -96,6 +96,10 @@ def handle_errors(func: F) -> F:
         except Exception as exc:
             if os.environ.get("EMDCLI_DEBUG"):
                 raise
+            known = os_error(exc)
+            if known is not None:  # the machine's state (a full disk, a permission), not a bug
+                print_error(known)
+                raise typer.Exit(known.exit_code) from None
             print_error(EmdcliError(
                 f"unexpected {type(exc).__name__}: {exc}",
                 hint="this is a bug in emdcli; run again with EMDCLI_DEBUG=1 for the traceback and report it",

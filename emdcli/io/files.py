@@ -33,7 +33,8 @@ def display_path(path: str | os.PathLike[str]) -> str:
 
 
 def require_output_folder(path: Path) -> None:
-    """UsageError (exit 2) when the folder that is to hold ``path`` (``--output``) does not exist."""
+    """UsageError (exit 2) when the folder that is to hold ``path`` (``--output``) does not exist or
+    this user cannot create files in it."""
     from ..errors import UsageError
 
     parent = path.parent
@@ -41,6 +42,14 @@ def require_output_folder(path: Path) -> None:
         raise UsageError(
             f"folder for --output does not exist: {display_path(parent)}", hint=f"create it: mkdir -p {parent}"
         )
+    try:  # the one sure test: make a file there (permissions, read-only or special file systems)
+        with tempfile.TemporaryFile(dir=parent, prefix=".emdcli-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write into the folder for --output: {display_path(parent)} ({exc.strerror or exc})",
+            hint="give --output a file in a folder you can write to",
+        ) from None
 
 
 def earlier_output(path: Path) -> Path | None:
