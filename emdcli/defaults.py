@@ -155,3 +155,9 @@ def global_weight_for(kshot: str, similarity: float | None = None) -> float:
     if kshot == "sfc":
         return SFC_GLOBAL_WEIGHT
     return 0.0 if look_alike(kshot, similarity) else GLOBAL_WEIGHT
+
+# image decoding ---------------------------------------------------------------------------------
+
+#: Largest image (width x height, pixels) decoded; larger ones are refused as possible decompression
+#: bombs. 250 MP is above what cameras and phones make (108-200 MP); ``$EMDCLI_MAX_PIXELS`` changes it.
+MAX_PIXELS = 250_000_000

@@ -24,7 +24,7 @@ from emdcli.errors import ImageError
 from emdcli.io.files import display_path
 from emdcli.io.images import Preprocess, load_image
 from tests.conftest import REPO, make_image
-from tests.corpus import _patch_ihdr, _png_bytes, make_queries, red_square
+from tests.corpus import make_queries
 
 runner = CliRunner()
 
@@ -33,7 +33,7 @@ SKIPPED = {
     "truncated JPEG": "cannot read image (Truncated File Read)",
     "PNG with a broken CRC": "not a recognised image format",
     "text file named .jpg": "not a recognised image format",
-    "decompression bomb": "refused, declared size is too large (",
+    "decompression bomb": "refused, its declared size is over 250,000,000 pixels (a decompression bomb?)",
     "unreadable file (permissions)": "cannot read image (Permission denied)",
     "broken symlink": "cannot read image (No such file or directory)",
     "symlink loop": "cannot read image (Too many levels of symbolic links)",
@@ -232,25 +232,29 @@ def test_no_pickle_on_the_runtime_path() -> None:
                 assert "weights_only=True" in line, (path, line)
 
 
-def test_image_over_the_pixel_limit_is_skipped_with_our_message(
-    tiny_model: Path, support_dir: Path, tmp_path: Path
+def test_a_90_megapixel_photo_is_read_and_the_limit_can_be_set(
+    tiny_model: Path, support_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """9500 x 9500 = 90.25 M pixels: over the 89 M limit, under twice it, where Pillow alone only
-    warns and would go on to decode. emdcli turns the warning into a refusal, before any decoding."""
+    """9500 x 9500 = 90.25 M pixels (a phone makes 108-200 M) is over Pillow's own limit but under
+    emdcli's 250 M: it is classified. ``EMDCLI_MAX_PIXELS`` lowers (or raises) the limit; an image
+    over it is skipped with our message before any decoding."""
     queries = tmp_path / "queries"
     good = make_image(queries / "good.png", (220, 30, 30), 1)
-    bomb = queries / "large.png"
-    bomb.write_bytes(_patch_ihdr(_png_bytes(red_square()), 9500, 9500))
-    res = runner.invoke(app, ["classify", str(support_dir), str(queries), "--model", str(tiny_model), "-f", "csv"])
+    large = queries / "large.png"
+    Image.new("L", (9500, 9500), 200).save(large)
+    args = ["classify", str(support_dir), str(queries), "--model", str(tiny_model), "-f", "csv"]
+    res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     rows = {r["path"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
-    assert list(rows) == [str(good), str(bomb)]
-    assert rows[str(good)]["status"] == "ok" and rows[str(good)]["predicted"] == "red"
-    row = rows[str(bomb)]
+    assert [rows[str(p)]["status"] for p in (good, large)] == ["ok", "ok"]
+    monkeypatch.setenv("EMDCLI_MAX_PIXELS", "50_000_000")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = {r["path"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
+    row = rows[str(large)]
     assert (row["status"], row["predicted"], row["score"]) == ("error", "", "")
-    assert row["error"].startswith(
-        f"{bomb}: refused, declared size is too large (Image size (90250000 pixels) exceeds limit of 89478485 pixels"
-    ), row["error"]
+    assert row["error"] == (f"{large}: refused, its declared size is over 50,000,000 pixels (a decompression bomb?); "
+                            "if the image is real, raise the limit with EMDCLI_MAX_PIXELS")  # fmt: skip
     assert f"Warning: skipped {row['error']}\n" in res.stderr
     assert "2 queries · 1 classified · 1 skipped" in res.stderr
 

@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from .. import defaults
 from ..errors import DatasetError, ImageError
 
 if TYPE_CHECKING:
@@ -164,9 +165,26 @@ class Preprocess:
         return f"v{PREPROCESS_VERSION}/{self.size}/{self.resize}/{self.mean}/{self.std}"
 
 
+def max_pixels() -> int:
+    """The largest image decoded, in pixels: ``$EMDCLI_MAX_PIXELS`` (a whole number, underscores or
+    commas allowed), else ``defaults.MAX_PIXELS``. Raises ImageError for a value that is not one."""
+    text = os.environ.get("EMDCLI_MAX_PIXELS", "").strip()
+    if not text:
+        return defaults.MAX_PIXELS
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ImageError(f"EMDCLI_MAX_PIXELS must be a positive whole number of pixels, got {text!r}")
+    return value
+
+
 def _open_rgb(path: ImagePath, size: int) -> PILImage:
     from PIL import Image, ImageOps
 
+    limit = max_pixels()
+    Image.MAX_IMAGE_PIXELS = limit  # Pillow warns above it (an error here) and refuses above twice it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data": the pixels still decode
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -212,10 +230,11 @@ def model_view(path: ImagePath, prep: Preprocess) -> PILImage:
             raise ImageError(f"{path}: not a recognised image format") from None
         readable = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise ImageError(f"{path}: not a recognised image format (emdcli reads {readable}; convert it)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: refused, declared size is too large ({exc})") from None
-    except Image.DecompressionBombWarning as exc:
-        raise ImageError(f"{path}: refused, declared size is too large ({exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            f"{path}: refused, its declared size is over {max_pixels():,} pixels (a decompression bomb?); "
+            "if the image is real, raise the limit with EMDCLI_MAX_PIXELS"
+        ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise ImageError(f"{path}: cannot read image ({reason})") from None
