@@ -156,6 +156,7 @@ def global_weight_for(kshot: str, similarity: float | None = None) -> float:
         return SFC_GLOBAL_WEIGHT
     return 0.0 if look_alike(kshot, similarity) else GLOBAL_WEIGHT
 
+
 # image decoding ---------------------------------------------------------------------------------
 
 #: Largest image (width x height, pixels) decoded; larger ones are refused as possible decompression

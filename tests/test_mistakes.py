@@ -171,3 +171,19 @@ def test_resuming_a_finished_file_reports_no_speed(tiny_model: Path, tmp_path: P
     summary = json.loads(out.read_text())["summary"]
     assert (summary["queries"], summary["resumed"], summary["queries_per_second"]) == (4, 4, None)
     assert "queries/s" not in again.stderr
+
+
+def test_no_images_found_names_every_suffix_emdcli_reads(tiny_model: Path, support_dir: Path, tmp_path: Path) -> None:
+    """The hint lists the suffixes the reader accepts (one list: IMAGE_EXTENSIONS), for classify and batch."""
+    from emdcli.io.images import IMAGE_EXTENSIONS
+
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    (queries / "notes.txt").write_text("not an image")
+    for extra in (["classify"], ["batch", "-o", str(tmp_path / "out.csv")]):
+        res = runner.invoke(app, [extra[0], str(support_dir), str(queries), "--model", str(tiny_model), *extra[1:]])
+        assert res.exit_code != 0, res.output
+        hint = next(line for line in res.stderr.splitlines() if line.startswith("Hint: image files end in"))
+        assert sorted(s.strip() for s in hint.removeprefix("Hint: image files end in ").split(",")) == sorted(
+            IMAGE_EXTENSIONS
+        ), hint

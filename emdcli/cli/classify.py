@@ -103,8 +103,9 @@ def run(
     if not from_stdin:
         paths = list(paths)
         if not paths:
-            raise DatasetError(f"no images found in {', '.join(queries)}",
-                               hint="image files end in .jpg, .jpeg, .png, .bmp, .gif, .webp or .tif")  # fmt: skip
+            from ..io.images import IMAGE_NAMES_HINT
+
+            raise DatasetError(f"no images found in {', '.join(queries)}", hint=IMAGE_NAMES_HINT)
     for line in support_warnings(folder):
         session.say(line)
     clf = Classifier(session.source, session.matcher(stream=from_stdin))

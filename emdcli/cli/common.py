@@ -321,7 +321,7 @@ def embed_folder(
 def image_folder(folder: Path, what: str) -> list[Path]:
     """Every image below ``folder``, sorted. DatasetError when it is not a folder or holds none."""
     from ..errors import DatasetError
-    from ..io.images import iter_image_files
+    from ..io.images import IMAGE_NAMES_HINT, iter_image_files
 
     if folder.is_file():
         raise DatasetError(f"{what} must be a folder of images, but {folder} is a file",
@@ -330,5 +330,5 @@ def image_folder(folder: Path, what: str) -> list[Path]:
         raise DatasetError(f"{what} folder does not exist: {folder}")
     paths = sorted(iter_image_files(folder))
     if not paths:
-        raise DatasetError(f"no images found in {folder}", hint="image files end in .jpg, .jpeg, .png, ...")
+        raise DatasetError(f"no images found in {folder}", hint=IMAGE_NAMES_HINT)
     return paths

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 #: File name endings read as images when a folder is walked (case-insensitive).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+#: The hint of every "no images found" error, from :data:`IMAGE_EXTENSIONS`.
+IMAGE_NAMES_HINT = "image files end in " + ", ".join(sorted(IMAGE_EXTENSIONS))
 #: Bumped whenever the decoding or resizing code changes its output, so that cached
 #: features computed by an older version are not reused.
 PREPROCESS_VERSION = 2

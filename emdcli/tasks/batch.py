@@ -27,7 +27,7 @@ from ..errors import DatasetError, WorkerMismatchError
 from ..features.source import FeatureSource, Progress
 from ..io.files import display_path
 from ..io.folders import LabelledFolder
-from ..io.images import RemoteImage, is_uri
+from ..io.images import IMAGE_NAMES_HINT, RemoteImage, is_uri
 from ..matching.support import ClassNodes, Matcher
 from ..model.manifest import ModelCheck, bundled_model_dir, resolve_model_path
 from .classify import Classifier, Prediction, SupportSet, batches, prediction_columns, prediction_row, rounded
@@ -226,7 +226,7 @@ def list_inputs(source: str) -> BatchInput:
     unique = tuple(dict.fromkeys(listed))
     if not unique:
         what = "no images found in" if kind == "folder" else "no paths listed in"
-        raise DatasetError(f"{what} {source}", hint="image files end in .jpg, .jpeg, .png, .bmp, .gif, .webp or .tif")
+        raise DatasetError(f"{what} {source}", hint=IMAGE_NAMES_HINT)
     return BatchInput(unique, kind, len(listed) - len(unique), tuple(not_images))
 
 
