@@ -376,3 +376,30 @@ def test_methods_sharing_parts_score_as_if_alone() -> None:
     glob = (pooled_q / np.linalg.norm(pooled_q, axis=1, keepdims=True)) @ cents.T
     np.testing.assert_allclose(together["emd+global"], emd + defaults.GLOBAL_WEIGHT * glob, atol=1e-9)
     assert memo.reused_seconds > 0  # emd+global reused emd, the shot reductions shared their solves
+
+
+@pytest.mark.parametrize(
+    ("sizes", "way", "shot", "hint"),
+    [
+        ([16] * 26, 5, 5, "the 5 largest classes hold 16 images or more: --shot 5 --query 11 fits (or lower --way)"),
+        (
+            [9, 8, 3, 3, 3, 2],
+            5,
+            5,
+            "the 5 largest classes hold 3 images or more: --shot 2 --query 1 fits (or lower --way)",
+        ),
+        ([9, 8, 1, 1], 3, 1, "only 2 classes hold 2 images or more: lower --way"),
+        ([9, 8, 7], 5, 1, "the set has 3 classes: use --way 3 or less"),
+    ],
+)
+def test_a_set_too_small_for_the_shape_is_told_a_shape_that_fits(
+    sizes: list[int], way: int, shot: int, hint: str
+) -> None:
+    from emdcli.errors import DatasetError
+    from emdcli.tasks.episodes import sample_episodes
+
+    labels = np.concatenate([np.full(n, c) for c, n in enumerate(sizes)])
+    with pytest.raises(DatasetError) as caught:
+        sample_episodes(labels, way, shot, 15, 3, 0)
+    assert caught.value.hint == hint
+    assert f"(the largest classes hold {', '.join(map(str, sizes[:way]))})" in caught.value.message

@@ -44,6 +44,19 @@ class EpisodePlan:
     too_small: tuple[int, ...]
 
 
+def what_fits(sizes: list[int], way: int, shot: int) -> str:
+    """A hint naming an episode shape that the classes' image counts ``sizes`` (largest first) allow."""
+    if len(sizes) < way:
+        return f"the set has {len(sizes)} classes: use --way {len(sizes)} or less"
+    fits = sizes[way - 1]  # every one of the ``way`` largest classes holds at least this many images
+    held = f"the {way} largest classes hold {fits} images or more"
+    if fits > shot:
+        return f"{held}: --shot {shot} --query {fits - shot} fits (or lower --way)"
+    if fits >= 2:
+        return f"{held}: --shot {fits - 1} --query 1 fits (or lower --way)"
+    return f"only {sum(n >= 2 for n in sizes)} classes hold 2 images or more: lower --way"
+
+
 def sample_episodes(labels: np.ndarray, way: int, shot: int, query: int, episodes: int, seed: int) -> EpisodePlan:
     """Draw ``episodes`` tasks from images labelled ``labels`` ((N,) int class ids).
 
@@ -60,10 +73,12 @@ def sample_episodes(labels: np.ndarray, way: int, shot: int, query: int, episode
     eligible = tuple(c for c, idx in by_class.items() if len(idx) >= need)
     too_small = tuple(c for c, idx in by_class.items() if len(idx) < need)
     if len(eligible) < way:
+        sizes = sorted((len(idx) for idx in by_class.values()), reverse=True)
+        hint = what_fits(sizes, way, shot)
         raise DatasetError(
             f"only {len(eligible)} classes have the {need} images a {way}-way {shot}-shot episode "
-            f"with {query} queries per class needs",
-            hint="lower --way, --shot or --query",
+            f"with {query} queries per class needs (the largest classes hold {', '.join(map(str, sizes[:way]))})",
+            hint=hint,
         )
     rng = np.random.default_rng(seed)
     drawn = []
