@@ -32,6 +32,17 @@ def test_classify_examples_with_the_bundled_model() -> None:
     assert correct >= MIN_EXAMPLES_CORRECT, f"only {correct}/20 examples right"
 
 
+def test_the_second_bundled_model_is_chosen_by_name() -> None:
+    """``--model efficientnet_lite0_mixed`` (weights/, sha256 verified) classifies with that model."""
+    res = runner.invoke(app, ["classify", str(EXAMPLES / "support"), str(EXAMPLES / "queries"), "-f", "json",
+                              "--model", "efficientnet_lite0_mixed"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["model"] == "efficientnet_lite0_mixed" and len(doc["rows"]) == 20
+    res = runner.invoke(app, ["info", "-f", "json"])
+    assert json.loads(res.stdout)["bundled_models"] == ["efficientnet_lite0", "efficientnet_lite0_mixed"]
+
+
 def test_library_api_matches_the_cli() -> None:
     from emdcli import Classifier, FeatureSource, load_model, read_labelled_folder
 

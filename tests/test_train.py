@@ -190,6 +190,22 @@ def test_export_parity_with_torch(trained: Path, base_dir: Path, tmp_path: Path,
         assert torch.equal(mine, theirs)
 
 
+def test_the_bundled_mixed_model_can_be_trained_further() -> None:
+    """Its NAME.blocks.pt rebuilds the network its ONNX file computes, so train can start from it."""
+    from emdcli.model import trainable
+
+    parent = trainable.parent_of("efficientnet_lite0_mixed")
+    assert parent.blocks is not None and parent.first_block == 6
+    head = trainable.trainable_head("blocks.6", parent)
+    x = np.random.default_rng(3).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        expected = trainable.full_model(head, "blocks.6", parent)(torch.from_numpy(x)).numpy()
+    got = Backbone(parent.manifest_path, device="cpu")(x)
+    assert np.max(np.abs(got - expected)) <= 1e-4
+    bundled = Backbone(resolve_model_path(None), device="cpu")(x)
+    assert np.max(np.abs(got - bundled)) > 1e-2  # and it is not the bundled network
+
+
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
     trained: Path, base_dir: Path, tmp_path: Path, cache_env: Path
 ) -> None:
