@@ -24,7 +24,6 @@ import io
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -232,29 +231,6 @@ def render_reference(app: typer.Typer) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` in one rename: readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        mode = path.stat().st_mode & 0o777
-    else:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def check(path: Path, text: str) -> list[str]:
     """The unified diff from ``path`` to ``text``; empty when the file is up to date."""
     try:
@@ -284,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
 
     text = render_reference(app)
     if args.write is not None:
-        _write_atomic(args.write, text)
+        from ..io.files import atomic_write
+
+        args.write.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(args.write) as fh:
+            fh.write(text)
         print(f"wrote {args.write}", file=sys.stderr)
         return 0
     if args.check is not None:

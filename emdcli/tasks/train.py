@@ -48,7 +48,7 @@ from .. import __version__, defaults
 from ..errors import DatasetError, DeviceError, EmdcliError, UsageError
 from ..features.cache import FeatureCache
 from ..features.source import FeatureSource, Progress, Skipped
-from ..io.files import display_path, sha256_file
+from ..io.files import atomic_write, display_path, sha256_file
 from ..io.folders import LabelledFolder, read_labelled_folder
 from ..matching.nodes import TEMPERATURE, WEIGHT_EPS
 from ..matching.transport import emd_flow_trusted
@@ -420,13 +420,12 @@ def save_checkpoint(path: Path, settings: TrainSettings, base: str, parent: str,
     """Write the checkpoint atomically (a temporary file renamed into place); ``parent``: the sha256 of
     the parent model's ONNX file."""
     torch = trainable.require_torch()
-    tmp = path.with_name(path.name + ".tmp")
     payload = {
         "emdcli": __version__, "settings": asdict(settings), "base": base, "parent": parent,
         "state": {**state.__dict__, "history": [asdict(v) for v in state.history]},
     }  # fmt: skip
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, binary=True) as fh:
+        torch.save(payload, fh)
 
 
 def load_checkpoint(path: Path, settings: TrainSettings, base: str, parent: str) -> _State:
