@@ -92,3 +92,8 @@ def os_error(exc: BaseException) -> EmdcliError | None:
     if exc.errno == errno.EROFS:
         return EmdcliError(f"read-only file system{where}", hint="write to another folder")
     return None
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM (:mod:`emdcli.interrupts`), so that a run stops as cleanly
+    as on Ctrl-C (exit 143)."""

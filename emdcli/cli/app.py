@@ -20,7 +20,14 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import typer  # noqa: E402
 
 from .. import __version__  # noqa: E402
-from ..errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_TERMINATED, EmdcliError, os_error  # noqa: E402
+from ..errors import (  # noqa: E402
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EmdcliError,
+    Terminated,
+    os_error,
+)
 from . import anomaly, batch, classify, evaluate, explain, export, info, search, train  # noqa: E402
 from .common import print_error, stderr_console  # noqa: E402
 from .help import EmdcliCommand, EmdcliGroup  # noqa: E402
@@ -44,20 +51,46 @@ app = typer.Typer(
 )
 
 
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM, so that a run stops as cleanly as on Ctrl-C."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
 def _silence_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
+
+
+def _run_mapping_errors(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """``func(*args, **kwargs)``, every error mapped to one line on stderr and an exit code."""
+    try:
+        return func(*args, **kwargs)
+    except EmdcliError as exc:
+        if os.environ.get("EMDCLI_DEBUG"):
+            raise
+        print_error(exc)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        stderr_console().print("Interrupted.")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Terminated:
+        stderr_console().print("Terminated.")
+        raise typer.Exit(EXIT_TERMINATED) from None
+    except BrokenPipeError:
+        _silence_stdout()
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
+    except (typer.Exit, typer.Abort, typer.BadParameter):
+        raise
+    except Exception as exc:
+        if os.environ.get("EMDCLI_DEBUG"):
+            raise
+        known = os_error(exc)
+        if known is not None:  # the machine's state (a full disk, a permission), not a bug
+            print_error(known)
+            raise typer.Exit(known.exit_code) from None
+        print_error(EmdcliError(
+            f"unexpected {type(exc).__name__}: {exc}",
+            hint="this is a bug in emdcli; run again with EMDCLI_DEBUG=1 for the traceback and report it",
+        ))  # fmt: skip
+        raise typer.Exit(1) from None
 
 
 def handle_errors(func: F) -> F:
@@ -70,44 +103,11 @@ def handle_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         import signal
-        import threading
 
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, _raise_terminated)
-        try:
-            return func(*args, **kwargs)
-        except EmdcliError as exc:
-            if os.environ.get("EMDCLI_DEBUG"):
-                raise
-            print_error(exc)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            stderr_console().print("Interrupted.")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except Terminated:
-            stderr_console().print("Terminated.")
-            raise typer.Exit(EXIT_TERMINATED) from None
-        except BrokenPipeError:
-            _silence_stdout()
-            raise typer.Exit(EXIT_BROKEN_PIPE) from None
-        except (typer.Exit, typer.Abort, typer.BadParameter):
-            raise
-        except Exception as exc:
-            if os.environ.get("EMDCLI_DEBUG"):
-                raise
-            known = os_error(exc)
-            if known is not None:  # the machine's state (a full disk, a permission), not a bug
-                print_error(known)
-                raise typer.Exit(known.exit_code) from None
-            print_error(EmdcliError(
-                f"unexpected {type(exc).__name__}: {exc}",
-                hint="this is a bug in emdcli; run again with EMDCLI_DEBUG=1 for the traceback and report it",
-            ))  # fmt: skip
-            raise typer.Exit(1) from None
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+        from ..interrupts import handled, raise_terminated
+
+        with handled({signal.SIGTERM: raise_terminated}):
+            return _run_mapping_errors(func, args, kwargs)
 
     return wrapper  # type: ignore[return-value]
 

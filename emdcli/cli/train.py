@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import defaults
+from ..interrupts import handled, stop_error
 from .common import Session, advance, argument, with_session
 
 NAME = "train"
@@ -146,42 +147,37 @@ def run(
         signals.append(signum)
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with session.progress() as bars:
-            folder = read_labelled_folder(base_dir)
-            moved = advance(bars, "Trunk maps", folder.image_count * views)
+    with handled({signal.SIGINT: on_signal, signal.SIGTERM: on_signal}), session.progress() as bars:
+        folder = read_labelled_folder(base_dir)
+        moved = advance(bars, "Trunk maps", folder.image_count * views)
 
-            def embedded(n: int) -> None:  # nothing is trained yet: a stop needs no checkpoint
-                if stop.is_set():
-                    raise KeyboardInterrupt if signals[0] == signal.SIGINT else _terminated()
-                moved(n)
+        def embedded(n: int) -> None:  # nothing is trained yet: a stop needs no checkpoint
+            if stop.is_set():
+                raise stop_error(signals[0])
+            moved(n)
 
-            task = bars.add_task("Training", total=episodes, start=False)
+        task = bars.add_task("Training", total=episodes, start=False)
 
-            def on_episode(stats: Any) -> None:
-                bars.start_task(task)
-                text = f"Training  loss {stats.loss:.3f}  acc {100 * stats.accuracy:.0f}%"
-                bars.update(task, completed=stats.episode, description=text)
+        def on_episode(stats: Any) -> None:
+            bars.start_task(task)
+            text = f"Training  loss {stats.loss:.3f}  acc {100 * stats.accuracy:.0f}%"
+            bars.update(task, completed=stats.episode, description=text)
 
-            def on_validation(v: Any) -> None:
-                cells = "  ".join(f"{m} {v.accuracy[m]:.1f}" for m in v.accuracy)
-                session.tell(f"validation after episode {v.episode}: {cells}  ({v.seconds:.1f} s)")
+        def on_validation(v: Any) -> None:
+            cells = "  ".join(f"{m} {v.accuracy[m]:.1f}" for m in v.accuracy)
+            session.tell(f"validation after episode {v.episode}: {cells}  ({v.seconds:.1f} s)")
 
-            result = train(
-                folder, out, settings, resume=resume, force=force, model=session.settings.model,
-                device=session.settings.device,
-                cache=session.settings.cache, stop=stop, on_embedded=embedded, on_episode=on_episode,
-                on_validation=on_validation,
-            )  # fmt: skip
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        result = train(
+            folder, out, settings, resume=resume, force=force, model=session.settings.model,
+            device=session.settings.device,
+            cache=session.settings.cache, stop=stop, on_embedded=embedded, on_episode=on_episode,
+            on_validation=on_validation,
+        )  # fmt: skip
     session.report_skipped(result.skipped)
     if result.stopped:
         session.tell(f"stopped after episode {result.episodes_done} of {episodes}; checkpoint kept in {out}")
         session.tell(f"continue with: emdcli train {base_dir} --out {out} --resume")
-        raise KeyboardInterrupt if signals[0] == signal.SIGINT else _terminated()
+        raise stop_error(signals[0])
     if result.best.episode == 0:
         session.say("no validation was significantly better than before training: the model written has the "
                     "starting model's weights (try another --lr, or more base classes)")  # fmt: skip
@@ -208,9 +204,3 @@ def run(
     with sink.open(train_layout(title), header, summary) as emit:
         for record in train_records(result):
             emit(record)
-
-
-def _terminated() -> BaseException:
-    from .app import Terminated
-
-    return Terminated()

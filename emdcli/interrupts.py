@@ -1,0 +1,56 @@
+"""SIGINT and SIGTERM, handled in one place.
+
+    with handled({signal.SIGTERM: raise_terminated}):   # what the CLI does around every command
+        ...
+    with kept_handlers(signal.SIGTERM):                 # a library call that replaces a handler
+        ray.init(...)                                   # (ray.init does) gets the old one back
+
+Handlers can only be installed from the main thread; elsewhere both are no-ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from .errors import Terminated
+
+Handler = Callable[[int, Any], None]
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    """A handler that raises :class:`Terminated`, so SIGTERM stops a run as cleanly as Ctrl-C."""
+    raise Terminated()
+
+
+def stop_error(signum: int) -> BaseException:
+    """The exception a run stopped by ``signum`` ends with: KeyboardInterrupt (SIGINT) or Terminated."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+@contextlib.contextmanager
+def kept_handlers(*signums: int) -> Iterator[None]:
+    """Put back the handlers of ``signums`` in place before the block, whatever it installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            if handler is not None:
+                signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def handled(handlers: Mapping[int, Handler]) -> Iterator[None]:
+    """Install ``handlers`` (signal number -> handler) for the block; the earlier ones come back after."""
+    with kept_handlers(*handlers):
+        if threading.current_thread() is threading.main_thread():
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
+        yield
