@@ -6,13 +6,20 @@ the command line reads this module to print its help.
 
 from __future__ import annotations
 
-# the values an option may take ------------------------------------------------------------
+from typing import Literal, get_args
 
-DEVICES = ("auto", "cpu", "cuda")
-METRICS = ("cosine", "l2")
-KSHOT_MODES = ("mean", "sfc")
-FORMATS = ("table", "csv", "json", "jsonl")
-RERANKS = ("emd", "emd+global", "none")
+# the values an option may take: each a Literal type (for Typer and mypy) and its tuple -------
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+MetricName = Literal["cosine", "l2"]
+KshotName = Literal["mean", "sfc"]
+FormatName = Literal["table", "csv", "json", "jsonl"]
+RerankName = Literal["emd", "emd+global", "none"]
+DEVICES: tuple[str, ...] = get_args(DeviceName)
+METRICS: tuple[str, ...] = get_args(MetricName)
+KSHOT_MODES: tuple[str, ...] = get_args(KshotName)
+FORMATS: tuple[str, ...] = get_args(FormatName)
+RERANKS: tuple[str, ...] = get_args(RerankName)
 
 # classify ------------------------------------------------------------------------------------
 

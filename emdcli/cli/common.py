@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
 
 import typer
 from rich.console import Console
@@ -22,6 +22,7 @@ from rich.markup import escape
 
 from .. import defaults
 from ..config import Settings, load_settings
+from ..defaults import DeviceName, FormatName, KshotName, MetricName
 from ..errors import EmdcliError
 
 if TYPE_CHECKING:
@@ -34,10 +35,6 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
-DeviceName = Literal["auto", "cpu", "cuda"]
-FormatName = Literal["table", "csv", "json", "jsonl"]
-MetricName = Literal["cosine", "l2"]
-KshotName = Literal["mean", "sfc"]
 
 
 # stderr -------------------------------------------------------------------------------------

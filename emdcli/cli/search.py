@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 
 from .. import defaults
+from ..defaults import RerankName
 from .common import NullOpt, Session, argument, embed_folder, query_paths, with_session
 
 NAME = "search"
@@ -37,7 +38,7 @@ def run(
         typer.Option("--shortlist", metavar="N", min=0, help="How many global-cosine hits DeepEMD re-ranks (0: all)."),
     ] = defaults.SEARCH_SHORTLIST,
     rerank: Annotated[
-        Literal["emd", "emd+global", "none"],
+        RerankName,
         typer.Option(
             "--rerank",
             metavar="SCORE",

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -27,7 +26,7 @@ from ..features.source import FeatureSource, Progress, Skipped
 from ..matching.nodes import ClassBank, Nodes
 from ..matching.simpleshot import normalised, pooled
 
-Rerank = Literal["emd", "emd+global", "none"]
+Rerank = defaults.RerankName
 RERANKS: tuple[str, ...] = defaults.RERANKS
 
 
