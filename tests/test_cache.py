@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from emdcli.features import cache as cache_mod
-from emdcli.features.cache import FeatureCache, default_cache_dir
+from emdcli.features.cache import FeatureCache
 from emdcli.io import files as files_mod
-from emdcli.io.files import sha256_file
+from emdcli.io.files import default_cache_dir, sha256_file
 
 NS = "0123abcd/224/crop/(0.5, 0.5, 0.5)/(0.5, 0.5, 0.5)"
 

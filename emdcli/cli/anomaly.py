@@ -73,8 +73,8 @@ def run(
 
     from ..errors import EmdcliError, UsageError
     from ..io.files import display_path
+    from ..io.records import rounded
     from ..tasks.anomaly import AnomalyDetector
-    from ..tasks.classify import rounded
     from .reports import anomaly_layout
 
     sink = session.sink()

@@ -82,7 +82,8 @@ def run(
     """Classify query images by their Earth Mover's Distance to each class of SUPPORT."""
     from ..errors import DatasetError, EmdcliError, UsageError
     from ..io.folders import read_labelled_folder
-    from ..tasks.classify import Classifier, SupportOverlap, Tally, rounded
+    from ..io.records import rounded
+    from ..tasks.classify import Classifier, SupportOverlap, Tally
     from .reports import (
         classify_layout,
         prediction_record,
@@ -126,7 +127,7 @@ def run(
     top = min(settings.top_k, len(classes))
     transductive_weight = clf.matcher.transductive_weight_for(support_set.nodes) if clf.matcher.transductive else None
     header = {
-        "model": clf.source.extractor.manifest.name, "model_sha256": session.backbone.check.actual,  # type: ignore[attr-defined]
+        "model": clf.model_name, "model_sha256": session.backbone.check.actual,
         "metric": settings.metric, "kshot": support_set.kshot, "global_weight": clf.global_weight_for(support_set),
         "support_similarity": rounded(support_set.nodes.similarity, 4), "shortlist": settings.shortlist,
         "transductive": clf.matcher.transductive, "transductive_global_weight": transductive_weight,

@@ -30,7 +30,7 @@ def run(
     from .. import __version__
     from ..config import default_config_path
     from ..errors import ModelError
-    from ..features.cache import default_cache_dir
+    from ..io.files import default_cache_dir
     from ..model.backbone import available_providers
     from ..model.manifest import bundled_models, check_model, resolve_model_path
 

@@ -13,7 +13,8 @@ from rich.text import Text
 
 from ..io.files import display_path
 from ..io.images import count_by_suffix
-from ..tasks.classify import prediction_columns, rounded
+from ..io.records import rounded
+from ..tasks.classify import prediction_columns
 from .sink import Layout, Record
 from .tables import NUMBER, PATH, Col, FitTable, Prose, common_folder, simple_table
 

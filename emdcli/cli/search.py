@@ -53,7 +53,7 @@ def run(
     """Find the gallery images most like each query: global shortlist, then DeepEMD re-ranking."""
     from ..errors import EmdcliError
     from ..io.files import display_path
-    from ..tasks.classify import rounded
+    from ..io.records import rounded
     from ..tasks.retrieval import Gallery
     from .reports import search_layout
 

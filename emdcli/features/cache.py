@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..io.files import TMP_SUFFIX, AtomicFile, sha256_file
+from ..io.files import TMP_SUFFIX, AtomicFile, default_cache_dir, sha256_file
 
 if TYPE_CHECKING:
     from ..model.manifest import Manifest
@@ -41,15 +41,6 @@ STALE_TMP_SECONDS = 3600.0
 
 _ENTRY_SUFFIX = ".npy"
 _MAX_MEMO = 4096
-
-
-def default_cache_dir() -> Path:
-    """``$EMDCLI_CACHE_DIR``, else ``$XDG_CACHE_HOME/emdcli``, else ``~/.cache/emdcli``."""
-    explicit = os.environ.get("EMDCLI_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "emdcli"
 
 
 def _remove(path: Path | str) -> bool:

@@ -119,3 +119,12 @@ def atomic_write(path: str | os.PathLike[str], *, binary: bool = False, fsync: b
         target.abort(keep=False)
         raise
     target.commit(fsync=fsync)
+
+
+def default_cache_dir() -> Path:
+    """``$EMDCLI_CACHE_DIR``, else ``$XDG_CACHE_HOME/emdcli``, else ``~/.cache/emdcli``."""
+    explicit = os.environ.get("EMDCLI_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "emdcli"

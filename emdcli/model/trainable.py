@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError, ModelError, UsageError, import_extra
-from ..features.cache import default_cache_dir
-from ..io.files import sha256_file
+from ..io.files import default_cache_dir, sha256_file
 from .export import (
     LITE_PACKAGES,
     PARITY_TOLERANCE,

@@ -28,9 +28,10 @@ from ..features.source import FeatureSource, Progress
 from ..io.files import display_path
 from ..io.folders import LabelledFolder
 from ..io.images import IMAGE_NAMES_HINT, RemoteImage, is_uri
+from ..io.records import rounded
 from ..matching.support import ClassNodes, Matcher
 from ..model.manifest import ModelCheck, bundled_model_dir, resolve_model_path
-from .classify import Classifier, Prediction, SupportSet, batches, prediction_columns, prediction_row, rounded
+from .classify import Classifier, Prediction, SupportSet, batches, prediction_columns, prediction_row
 
 T = TypeVar("T")
 

@@ -26,6 +26,7 @@ from ..errors import DatasetError
 from ..features.source import FeatureSource, Progress, Skipped
 from ..io.files import display_path, sha256_file
 from ..io.folders import LabelledFolder
+from ..io.records import rounded
 from ..matching.nodes import ClassBank, Nodes, softmax_confidence
 from ..matching.support import ClassNodes, Matcher
 from ..matching.transductive import TransductiveScores
@@ -68,14 +69,6 @@ class Ranked:
     label: str
     score: float
     confidence: float
-
-
-#: Decimal places of scores and confidences in every output.
-SCORE_DIGITS = 6
-
-
-def rounded(x: float | None, digits: int = SCORE_DIGITS) -> float | None:
-    return None if x is None else round(float(x), digits)
 
 
 def ranking_from_scores(labels: list[str], scores: np.ndarray) -> tuple[Ranked, ...]:
@@ -241,6 +234,12 @@ class Classifier:
         self.matcher = matcher or Matcher()
         #: What the transductive step did for each set of queries :meth:`predict` matched, in order.
         self.sets: list[SetReport] = []
+
+    @property
+    def model_name(self) -> str:
+        """The name in the feature extractor's manifest (``"unnamed"`` for an extractor without one)."""
+        manifest = getattr(self.source.extractor, "manifest", None)
+        return str(getattr(manifest, "name", "unnamed"))
 
     def fit(
         self, folder: LabelledFolder, on_done: Progress | None = None, *, keep_examples: bool = False
