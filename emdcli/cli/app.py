@@ -29,8 +29,8 @@ from ..errors import (  # noqa: E402
     os_error,
 )
 from . import anomaly, batch, classify, evaluate, explain, export, info, search, train  # noqa: E402
-from .common import print_error, stderr_console  # noqa: E402
 from .help import EmdcliCommand, EmdcliGroup  # noqa: E402
+from .stderr import print_error, stderr_console  # noqa: E402
 
 F = TypeVar("F", bound=Callable[..., Any])
 

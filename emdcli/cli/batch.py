@@ -311,8 +311,8 @@ class _Output:
         JSONL file gets the rows it held first (``--resume``); on failure what was written is kept."""
         import contextlib
 
-        from .common import note
         from .sink import Layout
+        from .stderr import note
         from .tables import simple_table
 
         @contextlib.contextmanager

@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from .. import defaults
 from ..config import Settings, load_settings
 from ..defaults import DeviceName, FormatName, KshotName, MetricName
-from ..errors import EmdcliError
+from .stderr import note, stderr_console, warn
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -38,28 +36,6 @@ R = TypeVar("R")
 
 
 # stderr -------------------------------------------------------------------------------------
-
-
-def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
-def warn(message: str) -> None:
-    """``Warning: message`` on stderr."""
-    stderr_console().print(f"[yellow]Warning:[/yellow] {escape(message)}", soft_wrap=True)
-
-
-def note(message: str) -> None:
-    """An informational line on stderr (not a warning)."""
-    stderr_console().print(escape(message), soft_wrap=True)
-
-
-def print_error(exc: EmdcliError) -> None:
-    """``Error: ...`` (and ``Hint: ...``) on stderr."""
-    err = stderr_console()
-    err.print(f"[bold red]Error:[/bold red] {escape(exc.message)}", soft_wrap=True)
-    if exc.hint:
-        err.print(f"[dim]Hint:[/dim] {escape(exc.hint)}", soft_wrap=True)
 
 
 # options ------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def run(
     """
     from ..errors import EmdcliError, UsageError
     from ..model import export as exporting
-    from .common import stderr_console
+    from .stderr import stderr_console
 
     if arch and not weights:
         raise UsageError("--arch needs --weights: a local weights file (nothing is downloaded)")

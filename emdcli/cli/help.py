@@ -325,7 +325,7 @@ def report_usage_error(exc: typer.TyperException, ctx: Context | None = None) ->
     command's, when the error carries none)."""
     from rich.markup import escape
 
-    from .common import stderr_console
+    from .stderr import stderr_console
 
     err = stderr_console()
     err.print(f"[bold red]Error:[/bold red] {escape(plain_message(exc))}", soft_wrap=True)

@@ -28,7 +28,7 @@ from rich.console import Console, RenderableType
 from .. import __version__
 from ..errors import DatasetError, UsageError
 from ..io.files import AtomicFile, display_path, partial_path, require_output_folder
-from .common import note
+from .stderr import note
 
 #: The widest a table written to a file gets. A file has no screen: its table is as wide as its
 #: content, so that each row is one line (grep finds it whole); only beyond this does it give way as
