@@ -53,8 +53,8 @@ _EXPORTS = {
     "AnomalyDetector": "emdcli.tasks.anomaly",
     "Judged": "emdcli.tasks.anomaly",
     "Verdict": "emdcli.tasks.anomaly",
-    "render_match": "emdcli.tasks.explain",
-    "Explanation": "emdcli.tasks.explain",
+    "render_match": "emdcli.render.explain",
+    "Explanation": "emdcli.render.explain",
     "EmdcliError": "emdcli.errors",
 }
 
@@ -95,11 +95,11 @@ if TYPE_CHECKING:
     from .io.folders import LabelledFolder, read_labelled_folder
     from .matching.support import Matcher
     from .model.backbone import Backbone, load_model
+    from .render.explain import Explanation, render_match
     from .tasks.anomaly import AnomalyDetector, Judged, Verdict
     from .tasks.anomaly import detect_anomalies as anomaly
     from .tasks.classify import Classifier, Prediction, Ranked, SupportSet
     from .tasks.evaluate import Evaluation, EvaluationRun, MethodResult, evaluate
-    from .tasks.explain import Explanation, render_match
     from .tasks.retrieval import Gallery, Hit, QueryHits
     from .tasks.retrieval import search_images as search
 

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from emdcli.io.images import Preprocess, load_image, model_view
 from emdcli.matching.nodes import Nodes, match
-from emdcli.tasks.explain import (
+from emdcli.render.explain import (
     CAPTION_MARGIN,
     DIM,
     GAP,
@@ -412,7 +412,7 @@ def test_explain_caption_names_both_scores_against_a_support_folder(
 ) -> None:
     import re
 
-    import emdcli.tasks.explain as explain_task
+    import emdcli.render.explain as explain_task
     from tests.conftest import make_folder
 
     drawn: list[Explanation] = []

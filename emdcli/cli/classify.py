@@ -213,7 +213,7 @@ def _explainer(
     from ..errors import EmdcliError
     from ..io.files import display_path
     from ..io.images import model_view
-    from ..tasks.explain import render_match, save_png
+    from ..render.explain import render_match, save_png
 
     folder.mkdir(parents=True, exist_ok=True)
 

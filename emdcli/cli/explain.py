@@ -63,8 +63,8 @@ def run(
     from ..io.files import display_path
     from ..io.folders import read_labelled_folder
     from ..io.images import load_image, model_view
+    from ..render.explain import picture_format, render_match, save_picture
     from ..tasks.classify import Classifier
-    from ..tasks.explain import picture_format, render_match, save_picture
 
     try:  # before any work: the picture's format comes from the --output suffix
         fmt = picture_format(output)

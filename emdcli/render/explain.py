@@ -36,6 +36,7 @@ from ..io.files import atomic_write
 from ..matching.nodes import Metric, Nodes, Weighting, match
 from .drawing import (
     CAPTION_FONT_SIZE,
+    DrawnFlow,
     caption_font,
     fan_points,
     label_box,
@@ -73,19 +74,6 @@ PALETTE = (
 HALO = (255, 255, 255)
 #: Picture formats by file suffix (lower case). JPEG has no alpha: the picture is RGB anyway.
 PICTURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
-
-
-@dataclass(frozen=True)
-class DrawnFlow:
-    """One drawn entry of the transport plan.
-
-    query_node: index into the query's n nodes; target_node: index into the target's m nodes.
-    mass: the entry as a fraction of the plan's total mass (0..1).
-    """
-
-    query_node: int
-    target_node: int
-    mass: float
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,29 @@
 """Pixel work of the explain picture: fonts, wrapped captions, and the routing of flow lines so
 that every drawn flow stays visible (fans across shared cells, arcs around earlier lines, label
-boxes that do not overlap). Used by :mod:`emdcli.tasks.explain`; nothing here matches images.
+boxes that do not overlap). Used by :mod:`emdcli.render.explain`; nothing here matches images.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .explain import DrawnFlow
+
+@dataclass(frozen=True)
+class DrawnFlow:
+    """One drawn entry of the transport plan.
+
+    query_node: index into the query's n nodes; target_node: index into the target's m nodes.
+    mass: the entry as a fraction of the plan's total mass (0..1).
+    """
+
+    query_node: int
+    target_node: int
+    mass: float
+
 
 #: Font size (px) of the caption text.
 CAPTION_FONT_SIZE = 14
