@@ -254,8 +254,11 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 
 def _format_for(output: Path) -> str:
-    suffix = output.suffix.lower()
-    return {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffix, "parquet")
+    """csv or jsonl by DEST's suffix (sink's one table of suffixes), else a Parquet folder."""
+    from .sink import format_from_suffix
+
+    found = format_from_suffix(output)
+    return found if found in ("csv", "jsonl") else "parquet"
 
 
 def _parse_workers(text: str | None, engine: str) -> tuple[int, int]:

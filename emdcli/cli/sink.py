@@ -38,17 +38,25 @@ FILE_TABLE_WIDTH = 1000
 Record = dict[str, Any]
 
 
+#: The output format each file suffix means (for every command's --output, and batch's DEST).
+FORMAT_BY_SUFFIX = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "table"}
+
+
+def format_from_suffix(path: Path) -> str | None:
+    """The format :data:`FORMAT_BY_SUFFIX` gives ``path``'s suffix (any case), or None."""
+    return FORMAT_BY_SUFFIX.get(path.suffix.lower())
+
+
 def choose_format(fmt: str | None, output: Path | None) -> str:
     """``fmt`` when given; else from the ``output`` suffix (.csv, .json, .jsonl, .txt for a table);
     else a table on a terminal and CSV otherwise. UsageError for an output suffix no format has."""
     if fmt:
         return fmt
     if output is not None:
-        suffix = output.suffix.lower().lstrip(".")
-        by_suffix = {"csv": "csv", "json": "json", "jsonl": "jsonl", "ndjson": "jsonl", "txt": "table"}
-        if suffix in by_suffix:
-            return by_suffix[suffix]
-        if suffix:
+        found = format_from_suffix(output)
+        if found is not None:
+            return found
+        if output.suffix:
             raise UsageError(
                 f"cannot tell the format from the suffix of {display_path(output)}",
                 hint="name the file .csv, .json, .jsonl or .txt (a table), or pass --format",
