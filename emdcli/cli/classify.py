@@ -144,9 +144,10 @@ def run(
     with sink.open(layout, header, summary) as emit, session.progress() as bars:
         observe = _explainer(clf, support_set, explain_dir, pictures, session.say) if explain_dir else None
         new = clf.predict(support_set, paths, advance(bars, "Queries", None if from_stdin else len(paths)), observe)
-        for pred in itertools.chain(prior, new):
+        earlier_rows = ((pred, True) for pred in prior)
+        for pred, earlier in itertools.chain(earlier_rows, ((pred, False) for pred in new)):
             tally.add(pred)
-            if not pred.ok and pred not in prior:
+            if not pred.ok and not earlier:  # an earlier run's skips were reported by that run
                 session.say(f"skipped {pred.error}")
             record = prediction_record(pred, classes, top)
             if explain_dir is not None:
