@@ -154,6 +154,25 @@ def training_line(label: str, result: TrainResult, seconds: float) -> str:
             f"{result.before.accuracy['default']:.1f} → {kept.accuracy['default']:.1f} |")  # fmt: skip
 
 
+def compare_models(label: str, name: str, target: LabelledFolder, before: Backbone, after: Backbone,
+                   args: argparse.Namespace) -> tuple[list[str], list[tuple[str, int, np.ndarray]]]:  # fmt: skip
+    """Table rows and paired default gains of ``after`` against ``before`` on ``target``'s seeded episodes."""
+    fb, labels = features_of(before, target)
+    fa, labels_after = features_of(after, target)
+    assert np.array_equal(labels, labels_after)
+    scored_before = {shot: score(fb, labels, shot, args.episodes, args.seed) for shot in SHOTS}
+    scored_after = {shot: score(fa, labels, shot, args.episodes, args.seed) for shot in SHOTS}
+    gains = [(name, shot, scored_after[shot]["default"] - scored_before[shot]["default"]) for shot in SHOTS]
+    return compare_rows(label, name, scored_before, scored_after), gains
+
+
+def print_comparison(intro: str, rows: list[str], gains: list[tuple[str, int, np.ndarray]]) -> None:
+    print(intro)
+    print(TABLE_HEAD)
+    print("\n".join(rows))
+    summary(gains)
+
+
 TRAIN_HEAD = (
     "| trained on | classes | images | trunk maps (s) | training (s) | whole run (s) | kept episode "
     "| validation default before → kept |\n|---|---|---|---|---|---|---|---|"
@@ -170,23 +189,16 @@ def loso_phase(args: argparse.Namespace) -> None:
             result, seconds = run_training(mix(args.data, others, args.split_seed), Path(tmp) / "model", args)
             trainings.append(training_line(f"all but {left_out}", result, seconds))
             assert result.manifest_path is not None
-            trained_model = load_model(str(result.manifest_path))
-            bundled, trained = {}, {}
-            fb, labels = features_of(bundled_model, target)
-            ft, labels_t = features_of(trained_model, target)
-            assert np.array_equal(labels, labels_t)
-            for shot in SHOTS:
-                bundled[shot] = score(fb, labels, shot, args.episodes, args.seed)
-                trained[shot] = score(ft, labels, shot, args.episodes, args.seed)
-                gains.append((left_out, shot, trained[shot]["default"] - bundled[shot]["default"]))
-            rows += compare_rows(f"all but {left_out}", left_out, bundled, trained)
+            more_rows, more_gains = compare_models(f"all but {left_out}", left_out, target, bundled_model,
+                                                   load_model(str(result.manifest_path)), args)  # fmt: skip
+            rows += more_rows
+            gains += more_gains
             print(f"done: left out {left_out}", file=sys.stderr, flush=True)
-    print(f"Leave one set out: trained on the dev classes of the other sets, scored on the left-out set's eval "
-          f"classes; 5-way, {QUERY} queries per class, {args.episodes} episodes per row (seed {args.seed}, the same "
-          "for both models); accuracy % ± 95% interval; bold: the paired interval is clear of 0.\n")  # fmt: skip
-    print(TABLE_HEAD)
-    print("\n".join(rows))
-    summary(gains)
+    print_comparison(
+        f"Leave one set out: trained on the dev classes of the other sets, scored on the left-out set's eval "
+        f"classes; 5-way, {QUERY} queries per class, {args.episodes} episodes per row (seed {args.seed}, the same "
+        "for both models); accuracy % ± 95% interval; bold: the paired interval is clear of 0.\n",
+        rows, gains)  # fmt: skip
     print("\nTraining (emdcli's train(), its defaults, validation every "
           f"{args.val_every} episodes; 2 cores):\n")  # fmt: skip
     print(TRAIN_HEAD)
@@ -202,19 +214,14 @@ def all_phase(args: argparse.Namespace) -> None:
     rows, gains = [], []
     for name in args.sets:
         target = half(args.data, name, "eval", args.split_seed)
-        fb, labels = features_of(bundled_model, target)
-        ft, _ = features_of(trained_model, target)
-        bundled = {shot: score(fb, labels, shot, args.episodes, args.seed) for shot in SHOTS}
-        trained = {shot: score(ft, labels, shot, args.episodes, args.seed) for shot in SHOTS}
-        gains += [(name, shot, trained[shot]["default"] - bundled[shot]["default"]) for shot in SHOTS]
-        rows += compare_rows("every set", name, bundled, trained)
+        more_rows, more_gains = compare_models("every set", name, target, bundled_model, trained_model, args)
+        rows += more_rows
+        gains += more_gains
         print(f"done: {name}", file=sys.stderr, flush=True)
-    print(f"Trained on the dev classes of every set, scored on each set's eval classes; 5-way, {QUERY} queries per "
-          f"class, {args.episodes} episodes per row (seed {args.seed}); accuracy % ± 95% interval; bold: the paired "
-          "interval is clear of 0.\n")  # fmt: skip
-    print(TABLE_HEAD)
-    print("\n".join(rows))
-    summary(gains)
+    print_comparison(
+        f"Trained on the dev classes of every set, scored on each set's eval classes; 5-way, {QUERY} queries per "
+        f"class, {args.episodes} episodes per row (seed {args.seed}); accuracy % ± 95% interval; bold: the paired "
+        "interval is clear of 0.\n", rows, gains)  # fmt: skip
     print(f"\nTraining (validation every {args.val_every} episodes; 2 cores); model: {result.manifest_path}\n")
     print(TRAIN_HEAD)
     print(training_line("every set", result, seconds))
@@ -331,21 +338,16 @@ def variants_trained_phase(args: argparse.Namespace) -> None:
             frozen_model, trained_model = load_model(str(exported.manifest_path)), load_model(str(result.manifest_path))
             for name in args.sets:
                 target = half(args.data, name, "eval", args.split_seed)
-                fb, labels = features_of(frozen_model, target)
-                ft, _ = features_of(trained_model, target)
-                frozen = {shot: score(fb, labels, shot, args.episodes, args.seed) for shot in SHOTS}
-                trained = {shot: score(ft, labels, shot, args.episodes, args.seed) for shot in SHOTS}
-                gains += [(f"{variant} {name}", shot, trained[shot]["default"] - frozen[shot]["default"])
-                          for shot in SHOTS]  # fmt: skip
-                rows += compare_rows(f"every set, from {variant}", name, frozen, trained)
+                more_rows, more_gains = compare_models(f"every set, from {variant}", name, target, frozen_model,
+                                                       trained_model, args)  # fmt: skip
+                rows += more_rows
+                gains += [(f"{variant} {n}", shot, g) for n, shot, g in more_gains]
                 print(f"done: {variant} {name}", file=sys.stderr, flush=True)
-    print(f"Each variant frozen (\"bundled\" columns: its ImageNet export) against it meta-trained on the dev classes "
-          f"of every set, scored on each set's eval classes; 5-way, {QUERY} queries per class, {args.episodes} "
-          f"episodes per row (seed {args.seed}); accuracy % ± 95% interval; bold: the paired interval is clear "
-          "of 0.\n")  # fmt: skip
-    print(TABLE_HEAD)
-    print("\n".join(rows))
-    summary(gains)
+    print_comparison(
+        f"Each variant frozen (\"bundled\" columns: its ImageNet export) against it meta-trained on the dev classes "
+        f"of every set, scored on each set's eval classes; 5-way, {QUERY} queries per class, {args.episodes} "
+        f"episodes per row (seed {args.seed}); accuracy % ± 95% interval; bold: the paired interval is clear "
+        "of 0.\n", rows, gains)  # fmt: skip
     print(f"\nTraining (validation every {args.val_every} episodes; 2 cores):\n")
     print(TRAIN_HEAD)
     print("\n".join(trainings))
