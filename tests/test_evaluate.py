@@ -403,3 +403,20 @@ def test_a_set_too_small_for_the_shape_is_told_a_shape_that_fits(
         sample_episodes(labels, way, shot, 15, 3, 0)
     assert caught.value.hint == hint
     assert f"(the largest classes hold {', '.join(map(str, sizes[:way]))})" in caught.value.message
+
+
+def test_a_shape_the_files_cannot_fit_is_refused_before_any_image_is_embedded(tmp_path: Path) -> None:
+    from emdcli.errors import DatasetError
+    from emdcli.tasks.evaluate import evaluate
+
+    for c in range(3):
+        for i in range(3):
+            (tmp_path / f"c{c}").mkdir(exist_ok=True)
+            Image.new("RGB", (8, 8), (80 * c, 0, 0)).save(tmp_path / f"c{c}" / f"{i}.png")
+
+    class NoEmbedding:
+        def labelled(self, *args: object) -> None:
+            raise AssertionError("an image was embedded")
+
+    with pytest.raises(DatasetError, match="only 0 classes have the 6 images"):
+        evaluate(tmp_path, way=3, shot=1, query=5, source=NoEmbedding())  # type: ignore[arg-type]

@@ -185,6 +185,9 @@ def evaluate(
     if not names:
         raise UsageError("no method to run", hint="for example --methods proto,emd")
     folder = dataset if isinstance(dataset, LabelledFolder) else read_labelled_folder(dataset)
+    # the shape must fit the files before any is embedded (unreadable ones can only make it worse)
+    sample_episodes(np.repeat(np.arange(len(folder.classes)), [len(c.files) for c in folder.classes]),
+                    way, shot, query, 1, seed)  # fmt: skip
     if source is None:
         from ..model.backbone import load_model
 
