@@ -1,8 +1,10 @@
 """Every --help page and usage error reads as plain English, with no Typer, Click or Pydantic leftovers.
 
-The rule for defaults (emdcli/cli/help.py): every option that takes a value shows
-``[default: ...]``, and so does every on/off pair (``--[no-]cache``, ``[default: on]``); a lone
-flag (``--quiet``, ``--resume``) shows none: it is off unless given.
+Typer draws the pages; emdcli/cli/help.py decides what each parameter shows. The rule for
+defaults: every option that takes a value shows ``[default: ...]``, and so does every on/off pair
+(``--cache  --no-cache``, ``[default: on]``); a lone flag (``--quiet``, ``--resume``) shows none:
+it is off unless given. Required parameters (the arguments, batch's ``--output``) say
+``[required]`` after their help.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ PAGES = [[], *([name] for name in COMMANDS)]
 
 #: What Typer 0.29, Click and Pydantic print by default and a help page must not.
 LEFTOVERS = ("<bool>", "<list", "<str>", "<int>", "<float>", "<path>", "<file>", "<dir>", "range>", "x>=", "x<=",
-             "[required]", "Value error", "Input should", "(dynamic)")  # fmt: skip
+             "Value error", "Input should", "(dynamic)", "[default: (")  # fmt: skip
 #: A type label in angle brackets, such as ``<table|csv|json|jsonl>`` (``<query path>`` is prose).
 TYPE_LABEL = re.compile(r"<[\w|\[\],.+-]+>")
 
@@ -61,10 +63,13 @@ def options(name: str | None) -> list[typer.core.TyperOption]:
 
 
 def row_label(option: typer.core.TyperOption) -> str:
-    """How an option's row starts: its long names, ``--[no-]name`` for an on/off pair."""
-    if option.secondary_opts:
-        return f"--[no-]{option.opts[0][2:]}"
-    return ", ".join(o for o in option.opts if o.startswith("--"))
+    """How an option's row starts: its long names (``--neighbours,--k``)."""
+    return ",".join(o for o in option.opts if o.startswith("--"))
+
+
+def arguments(name: str | None) -> list[typer.core.TyperArgument]:
+    cmd = ROOT if name is None else command(name)
+    return [p for p in cmd.params if isinstance(p, typer.core.TyperArgument)]
 
 
 def test_every_command_is_checked() -> None:
@@ -75,16 +80,16 @@ def test_every_command_is_checked() -> None:
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: " ".join(p) or "emdcli")
 def test_help_has_no_library_leftovers(monkeypatch: pytest.MonkeyPatch, page: list[str], width: int) -> None:
     text = render_help(monkeypatch, page, width)
-    # a required option says so after its help, once (batch's --output); nothing else is marked required
-    required = [o for o in options(page[0] if page else None) if o.required]
+    # each required parameter says so after its help, once (the arguments, batch's --output)
+    name = page[0] if page else None
+    required = [o for o in options(name) if o.required] + [a for a in arguments(name) if a.required]
     assert text.count("[required]") == len(required), (page, [o.opts for o in required])
     for leftover in LEFTOVERS:
-        assert leftover not in text.replace("[required]", "", len(required)), leftover
+        assert leftover not in text, leftover
     assert not TYPE_LABEL.search(text), TYPE_LABEL.search(text)
     usage = next(line.strip() for line in text.splitlines() if line.strip().startswith("Usage:"))
     assert "{" not in usage and "}" not in usage and "...}" not in usage
     assert usage.startswith(f"Usage: {' '.join(['emdcli', *page])} [OPTIONS]")
-    assert not re.search(r"^│ \*", text, re.M), "a required marker column"
     assert max(len(line) for line in text.splitlines()) <= width
 
 
@@ -110,14 +115,16 @@ def test_every_option_shows_its_default_unless_a_lone_flag(monkeypatch: pytest.M
     text = render_help(monkeypatch, [] if name is None else [name], 400)
     for option in options(name):
         label = row_label(option)
-        rows = [line for line in text.splitlines() if re.match(rf"│ {re.escape(label)}\s", line)]
+        rows = [line for line in text.splitlines() if re.match(rf"│ \*?\s*{re.escape(label)}\s", line)]
         assert len(rows) == 1, (name, label, rows)
         row = rows[0]
-        # names, short names, the metavar (none for a flag), then the help text
-        shorts = ", ".join(o for o in option.opts if not o.startswith("--"))
+        # names, short names, the --no- twin, the metavar (none for a flag), then the help text
+        shorts = ",".join(o for o in option.opts if not o.startswith("--"))
         metavar = "" if option.is_flag else (option.metavar or "")
-        cells = [re.escape(cell) for cell in (label, shorts, metavar, (option.help or "").split()[0]) if cell]
-        assert re.match(r"│ " + r"\s+".join(cells), row), (name, label, row)
+        twin = ",".join(option.secondary_opts)
+        cells = [re.escape(cell) for cell in (label, shorts, twin, metavar, (option.help or "").split()[0]) if cell]
+        assert re.match(r"│ \*?\s*" + r"\s+".join(cells), row), (name, label, row)
+        assert row.startswith("│ *") == option.required, (name, label, "Typer's mark of a required option")
         if option.is_flag and not option.secondary_opts:
             assert "[default:" not in row, (name, label)  # a lone flag: off unless given
         elif option.is_flag:

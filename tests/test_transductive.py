@@ -20,7 +20,8 @@ from emdcli.matching.nodes import ClassBank, Nodes
 from emdcli.matching.support import ClassNodes, Matcher
 from emdcli.matching.transductive import Transduction, prediction_spread, refit_scores, soft_assignment
 from emdcli.model.backbone import Backbone
-from emdcli.tasks.classify import Classifier, Prediction, prediction_row
+from emdcli.tasks.classify import Classifier, Prediction
+from emdcli.tasks.prediction import flat_row
 from tests.conftest import make_folder
 
 C, H, W = 24, 3, 3
@@ -201,8 +202,8 @@ def test_no_transductive_gives_the_rows_of_each_query_matched_alone(
     support = clf.fit(read_labelled_folder(support_dir))
     paths = sorted(query_dir.rglob("*.png"))
     maps = Backbone(tiny_model)(np.stack([load_image(p, clf.source.prep) for p in paths]))
-    want = [prediction_row(Prediction(p, "ok", clf.rank(support, m), p.parent.name), support.classes, 2)
-            for p, m in zip(paths, maps, strict=True)]  # fmt: skip
+    preds = [Prediction(p, "ok", clf.rank(support, m), p.parent.name) for p, m in zip(paths, maps, strict=True)]
+    want = [flat_row(pred.to_record(support.classes, 2), support.classes, 2) for pred in preds]
     got = list(csv.DictReader(io.StringIO(res.stdout)))  # type: ignore[attr-defined]
     assert len(got) == len(want) == 6
     for row, expected in zip(got, want, strict=True):

@@ -133,7 +133,7 @@ def run(
     """Classify many images into DEST: in this process, or on a Ray cluster; resumable."""
     from ..io.folders import read_labelled_folder
     from ..io.images import count_by_suffix
-    from ..tasks import batch as lib
+    from ..tasks import batch as batch_tasks
     from .reports import plural, similar_classes_note, support_warnings
 
     chosen = fmt or _format_for(output)
@@ -145,9 +145,9 @@ def run(
         from ..tasks.ray_engine import need_ray
 
         need_ray()  # before any work: exit 2 with what to install
-    out = _Output(output, chosen, session.quiet)  # checks DEST now (exit 2)
+    out = Destination(output, chosen, session.quiet)  # checks DEST now (exit 2)
     folder = read_labelled_folder(support)
-    inputs = lib.list_inputs(source)
+    inputs = batch_tasks.list_inputs(source)
     for line in support_warnings(folder):
         session.say(line)
     if inputs.duplicates:
@@ -158,7 +158,7 @@ def run(
         session.say(f"left out: {plural(n, 'file')} in {source} that {what} ({count_by_suffix(inputs.not_images)})")
     with session.progress() as bars:
         task = bars.add_task("Support", total=folder.image_count)
-        job, support_set = lib.fit_job(
+        job, support_set = batch_tasks.fit_job(
             folder, session.source, session.matcher(), session.backbone.check, top_k=session.settings.top_k,
             device=session.settings.device, on_done=lambda n: bars.advance(task, n),
         )  # fmt: skip
@@ -171,15 +171,15 @@ def run(
         session.tell(f"resuming: {len(done)} of {len(inputs.paths)} paths are already in {output}")
     if not todo:
         session.tell(f"nothing to do: every path of {source} is in {output}")
-    tally = _Tally(resumed=len(done), engine=engine)
+    tally = RunTally(resumed=len(done), engine=engine)
     with out.writing(job, tally) as write, session.progress() as bars:
         task = bars.add_task("Images", total=len(todo))
         tally.engine_started = time.perf_counter()
         if todo and engine == "local":
             tally.workers = span[1] if workers else None
             local_job = job.with_layout(threads=None, lanes=tally.workers)
-            for rows in lib.run_local(local_job, todo, lambda n: bars.advance(task, n), batch_size):
-                _take(rows, tally, write, session)
+            for rows in batch_tasks.run_local(local_job, todo, lambda n: bars.advance(task, n), batch_size):
+                _write_rows(rows, tally, write, session)
         elif todo:
             from ..tasks.ray_engine import ray_cluster, run_ray
 
@@ -187,46 +187,51 @@ def run(
                 tally.workers = cluster.workers[1]
                 for rows in run_ray(job, todo, cluster.workers, batch_size):
                     bars.advance(task, len(rows))
-                    _take(rows, tally, write, session)
+                    _write_rows(rows, tally, write, session)
 
 
-def _take(rows: list[dict[str, Any]], tally: _Tally, write: Any, session: Session) -> None:
+def _write_rows(rows: list[dict[str, Any]], tally: RunTally, write: Any, session: Session) -> None:
+    """Count ``rows`` (the first error rows said on stderr) and write them to DEST."""
     now = time.perf_counter()
     if tally.first_row_at is None:
         tally.first_row_at, tally.first_rows = now, len(rows)
     for row in rows:
-        if row["status"] != "ok":
-            tally.errors += 1
-            if tally.errors <= SHOWN_ERRORS:
-                session.say(f"skipped {row['error']}")
-        elif row["correct"] is not None:
-            tally.labelled += 1
-            tally.correct += bool(row["correct"])
-    tally.rows += len(rows)
+        tally.counts.count(row["status"] == "ok", row["correct"])
+        if row["status"] != "ok" and tally.counts.errors <= SHOWN_ERRORS:
+            session.say(f"skipped {row['error']}")
     tally.last_row_at = now
     write(rows)
 
 
-class _Tally:
-    """Counts over the rows of this run, and when they came (for start-up and throughput)."""
+class RunTally:
+    """The counts over the rows of this run (classify's :class:`~emdcli.tasks.classify.Tally`), and
+    when the rows came (for start-up and throughput)."""
 
     def __init__(self, resumed: int, engine: str) -> None:
+        from ..tasks.classify import Tally
+
         self.resumed, self.engine = resumed, engine
-        self.rows = self.errors = self.labelled = self.correct = self.first_rows = 0
+        self.counts = Tally()
+        self.first_rows = 0
         self.workers: int | None = None  # None: the engine's default
         self.engine_started = time.perf_counter()
         self.first_row_at: float | None = None
         self.last_row_at: float | None = None
 
+    @property
+    def rows(self) -> int:
+        return self.counts.total
+
     def summary(self) -> dict[str, Any]:
         end = time.perf_counter()
         after = self.rows - self.first_rows
         steady = (self.last_row_at or end) - (self.first_row_at or end)
+        c = self.counts
         return {
-            "rows": self.rows, "classified": self.rows - self.errors, "skipped": self.errors,
+            "rows": c.total, "classified": c.ok, "skipped": c.errors,
             "resumed": self.resumed, "engine": self.engine, "workers": self.workers,
-            "labelled": self.labelled, "correct": self.correct,
-            "accuracy": round(self.correct / self.labelled, 6) if self.labelled else None,
+            "labelled": c.labelled, "correct": c.correct,
+            "accuracy": None if c.accuracy is None else round(c.accuracy, 6),
             "startup_seconds": round(self.first_row_at - self.engine_started, 3) if self.first_row_at else None,
             "rows_per_second": round(after / steady, 2) if after and steady >= MIN_STEADY_SECONDS else None,
             "seconds": round(end - self.engine_started, 3),
@@ -279,7 +284,7 @@ def _parse_workers(text: str | None, engine: str) -> tuple[int, int]:
     return span
 
 
-class _Output:
+class Destination:
     """DEST: Parquet parts in a folder, or one CSV/JSONL file through the sink (atomic, .partial)."""
 
     def __init__(self, path: Path, fmt: str, quiet: bool) -> None:
@@ -309,7 +314,7 @@ class _Output:
             self._prior = _earlier_rows(self.path, self.fmt, job)
         return {str(r["path"]) for r in self._prior}
 
-    def writing(self, job: BatchJob, tally: _Tally) -> Any:
+    def writing(self, job: BatchJob, tally: RunTally) -> Any:
         """``with out.writing(job, tally) as write:`` call ``write(rows)`` per finished batch. A CSV or
         JSONL file gets the rows it held first (``--resume``); on failure what was written is kept."""
         import contextlib
@@ -353,17 +358,16 @@ class _Output:
 def _earlier_rows(path: Path, fmt: str, job: BatchJob) -> list[dict[str, Any]]:
     """The rows an earlier run left in ``path`` (or its .partial), checked to be this job's."""
     from ..errors import DatasetError
-    from ..io.files import earlier_output
     from .sink import read_earlier
 
-    earlier = earlier_output(path)
+    earlier = read_earlier(path, fmt, "batch")
     if earlier is None:
         return []
-    records, columns = read_earlier(earlier, fmt, "batch")
+    records, columns = earlier.records, earlier.columns
     found = tuple(columns) if columns is not None else tuple(records[0]) if records else job.columns
     if found != job.columns or any(str(r.get("model_sha256")) != job.model_sha256 for r in records):
         raise DatasetError(
-            f"{earlier} was written by another model or support set (its columns or model_sha256 differ); "
+            f"{earlier.path} was written by another model or support set (its columns or model_sha256 differ); "
             "cannot resume it",
             hint="resume with the same SUPPORT and --model, or write to a new file",
         )

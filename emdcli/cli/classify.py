@@ -82,16 +82,9 @@ def run(
     """Classify query images by their Earth Mover's Distance to each class of SUPPORT."""
     from ..errors import DatasetError, EmdcliError, UsageError
     from ..io.folders import read_labelled_folder
-    from ..io.records import rounded
     from ..tasks.classify import Classifier, SupportOverlap, Tally
-    from .reports import (
-        classify_layout,
-        prediction_record,
-        query_warnings,
-        similar_classes_note,
-        support_warnings,
-        transductive_notes,
-    )
+    from ..tasks.prediction import run_header
+    from .reports import classify_layout, query_warnings, similar_classes_note, support_warnings, transductive_notes
 
     settings, output = session.settings, session.output
     sink = session.sink()
@@ -125,14 +118,7 @@ def run(
     if resume and output is not None:
         prior, paths = _resume(output, sink.fmt, classes, paths, from_stdin, session)
     top = min(settings.top_k, len(classes))
-    transductive_weight = clf.matcher.transductive_weight_for(support_set.nodes) if clf.matcher.transductive else None
-    header = {
-        "model": clf.model_name, "model_sha256": session.backbone.check.actual,
-        "metric": settings.metric, "kshot": support_set.kshot, "global_weight": clf.global_weight_for(support_set),
-        "support_similarity": rounded(support_set.nodes.similarity, 4), "shortlist": settings.shortlist,
-        "transductive": clf.matcher.transductive, "transductive_global_weight": transductive_weight,
-        "classes": list(classes), "shots": dict(zip(classes, support_set.shots, strict=True)),
-    }  # fmt: skip
+    header = run_header(clf.model_name, session.backbone.check.actual, clf.matcher, support_set.nodes)
     tally = Tally(overlap=SupportOverlap(folder))
     query_started = time.perf_counter()
 
@@ -149,7 +135,7 @@ def run(
             tally.add(pred)
             if not pred.ok and not earlier:  # an earlier run's skips were reported by that run
                 session.say(f"skipped {pred.error}")
-            record = prediction_record(pred, classes, top)
+            record = pred.to_record(classes, top)
             if explain_dir is not None:
                 record["picture"] = pictures.pop(pred.path, None)
             emit(record)
@@ -169,28 +155,24 @@ def _resume(output: Path, fmt: str, classes: tuple[str, ...], paths: Any, from_s
     """The predictions an earlier run of this command left in ``output`` (or its .partial), and the
     query paths still to do."""
     from ..errors import DatasetError
-    from ..io.files import display_path, earlier_output
-    from .reports import prediction_from_record
+    from ..io.files import display_path
+    from ..tasks.prediction import Prediction, record_scores
     from .sink import read_earlier
 
-    earlier = earlier_output(output)
+    earlier = read_earlier(output, fmt, "classify")
     if earlier is None:
         return [], paths
-    records, columns = read_earlier(earlier, fmt, "classify")
-    if columns is not None:  # CSV: rebuild the scores from the score:CLASS columns
-        found = [c[len("score:") :] for c in columns if c.startswith("score:")]
-        records = [{**r, "scores": {c: r.get(f"score:{c}") for c in found}} for r in records]
-    else:
-        found = list(records[0]["scores"]) if records and isinstance(records[0].get("scores"), dict) else list(classes)
-    if records and sorted(found) != sorted(classes):
+    records = earlier.records
+    found = list(record_scores(records[0])) if records else list(classes)
+    if sorted(found) != sorted(classes):
         raise DatasetError(
-            f"{earlier} was written for classes {', '.join(found)}, not {', '.join(classes)}; cannot resume",
+            f"{earlier.path} was written for classes {', '.join(found)}, not {', '.join(classes)}; cannot resume",
             hint="remove it, or resume with the support folder it was made with",
         )
-    prior = [prediction_from_record(r) for r in records]
+    prior = [Prediction.from_record(r) for r in records]
     done = {display_path(p.path) for p in prior}
     rest = (p for p in paths if display_path(p) not in done)
-    session.say(f"resuming: {len(prior)} {'row' if len(prior) == 1 else 'rows'} from {display_path(earlier)}")
+    session.say(f"resuming: {len(prior)} {'row' if len(prior) == 1 else 'rows'} from {display_path(earlier.path)}")
     return prior, rest if from_stdin else list(rest)
 
 

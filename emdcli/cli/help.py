@@ -1,34 +1,25 @@
-"""How emdcli's ``--help`` pages and command-line errors look.
+"""What emdcli's ``--help`` pages show and how its usage errors read.
 
-Typer 0.29 renders help from each parameter's Python type and Click's conventions, and
-shows Pydantic's wording when a value is refused. Left as they are, a new user reads
-``<bool>`` beside every flag, ``<list[str]>`` or ``<int range> [x>=1]`` in the type column,
-``{SUPPORT} {QUERIES}...`` in the usage line, ``*`` and ``[required]`` beside arguments, and
-``Value error, 'xml' is not one of 'table', ...``. The command classes here, passed to Typer
-as ``cls=`` (see app.py), render the same panels by these rules instead:
+Typer draws the help pages (``typer.rich_utils``). What it would draw from each parameter's
+Python type (``<bool>``, ``<list[str]>``, ``[x>=1]``, ``{SUPPORT}``, ``(dynamic)``) is replaced,
+through the parameter hooks Typer's renderer calls, by:
 
-- The usage line names required arguments bare, optional ones in ``[brackets]``, and
-  repeatable ones with ``...``: ``emdcli classify [OPTIONS] SUPPORT QUERIES...``.
-- Beside each option that takes a value: its metavar (``N``, ``FILE``, ``FORMAT`` ...); the
-  choices are in the help text. A flag has none.
-- **Defaults:** every option that takes a value shows ``[default: ...]`` after its help, in
-  words where it is decided at run time (``typer.Option(show_default="...")``); an on/off
-  pair (``--[no-]cache``) shows ``[default: on]`` or ``[default: off]``; a lone flag
-  (``--quiet``) shows none: it is off unless given.
-- Range limits read as words in the same brackets: ``[default: 2; at least 1]``.
-- A usage error prints ``Error: Invalid value for '--format': 'xml' is not one of table,
-  csv, json, jsonl.``, the usage line and ``Hint: see 'emdcli classify --help'`` on stderr,
-  as every other emdcli error does, and exits 2.
+- a metavar beside each option that takes a value (``N``, ``FILE``, ``FORMAT``); none for a flag;
+- a usage line that names required arguments bare: ``emdcli classify [OPTIONS] SUPPORT QUERIES...``;
+- ``[default: ...]`` after every option that takes a value, in words where it is decided at
+  run time (``typer.Option(show_default="...")``), ``on``/``off`` for a ``--x/--no-x`` pair and
+  none for a lone flag; range limits in words in the same brackets: ``[default: 2; at least 1]``.
 
-Only light modules are imported here; Rich's layout classes are imported when help is shown.
+A usage error prints ``Error: Invalid value for '--format': 'xml' is not one of table, csv,
+json, jsonl.``, the usage line and ``Hint: see 'emdcli classify --help'`` on stderr, as every
+other emdcli error does, and exits 2. The hooks are Typer's own methods, so typer is pinned to
+the tested minor version in pyproject.toml.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -38,99 +29,70 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from ..errors import EXIT_USAGE
 
 if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
     from typer._click import Command as ClickCommand
-    from typer._click import Context, HelpFormatter, Parameter
-
-STYLE_OPTION = "bold cyan"
-STYLE_SWITCH = "bold green"
-STYLE_METAVAR = "bold yellow"
-STYLE_USAGE = "yellow"
-STYLE_NOTE = "dim"  # [default: ...] and the description's later paragraphs
-STYLE_BORDER = "dim"
-
-#: ``--name`` and ``-x`` in help texts, highlighted as option names.
-_OPTION_NAME = re.compile(r"(?<![\w-])(--?[A-Za-z0-9][\w-]*)")
-
-
-# what each parameter shows --------------------------------------------------------------
+    from typer._click import Context, Parameter
 
 
 def _number(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def range_words(param: Parameter) -> str | None:
-    """``at least 1``, ``at most 0.99`` or ``0 to 0.99`` for a number option with limits."""
-    if not isinstance(param, (TyperOption, TyperArgument)):
-        return None
-    low, high = param.min, param.max
+def range_words(low: float | None, high: float | None) -> str | None:
+    """``at least 1``, ``at most 0.99`` or ``0 to 0.99``; None without limits."""
     if low is not None and high is not None:
         return f"{_number(low)} to {_number(high)}"
     if low is not None:
         return f"at least {_number(low)}"
-    if high is not None:
-        return f"at most {_number(high)}"
-    return None
+    return None if high is None else f"at most {_number(high)}"
 
 
-def is_plain_flag(param: Parameter) -> bool:
-    """A flag without an ``--no-`` twin (``--quiet``, ``--help``): off unless given, no default shown."""
-    return isinstance(param, TyperOption) and param.is_flag and not param.secondary_opts
-
-
-def default_text(param: Parameter, ctx: Context) -> str | None:
-    """What ``[default: ...]`` says for ``param``, or None to show no default."""
-    if is_plain_flag(param) or not isinstance(param, (TyperOption, TyperArgument)):
-        return None
+def _default_words(param: TyperOption | TyperArgument, value: Any) -> str:
+    """What ``[default: ...]`` says: the declared words, ``on``/``off``, or the value."""
     if isinstance(param.show_default, str):
         return param.show_default
-    if param.show_default is False or param.required:
-        return None
-    value = param.get_default(ctx, call=False)
-    if value is None or callable(value):
-        return None
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, Enum):
-        value = value.value
+        return str(value.value)
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value)
-    return str(value)
+    return "" if value is None or callable(value) else str(value)
 
 
-def metavar(param: Parameter) -> str:
-    """The value's placeholder: the declared metavar, else the name in capitals; none for a flag."""
-    if isinstance(param, TyperOption) and param.is_flag:
-        return ""
-    name = param.metavar or (param.name or "").upper()
-    if isinstance(param, TyperArgument) and param.nargs != 1 and not name.endswith("..."):
-        name += "..."
-    return name
+class ShownOption(TyperOption):
+    """An option as emdcli's help shows it (see the module docstring)."""
+
+    def display_type_rich(self, ctx: Context) -> str | None:
+        return None if self.is_flag else self.metavar or (self.name or "").upper()
+
+    def _get_number_range_help_str(self) -> str | None:
+        return None  # said with the default
+
+    def _get_default_string(self, *, ctx: Context, show_default_is_str: bool, default_value: Any) -> str:
+        if self.is_flag and not self.secondary_opts:
+            return ""  # a lone flag is off unless given
+        words = _default_words(self, default_value)
+        limits = range_words(self.min, self.max)
+        return "; ".join(w for w in (words, limits) if w)
 
 
-def option_names(param: Parameter) -> tuple[str, str]:
-    """The long names (``--top-k``; ``--[no-]cache`` for an on/off pair) and the short ones (``-k``)."""
-    longs = [o for o in param.opts if o.startswith("--")]
-    shorts = [o for o in param.opts if not o.startswith("--")]
-    if param.secondary_opts and len(longs) == 1 and param.secondary_opts == [f"--no-{longs[0][2:]}"]:
-        longs = [f"--[no-]{longs[0][2:]}"]
-    else:
-        longs += [o for o in param.secondary_opts if o.startswith("--")]
-        shorts += [o for o in param.secondary_opts if not o.startswith("--")]
-    return ", ".join(longs), ", ".join(shorts)
+class ShownArgument(TyperArgument):
+    """An argument as emdcli's help shows it: its name, no type; bare in the usage line when required."""
+
+    def display_type_rich(self, ctx: Context) -> str | None:
+        return None
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 else "")
 
 
-def usage_pieces(command: ClickCommand, ctx: Context) -> list[str]:
-    """``[OPTIONS] SUPPORT QUERIES...``: required arguments bare, optional ones in brackets."""
-    pieces = [command.options_metavar] if command.options_metavar else []
-    for param in command.get_params(ctx):
-        if param.param_type_name == "argument":
-            name = metavar(param)
-            pieces.append(name if param.required else f"[{name}]")
-    return pieces
+def _shown(params: list[Parameter]) -> list[Parameter]:
+    """``params`` with Typer's parameter classes swapped for the ones above (same state, other hooks)."""
+    swap: dict[type, type] = {TyperOption: ShownOption, TyperArgument: ShownArgument}
+    for param in params:
+        param.__class__ = swap.get(type(param), type(param))
+    return params
 
 
 def usage_line(ctx: Context) -> str:
@@ -138,153 +100,7 @@ def usage_line(ctx: Context) -> str:
     return f"Usage: {ctx.command_path} {' '.join(ctx.command.collect_usage_pieces(ctx))}".rstrip()
 
 
-# rendering --------------------------------------------------------------------------------
-
-
-def _console() -> Console:
-    """Typer's help console: its width, colour and terminal settings (typer.rich_utils)."""
-    import typer.rich_utils
-
-    make = getattr(typer.rich_utils, "_get_rich_console", None)
-    if callable(make):
-        console: Console = make()
-        return console
-    from rich.console import Console
-
-    return Console(width=typer.rich_utils.MAX_WIDTH, color_system=typer.rich_utils.COLOR_SYSTEM)
-
-
-def _highlight(text: Text) -> Text:
-    for found in _OPTION_NAME.finditer(text.plain):
-        name = found.group(1)
-        text.stylize(STYLE_OPTION if name.startswith("--") else STYLE_SWITCH, found.start(1), found.end(1))
-    return text
-
-
-def _prose(text: str, style: str = "") -> Text:
-    """Rich markup, paragraphs kept (blank lines), single line breaks joined; ``\\b`` keeps a block as is."""
-    from rich.text import Text
-
-    paragraphs = [p if p.startswith("\b") else p.replace("\n", " ") for p in inspect.cleandoc(text).split("\n\n")]
-    return _highlight(Text.from_markup("\n\n".join(p.strip("\b\n") for p in paragraphs), style=style))
-
-
-def parameter_help(param: Parameter, ctx: Context) -> Text:
-    """The help text, then ``[default: ...; at least 1]`` (or ``[required]`` for a required option)."""
-    from rich.text import Text
-
-    text = _prose(param.help) if isinstance(param, (TyperOption, TyperArgument)) and param.help else Text()
-    notes = []
-    default = default_text(param, ctx)
-    if default is not None:
-        notes.append(f"default: {default}")
-    limits = range_words(param)
-    if limits:
-        notes.append(limits)
-    if param.required and param.param_type_name == "option":
-        notes.append("required")
-    if notes:
-        text.append(" " if text.plain else "")
-        text.append(f"[{'; '.join(notes)}]", style=STYLE_NOTE)
-    return text
-
-
-def _table() -> Table:
-    from rich.table import Table
-
-    return Table(show_header=False, box=None, expand=True, padding=(0, 1), pad_edge=False, highlight=False)
-
-
-def _panel(title: str, table: Table) -> Any:
-    from rich.panel import Panel
-
-    return Panel(table, title=title, title_align="left", border_style=STYLE_BORDER)
-
-
-def _parameter_panels(params: Sequence[Parameter], ctx: Context) -> Iterator[Any]:
-    """The Arguments panel(s), then the Options panel(s), by ``rich_help_panel``; help columns aligned."""
-    from rich.text import Text
-
-    shown = [p for p in params if not getattr(p, "hidden", False)]
-    options = [p for p in shown if p.param_type_name == "option"]
-    arguments = [p for p in shown if p.param_type_name == "argument"]
-    # an option's row: long names, short names, metavar, help; a column no option uses is left out
-    cells = {p: (*option_names(p), metavar(p)) for p in options}
-    widths = [max((len(c[i]) for c in cells.values()), default=0) for i in range(3)]
-    used = [i for i in range(3) if widths[i]]
-    # an argument's name spans the options' name columns (and the two spaces between each two)
-    left_width = max(sum(widths) + 2 * (len(used) - 1), *(len(metavar(p)) for p in arguments), 0)
-    styles = (STYLE_OPTION, STYLE_SWITCH, STYLE_METAVAR)
-
-    for kind in ("Arguments", "Options"):
-        panels: dict[str, list[Parameter]] = {}
-        for param in arguments if kind == "Arguments" else options:
-            panels.setdefault(getattr(param, "rich_help_panel", None) or kind, []).append(param)
-        for title, members in panels.items():
-            table = _table()
-            if kind == "Arguments":
-                table.add_column(no_wrap=True, width=left_width)
-                table.add_column(ratio=1)
-                for param in members:
-                    table.add_row(Text(metavar(param), style=STYLE_METAVAR), parameter_help(param, ctx))
-            else:
-                for i in used:
-                    table.add_column(no_wrap=True, width=widths[i])
-                table.add_column(ratio=1)
-                for param in members:
-                    table.add_row(*(Text(cells[param][i], style=styles[i]) for i in used), parameter_help(param, ctx))
-            yield _panel(title, table)
-
-
-def _commands_panel(group: TyperGroup, ctx: Context) -> Any | None:
-    from rich.text import Text
-
-    commands = [c for c in (group.get_command(ctx, n) for n in group.list_commands(ctx)) if c and not c.hidden]
-    if not commands:
-        return None
-    table = _table()
-    table.add_column(no_wrap=True, style=STYLE_OPTION)
-    table.add_column(ratio=1)
-    for command in commands:
-        first = inspect.cleandoc(command.short_help or command.help or "").split("\n\n")[0]
-        table.add_row(Text(command.name or ""), _prose(first))
-    return _panel("Commands", table)
-
-
-def render_help(command: ClickCommand, ctx: Context) -> None:
-    """Print ``command``'s help page to stdout by the rules in this module's docstring."""
-    from rich.padding import Padding
-    from rich.text import Text
-
-    console = _console()
-    usage = Text("Usage: ", style=STYLE_USAGE)
-    usage.append(usage_line(ctx).removeprefix("Usage: "), style="bold")
-    console.print(Padding(usage, 1))
-    if command.help:
-        first, _, rest = inspect.cleandoc(command.help).partition("\n\n")
-        text = _prose(first)
-        if rest.strip():
-            text.append("\n\n")
-            text.append_text(_prose(rest, style=STYLE_NOTE))
-        console.print(Padding(text, (0, 1, 1, 1)))
-    for panel in _parameter_panels(command.get_params(ctx), ctx):
-        console.print(panel)
-    if isinstance(command, TyperGroup):
-        commands = _commands_panel(command, ctx)
-        if commands is not None:
-            console.print(commands)
-    if command.epilog:
-        console.print(Padding(_prose(command.epilog), 1))
-
-
 # usage errors -----------------------------------------------------------------------------
-
-
-def _choices(param: Parameter, ctx: Context | None) -> list[str]:
-    """The values a choice option accepts (as its shell completion offers them)."""
-    if ctx is None:
-        return []
-    return [str(item.value) for item in param.shell_complete(ctx, "")]
 
 
 def plain_reason(error: Mapping[str, Any], param: Parameter | None, ctx: Context | None) -> str:
@@ -299,8 +115,8 @@ def plain_reason(error: Mapping[str, Any], param: Parameter | None, ctx: Context
     if kind in ("float_parsing", "float_type"):
         return f"{given!r} is not a number."
     message = str(error.get("msg", "")).removeprefix("Value error, ")
-    if kind == "value_error" and " is not one of " in message and param is not None:
-        choices = _choices(param, ctx)
+    if kind == "value_error" and " is not one of " in message and param is not None and ctx is not None:
+        choices = [str(item.value) for item in param.shell_complete(ctx, "")]
         if choices:
             return f"{given!r} is not one of {', '.join(choices)}."
     return message if message.endswith(".") else f"{message}."
@@ -355,11 +171,8 @@ def usage_errors(ctx: Context) -> Iterator[None]:
 class EmdcliCommand(TyperCommand):
     """A command whose help and usage errors follow the rules in this module's docstring."""
 
-    def collect_usage_pieces(self, ctx: Context) -> list[str]:
-        return usage_pieces(self, ctx)
-
-    def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
-        render_help(self, ctx)
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        return _shown(super().get_params(ctx))
 
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         with usage_errors(ctx):
@@ -369,11 +182,8 @@ class EmdcliCommand(TyperCommand):
 class EmdcliGroup(TyperGroup):
     """The ``emdcli`` group: the same help and errors as :class:`EmdcliCommand`."""
 
-    def collect_usage_pieces(self, ctx: Context) -> list[str]:
-        return [*usage_pieces(self, ctx), self.subcommand_metavar]
-
-    def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
-        render_help(self, ctx)
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        return _shown(super().get_params(ctx))
 
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         with usage_errors(ctx):

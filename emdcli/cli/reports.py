@@ -13,57 +13,18 @@ from rich.text import Text
 
 from ..io.files import display_path
 from ..io.images import count_by_suffix
-from ..io.records import rounded
-from ..tasks.classify import prediction_columns
+from ..tasks.prediction import flat_row, prediction_columns
 from .sink import Layout, Record
 from .tables import NUMBER, PATH, Col, FitTable, Prose, common_folder, simple_table
 
 if TYPE_CHECKING:
     from ..io.folders import LabelledFolder
     from ..matching.support import ClassNodes, Matcher
-    from ..tasks.classify import Prediction, SetReport, Tally
+    from ..tasks.classify import SetReport, Tally
     from ..tasks.evaluate import Evaluation
     from ..tasks.train import TrainResult
 
 # classify -----------------------------------------------------------------------------------
-
-
-def prediction_record(pred: Prediction, classes: Sequence[str], top_k: int) -> Record:
-    """The JSON object of one prediction (CSV flattens ``top`` and ``scores`` into columns)."""
-    ru = pred.runner_up
-    scores = pred.scores()
-    return {
-        "path": display_path(pred.path),
-        "status": pred.status,
-        "predicted": pred.predicted,
-        "score": rounded(pred.score),
-        "confidence": rounded(pred.confidence),
-        "runner_up": ru.label if ru else None,
-        "runner_up_score": rounded(ru.score) if ru else None,
-        "true_label": pred.true_label,
-        "correct": pred.correct,
-        "top": [
-            {"class": r.label, "score": rounded(r.score), "confidence": rounded(r.confidence)}
-            for r in pred.ranking[:top_k]
-        ],
-        "scores": {c: rounded(scores.get(c)) for c in classes},  # None: not on the shortlist
-        "error": pred.error,
-    }
-
-
-def prediction_from_record(rec: Record) -> Prediction:
-    """A Prediction rebuilt from a record of an earlier output (for ``--resume``)."""
-    import numpy as np
-
-    from ..tasks.classify import Prediction, Ranked, ranking_from_scores
-
-    scores = {str(c): float(v) for c, v in (rec.get("scores") or {}).items() if v not in (None, "")}
-    ranking: tuple[Ranked, ...] = ()
-    if rec.get("status") == "ok" and scores:
-        ranking = ranking_from_scores(list(scores), np.array(list(scores.values())))
-    status = "ok" if ranking else "error"
-    error = rec.get("error") or (None if ranking else "no scores in the earlier output")
-    return Prediction(Path(str(rec["path"])), status, ranking, rec.get("true_label") or None, error)
 
 
 def plural(n: int, word: str) -> str:
@@ -166,15 +127,12 @@ def classify_summary_line(summary: dict[str, Any]) -> str:
 def classify_layout(classes: Sequence[str], top_k: int, *, pictures: bool = False) -> Layout:
     """Columns: path, status, prediction, runner-up, truth, top_1..top_K, score:CLASS..., picture
     (with ``--explain-dir``), error."""
-    head = ["path", "status", "predicted", "score", "confidence", "runner_up", "runner_up_score", "true_label"]
     tail = ("picture", "error") if pictures else ("error",)
     columns = (*prediction_columns(classes, top_k)[:-1], *tail)
 
     def flatten(rec: Record) -> list[Any]:
-        tops = [t["class"] for t in rec["top"]]
-        row = [rec[k] for k in head] + [rec["correct"]]
-        row += [tops[i] if i < len(tops) else None for i in range(top_k)]
-        return row + [rec["scores"].get(c) for c in classes] + [rec.get(k) for k in tail]
+        row = flat_row(rec, classes, top_k)
+        return [row.get(c) for c in columns]
 
     def table(records: list[Record]) -> RenderableType:
         base = common_folder([r["path"] for r in records])

@@ -27,7 +27,7 @@ from rich.console import Console, RenderableType
 
 from .. import __version__
 from ..errors import DatasetError, UsageError
-from ..io.files import AtomicFile, display_path, partial_path, require_output_folder
+from ..io.files import AtomicFile, display_path, earlier_output, partial_path, require_output_folder
 from .stderr import note
 
 #: The widest a table written to a file gets. A file has no screen: its table is as wide as its
@@ -218,9 +218,22 @@ class Sink:
             note(f"{rows} kept in {display_path(kept)}{then}")
 
 
-def read_earlier(path: Path, fmt: str, command: str) -> tuple[list[Record], list[str] | None]:
-    """The records of an earlier (possibly unfinished) output of ``command`` in ``fmt``, and the
-    CSV header (None for JSON formats). DatasetError when it cannot be read as such."""
+@dataclass(frozen=True)
+class Earlier:
+    """What an earlier run left for ``--resume``: the file read (``FILE.partial`` or ``FILE``),
+    its records, and its CSV header (None for JSON formats)."""
+
+    path: Path
+    records: list[Record]
+    columns: list[str] | None
+
+
+def read_earlier(output: Path, fmt: str, command: str) -> Earlier | None:
+    """The rows an earlier (possibly unfinished) run of ``command`` left for ``output`` in ``fmt``
+    (its ``.partial`` first), or None when there is none. DatasetError when it cannot be read as such."""
+    path = earlier_output(output)
+    if path is None:
+        return None
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -232,7 +245,7 @@ def read_earlier(path: Path, fmt: str, command: str) -> tuple[list[Record], list
     try:
         if fmt == "csv":
             reader = csv.DictReader(io.StringIO(text))
-            return list(reader), list(reader.fieldnames or [])
+            return Earlier(path, list(reader), list(reader.fieldnames or []))
         if fmt == "jsonl":
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:  # a .partial document is complete too: the sink closes it before keeping it
@@ -242,6 +255,6 @@ def read_earlier(path: Path, fmt: str, command: str) -> tuple[list[Record], list
             records = doc["rows"]
         if not all(isinstance(r, dict) and "path" in r for r in records):
             raise bad
-        return records, None
+        return Earlier(path, records, None)
     except (ValueError, KeyError, TypeError, AttributeError):
         raise bad from None

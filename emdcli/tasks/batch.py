@@ -8,7 +8,7 @@ The job carries the fitted class node sets (not the support images), the matchin
 emdcli version and the model's sha256, and a custom model's files, so that a worker on another
 machine needs nothing but emdcli installed. :func:`run_local` runs the same :class:`BatchScorer`
 in this process; :mod:`emdcli.tasks.ray_engine` runs it on a Ray actor pool. Rows have the columns
-of classify's CSV (:func:`~emdcli.tasks.classify.prediction_columns`) plus ``model_sha256``.
+of classify's CSV (:func:`~emdcli.tasks.prediction.prediction_columns`) plus ``model_sha256``.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from ..features.source import FeatureSource, Progress
 from ..io.files import display_path
 from ..io.folders import LabelledFolder
 from ..io.images import IMAGE_NAMES_HINT, RemoteImage, is_uri
-from ..io.records import rounded
 from ..matching.support import ClassNodes, Matcher
 from ..model.manifest import ModelCheck, bundled_model_dir, resolve_model_path
-from .classify import Classifier, Prediction, SupportSet, batches, prediction_columns, prediction_row
+from .classify import Classifier, SupportSet, batches
+from .prediction import Prediction, flat_row, prediction_columns, run_header
 
 T = TypeVar("T")
 
@@ -74,16 +74,7 @@ class BatchJob:
 
     def header(self) -> dict[str, Any]:
         """The job's settings as written beside its output (and checked on ``--resume``)."""
-        names = self.classes.classes
-        return {
-            "model": self.model_name, "model_sha256": self.model_sha256, "metric": self.matcher.metric,
-            "kshot": self.classes.kshot, "global_weight": self.global_weight,
-            "support_similarity": rounded(self.classes.similarity, 4), "shortlist": self.matcher.shortlist,
-            "transductive": self.matcher.transductive,
-            "transductive_global_weight": self.matcher.transductive_weight_for(self.classes)
-            if self.matcher.transductive else None,
-            "top_k": self.top_k, "classes": list(names), "shots": dict(zip(names, self.classes.shots, strict=True)),
-        }  # fmt: skip
+        return run_header(self.model_name, self.model_sha256, self.matcher, self.classes, top_k=self.top_k)
 
     def with_layout(self, threads: int | None, lanes: int | None) -> BatchJob:
         from dataclasses import replace
@@ -163,7 +154,8 @@ class BatchScorer:
 
         names = self.job.classes.classes
         for i, pred in enumerate(self._classifier.predict(self._support, local(paths), on_done)):
-            row = prediction_row(_labelled(pred, texts[i], names), names, self.job.top_k, path=texts[i])
+            record = _labelled(pred, texts[i], names).to_record(names, self.job.top_k, path=texts[i])
+            row = flat_row(record, names, self.job.top_k)
             row["model_sha256"] = self.job.model_sha256
             yield row
 

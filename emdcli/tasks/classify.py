@@ -14,22 +14,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from .. import defaults
 from ..errors import DatasetError
 from ..features.source import FeatureSource, Progress, Skipped
-from ..io.files import display_path, sha256_file
+from ..io.files import sha256_file
 from ..io.folders import LabelledFolder
-from ..io.records import rounded
-from ..matching.nodes import ClassBank, Nodes, softmax_confidence
+from ..matching.nodes import ClassBank, Nodes
 from ..matching.support import ClassNodes, Matcher
 from ..matching.transductive import TransductiveScores
+from .prediction import Prediction, Ranked, ranking_from_scores
+
+__all__ = ["Classifier", "Prediction", "Ranked", "SetReport", "SupportOverlap", "SupportSet", "Tally", "batches"]
 
 T = TypeVar("T")
 
@@ -60,94 +62,6 @@ class SupportSet:
     @property
     def kshot(self) -> str:
         return self.nodes.kshot
-
-
-@dataclass(frozen=True)
-class Ranked:
-    """One class in a query's ranking: score in [-1, 1] and softmax confidence in [0, 1]."""
-
-    label: str
-    score: float
-    confidence: float
-
-
-def ranking_from_scores(labels: list[str], scores: np.ndarray) -> tuple[Ranked, ...]:
-    """``labels`` with their (len(labels),) scores, best first, with softmax confidences."""
-    conf = softmax_confidence(scores)
-    order = np.argsort(-scores, kind="stable")
-    return tuple(Ranked(labels[i], float(scores[i]), float(conf[i])) for i in order)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The outcome for one query image.
-
-    status: ``"ok"``, or ``"error"`` with ``error`` saying why (then ``ranking`` is empty).
-    ranking: every class, best first. true_label: the name of the query's parent
-    folder when that is a class of the support set, else None.
-    """
-
-    path: Path
-    status: str
-    ranking: tuple[Ranked, ...] = ()
-    true_label: str | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def predicted(self) -> str | None:
-        return self.ranking[0].label if self.ranking else None
-
-    @property
-    def score(self) -> float | None:
-        return self.ranking[0].score if self.ranking else None
-
-    @property
-    def confidence(self) -> float | None:
-        return self.ranking[0].confidence if self.ranking else None
-
-    @property
-    def runner_up(self) -> Ranked | None:
-        return self.ranking[1] if len(self.ranking) > 1 else None
-
-    @property
-    def correct(self) -> bool | None:
-        if not self.ok or self.true_label is None:
-            return None
-        return self.predicted == self.true_label
-
-    def scores(self) -> dict[str, float]:
-        return {r.label: r.score for r in self.ranking}
-
-
-def prediction_columns(classes: Sequence[str], top_k: int) -> tuple[str, ...]:
-    """The flat columns of a prediction (classify's CSV, batch's every format): path, status,
-    prediction, runner-up, truth, top_1..top_K, score:CLASS for each class, error."""
-    return (
-        "path", "status", "predicted", "score", "confidence", "runner_up", "runner_up_score", "true_label", "correct",
-        *(f"top_{i}" for i in range(1, top_k + 1)), *(f"score:{c}" for c in classes), "error",
-    )  # fmt: skip
-
-
-def prediction_row(pred: Prediction, classes: Sequence[str], top_k: int, path: str | None = None) -> dict[str, Any]:
-    """``pred`` as one flat row keyed by :func:`prediction_columns` (scores rounded to SCORE_DIGITS;
-    None where there is no value). path: the text of the path column (default: ``pred.path``)."""
-    ru = pred.runner_up
-    scores = pred.scores()
-    tops = [r.label for r in pred.ranking[:top_k]]
-    row: dict[str, Any] = {
-        "path": display_path(pred.path) if path is None else path, "status": pred.status,
-        "predicted": pred.predicted, "score": rounded(pred.score), "confidence": rounded(pred.confidence),
-        "runner_up": ru.label if ru else None, "runner_up_score": rounded(ru.score) if ru else None,
-        "true_label": pred.true_label, "correct": pred.correct,
-    }  # fmt: skip
-    row.update({f"top_{i + 1}": tops[i] if i < len(tops) else None for i in range(top_k)})
-    row.update({f"score:{c}": rounded(scores.get(c)) for c in classes})
-    row["error"] = pred.error
-    return row
 
 
 class SupportOverlap:
@@ -201,17 +115,21 @@ class Tally:
     overlap: SupportOverlap | None = field(default=None, repr=False)
 
     def add(self, pred: Prediction) -> None:
-        self.total += 1
         if self.overlap is not None:
             self.support_images += self.overlap.is_support_image(pred.path)
             self.in_support_folders += self.overlap.in_class_folder(pred.path)
-        if not pred.ok:
+        self.count(pred.ok, pred.correct)
+
+    def count(self, ok: bool, correct: bool | None) -> None:
+        """Count one query: whether it was classified, and whether rightly (None: no label)."""
+        self.total += 1
+        if not ok:
             self.errors += 1
             return
         self.ok += 1
-        if pred.correct is not None:
+        if correct is not None:
             self.labelled += 1
-            self.correct += int(pred.correct)
+            self.correct += int(correct)
 
     @property
     def accuracy(self) -> float | None:

@@ -1,0 +1,159 @@
+"""A query's prediction and the one place it becomes a record, a flat row, or is read back.
+
+Every command that writes predictions (``classify`` in any format, ``batch`` on any engine, the
+Parquet writer) goes through :meth:`Prediction.to_record` and :func:`flat_row`; ``--resume`` reads
+earlier rows back with :meth:`Prediction.from_record`. :func:`run_header` is the settings block
+written beside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..io.files import display_path
+from ..io.records import rounded
+from ..matching.nodes import softmax_confidence
+
+if TYPE_CHECKING:
+    from ..matching.support import ClassNodes, Matcher
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One class in a query's ranking: score in [-1, 1] and softmax confidence in [0, 1]."""
+
+    label: str
+    score: float
+    confidence: float
+
+
+def ranking_from_scores(labels: list[str], scores: np.ndarray) -> tuple[Ranked, ...]:
+    """``labels`` with their (len(labels),) scores, best first, with softmax confidences."""
+    conf = softmax_confidence(scores)
+    order = np.argsort(-scores, kind="stable")
+    return tuple(Ranked(labels[i], float(scores[i]), float(conf[i])) for i in order)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The outcome for one query image.
+
+    status: ``"ok"``, or ``"error"`` with ``error`` saying why (then ``ranking`` is empty).
+    ranking: every class, best first. true_label: the name of the query's parent
+    folder when that is a class of the support set, else None.
+    """
+
+    path: Path
+    status: str
+    ranking: tuple[Ranked, ...] = ()
+    true_label: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def predicted(self) -> str | None:
+        return self.ranking[0].label if self.ranking else None
+
+    @property
+    def score(self) -> float | None:
+        return self.ranking[0].score if self.ranking else None
+
+    @property
+    def confidence(self) -> float | None:
+        return self.ranking[0].confidence if self.ranking else None
+
+    @property
+    def runner_up(self) -> Ranked | None:
+        return self.ranking[1] if len(self.ranking) > 1 else None
+
+    @property
+    def correct(self) -> bool | None:
+        if not self.ok or self.true_label is None:
+            return None
+        return self.predicted == self.true_label
+
+    def scores(self) -> dict[str, float]:
+        return {r.label: r.score for r in self.ranking}
+
+    def to_record(self, classes: Sequence[str], top_k: int, path: str | None = None) -> Record:
+        """The JSON object of this prediction: scores rounded to SCORE_DIGITS, None where there is
+        no value (a class off the shortlist has no score). path: the text of the path field
+        (default: ``self.path`` as shown). :func:`flat_row` makes the CSV/Parquet row of it."""
+        ru = self.runner_up
+        scores = self.scores()
+        return {
+            "path": display_path(self.path) if path is None else path, "status": self.status,
+            "predicted": self.predicted, "score": rounded(self.score), "confidence": rounded(self.confidence),
+            "runner_up": ru.label if ru else None, "runner_up_score": rounded(ru.score) if ru else None,
+            "true_label": self.true_label, "correct": self.correct,
+            "top": [{"class": r.label, "score": rounded(r.score), "confidence": rounded(r.confidence)}
+                    for r in self.ranking[:top_k]],
+            "scores": {c: rounded(scores.get(c)) for c in classes},
+            "error": self.error,
+        }  # fmt: skip
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Prediction:
+        """A Prediction rebuilt from a record or a flat row of an earlier output (``--resume``):
+        the ranking from its ``scores`` (or ``score:CLASS`` columns), the path, truth and error."""
+        scores = {str(c): float(v) for c, v in record_scores(record).items() if v not in (None, "")}
+        ranking: tuple[Ranked, ...] = ()
+        if record.get("status") == "ok" and scores:
+            ranking = ranking_from_scores(list(scores), np.array(list(scores.values())))
+        error = record.get("error") or (None if ranking else "no scores in the earlier output")
+        status = "ok" if ranking else "error"
+        return cls(Path(str(record["path"])), status, ranking, record.get("true_label") or None, error)
+
+
+def record_scores(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Class -> score of a record (its ``scores``) or of a flat row (its ``score:CLASS`` columns)."""
+    nested = record.get("scores")
+    if isinstance(nested, Mapping):
+        return dict(nested)
+    return {k[len("score:") :]: v for k, v in record.items() if k.startswith("score:")}
+
+
+def prediction_columns(classes: Sequence[str], top_k: int) -> tuple[str, ...]:
+    """The flat columns of a prediction (classify's CSV, batch's every format): path, status,
+    prediction, runner-up, truth, top_1..top_K, score:CLASS for each class, error."""
+    return (
+        "path", "status", "predicted", "score", "confidence", "runner_up", "runner_up_score", "true_label", "correct",
+        *(f"top_{i}" for i in range(1, top_k + 1)), *(f"score:{c}" for c in classes), "error",
+    )  # fmt: skip
+
+
+def flat_row(record: Mapping[str, Any], classes: Sequence[str], top_k: int) -> Record:
+    """A :meth:`Prediction.to_record` record as one flat row keyed by :func:`prediction_columns`
+    (``top`` as top_1..top_K, ``scores`` as score:CLASS); keys beyond those (e.g. ``picture``) are
+    kept, before ``error``."""
+    tops = [t["class"] for t in record["top"]]
+    row = {k: v for k, v in record.items() if k not in ("top", "scores", "error")}
+    row.update({f"top_{i + 1}": tops[i] if i < len(tops) else None for i in range(top_k)})
+    row.update({f"score:{c}": record["scores"].get(c) for c in classes})
+    row["error"] = record["error"]
+    return row
+
+
+def run_header(model: str, model_sha256: str, matcher: Matcher, nodes: ClassNodes, top_k: int | None = None) -> Record:
+    """The settings written beside a run's predictions (and checked on ``--resume``): the model,
+    the matching settings for this support set, its classes and their shots (top_k when given)."""
+    names = nodes.classes
+    header: Record = {
+        "model": model, "model_sha256": model_sha256, "metric": matcher.metric, "kshot": nodes.kshot,
+        "global_weight": matcher.weight_for(nodes), "support_similarity": rounded(nodes.similarity, 4),
+        "shortlist": matcher.shortlist, "transductive": matcher.transductive,
+        "transductive_global_weight": matcher.transductive_weight_for(nodes) if matcher.transductive else None,
+    }  # fmt: skip
+    if top_k is not None:
+        header["top_k"] = top_k
+    return {**header, "classes": list(names), "shots": dict(zip(names, nodes.shots, strict=True))}
