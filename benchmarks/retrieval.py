@@ -1,8 +1,8 @@
-"""Retrieval quality of global cosine alone vs DeepEMD re-ranking (emdcli.tasks.retrieval).
+"""Retrieval quality of global cosine alone vs DeepEMD re-ranking (emdcli.tasks.search).
 
 Every image of a set (one folder per class under DATA/SET) is a query against the rest
 of its set, itself excluded; the images of its class are the relevant ones. For each
-query this runs :func:`emdcli.tasks.retrieval.search` three times on the same gallery:
+query this runs :func:`emdcli.tasks.search.rank_gallery` three times on the same gallery:
 
 - ``global``: global cosine only (``rerank="none"``),
 - ``emd``: the ``--shortlist`` globally closest re-ranked by EMD score,
@@ -36,7 +36,7 @@ import numpy as np
 from common import cached_source, command_line, difference_text, embed_set, set_names
 
 from emdcli.defaults import RERANK_GLOBAL_WEIGHT
-from emdcli.tasks.retrieval import GalleryIndex, Rerank, search
+from emdcli.tasks.search import GalleryIndex, Rerank, rank_gallery
 
 
 def average_precision_at_r(rel: np.ndarray) -> float:
@@ -74,7 +74,7 @@ def main() -> int:
         counts = np.bincount(labels)
         queries = range(len(paths)) if not args.limit else range(min(args.limit, len(paths)))
         for _, rerank, w in modes:  # warm-up, not timed
-            search(index, fmaps[0], top_k=10, shortlist=args.shortlist, rerank=rerank, exclude=0, global_weight=w)
+            rank_gallery(index, fmaps[0], top_k=10, shortlist=args.shortlist, rerank=rerank, exclude=0, global_weight=w)
         r1: dict[str, list[float]] = {m[0]: [] for m in modes}
         ap_r: dict[str, list[float]] = {m[0]: [] for m in modes}
         secs = dict.fromkeys(r1, 0.0)
@@ -83,7 +83,7 @@ def main() -> int:
             for mode, rerank, w in modes:
                 t0 = time.perf_counter()
                 kw = {"shortlist": args.shortlist, "rerank": rerank, "exclude": i, "global_weight": w}
-                hits = search(index, fmaps[i], top_k=max(r, 1), **kw)
+                hits = rank_gallery(index, fmaps[i], top_k=max(r, 1), **kw)
                 secs[mode] += time.perf_counter() - t0
                 rel = np.array([label_of[h.path] == labels[i] for h in hits], dtype=np.float64)
                 r1[mode].append(float(rel[0]))

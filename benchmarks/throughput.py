@@ -240,7 +240,7 @@ def main() -> int:
     arrays = np.stack([load_image(p, prep) for p in photos[:160]])
     ranker = Classifier(FeatureSource(backbone, prep), Matcher(shortlist=0))
     support_set = ranker.fit(folder_of(support))
-    query_features = [e.features for e in ranker.source.stream(photos[:100]) if e.features is not None]
+    query_features = [e.features for e in ranker.source.embed_now(photos[:100]) if e.features is not None]
 
     print(
         "\n## 1-2. Backbone-only limit and end to end, 5-way 5-shot support, photos as queries\n"

@@ -45,11 +45,11 @@ _EXPORTS = {
     "EvaluationRun": "emdcli.tasks.evaluate",
     "Evaluation": "emdcli.tasks.evaluate",
     "MethodResult": "emdcli.tasks.evaluate",
-    "search": "emdcli.tasks.retrieval:search_images",
-    "Gallery": "emdcli.tasks.retrieval",
-    "QueryHits": "emdcli.tasks.retrieval",
-    "Hit": "emdcli.tasks.retrieval",
-    "anomaly": "emdcli.tasks.anomaly:detect_anomalies",
+    "search": "emdcli.tasks.search",
+    "Gallery": "emdcli.tasks.search",
+    "QueryHits": "emdcli.tasks.search",
+    "Hit": "emdcli.tasks.search",
+    "anomaly": "emdcli.tasks.anomaly",
     "AnomalyDetector": "emdcli.tasks.anomaly",
     "Judged": "emdcli.tasks.anomaly",
     "Verdict": "emdcli.tasks.anomaly",
@@ -96,12 +96,10 @@ if TYPE_CHECKING:
     from .matching.support import Matcher
     from .model.backbone import Backbone, load_model
     from .render.explain import Explanation, render_match
-    from .tasks.anomaly import AnomalyDetector, Judged, Verdict
-    from .tasks.anomaly import detect_anomalies as anomaly
+    from .tasks.anomaly import AnomalyDetector, Judged, Verdict, anomaly
     from .tasks.classify import Classifier, Prediction, Ranked, SupportSet
     from .tasks.evaluate import Evaluation, EvaluationRun, MethodResult, evaluate
-    from .tasks.retrieval import Gallery, Hit, QueryHits
-    from .tasks.retrieval import search_images as search
+    from .tasks.search import Gallery, Hit, QueryHits, search
 
 
 def __getattr__(name: str) -> Any:

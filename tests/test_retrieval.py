@@ -10,7 +10,7 @@ import pytest
 from emdcli.defaults import RERANK_GLOBAL_WEIGHT as GLOBAL_WEIGHT
 from emdcli.errors import DatasetError
 from emdcli.matching.nodes import Nodes, emd_score
-from emdcli.tasks.retrieval import GalleryIndex, Hit, search
+from emdcli.tasks.search import GalleryIndex, Hit, rank_gallery
 
 
 def gallery_maps(n: int = 12, seed: int = 0, c: int = 8, h: int = 3, w: int = 3) -> np.ndarray:
@@ -48,7 +48,7 @@ def test_stage_one_order_is_the_global_cosine_order() -> None:
     maps = gallery_maps()
     query = gallery_maps(1, seed=1)[0]
     cos = expected_cosines(maps, query)
-    hits = search(make_index(maps), query, top_k=12, rerank="none")
+    hits = rank_gallery(make_index(maps), query, top_k=12, rerank="none")
     assert positions(hits) == list(np.argsort(-cos, kind="stable"))
     assert [h.rank for h in hits] == list(range(1, 13))
     for h in hits:
@@ -63,7 +63,7 @@ def test_emd_reranks_the_shortlist_by_emd_score_and_keeps_the_rest_in_global_ord
     global_order = list(np.argsort(-cos, kind="stable"))
     q = Nodes.from_feature_map(query)
     emd = {i: emd_score(q, Nodes.from_feature_map(maps[i])) for i in range(12)}
-    hits = search(make_index(maps), query, top_k=12, shortlist=5, rerank="emd")
+    hits = rank_gallery(make_index(maps), query, top_k=12, shortlist=5, rerank="emd")
     head, tail = hits[:5], hits[5:]
     assert set(positions(head)) == set(global_order[:5])
     assert positions(head) == sorted(global_order[:5], key=lambda i: -emd[i])
@@ -80,11 +80,11 @@ def test_emd_plus_global_adds_the_cosine() -> None:
     cos = expected_cosines(maps, query)
     q = Nodes.from_feature_map(query)
     combined = {i: emd_score(q, Nodes.from_feature_map(maps[i])) + GLOBAL_WEIGHT * cos[i] for i in range(12)}
-    hits = search(make_index(maps), query, top_k=12, shortlist=0, rerank="emd+global")
+    hits = rank_gallery(make_index(maps), query, top_k=12, shortlist=0, rerank="emd+global")
     assert positions(hits) == sorted(range(12), key=lambda i: -combined[i])
     for h in hits:
         assert h.score == pytest.approx(combined[int(h.path.stem[1:])], abs=1e-6)
-    half = search(make_index(maps), query, top_k=12, shortlist=0, rerank="emd+global", global_weight=0.5)
+    half = rank_gallery(make_index(maps), query, top_k=12, shortlist=0, rerank="emd+global", global_weight=0.5)
     for h in half:
         i = int(h.path.stem[1:])
         assert h.score == pytest.approx(combined[i] - 0.5 * cos[i], abs=1e-6)
@@ -95,7 +95,7 @@ def test_shortlist_zero_reranks_the_whole_gallery() -> None:
     query = gallery_maps(1, seed=4)[0]
     q = Nodes.from_feature_map(query)
     emd = [emd_score(q, Nodes.from_feature_map(m)) for m in maps]
-    hits = search(make_index(maps), query, top_k=12, shortlist=0, rerank="emd")
+    hits = rank_gallery(make_index(maps), query, top_k=12, shortlist=0, rerank="emd")
     assert positions(hits) == list(np.argsort(-np.asarray(emd), kind="stable"))
     assert all(h.score is not None for h in hits)
 
@@ -104,29 +104,29 @@ def test_top_k_cuts_and_a_larger_top_k_returns_the_whole_gallery() -> None:
     maps = gallery_maps(6)
     index = make_index(maps)
     query = gallery_maps(1, seed=5)[0]
-    assert [h.rank for h in search(index, query, top_k=3, shortlist=2)] == [1, 2, 3]
+    assert [h.rank for h in rank_gallery(index, query, top_k=3, shortlist=2)] == [1, 2, 3]
     for rerank in ("emd", "emd+global", "none"):
-        hits = search(index, query, top_k=100, shortlist=4, rerank=rerank)  # type: ignore[arg-type]
+        hits = rank_gallery(index, query, top_k=100, shortlist=4, rerank=rerank)  # type: ignore[arg-type]
         assert sorted(positions(hits)) == list(range(6))
         assert [h.rank for h in hits] == list(range(1, 7))
-    assert len(search(index, query, top_k=100, shortlist=100)) == 6  # shortlist past the gallery
+    assert len(rank_gallery(index, query, top_k=100, shortlist=100)) == 6  # shortlist past the gallery
 
 
 def test_a_copy_of_a_gallery_image_finds_it_first_and_exclude_drops_it() -> None:
     maps = gallery_maps()
     index = make_index(maps)
-    hits = search(index, maps[7], top_k=3, rerank="emd")
+    hits = rank_gallery(index, maps[7], top_k=3, rerank="emd")
     assert hits[0].path == Path("g07.png")
     assert hits[0].score == pytest.approx(1.0, abs=1e-6)
     assert hits[0].global_score == pytest.approx(1.0)
-    rest = search(index, maps[7], top_k=20, exclude=7)
+    rest = rank_gallery(index, maps[7], top_k=20, exclude=7)
     assert len(rest) == 11 and Path("g07.png") not in [h.path for h in rest]
-    assert len(search(index, maps[7], top_k=20, exclude=[0, 7], rerank="none")) == 10
+    assert len(rank_gallery(index, maps[7], top_k=20, exclude=[0, 7], rerank="none")) == 10
 
 
 def test_a_one_image_gallery_returns_it() -> None:
     maps = gallery_maps(1)
-    hits = search(make_index(maps), gallery_maps(1, seed=9)[0], top_k=5)
+    hits = rank_gallery(make_index(maps), gallery_maps(1, seed=9)[0], top_k=5)
     assert [h.rank for h in hits] == [1] and hits[0].path == Path("g00.png")
 
 
@@ -134,11 +134,11 @@ def test_bad_arguments_are_refused() -> None:
     maps = gallery_maps(4)
     index = make_index(maps)
     with pytest.raises(ValueError, match="top_k"):
-        search(index, maps[0], top_k=0)
+        rank_gallery(index, maps[0], top_k=0)
     with pytest.raises(ValueError, match="shortlist"):
-        search(index, maps[0], shortlist=-1)
+        rank_gallery(index, maps[0], shortlist=-1)
     with pytest.raises(ValueError, match="rerank"):
-        search(index, maps[0], rerank="bogus")  # type: ignore[arg-type]
+        rank_gallery(index, maps[0], rerank="bogus")  # type: ignore[arg-type]
     with pytest.raises(DatasetError):
         GalleryIndex.from_features([], np.empty((0, 8, 3, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="feature maps"):

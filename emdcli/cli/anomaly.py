@@ -87,12 +87,12 @@ def run(
         session.source, images, k=k, contamination=contamination, threshold=threshold, on_done=done))  # fmt: skip
     cal, size = detector.calibration, detector.normal.size
     if cal.source == "quantile" and size < defaults.CALIBRATION_IMAGES:
-        session.say(f"the threshold is calibrated on only {size} normal images, too few for a quantile to mean "
+        session.warn(f"the threshold is calibrated on only {size} normal images, too few for a quantile to mean "
                     f"much; give {defaults.CALIBRATION_IMAGES} or more, or set --threshold")  # fmt: skip
     if cal.scores.size:
         q50, q95 = np.quantile(cal.scores, [0.5, 0.95])
         how = "given" if cal.source == "explicit" else f"the {100 * (1 - contamination):g}th percentile"
-        session.tell(f"calibrated on {size} normal images (k={cal.k}): leave-one-out scores median {q50:.4f}, "
+        session.inform(f"calibrated on {size} normal images (k={cal.k}): leave-one-out scores median {q50:.4f}, "
                      f"95th percentile {q95:.4f}, max {cal.scores.max():.4f}; threshold {cal.threshold:.4f} ({how}), "
                      f"flags {100 * cal.flagged_fraction:.0f}% of the normal images")  # fmt: skip
     counts = {"judged": 0, "anomalous": 0, "skipped": 0}
@@ -107,7 +107,7 @@ def run(
             path = display_path(judged.path)
             if judged.verdict is None:
                 counts["skipped"] += 1
-                session.say(f"skipped {judged.error}")
+                session.warn(f"skipped {judged.error}")
                 emit({"path": path, "status": "error", "error": judged.error})
                 continue
             v = judged.verdict

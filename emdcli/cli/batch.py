@@ -139,7 +139,7 @@ def run(
     chosen = fmt or _format_for(output)
     span = _parse_workers(workers, engine)
     if batch_size is not None and engine == "local" and session.settings.transductive is False:
-        session.say("--batch-size is the size of a set of queries; with --no-transductive the local engine "
+        session.warn("--batch-size is the size of a set of queries; with --no-transductive the local engine "
                     "streams every image through one worker")  # fmt: skip
     if engine == "ray":
         from ..tasks.ray_engine import need_ray
@@ -149,13 +149,13 @@ def run(
     folder = read_labelled_folder(support)
     inputs = batch_tasks.list_inputs(source)
     for line in support_warnings(folder):
-        session.say(line)
+        session.warn(line)
     if inputs.duplicates:
-        session.say(f"{plural(inputs.duplicates, 'duplicate path')} in {source}: each is classified once")
+        session.warn(f"{plural(inputs.duplicates, 'duplicate path')} in {source}: each is classified once")
     if inputs.not_images:
         n = len(inputs.not_images)
         what = "is not an image" if n == 1 else "are not images"
-        session.say(f"left out: {plural(n, 'file')} in {source} that {what} ({count_by_suffix(inputs.not_images)})")
+        session.warn(f"left out: {plural(n, 'file')} in {source} that {what} ({count_by_suffix(inputs.not_images)})")
     with session.progress() as bars:
         task = bars.add_task("Support", total=folder.image_count)
         job, support_set = batch_tasks.fit_job(
@@ -164,13 +164,13 @@ def run(
         )  # fmt: skip
     session.report_skipped(support_set.skipped, "support image ")
     if note := similar_classes_note(job.matcher, job.classes):
-        session.tell(note)
+        session.inform(note)
     done = out.start(job, resume=resume, source=source)
     todo = [p for p in inputs.paths if p not in done]
     if done:
-        session.tell(f"resuming: {len(done)} of {len(inputs.paths)} paths are already in {output}")
+        session.inform(f"resuming: {len(done)} of {len(inputs.paths)} paths are already in {output}")
     if not todo:
-        session.tell(f"nothing to do: every path of {source} is in {output}")
+        session.inform(f"nothing to do: every path of {source} is in {output}")
     tally = RunTally(resumed=len(done), engine=engine)
     with out.writing(job, tally) as write, session.progress() as bars:
         task = bars.add_task("Images", total=len(todo))
@@ -198,7 +198,7 @@ def _write_rows(rows: list[dict[str, Any]], tally: RunTally, write: Any, session
     for row in rows:
         tally.counts.count(row["status"] == "ok", row["correct"])
         if row["status"] != "ok" and tally.counts.errors <= SHOWN_ERRORS:
-            session.say(f"skipped {row['error']}")
+            session.warn(f"skipped {row['error']}")
     tally.last_row_at = now
     write(rows)
 

@@ -101,7 +101,7 @@ def run(
 
             raise DatasetError(f"no images found in {', '.join(queries)}", hint=IMAGE_NAMES_HINT)
     for line in support_warnings(folder):
-        session.say(line)
+        session.warn(line)
     clf = Classifier(session.source, session.matcher(stream=from_stdin))
     started = time.perf_counter()
     with session.progress() as bars:
@@ -109,10 +109,10 @@ def run(
     session.report_skipped(support_set.skipped, "support image ")
     for name in support_set.empty_classes:
         if name not in folder.empty:
-            session.say(f"class {name!r} has no readable image; it is left out")
+            session.warn(f"class {name!r} has no readable image; it is left out")
     note = similar_classes_note(clf.matcher, support_set.nodes)
     if note:
-        session.tell(note)
+        session.inform(note)
     classes = support_set.classes
     prior: list[Prediction] = []
     if resume and output is not None:
@@ -128,21 +128,21 @@ def run(
     pictures: dict[Path, str] = {}  # query -> the picture drawn of its match (--explain-dir)
     layout = classify_layout(classes, top, pictures=explain_dir is not None)
     with sink.open(layout, header, summary) as emit, session.progress() as bars:
-        observe = _explainer(clf, support_set, explain_dir, pictures, session.say) if explain_dir else None
+        observe = _explainer(clf, support_set, explain_dir, pictures, session.warn) if explain_dir else None
         new = clf.predict(support_set, paths, advance(bars, "Queries", None if from_stdin else len(paths)), observe)
         earlier_rows = ((pred, True) for pred in prior)
         for pred, earlier in itertools.chain(earlier_rows, ((pred, False) for pred in new)):
             tally.add(pred)
             if not pred.ok and not earlier:  # an earlier run's skips were reported by that run
-                session.say(f"skipped {pred.error}")
+                session.warn(f"skipped {pred.error}")
             record = pred.to_record(classes, top)
             if explain_dir is not None:
                 record["picture"] = pictures.pop(pred.path, None)
             emit(record)
         for line in query_warnings(tally, not_images, support):  # before the summary line
-            session.say(line)
+            session.warn(line)
         for line in transductive_notes(clf.sets):
-            session.tell(line)
+            session.inform(line)
     if tally.total == 0:
         raise DatasetError("no query paths were given on stdin", hint="pipe one image path per line into '-'")
     if tally.ok == 0:
@@ -172,7 +172,7 @@ def _resume(output: Path, fmt: str, classes: tuple[str, ...], paths: Any, from_s
     prior = [Prediction.from_record(r) for r in records]
     done = {display_path(p.path) for p in prior}
     rest = (p for p in paths if display_path(p) not in done)
-    session.say(f"resuming: {len(prior)} {'row' if len(prior) == 1 else 'rows'} from {display_path(earlier.path)}")
+    session.warn(f"resuming: {len(prior)} {'row' if len(prior) == 1 else 'rows'} from {display_path(earlier.path)}")
     return prior, rest if from_stdin else list(rest)
 
 

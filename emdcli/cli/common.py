@@ -167,12 +167,12 @@ class Session:
     def quiet(self) -> bool:
         return self.settings.quiet
 
-    def say(self, message: str) -> None:
+    def warn(self, message: str) -> None:
         """A warning on stderr, unless quiet."""
         if not self.quiet:
             warn(message)
 
-    def tell(self, message: str) -> None:
+    def inform(self, message: str) -> None:
         """An informational line on stderr, unless quiet."""
         if not self.quiet:
             note(message)
@@ -233,7 +233,7 @@ class Session:
     def report_skipped(self, skipped: Any, what: str = "") -> None:
         """One warning per unreadable image (``Skipped`` records)."""
         for skip in skipped:
-            self.say(f"skipped {what}{skip.reason}")
+            self.warn(f"skipped {what}{skip.reason}")
 
 
 def advance(bars: Progress, description: str, total: int | None) -> Callable[[int], None]:

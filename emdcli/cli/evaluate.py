@@ -75,7 +75,7 @@ def run(
     session.report_skipped(result.data.skipped)
     small = [folder.classes[i].name for i in result.plan.too_small]
     if small:
-        session.say(f"{len(small)} of {len(folder.classes)} classes have fewer than {shot + query} readable images "
+        session.warn(f"{len(small)} of {len(folder.classes)} classes have fewer than {shot + query} readable images "
                     f"and are never drawn: {', '.join(small[:8])}{' ...' if len(small) > 8 else ''}")  # fmt: skip
     header = {
         "dataset": str(dataset), "model": session.backbone.manifest.name, "model_sha256": session.backbone.check.actual,

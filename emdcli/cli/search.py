@@ -54,7 +54,7 @@ def run(
     from ..errors import EmdcliError
     from ..io.files import display_path
     from ..io.records import rounded
-    from ..tasks.retrieval import Gallery
+    from ..tasks.search import Gallery
     from .reports import search_layout
 
     sink = session.sink()
@@ -67,7 +67,7 @@ def run(
             q = display_path(result.query)
             if result.error is not None:
                 counts["error"] += 1
-                session.say(f"skipped {result.error}")
+                session.warn(f"skipped {result.error}")
                 yield {"query": q, "status": "error", "error": result.error}
                 continue
             counts["ok"] += 1

@@ -165,7 +165,7 @@ def run(
 
         def on_validation(v: Any) -> None:
             cells = "  ".join(f"{m} {v.accuracy[m]:.1f}" for m in v.accuracy)
-            session.tell(f"validation after episode {v.episode}: {cells}  ({v.seconds:.1f} s)")
+            session.inform(f"validation after episode {v.episode}: {cells}  ({v.seconds:.1f} s)")
 
         result = train(
             folder, out, settings, resume=resume, force=force, model=session.settings.model,
@@ -175,14 +175,14 @@ def run(
         )  # fmt: skip
     session.report_skipped(result.skipped)
     if result.stopped:
-        session.tell(f"stopped after episode {result.episodes_done} of {episodes}; checkpoint kept in {out}")
-        session.tell(f"continue with: emdcli train {base_dir} --out {out} --resume")
+        session.inform(f"stopped after episode {result.episodes_done} of {episodes}; checkpoint kept in {out}")
+        session.inform(f"continue with: emdcli train {base_dir} --out {out} --resume")
         raise stop_error(signals[0])
     if result.best.episode == 0:
-        session.say("no validation was significantly better than before training: the model written has the "
+        session.warn("no validation was significantly better than before training: the model written has the "
                     "starting model's weights (try another --lr, or more base classes)")  # fmt: skip
     elif len(result.split.val) < FEW_VAL_CLASSES:
-        session.say(f"only {len(result.split.val)} classes were held out: whether the gain carries to new classes "
+        session.warn(f"only {len(result.split.val)} classes were held out: whether the gain carries to new classes "
                     f"is uncertain; measure it with emdcli evaluate NEW_CLASSES --model {out}")  # fmt: skip
     header = {
         "base_dir": str(base_dir), "model_dir": str(out), "manifest": str(result.manifest_path),

@@ -1,7 +1,7 @@
 """The one feature source: images to feature maps, through the feature cache where it pays.
 
     source = FeatureSource(load_model())                      # cache=FeatureCache.for_model(...) to reuse
-    for item in source.stream(paths):                         # queries: embedded now, in input order
+    for item in source.embed_now(paths):                         # queries: embedded now, in input order
         item.features                                         # (C, H, W) float32, or None (item.error)
     gallery = source.array(paths)                             # (N, C, H, W) through the cache
     labelled = source.labelled(read_labelled_folder(root))    # a folder per class -> arrays and labels
@@ -89,22 +89,22 @@ class FeatureSource:
         self.workers = workers
         self.cache = cache
 
-    def stream(self, paths: Iterable[Path], on_done: Progress | None = None) -> Iterator[Embedded]:
+    def embed_now(self, paths: Iterable[Path], on_done: Progress | None = None) -> Iterator[Embedded]:
         """Feature maps of ``paths`` in input order, embedded now (no cache); ``paths`` may be a stream."""
         return embed_paths(
             self.extractor, self.prep, paths, batch_size=self.batch_size, workers=self.workers, on_done=on_done
         )
 
-    def cached(self, paths: list[Path], on_done: Progress | None = None) -> Iterator[Embedded]:
+    def embed_cached(self, paths: list[Path], on_done: Progress | None = None) -> Iterator[Embedded]:
         """Feature maps of ``paths`` in input order: from the cache where it has them, the rest
         embedded (in batches, while the cached ones are read) and stored. The order never depends on
         what the cache holds, so results built from them are the same on a cold and a warm cache."""
         cache = self.cache
         if cache is None:
-            yield from self.stream(paths, on_done)
+            yield from self.embed_now(paths, on_done)
             return
         missing = [p for p in paths if not cache.has(p)]
-        embedded = self.stream(missing, on_done)
+        embedded = self.embed_now(missing, on_done)
         wanted = set(missing)
         try:
             for path in paths:
@@ -114,7 +114,7 @@ class FeatureSource:
                         on_done(1)
                     yield Embedded(path, features)
                     continue
-                item = next(embedded) if path in wanted else next(self.stream([path], on_done))  # damaged: embed now
+                item = next(embedded) if path in wanted else next(self.embed_now([path], on_done))  # damaged: embed now
                 if item.features is not None:
                     cache.put(item.path, item.features)
                 yield item
@@ -128,7 +128,7 @@ class FeatureSource:
         """The readable ``paths`` in their order and their (N, C, H, W) maps, through the cache."""
         got: dict[Path, np.ndarray] = {}
         skipped = []
-        for item in self.cached(paths, on_done):
+        for item in self.embed_cached(paths, on_done):
             if item.features is None:
                 skipped.append(Skipped(item.path, item.error or "unreadable"))
             else:

@@ -206,7 +206,7 @@ class AnomalyDetector:
 
     def judge(self, queries: Iterable[Path], on_done: Progress | None = None) -> Iterator[Judged]:
         """A verdict for each query path, in input order."""
-        for item in self.source.stream(queries, on_done):
+        for item in self.source.embed_now(queries, on_done):
             if item.features is None:
                 yield Judged(item.path, None, item.error)
             else:
@@ -214,7 +214,7 @@ class AnomalyDetector:
                 yield Judged(item.path, judge(self.calibration, score))
 
 
-def detect_anomalies(
+def anomaly(
     normal: Path | Sequence[Path],
     queries: Iterable[Path],
     *,

@@ -170,7 +170,7 @@ class Classifier:
         build = self.matcher.builder(folder.names, folder.image_count)
         skipped: list[Skipped] = []
         kept: dict[str, list[tuple[Path, np.ndarray]]] = {}
-        for item in self.source.cached(list(owner), on_done):
+        for item in self.source.embed_cached(list(owner), on_done):
             if item.features is None:
                 skipped.append(Skipped(item.path, item.error or "unreadable"))
                 continue
@@ -243,7 +243,7 @@ class Classifier:
         def label_of(path: Path) -> str | None:
             return path.parent.name if path.parent.name in known else None
 
-        embedded = self.source.stream(paths, on_done)
+        embedded = self.source.embed_now(paths, on_done)
         if not self.matcher.transductive:
             for item in embedded:
                 if item.features is None:

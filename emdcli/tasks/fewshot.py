@@ -39,7 +39,7 @@ class FewShotMethod:
     kshot_only: bool = False
 
 
-def matched(matcher: Matcher) -> ScoreFn:
+def matcher_method(matcher: Matcher) -> ScoreFn:
     """A method that fits ``matcher`` to the episode's support set and scores its queries, as
     classify does; parts shared with other methods come from the episode's memo."""
 
@@ -110,7 +110,7 @@ def _per_shot(reduce: str) -> ScoreFn:
     def score(support: np.ndarray, query: np.ndarray, memo: EpisodeMemo | None = None) -> np.ndarray:
         way, shot = support.shape[:2]
         flat = support.reshape(way * shot, 1, *support.shape[2:])
-        s = matched(single)(flat, query, memo).reshape(len(query), way, shot)
+        s = matcher_method(single)(flat, query, memo).reshape(len(query), way, shot)
         return np.asarray(s.max(axis=2) if reduce == "max" else s.mean(axis=2))
 
     return score
@@ -125,25 +125,25 @@ def _methods() -> dict[str, FewShotMethod]:
                       _memoised("proto", simpleshot_scores)),
         FewShotMethod("default", "exactly what classify does with its defaults (emd+global at 1-shot, emd-sfc "
                       "at k-shot, shortlist, large-support fallback, transductive over the episode's queries)",
-                      matched(Matcher())),
+                      matcher_method(Matcher())),
         FewShotMethod("default-inductive", "the default with each query matched on its own (classify "
-                      "--no-transductive)", matched(Matcher(transductive=False))),
+                      "--no-transductive)", matcher_method(Matcher(transductive=False))),
         FewShotMethod("emd", "DeepEMD: cross-reference weights, per-node centring, class = mean feature map",
-                      matched(Matcher(kshot="mean", **plain))),  # type: ignore[arg-type]
+                      matcher_method(Matcher(kshot="mean", **plain))),  # type: ignore[arg-type]
         FewShotMethod("emd-uniform", "emd with uniform node weights",
-                      matched(Matcher(kshot="mean", weighting="uniform", **plain))),  # type: ignore[arg-type]
+                      matcher_method(Matcher(kshot="mean", weighting="uniform", **plain))),  # type: ignore[arg-type]
         FewShotMethod("emd-episode-centre", "emd with nodes centred on the episode's mean support node",
                       _memoised("emd-episode-centre", lambda s, q: variant_scores(s, q, episode_centre=True))),
         FewShotMethod("emd-pyramid", "emd with extra 2x2 and 3x3 pooled nodes (DeepEMD v2 pyramid)",
                       _memoised("emd-pyramid", lambda s, q: variant_scores(s, q, pyramid=True))),
         FewShotMethod("emd+global", f"emd score + {w:g} x SimpleShot global cosine",
-                      matched(Matcher(kshot="mean", **with_global))),  # type: ignore[arg-type]
+                      matcher_method(Matcher(kshot="mean", **with_global))),  # type: ignore[arg-type]
         FewShotMethod("emd-uniform+global", f"emd-uniform score + {w:g} x global cosine",
-                      matched(Matcher(kshot="mean", weighting="uniform", **with_global))),  # type: ignore[arg-type]
+                      matcher_method(Matcher(kshot="mean", weighting="uniform", **with_global))),  # type: ignore[arg-type]
         FewShotMethod("emd-sfc", "emd, k-shot class node set fitted by DeepEMD's SFC",
-                      matched(Matcher(kshot="sfc", **plain)), kshot_only=True),  # type: ignore[arg-type]
+                      matcher_method(Matcher(kshot="sfc", **plain)), kshot_only=True),  # type: ignore[arg-type]
         FewShotMethod("emd-sfc+global", f"emd-sfc score + {w:g} x global cosine",
-                      matched(Matcher(kshot="sfc", **with_global)), kshot_only=True),  # type: ignore[arg-type]
+                      matcher_method(Matcher(kshot="sfc", **with_global)), kshot_only=True),  # type: ignore[arg-type]
         FewShotMethod("emd-best-shot", "emd against each shot, best shot per class", _per_shot("max"),
                       kshot_only=True),
         FewShotMethod("emd-mean-shot", "emd against each shot, mean over the shots", _per_shot("mean"),

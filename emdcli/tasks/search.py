@@ -1,7 +1,7 @@
 """Image retrieval: rank a gallery by global cosine, then re-rank a shortlist by DeepEMD.
 
     index = GalleryIndex.from_features(paths, fmaps)       # fmaps: (N, C, H, W) float32
-    for hit in search(index, query_fmap, top_k=10, shortlist=50):
+    for hit in rank_gallery(index, query_fmap, top_k=10, shortlist=50):
         print(hit.rank, hit.path, hit.score, hit.global_score)
 
 Stage 1 ranks every gallery image by the cosine of global features: pooled feature maps
@@ -92,7 +92,7 @@ class Hit:
     global_score: float
 
 
-def search(
+def rank_gallery(
     index: GalleryIndex,
     query_fmap: np.ndarray,
     *,
@@ -180,16 +180,16 @@ class Gallery:
     ) -> Iterator[QueryHits]:
         """Hits for each query path, in input order; a query that is in the gallery is not its own hit."""
         position = {p.resolve(): i for i, p in enumerate(self.index.paths)}
-        for item in self.source.stream(queries, on_done):
+        for item in self.source.embed_now(queries, on_done):
             if item.features is None:
                 yield QueryHits(item.path, (), item.error)
                 continue
             own = position.get(item.path.resolve())
-            hits = search(self.index, item.features, top_k=top_k, shortlist=shortlist, rerank=rerank, exclude=own)
+            hits = rank_gallery(self.index, item.features, top_k=top_k, shortlist=shortlist, rerank=rerank, exclude=own)
             yield QueryHits(item.path, hits)
 
 
-def search_images(
+def search(
     queries: Iterable[Path],
     gallery: Path | Sequence[Path],
     *,
