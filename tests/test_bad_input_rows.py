@@ -62,7 +62,7 @@ def test_anomaly_reports_an_unreadable_query_as_an_error_row(tiny_model: Path, t
         "error": f"{bad}: not a recognised image format",
     }  # fmt: skip
     assert rows[1]["status"] == "ok" and rows[1]["verdict"] in ("normal", "anomaly") and rows[1]["error"] == ""
-    assert f"Warning: skipped {bad_normal}: not a recognised image format\n" in res.stderr  # the normal image
+    assert f"Warning: skipped normal image {bad_normal}: not a recognised image format\n" in res.stderr
     assert f"Warning: skipped {bad}: not a recognised image format\n" in res.stderr  # the query
     assert "calibrated on 4 normal images" in res.stderr  # the broken normal image is left out
 

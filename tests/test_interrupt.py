@@ -59,6 +59,7 @@ def query_paths(query_dir: Path) -> list[Path]:
     return sorted(query_dir.rglob("*.png"))
 
 
+@pytest.mark.slow
 def test_sigint_leaves_complete_jsonl_and_exits_130(
     tiny_model: Path, support_dir: Path, query_paths: list[Path]
 ) -> None:
@@ -76,6 +77,7 @@ def test_sigint_leaves_complete_jsonl_and_exits_130(
     assert "Traceback" not in err and "Interrupted." in err
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_a_valid_json_document_and_exits_143(
     tiny_model: Path, support_dir: Path, query_paths: list[Path]
 ) -> None:
@@ -95,6 +97,7 @@ def test_sigterm_leaves_a_valid_json_document_and_exits_143(
     assert "Terminated." in err
 
 
+@pytest.mark.slow
 def test_interrupted_output_is_kept_aside_then_resumed(
     tiny_model: Path, support_dir: Path, query_dir: Path, query_paths: list[Path], tmp_path: Path
 ) -> None:
@@ -151,6 +154,7 @@ def test_resume_needs_a_structured_output_file(
     assert "--resume needs --output FILE" in res.stderr
 
 
+@pytest.mark.slow
 def test_sigint_while_a_set_of_queries_is_read_writes_none_of_its_rows(
     tiny_model: Path, support_dir: Path, query_dir: Path, query_paths: list[Path], tmp_path: Path
 ) -> None:

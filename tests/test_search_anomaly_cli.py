@@ -102,3 +102,14 @@ def test_second_search_does_not_embed_the_gallery_again(
     res = run(tiny_model, "search", str(query), str(gallery), "-f", "csv")
     assert res.exit_code == 0, res.output
     assert sum(embedded) == 1  # only the query: the gallery came from the feature cache
+
+
+def test_an_unreadable_gallery_image_is_named_a_gallery_image(tiny_model: Path, tmp_path: Path) -> None:
+    gallery = make_folder(tmp_path / "gallery", {"red": 2, "blue": 2})
+    bad = gallery / "red" / "broken.png"
+    bad.write_bytes(b"not an image")
+    query = make_image(tmp_path / "q" / "red.png", (220, 30, 30), seed=9)
+    res = run(tiny_model, "search", str(query), str(gallery), "-k", "1", "-f", "csv")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert f"Warning: skipped gallery image {bad}: not a recognised image format\n" in res.stderr  # type: ignore[attr-defined]
+    assert "support" not in res.stderr  # type: ignore[attr-defined]

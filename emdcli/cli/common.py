@@ -283,12 +283,13 @@ def embed_folder(
     session: Session, folder: Path, what: str, build: Callable[[list[Path], Callable[[int], None]], R]
 ) -> R:
     """``build(images, on_done)`` on every image of ``folder`` (the gallery of search, the normal set
-    of anomaly) under a progress bar, then a warning per unreadable image (``result.skipped``)."""
+    of anomaly) under a progress bar, then a warning per unreadable image (``result.skipped``), named
+    as ``what`` says (``skipped gallery image ...``)."""
     images = image_folder(folder, what)
     with session.progress() as bars:
-        made = build(images, advance(bars, what.capitalize(), len(images)))
-    session.report_skipped(getattr(made, "skipped", ()))
-    return made
+        built = build(images, advance(bars, what.capitalize(), len(images)))
+    session.report_skipped(getattr(built, "skipped", ()), f"{what} image ")
+    return built
 
 
 def image_folder(folder: Path, what: str) -> list[Path]:
