@@ -359,20 +359,32 @@ def test_classify_explain_dir_writes_one_picture_per_query(tiny_model: Path, tmp
 
     support = make_folder(tmp_path / "support", {"red": 2, "green": 2})
     queries = make_folder(tmp_path / "queries", {"red": 2, "green": 1}, seed=3)
+    from PIL import Image
+
+    with Image.open(queries / "red" / "img_1.png") as im:  # a JPEG and a BMP beside the PNGs
+        im.convert("RGB").save(queries / "red" / "img_1.jpg")
+        im.convert("RGB").save(queries / "red" / "img_1.bmp")
     res = CliRunner().invoke(
         app, ["classify", str(support), str(queries), "--model", str(tiny_model), "-f", "csv",
               "--explain-dir", str(tmp_path / "pics")],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     # Two queries are called img_0.png (one per class folder): each picture mirrors its query's
-    # path, and the 'picture' column says which picture belongs to which query.
-    pictures = sorted(p for p in (tmp_path / "pics").rglob("*.png"))
-    assert len(pictures) == 3
+    # path and name (a .bmp gets .png added: pictures are PNG, JPEG or WebP), and the 'picture'
+    # column says which picture belongs to which query.
+    pictures = sorted(p for p in (tmp_path / "pics").rglob("*") if p.is_file())
+    assert len(pictures) == 5
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    mirrored = {r["path"]: tmp_path / "pics" / r["path"].lstrip("/") for r in rows}
     assert {r["path"]: r["picture"] for r in rows} == {
-        r["path"]: str(tmp_path / "pics" / r["path"].lstrip("/")) + ".png" for r in rows
+        path: str(where) + (".png" if path.endswith(".bmp") else "") for path, where in mirrored.items()
     }
     assert sorted(Path(r["picture"]) for r in rows) == pictures
+    formats = {}
+    for picture in pictures:
+        with Image.open(picture) as im:
+            formats[picture.name] = im.format
+    assert formats == {"img_0.png": "PNG", "img_1.png": "PNG", "img_1.jpg": "JPEG", "img_1.bmp.png": "PNG"}
 
 
 def _explain(tiny_model: Path, *args: str) -> Any:

@@ -151,7 +151,9 @@ def run(
     for line in support_warnings(folder):
         session.warn(line)
     if inputs.duplicates:
-        session.warn(f"{plural(inputs.duplicates, 'duplicate path')} in {source}: each is classified once")
+        listed = ", ".join(inputs.duplicates[:3]) + (", ..." if len(inputs.duplicates) > 3 else "")
+        session.warn(f"{plural(len(inputs.duplicates), 'path')} listed more than once in {source} ({listed}): "
+                     "each is classified once")  # fmt: skip
     if inputs.not_images:
         n = len(inputs.not_images)
         what = "is not an image" if n == 1 else "are not images"

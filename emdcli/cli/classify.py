@@ -61,8 +61,9 @@ def run(
         typer.Option(
             "--explain-dir",
             metavar="DIR",
-            help="Also draw each query's match with the closest example of its predicted "
-            "class, as DIR/<query path>.png, named in the column 'picture' (see 'emdcli explain').",
+            help="Also draw each query's match with the closest example of its predicted class, as "
+            "DIR/<query path> (.png added unless a .png, .jpg or .webp), named in the column 'picture' "
+            "(see 'emdcli explain').",
             file_okay=False,
             show_default="none",
         ),
@@ -178,14 +179,17 @@ def _resume(output: Path, fmt: str, classes: tuple[str, ...], paths: Any, from_s
 
 def picture_path(folder: Path, query: Path) -> Path:
     """Where ``--explain-dir`` draws ``query``'s match: the query's path (relative to the working
-    folder when inside it, else absolute) below ``folder``, with ``.png`` added, so that every
-    picture maps back to exactly one query."""
+    folder when inside it, else absolute) below ``folder``, under the query's own name when emdcli
+    writes pictures of its suffix (.png, .jpg, .jpeg, .webp, in that format), else with ``.png``
+    added; so every picture maps back to exactly one query."""
     import os
+
+    from ..render.explain import PICTURE_FORMATS
 
     where = os.path.abspath(query)
     inside = os.path.relpath(where)
     rel = where.lstrip(os.sep) if inside.startswith(os.pardir) else inside
-    return folder / f"{rel}.png"
+    return folder / (rel if query.suffix.lower() in PICTURE_FORMATS else f"{rel}.png")
 
 
 def _explainer(
@@ -196,7 +200,7 @@ def _explainer(
     from ..errors import EmdcliError
     from ..io.files import display_path
     from ..io.images import model_view
-    from ..render.explain import render_match, save_png
+    from ..render.explain import render_match, save_picture
 
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -211,7 +215,7 @@ def _explainer(
                 caption=f"{pred.path.name} -> {label} ({example.name})", metric=clf.matcher.metric,
                 class_score=pred.score,
             )  # fmt: skip
-            save_png(shown, target_path)
+            save_picture(shown, target_path)
             pictures[pred.path] = display_path(target_path)
         except (OSError, EmdcliError) as exc:
             say(f"could not draw {display_path(pred.path)}: {exc}")

@@ -17,6 +17,7 @@ import csv
 import io
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -182,12 +183,12 @@ def _labelled(pred: Prediction, text: str, classes: Sequence[str]) -> Prediction
 @dataclass(frozen=True)
 class BatchInput:
     """What INPUT lists: the image paths (unique, in the order listed, as written), how INPUT was
-    read (``folder``, ``list``, ``parquet`` or ``csv``), duplicates dropped, and files of a folder
-    that are not images."""
+    read (``folder``, ``list``, ``parquet`` or ``csv``), the paths listed more than once (each
+    once, kept once), and files of a folder that are not images."""
 
     paths: tuple[str, ...]
     kind: str
-    duplicates: int = 0
+    duplicates: tuple[str, ...] = ()
     not_images: tuple[Path, ...] = ()
 
 
@@ -220,7 +221,9 @@ def list_inputs(source: str) -> BatchInput:
     if not unique:
         what = "no images found in" if kind == "folder" else "no paths listed in"
         raise DatasetError(f"{what} {source}", hint=IMAGE_NAMES_HINT)
-    return BatchInput(unique, kind, len(listed) - len(unique), tuple(not_images))
+    counts = Counter(listed)
+    repeated = tuple(p for p in unique if counts[p] > 1)
+    return BatchInput(unique, kind, repeated, tuple(not_images))
 
 
 def _manifest_paths(name: str, data: bytes) -> tuple[str, list[str]]:
