@@ -26,14 +26,9 @@ from emdcli.io.files import sha256_file  # noqa: E402
 from emdcli.matching.nodes import TEMPERATURE, Nodes, match  # noqa: E402
 from emdcli.model.backbone import Backbone  # noqa: E402
 from emdcli.model.manifest import bundled_model_dir, load_manifest, resolve_model_path  # noqa: E402
-from emdcli.tasks.train import (  # noqa: E402
-    CHECKPOINT,
-    TrainSettings,
-    emd_logits,
-    split_classes,
-    train,
-    view_of,
-)
+from emdcli.tasks.train import CHECKPOINT, TrainSettings, split_classes, train  # noqa: E402
+from emdcli.tasks.training.head import emd_logits  # noqa: E402
+from emdcli.tasks.training.views import view_of  # noqa: E402
 
 runner = CliRunner()
 #: A run small enough for CI: 2-way episodes on 6 generated classes, 2 of them held out.
