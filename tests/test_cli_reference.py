@@ -43,6 +43,14 @@ def test_reference_is_up_to_date() -> None:
     assert current == expected, f"docs/cli.md is out of date; regenerate it with: {REGENERATE}"
 
 
+def test_a_changed_help_is_drift(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page is rendered from the live commands: editing one's help makes docs/cli.md stale."""
+    command = next(c for c in app.registered_commands if not c.hidden)
+    monkeypatch.setattr(command, "help", "A help text that docs/cli.md does not have.")
+    diff = check(REFERENCE, render_reference(app))
+    assert any(line.startswith("+") and "docs/cli.md does not have" in line for line in diff)
+
+
 def test_every_command_has_a_section() -> None:
     names = visible_commands()
     top_level = [c for c in app.registered_commands if not c.hidden] + [
