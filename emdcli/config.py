@@ -42,6 +42,27 @@ class Settings:
     kshot: str = defaults.KSHOT
     global_weight: float | None = None  # None: by kshot (emdcli.defaults.global_weight_for)
     transductive: bool | None = None  # None: for a set of queries, not for a stream (stdin)
+    reject: str = defaults.REJECT  # "none", "auto" or a threshold (see reject_threshold)
+    unknown_label: str = defaults.UNKNOWN_LABEL
+
+
+def reject_threshold(text: str) -> float | None:
+    """``reject``'s threshold: None for ``auto`` (calibrated), the number for a number; ValueError
+    for ``none`` or anything else (ask :func:`rejects` first)."""
+    if text == "auto":
+        return None
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"not a finite number: {text}")
+    return value
+
+
+def rejects(text: str) -> bool:
+    """Whether a ``reject`` setting turns rejection on; ValueError when it is not none, auto or a number."""
+    if text == "none":
+        return False
+    reject_threshold(text)
+    return True
 
 
 _TYPES: dict[str, type] = {
@@ -59,6 +80,13 @@ def default_config_path() -> Path:
 
 
 def _check(key: str, value: Any, source: str) -> Any:
+    if key == "reject":
+        text = value if isinstance(value, str) else str(value) if isinstance(value, int | float) else ""
+        try:
+            rejects(text)
+        except ValueError:
+            raise ConfigError(f"{source}: reject must be none, auto or a threshold (a number), got {value!r}") from None
+        return text
     if key in CHOICES:
         if value not in CHOICES[key]:
             raise ConfigError(f"{source}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")

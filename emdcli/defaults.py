@@ -102,6 +102,17 @@ CONTAMINATION = 0.05
 #: per class, contamination 0.05 flagged 5.4-18.3% of held-out normal images: docs/benchmarks.md).
 CALIBRATION_IMAGES = 10
 
+# open-set rejection ("none of these") ------------------------------------------------------
+
+#: classify/batch ``--reject``: ``"none"`` (every query gets a class), ``"auto"`` (a threshold
+#: calibrated on the support set) or a threshold. Measured in docs/benchmarks.md, "Open-set rejection".
+REJECT = "none"
+#: The share of simulated out-of-set queries (support examples scored against the other classes)
+#: that ``--reject auto``'s threshold lets through.
+REJECT_LEAK = 0.1
+#: The answer of a rejected query.
+UNKNOWN_LABEL = "unknown"
+
 # evaluate ------------------------------------------------------------------------------------
 
 WAY = 5

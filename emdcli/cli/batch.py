@@ -43,6 +43,8 @@ SHOWN_ERRORS = 10
     "global_weight",
     "transductive",
     "shortlist",
+    "reject",
+    "unknown_label",
     "model",
     "device",
     "cache",
@@ -162,7 +164,7 @@ def run(
         task = bars.add_task("Support", total=folder.image_count)
         job, support_set = batch_tasks.fit_job(
             folder, session.source, session.matcher(), session.backbone.check, top_k=session.settings.top_k,
-            device=session.settings.device, on_done=lambda n: bars.advance(task, n),
+            device=session.settings.device, on_done=lambda n: bars.advance(task, n), reject=session.reject(),
         )  # fmt: skip
     session.report_skipped(support_set.skipped, "support image ")
     if note := similar_classes_note(job.matcher, job.classes):
@@ -173,7 +175,7 @@ def run(
         session.inform(f"resuming: {len(done)} of {len(inputs.paths)} paths are already in {output}")
     if not todo:
         session.inform(f"nothing to do: every path of {source} is in {output}")
-    tally = RunTally(resumed=len(done), engine=engine)
+    tally = RunTally(resumed=len(done), engine=engine, open_set=job.rejection is not None)
     with out.writing(job, tally) as write, session.progress() as bars:
         task = bars.add_task("Images", total=len(todo))
         tally.engine_started = time.perf_counter()
@@ -198,7 +200,8 @@ def _write_rows(rows: list[dict[str, Any]], tally: RunTally, write: Any, session
     if tally.first_row_at is None:
         tally.first_row_at, tally.first_rows = now, len(rows)
     for row in rows:
-        tally.counts.count(row["status"] == "ok", row["correct"])
+        rejected = "best_class" in row and row["predicted"] != row["best_class"]
+        tally.counts.count(row["status"] == "ok", row["correct"], rejected)
         if row["status"] != "ok" and tally.counts.errors <= SHOWN_ERRORS:
             session.warn(f"skipped {row['error']}")
     tally.last_row_at = now
@@ -209,10 +212,10 @@ class RunTally:
     """The counts over the rows of this run (classify's :class:`~emdcli.tasks.classify.Tally`), and
     when the rows came (for start-up and throughput)."""
 
-    def __init__(self, resumed: int, engine: str) -> None:
+    def __init__(self, resumed: int, engine: str, open_set: bool = False) -> None:
         from ..tasks.classify import Tally
 
-        self.resumed, self.engine = resumed, engine
+        self.resumed, self.engine, self.open_set = resumed, engine, open_set
         self.counts = Tally()
         self.first_rows = 0
         self.workers: int | None = None  # None: the engine's default
@@ -237,6 +240,7 @@ class RunTally:
             "startup_seconds": round(self.first_row_at - self.engine_started, 3) if self.first_row_at else None,
             "rows_per_second": round(after / steady, 2) if after and steady >= MIN_STEADY_SECONDS else None,
             "seconds": round(end - self.engine_started, 3),
+            **({"rejected": c.rejected} if self.open_set else {}),
         }  # fmt: skip
 
 
@@ -248,6 +252,8 @@ def summary_line(summary: dict[str, Any]) -> str:
         parts.append(f"{summary['skipped']} skipped (status=error)")
     if summary["resumed"]:
         parts.append(f"{summary['resumed']} resumed")
+    if "rejected" in summary:
+        parts.append(f"{summary['rejected']} rejected as none of the classes")
     if summary["accuracy"] is not None:
         parts.append(f"accuracy {summary['correct']}/{summary['labelled']} = {100 * summary['accuracy']:.1f}%")
     workers = "" if summary["workers"] is None else f", {plural(summary['workers'], 'worker')}"
@@ -309,7 +315,8 @@ class Destination:
         settings = {"command": "batch", "emdcli": __version__, **job.header(), "columns": list(job.columns),
                     "input": source}  # fmt: skip
         if self.fmt == "parquet":
-            compare = ("model_sha256", "metric", "kshot", "global_weight", "shortlist", "top_k", "classes", "columns")
+            compare = ("model_sha256", "metric", "kshot", "global_weight", "shortlist", "top_k", "classes", "columns",
+                       "reject")  # fmt: skip
             self.parts.start(settings, resume=resume, compare=compare)
             return self.parts.done_paths() if resume else set()
         if resume:

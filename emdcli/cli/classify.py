@@ -35,6 +35,8 @@ EPILOG = (
     "global_weight",
     "transductive",
     "shortlist",
+    "reject",
+    "unknown_label",
     "model",
     "device",
     "batch_size",
@@ -106,7 +108,8 @@ def run(
     clf = Classifier(session.source, session.matcher(stream=from_stdin))
     started = time.perf_counter()
     with session.progress() as bars:
-        support_set = clf.fit(folder, advance(bars, "Support", folder.image_count), keep_examples=bool(explain_dir))
+        support_set = clf.fit(folder, advance(bars, "Support", folder.image_count), keep_examples=bool(explain_dir),
+                              reject=session.reject())  # fmt: skip
     session.report_skipped(support_set.skipped, "support image ")
     for name in support_set.empty_classes:
         if name not in folder.empty:
@@ -119,15 +122,21 @@ def run(
     if resume and output is not None:
         prior, paths = _resume(output, sink.fmt, classes, paths, from_stdin, session)
     top = min(settings.top_k, len(classes))
-    header = run_header(clf.model_name, session.backbone.check.actual, clf.matcher, support_set.nodes)
+    rejection = support_set.rejection
+    header = run_header(clf.model_name, session.backbone.check.actual, clf.matcher, support_set.nodes,
+                        rejection=rejection)  # fmt: skip
+    if rejection is not None and rejection.leak is not None:
+        session.inform(f"--reject auto: open-set threshold {rejection.threshold:.3f}, calibrated on "
+                       f"{rejection.calibrated_on} support images scored against the other classes")  # fmt: skip
     tally = Tally(overlap=SupportOverlap(folder))
     query_started = time.perf_counter()
 
     def summary() -> dict[str, Any]:
-        return _summary(tally, len(prior), support_set, len(not_images), started, query_started, clf.sets)
+        found = _summary(tally, len(prior), support_set, len(not_images), started, query_started, clf.sets)
+        return found if rejection is None else {**found, "rejected": tally.rejected}
 
     pictures: dict[Path, str] = {}  # query -> the picture drawn of its match (--explain-dir)
-    layout = classify_layout(classes, top, pictures=explain_dir is not None)
+    layout = classify_layout(classes, top, pictures=explain_dir is not None, open_set=rejection is not None)
     with sink.open(layout, header, summary) as emit, session.progress() as bars:
         observe = _explainer(clf, support_set, explain_dir, pictures, session.warn) if explain_dir else None
         new = clf.predict(support_set, paths, advance(bars, "Queries", None if from_stdin else len(paths)), observe)
@@ -136,7 +145,7 @@ def run(
             tally.add(pred)
             if not pred.ok and not earlier:  # an earlier run's skips were reported by that run
                 session.warn(f"skipped {pred.error}")
-            record = pred.to_record(classes, top)
+            record = pred.to_record(classes, top, open_set=rejection is not None)
             if explain_dir is not None:
                 record["picture"] = pictures.pop(pred.path, None)
             emit(record)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..features.source import FeatureSource
     from ..matching.support import Matcher
     from ..model.backbone import Backbone
+    from ..tasks.classify import Reject
     from .sink import Sink
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -94,6 +95,13 @@ TransductiveOpt = Annotated[bool | None, _option("--transductive/--no-transducti
     default="on; off for - (stdin)")]
 TopKOpt = Annotated[int | None, _option("--top-k", "-k", metavar="N", min=1, help=(
     "How many ranked classes to list per query."), default=str(defaults.TOP_K))]
+RejectOpt = Annotated[str | None, _option("--reject", metavar="MODE", help=(
+    "Answer --unknown-label for a query unlike every class: auto calibrates the threshold on SUPPORT (each "
+    "example scored against the other classes); a number is the threshold on the query's best class score "
+    "matched on its own (the open_set_score column); none gives every query a class. Measured in "
+    "docs/benchmarks.md."), default=defaults.REJECT)]
+UnknownLabelOpt = Annotated[str | None, _option("--unknown-label", metavar="NAME", help=(
+    "The answer of a query rejected by --reject."), default=defaults.UNKNOWN_LABEL)]
 NullOpt = Annotated[bool, _option("--null", "-0", help=(
     "Paths read from stdin ('-') end with a NUL byte, as find -print0 and xargs -0 use, not a newline."))]
 # fmt: on
@@ -103,7 +111,7 @@ NullOpt = Annotated[bool, _option("--null", "-0", help=(
 SHARED_OPTIONS: dict[str, Any] = {
     "fmt": FormatOpt, "output": OutputOpt, "top_k": TopKOpt, "metric": MetricOpt, "kshot": KshotOpt,
     "global_weight": GlobalWeightOpt, "transductive": TransductiveOpt, "shortlist": ShortlistOpt, "model": ModelOpt,
-    "device": DeviceOpt,
+    "device": DeviceOpt, "reject": RejectOpt, "unknown_label": UnknownLabelOpt,
     "batch_size": BatchSizeOpt, "workers": WorkersOpt, "cache": CacheOpt, "progress": ProgressOpt,
     "quiet": QuietOpt, "config": ConfigOpt,
 }  # fmt: skip
@@ -202,6 +210,16 @@ class Session:
         transductive = s.transductive if s.transductive is not None else not stream
         return Matcher(metric=s.metric, kshot=s.kshot, global_weight=s.global_weight, shortlist=s.shortlist,  # type: ignore[arg-type]
                        transductive=transductive)  # fmt: skip
+
+    def reject(self) -> Reject | None:
+        """What ``--reject`` and ``--unknown-label`` ask for: None for none."""
+        from ..config import reject_threshold, rejects
+        from ..tasks.classify import Reject
+
+        s = self.settings
+        if not rejects(s.reject):
+            return None
+        return Reject(threshold=reject_threshold(s.reject), label=s.unknown_label)
 
     def progress(self) -> Progress:
         """Progress bars on stderr: transient, and shown only on a terminal when not quiet."""

@@ -113,6 +113,8 @@ def classify_summary_line(summary: dict[str, Any]) -> str:
     parts.append(f"{plural(summary['classes'], 'class')} from {plural(summary['support_images'], 'example')}")
     if summary.get("support_images_as_queries"):
         parts.append(f"{summary['support_images_as_queries']} of them support images")
+    if "rejected" in summary:
+        parts.append(f"{summary['rejected']} rejected as none of the classes")
     if summary["accuracy"] is not None:
         parts.append(
             f"accuracy {summary['correct']}/{summary['labelled']} = {100 * summary['accuracy']:.1f}% "
@@ -124,11 +126,11 @@ def classify_summary_line(summary: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def classify_layout(classes: Sequence[str], top_k: int, *, pictures: bool = False) -> Layout:
-    """Columns: path, status, prediction, runner-up, truth, top_1..top_K, score:CLASS..., picture
-    (with ``--explain-dir``), error."""
+def classify_layout(classes: Sequence[str], top_k: int, *, pictures: bool = False, open_set: bool = False) -> Layout:
+    """Columns: path, status, prediction, runner-up, truth, (best class and open-set score with
+    ``--reject``), top_1..top_K, score:CLASS..., picture (with ``--explain-dir``), error."""
     tail = ("picture", "error") if pictures else ("error",)
-    columns = (*prediction_columns(classes, top_k)[:-1], *tail)
+    columns = (*prediction_columns(classes, top_k, open_set)[:-1], *tail)
 
     def flatten(rec: Record) -> list[Any]:
         row = flat_row(rec, classes, top_k)
@@ -142,6 +144,8 @@ def classify_layout(classes: Sequence[str], top_k: int, *, pictures: bool = Fals
             return [Text(text(r)) if r["status"] == "ok" else Text("") for r in records]
 
         def predicted(r: Record) -> Text:  # or why it was skipped (without its path again), wrapped as prose
+            if r["status"] == "ok" and r.get("best_class", r["predicted"]) != r["predicted"]:  # rejected
+                return Text(f"{r['predicted']} (nearest: {r['best_class']})", style="yellow")
             if r["status"] == "ok":
                 return Text(r["predicted"])
             return Prose("skipped: " + str(r["error"] or "").removeprefix(f"{r['path']}: "), style="red")

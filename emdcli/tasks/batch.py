@@ -29,9 +29,10 @@ from ..features.source import FeatureSource, Progress
 from ..io.files import display_path
 from ..io.folders import LabelledFolder
 from ..io.images import IMAGE_NAMES_HINT, RemoteImage, is_uri
+from ..matching.rejection import Rejection
 from ..matching.support import ClassNodes, Matcher
 from ..model.manifest import ModelCheck, bundled_model_dir, resolve_model_path
-from .classify import Classifier, SupportSet, batches
+from .classify import Classifier, Reject, SupportSet, batches
 from .prediction import Prediction, flat_row, prediction_columns, run_header
 
 T = TypeVar("T")
@@ -63,11 +64,12 @@ class BatchJob:
     device: str = "cpu"
     threads: int | None = None
     lanes: int | None = None
+    rejection: Rejection | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
         """The columns of every row, in order."""
-        return (*prediction_columns(self.classes.classes, self.top_k), "model_sha256")
+        return (*prediction_columns(self.classes.classes, self.top_k, self.rejection is not None), "model_sha256")
 
     @property
     def global_weight(self) -> float:
@@ -75,7 +77,7 @@ class BatchJob:
 
     def header(self) -> dict[str, Any]:
         """The job's settings as written beside its output (and checked on ``--resume``)."""
-        return run_header(self.model_name, self.model_sha256, self.matcher, self.classes, top_k=self.top_k)
+        return run_header(self.model_name, self.model_sha256, self.matcher, self.classes, self.top_k, self.rejection)
 
     def with_layout(self, threads: int | None, lanes: int | None) -> BatchJob:
         from dataclasses import replace
@@ -92,18 +94,19 @@ def fit_job(
     top_k: int,
     device: str = "cpu",
     on_done: Progress | None = None,
+    reject: Reject | None = None,
 ) -> tuple[BatchJob, SupportSet]:
     """Fit ``folder`` (through ``source`` and its cache) into a job for workers; also the support set
     (its skipped images and empty classes, for the report). A model outside emdcli's bundled folder
-    travels in the job."""
-    support = Classifier(source, matcher).fit(folder, on_done)
+    travels in the job; so does the open-set rejection, with ``reject``."""
+    support = Classifier(source, matcher).fit(folder, on_done, reject=reject)
     bundled = model.onnx_path.resolve().parent == bundled_model_dir().resolve()
     files = None
     if not bundled:
         files = {model.manifest.file: model.onnx_path.read_bytes(), MANIFEST_NAME: model.manifest_path.read_bytes()}
     job = BatchJob(
         classes=support.nodes, matcher=matcher, top_k=min(top_k, len(support.classes)), model_sha256=model.actual,
-        model_name=model.manifest.name, model_files=files, device=device,
+        model_name=model.manifest.name, model_files=files, device=device, rejection=support.rejection,
     )  # fmt: skip
     return job, support
 
@@ -140,7 +143,7 @@ class BatchScorer:
                 hint="install the same emdcli version on every machine, or pass the model with --model",
             )
         self._classifier = Classifier(FeatureSource(self.backbone, workers=1), job.matcher)
-        self._support = SupportSet(nodes=job.classes)
+        self._support = SupportSet(nodes=job.classes, rejection=job.rejection)
 
     def score(self, paths: Iterable[str], on_done: Progress | None = None) -> Iterator[dict[str, Any]]:
         """One flat row per path (``job.columns``), in input order; an unreadable image is a
@@ -155,7 +158,8 @@ class BatchScorer:
 
         names = self.job.classes.classes
         for i, pred in enumerate(self._classifier.predict(self._support, local(paths), on_done)):
-            record = _labelled(pred, texts[i], names).to_record(names, self.job.top_k, path=texts[i])
+            open_set = self.job.rejection is not None
+            record = _labelled(pred, texts[i], names).to_record(names, self.job.top_k, texts[i], open_set)
             row = flat_row(record, names, self.job.top_k)
             row["model_sha256"] = self.job.model_sha256
             yield row

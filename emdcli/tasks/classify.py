@@ -27,11 +27,36 @@ from ..features.source import FeatureSource, Progress, Skipped
 from ..io.files import sha256_file
 from ..io.folders import LabelledFolder
 from ..matching.nodes import ClassBank, Nodes
-from ..matching.support import ClassNodes, Matcher
+from ..matching.rejection import Rejection, calibrate_rejection, open_set_scores, simulated_out_of_set
+from ..matching.support import ClassNodes, ClassScores, Matcher
 from ..matching.transductive import TransductiveScores
 from .prediction import Prediction, Ranked, ranking_from_scores
 
-__all__ = ["Classifier", "Prediction", "Ranked", "SetReport", "SupportOverlap", "SupportSet", "Tally", "batches"]
+__all__ = ["Classifier", "Prediction", "Ranked", "Reject", "SetReport", "SupportOverlap", "SupportSet", "Tally",
+           "batches"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Whether to answer "none of these" (``label``) for a query unlike every class.
+
+    threshold: reject a query whose open-set score is below it; None: calibrate it on the support
+    set so that about ``leak`` of simulated out-of-set queries pass (:mod:`emdcli.matching.rejection`).
+    """
+
+    threshold: float | None = None
+    leak: float = defaults.REJECT_LEAK
+    label: str = defaults.UNKNOWN_LABEL
+
+    def rejection(
+        self, matcher: Matcher, nodes: ClassNodes, examples: dict[str, tuple[tuple[Path, np.ndarray], ...]]
+    ) -> Rejection:
+        """The rejection for ``nodes``: the given threshold, or one calibrated on ``examples``."""
+        if self.threshold is not None:
+            return Rejection(self.threshold, label=self.label)
+        index = {name: i for i, name in enumerate(nodes.classes)}
+        pairs = ((index[name], fmap) for name, found in examples.items() for _, fmap in found)
+        return calibrate_rejection(simulated_out_of_set(matcher, nodes, pairs), self.leak, self.label)
 
 T = TypeVar("T")
 
@@ -50,6 +75,7 @@ class SupportSet:
     skipped: tuple[Skipped, ...] = ()
     empty_classes: tuple[str, ...] = ()
     examples: dict[str, tuple[tuple[Path, np.ndarray], ...]] = field(default_factory=dict, repr=False, compare=False)
+    rejection: Rejection | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -110,6 +136,7 @@ class Tally:
     errors: int = 0
     labelled: int = 0
     correct: int = 0
+    rejected: int = 0
     support_images: int = 0
     in_support_folders: int = 0
     overlap: SupportOverlap | None = field(default=None, repr=False)
@@ -118,11 +145,13 @@ class Tally:
         if self.overlap is not None:
             self.support_images += self.overlap.is_support_image(pred.path)
             self.in_support_folders += self.overlap.in_class_folder(pred.path)
-        self.count(pred.ok, pred.correct)
+        self.count(pred.ok, pred.correct, pred.rejected_as is not None)
 
-    def count(self, ok: bool, correct: bool | None) -> None:
-        """Count one query: whether it was classified, and whether rightly (None: no label)."""
+    def count(self, ok: bool, correct: bool | None, rejected: bool = False) -> None:
+        """Count one query: whether it was classified, whether rightly (None: no label), and
+        whether it was rejected as none of the classes."""
         self.total += 1
+        self.rejected += rejected
         if not ok:
             self.errors += 1
             return
@@ -160,9 +189,15 @@ class Classifier:
         return str(getattr(manifest, "name", "unnamed"))
 
     def fit(
-        self, folder: LabelledFolder, on_done: Progress | None = None, *, keep_examples: bool = False
+        self,
+        folder: LabelledFolder,
+        on_done: Progress | None = None,
+        *,
+        keep_examples: bool = False,
+        reject: Reject | None = None,
     ) -> SupportSet:
-        """Embed every support image (through the source's cache) and make the class node sets.
+        """Embed every support image (through the source's cache) and make the class node sets;
+        with ``reject``, also when a query is none of the classes (:class:`Reject`).
 
         Raises DatasetError when fewer than two classes have a readable image.
         """
@@ -176,7 +211,7 @@ class Classifier:
                 continue
             label = owner[item.path]
             build.add(label, item.features)
-            if keep_examples:
+            if keep_examples or (reject is not None and reject.threshold is None):
                 kept.setdefault(folder.names[label], []).append((item.path, item.features))
         try:
             nodes = build.build()
@@ -189,11 +224,14 @@ class Classifier:
                 hint="check the skipped files listed above",
             )
         lost = tuple(n for n in folder.names if n not in nodes.classes)
+        examples = {n: tuple(sorted(kept[n], key=lambda e: str(e[0]))) for n in nodes.classes if n in kept}
+        rejection = None if reject is None else reject.rejection(self.matcher, nodes, examples)
         return SupportSet(
             nodes=nodes,
             skipped=tuple(skipped),
             empty_classes=tuple(folder.empty) + lost,
-            examples={n: tuple(sorted(kept[n], key=lambda e: str(e[0]))) for n in nodes.classes if n in kept},
+            examples=examples if keep_examples else {},
+            rejection=rejection,
         )
 
     def global_weight_for(self, support: SupportSet) -> float:
@@ -243,31 +281,38 @@ class Classifier:
         def label_of(path: Path) -> str | None:
             return path.parent.name if path.parent.name in known else None
 
+        rejection = support.rejection
+
+        def decided(path: Path, scores: np.ndarray, part: ClassScores) -> Prediction:
+            idx = np.flatnonzero(~np.isnan(scores))
+            ranking = ranking_from_scores([support.classes[i] for i in idx], scores[idx])
+            if rejection is None:
+                return Prediction(path, "ok", ranking, label_of(path))
+            score = float(open_set_scores(self.matcher, support.nodes, [part])[0])
+            rejected_as = rejection.label if rejection.rejects(score) else None
+            return Prediction(path, "ok", ranking, label_of(path), None, score, rejected_as)
+
         embedded = self.source.embed_now(paths, on_done)
-        if not self.matcher.transductive:
-            for item in embedded:
-                if item.features is None:
-                    yield Prediction(item.path, "error", true_label=label_of(item.path), error=item.error)
-                    continue
-                pred = Prediction(item.path, "ok", self.rank(support, item.features), label_of(item.path))
-                if observe:
-                    observe(pred, item.features)
-                yield pred
-            return
-        for chunk in batches(embedded, defaults.TRANSDUCTIVE_SET):
+        sets = (
+            batches(embedded, defaults.TRANSDUCTIVE_SET) if self.matcher.transductive else ([e] for e in embedded)
+        )
+        for chunk in sets:
             ok = [item.features for item in chunk if item.features is not None]
-            result = self.score_set(support, np.stack(ok)) if ok else None
-            if result is not None:
+            parts = [self.matcher.match(support.nodes, f) for f in ok]
+            if self.matcher.transductive and ok:
+                result = self.matcher.score_set(support.nodes, parts, np.stack(ok))
                 self.sets.append(SetReport(len(ok), result.ran, result.spread, result.share))
-            rows = iter(() if result is None else result.scores)
+                totals = list(result.scores)
+            else:
+                weight = self.global_weight_for(support)
+                totals = [p.total(weight) for p in parts]
+            found = iter(zip(totals, parts, strict=True))
             for item in chunk:
                 if item.features is None:
                     yield Prediction(item.path, "error", true_label=label_of(item.path), error=item.error)
                     continue
-                scores = next(rows)
-                idx = np.flatnonzero(~np.isnan(scores))
-                ranking = ranking_from_scores([support.classes[i] for i in idx], scores[idx])
-                pred = Prediction(item.path, "ok", ranking, label_of(item.path))
+                scores, part = next(found)
+                pred = decided(item.path, scores, part)
                 if observe:
                     observe(pred, item.features)
                 yield pred

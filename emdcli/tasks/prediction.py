@@ -20,6 +20,7 @@ from ..io.records import rounded
 from ..matching.nodes import softmax_confidence
 
 if TYPE_CHECKING:
+    from ..matching.rejection import Rejection
     from ..matching.support import ClassNodes, Matcher
 
 Record = dict[str, Any]
@@ -47,7 +48,10 @@ class Prediction:
 
     status: ``"ok"``, or ``"error"`` with ``error`` saying why (then ``ranking`` is empty).
     ranking: every class, best first. true_label: the name of the query's parent
-    folder when that is a class of the support set, else None.
+    folder when that is a class of the support set, else None. open_set_score: the query's best
+    inductive class score (:mod:`emdcli.matching.rejection`), when computed. rejected_as: the
+    answer for a query rejected as none of the classes (``"unknown"``), else None; the ranking
+    still holds its best class.
     """
 
     path: Path
@@ -55,6 +59,8 @@ class Prediction:
     ranking: tuple[Ranked, ...] = ()
     true_label: str | None = None
     error: str | None = None
+    open_set_score: float | None = None
+    rejected_as: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -62,6 +68,11 @@ class Prediction:
 
     @property
     def predicted(self) -> str | None:
+        """The answer: the best class, or ``rejected_as`` for a rejected query."""
+        return self.rejected_as or self.best_class
+
+    @property
+    def best_class(self) -> str | None:
         return self.ranking[0].label if self.ranking else None
 
     @property
@@ -85,17 +96,24 @@ class Prediction:
     def scores(self) -> dict[str, float]:
         return {r.label: r.score for r in self.ranking}
 
-    def to_record(self, classes: Sequence[str], top_k: int, path: str | None = None) -> Record:
+    def to_record(self, classes: Sequence[str], top_k: int, path: str | None = None, open_set: bool = False) -> Record:
         """The JSON object of this prediction: scores rounded to SCORE_DIGITS, None where there is
         no value (a class off the shortlist has no score). path: the text of the path field
-        (default: ``self.path`` as shown). :func:`flat_row` makes the CSV/Parquet row of it."""
+        (default: ``self.path`` as shown). open_set: with rejection on, also ``best_class`` and
+        ``open_set_score`` (``score`` is always the best class's). :func:`flat_row` makes the
+        CSV/Parquet row of it."""
         ru = self.runner_up
         scores = self.scores()
-        return {
+        record: Record = {
             "path": display_path(self.path) if path is None else path, "status": self.status,
             "predicted": self.predicted, "score": rounded(self.score), "confidence": rounded(self.confidence),
             "runner_up": ru.label if ru else None, "runner_up_score": rounded(ru.score) if ru else None,
             "true_label": self.true_label, "correct": self.correct,
+        }  # fmt: skip
+        if open_set:
+            record.update({"best_class": self.best_class, "open_set_score": rounded(self.open_set_score)})
+        return {
+            **record,
             "top": [{"class": r.label, "score": rounded(r.score), "confidence": rounded(r.confidence)}
                     for r in self.ranking[:top_k]],
             "scores": {c: rounded(scores.get(c)) for c in classes},
@@ -112,7 +130,12 @@ class Prediction:
             ranking = ranking_from_scores(list(scores), np.array(list(scores.values())))
         error = record.get("error") or (None if ranking else "no scores in the earlier output")
         status = "ok" if ranking else "error"
-        return cls(Path(str(record["path"])), status, ranking, record.get("true_label") or None, error)
+        best, said = record.get("best_class") or None, record.get("predicted") or None
+        rejected_as = said if ranking and best is not None and said != best else None
+        found = record.get("open_set_score")
+        open_score = None if found in (None, "") else float(found)
+        true_label = record.get("true_label") or None
+        return cls(Path(str(record["path"])), status, ranking, true_label, error, open_score, rejected_as)
 
 
 def record_scores(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,11 +146,13 @@ def record_scores(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k[len("score:") :]: v for k, v in record.items() if k.startswith("score:")}
 
 
-def prediction_columns(classes: Sequence[str], top_k: int) -> tuple[str, ...]:
+def prediction_columns(classes: Sequence[str], top_k: int, open_set: bool = False) -> tuple[str, ...]:
     """The flat columns of a prediction (classify's CSV, batch's every format): path, status,
-    prediction, runner-up, truth, top_1..top_K, score:CLASS for each class, error."""
+    prediction, runner-up, truth, (best_class and open_set_score with rejection on), top_1..top_K,
+    score:CLASS for each class, error."""
     return (
         "path", "status", "predicted", "score", "confidence", "runner_up", "runner_up_score", "true_label", "correct",
+        *(("best_class", "open_set_score") if open_set else ()),
         *(f"top_{i}" for i in range(1, top_k + 1)), *(f"score:{c}" for c in classes), "error",
     )  # fmt: skip
 
@@ -144,9 +169,17 @@ def flat_row(record: Mapping[str, Any], classes: Sequence[str], top_k: int) -> R
     return row
 
 
-def run_header(model: str, model_sha256: str, matcher: Matcher, nodes: ClassNodes, top_k: int | None = None) -> Record:
+def run_header(
+    model: str,
+    model_sha256: str,
+    matcher: Matcher,
+    nodes: ClassNodes,
+    top_k: int | None = None,
+    rejection: Rejection | None = None,
+) -> Record:
     """The settings written beside a run's predictions (and checked on ``--resume``): the model,
-    the matching settings for this support set, its classes and their shots (top_k when given)."""
+    the matching settings for this support set, its classes and their shots (top_k and the
+    open-set rejection when given)."""
     names = nodes.classes
     header: Record = {
         "model": model, "model_sha256": model_sha256, "metric": matcher.metric, "kshot": nodes.kshot,
@@ -156,4 +189,7 @@ def run_header(model: str, model_sha256: str, matcher: Matcher, nodes: ClassNode
     }  # fmt: skip
     if top_k is not None:
         header["top_k"] = top_k
+    if rejection is not None:
+        header["reject"] = {"threshold": rounded(rejection.threshold), "leak": rejection.leak,
+                            "calibrated_on": rejection.calibrated_on, "label": rejection.label}  # fmt: skip
     return {**header, "classes": list(names), "shots": dict(zip(names, nodes.shots, strict=True))}
