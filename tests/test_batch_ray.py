@@ -31,6 +31,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.timeout(240),
     pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds Ray's workers through /proc (Linux)"),
 ]

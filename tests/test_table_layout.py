@@ -206,3 +206,15 @@ def test_evaluate_table_numbers_never_wrap() -> None:
         assert max(len(line) for line in text.splitlines()) <= width and "…" not in text
         for cell in ("66.7 ± 0.0", "75.0 ± 14.2", "+8.3 ± 14.2", "emd-" if width == 50 else "emd-uniform", "643"):
             assert cell in text
+
+
+def test_a_file_name_that_cannot_break_stays_whole_while_other_columns_wrap() -> None:
+    name = "PXL20240611093015123panorama.jpg"  # nowhere to break it
+    records = [
+        {"query": "queries/a_query_image_with_a_long_name.png", "rank": k, "path": f"/data/{day}/{file}", "score": s,
+         "global_score": 0.5, "status": "ok", "error": None}
+        for k, (day, file, s) in enumerate([("day_one", name, 1.5), ("day-two", "another_long_file_name.jpg", 0.9)], 1)
+    ]  # fmt: skip
+    text = render(search_layout("gallery").table(records), 80)
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    assert name in text.splitlines()[4]  # whole, on the first row's first line; the query wraps instead

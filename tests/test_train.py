@@ -132,6 +132,7 @@ def test_the_class_split_is_seeded_disjoint_and_holds_a_validation_episode() -> 
 # training --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss(base_dir: Path, tmp_path: Path, cache_env: Path) -> None:
     losses: list[float] = []
     settings = TrainSettings(way=2, shot=1, query=2, episodes=60, lr=0.02, views=1, val_classes=2, val_every=60,
@@ -142,6 +143,7 @@ def test_training_lowers_the_loss(base_dir: Path, tmp_path: Path, cache_env: Pat
     assert last < 0.7 * first, (first, last)
 
 
+@pytest.mark.slow
 def test_the_trained_model_is_a_model_folder_whose_onnx_matches_torch(trained: Path) -> None:
     manifest_path = resolve_model_path(trained)
     manifest = load_manifest(manifest_path)
@@ -158,6 +160,7 @@ def test_the_trained_model_is_a_model_folder_whose_onnx_matches_torch(trained: P
     assert info["validation_kept"]["episode"] == info["kept_episode"]
 
 
+@pytest.mark.slow
 def test_export_parity_with_torch(trained: Path, base_dir: Path, tmp_path: Path, cache_env: Path) -> None:
     """The exported ONNX equals the torch network it was exported from, within 1e-4."""
     from emdcli.model import trainable
@@ -185,6 +188,7 @@ def test_export_parity_with_torch(trained: Path, base_dir: Path, tmp_path: Path,
         assert torch.equal(mine, theirs)
 
 
+@pytest.mark.slow
 def test_the_bundled_mixed_model_can_be_trained_further() -> None:
     """Its NAME.blocks.pt rebuilds the network its ONNX file computes, so train can start from it."""
     from emdcli.model import trainable
@@ -201,6 +205,7 @@ def test_the_bundled_mixed_model_can_be_trained_further() -> None:
     assert np.max(np.abs(got - bundled)) > 1e-2  # and it is not the bundled network
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
     trained: Path, base_dir: Path, tmp_path: Path, cache_env: Path
 ) -> None:
@@ -231,6 +236,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
 # the command --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_trained_folder_works_as_model_in_classify_and_evaluate(trained: Path, base_dir: Path) -> None:
     res = runner.invoke(app, ["classify", str(base_dir), str(base_dir / "c0"), "--model", str(trained), "-f", "json"])
     assert res.exit_code == 0, res.output
@@ -242,6 +248,7 @@ def test_a_trained_folder_works_as_model_in_classify_and_evaluate(trained: Path,
     assert json.loads(res.stdout)["model"] == trained.name
 
 
+@pytest.mark.slow
 def test_info_shows_the_training_record(trained: Path) -> None:
     res = runner.invoke(app, ["info", "--model", str(trained), "-f", "json"])
     assert res.exit_code == 0, res.output
@@ -249,6 +256,7 @@ def test_info_shows_the_training_record(trained: Path) -> None:
     assert line.startswith("blocks.6 onward on 4 classes (") and "of 12; held-out 2-way 1-shot default" in line
 
 
+@pytest.mark.slow
 def test_train_writes_its_validation_table(base_dir: Path, tmp_path: Path, cache_env: Path) -> None:
     out = tmp_path / "m"
     res = _train([str(base_dir), "--out", str(out), "--episodes", "4", "--val-every", "2", "--val-episodes", "3",
@@ -295,6 +303,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path: Path, cache_env: Pa
     assert "broken.png" in res.stderr
 
 
+@pytest.mark.slow
 def test_an_existing_model_dir_needs_force(trained: Path, tmp_path: Path, base_dir: Path, cache_env: Path) -> None:
     out = tmp_path / "m"
     out.mkdir()
@@ -338,6 +347,7 @@ def _perturbed_model(folder: Path) -> tuple[Path, object]:
     return trainable.export_trained(head, "blocks.6", folder, "other", {"note": "test"}, parent).manifest_path, head
 
 
+@pytest.mark.slow
 def test_a_run_starts_from_the_model_given(base_dir: Path, tmp_path: Path, cache_env: Path) -> None:
     """Started from another model, the trained block begins as that model's (the checkpoint of a run
     stopped before its first episode holds it), and the record names that model as the parent."""
@@ -365,6 +375,7 @@ def test_resume_from_another_model_is_refused(tmp_path: Path, base_dir: Path, ca
         train(base_dir, tmp_path / "m", TINY, resume=True, model=str(other), device="cpu")
 
 
+@pytest.mark.slow
 def test_a_model_training_cannot_start_from_is_a_usage_error(trained: Path, tmp_path: Path, base_dir: Path) -> None:
     """A trained model whose torch weights are not recorded (an older emdcli's) cannot be a parent."""
     old = tmp_path / "old"
@@ -405,6 +416,7 @@ def test_without_torch_train_says_what_to_install(
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes(base_dir: Path, tmp_path: Path, shared_cache: Path) -> None:
     out = tmp_path / "m"
     args = [sys.executable, "-m", "emdcli", "train", str(base_dir), "--out", str(out), "--way", "2", "--query", "2",

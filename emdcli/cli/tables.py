@@ -1,5 +1,5 @@
-"""Tables for people: columns that fold at path separators and word breaks instead of cutting, and
-give way in a set order when the terminal is narrow (used through the result sink's table format)."""
+"""Tables for people, drawn by Rich: cells fold at path separators and word breaks instead of being cut,
+and optional columns give way first when the terminal is narrow (the result sink's table format)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from rich import box as boxes
-from rich.box import Box
 from rich.cells import cell_len, chop_cells
 from rich.console import Console, ConsoleOptions, JustifyMethod, RenderableType, RenderResult
 from rich.measure import Measurement
@@ -23,6 +21,11 @@ from rich.text import Text
 from ..io.files import display_path
 
 Record = dict[str, Any]
+PATH, NAME, NUMBER, PROSE = "path", "name", "number", "prose"
+_SEP = "/" + (os.sep if os.sep != "/" else "")
+#: Where each kind of cell breaks, the first that makes it fit; a word is cut only when nothing else fits.
+BREAKS = {PATH: (_SEP, " _-"), NAME: (" ", "_-"), PROSE: (" ", _SEP, "_-"), NUMBER: ()}
+_ANY_WIDTH = 10**6
 
 
 def common_folder(paths: Sequence[str]) -> Path | None:
@@ -39,37 +42,14 @@ def common_folder(paths: Sequence[str]) -> Path | None:
     return None if base == Path(base.anchor) else base
 
 
-PATH, NAME, NUMBER, PROSE = "path", "name", "number", "prose"
-_SEPARATORS = "/" + (os.sep if os.sep != "/" else "")
-#: Where the text of each kind of cell may break, the first that makes it fit: a path after its
-#: separators, then within a file or folder name after ``_``, ``-`` or a space; a name after a space,
-#: then after ``_`` or ``-``; prose (and a title) after a space, then as a path. A word is cut only
-#: when it alone is wider than its column. Numbers never wrap.
-BREAKS: dict[str, tuple[str, ...]] = {
-    PATH: (_SEPARATORS, " _-"), NAME: (" ", "_-"), PROSE: (" ", _SEPARATORS, "_-"), NUMBER: ()
-}  # fmt: skip
-#: The order in which wrapping columns get room beyond their narrowest (no word cut): paths room to
-#: break at separators only, names their whole width, the headers of numbers, paths their whole
-#: width, prose. (kind, 1: the room to break at the first kind of break only / 2: the whole width.)
-_ROOM_ORDER = ((PATH, 1), (NAME, 2), (NUMBER, 2), (PATH, 2), (PROSE, 2))
-
-
 def _pieces(text: str, breaks: str) -> list[str]:
     """``text`` cut after each run of the characters of ``breaks``."""
-    if not breaks:
-        return [text]
     chars = re.escape(breaks)
-    return re.findall(f"[^{chars}]*[{chars}]+|[^{chars}]+", text) or [text]
-
-
-def _longest(text: str, breaks: str) -> int:
-    return max(cell_len(piece.rstrip()) for piece in _pieces(text, breaks))
+    return (re.findall(f"[^{chars}]*[{chars}]+|[^{chars}]+", text) if breaks else []) or [text]
 
 
 def _fold(text: str, width: int, breaks: Sequence[str]) -> list[str]:
-    """The lines of ``text`` at most ``width`` cells wide (trailing spaces aside), broken after the
-    characters of ``breaks[0]``; a piece still too wide after those of ``breaks[1]``, and so on; a
-    word still too wide is cut."""
+    """Lines at most ``width`` wide, broken after ``breaks[0]``, a piece still too wide after ``breaks[1]``..."""
     if cell_len(text.rstrip()) <= width or width < 1:
         return [text]
     if not breaks:
@@ -78,21 +58,23 @@ def _fold(text: str, width: int, breaks: Sequence[str]) -> list[str]:
     for piece in _pieces(text, breaks[0]):
         if lines and cell_len((lines[-1] + piece).rstrip()) <= width:
             lines[-1] += piece
-        else:  # on a line of its own, the last part of it going on with what follows
+        else:  # on a line of its own, its last part going on with what follows
             lines += _fold(piece, width, breaks[1:])
     return lines
 
 
+@dataclass(frozen=True)
 class Folded:
-    """Text that wraps at the given breaks (see :data:`BREAKS`); Rich itself wraps at spaces only."""
+    """Text wrapped at ``breaks`` (Rich wraps at spaces only). Its narrowest, for Rich's Table, is its longest
+    unbreakable piece; ``widens=False`` keeps it from widening a column."""
 
-    def __init__(self, text: Text, breaks: Sequence[str]) -> None:
-        self.text, self.breaks = text, breaks
+    text: Text
+    breaks: Sequence[str]
+    widens: bool = True
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
-        plain = self.text.plain
-        narrowest = _longest(plain, "".join(self.breaks)) if plain else 0
-        return Measurement(narrowest, cell_len(plain)).with_maximum(options.max_width)
+        least = max(cell_len(p.rstrip()) for p in _pieces(self.text.plain, "".join(self.breaks)))
+        return Measurement(least, cell_len(self.text.plain) if self.widens else least).with_maximum(options.max_width)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         lines = _fold(self.text.plain, options.max_width, self.breaks)
@@ -103,19 +85,14 @@ class Folded:
 
 
 class Prose(Text):
-    """A cell's text that wraps (as prose) within whatever width its column gets and never widens
-    it: e.g. why a row was skipped, in a column of class names."""
+    """A cell's text that wraps as prose in whatever width its column gets, never widening it."""
 
 
 @dataclass(frozen=True)
 class Col:
-    """One column of a :class:`FitTable`.
-
-    kind: PATH, NAME, NUMBER or PROSE, how its cells may break (see :data:`BREAKS`).
-    give_way: 0 for a column always shown; 1, 2, ...: the order in which columns give way when the
-    table is too wide, by showing ``shorter`` cells instead, or, without those, by being left out.
-    later: when wrapping columns share the room, this one gets it after others of its kind.
-    """
+    """A column of a :class:`FitTable`, its cells breaking as ``kind`` allows. give_way 1, 2...: the order in
+    which it gives way when the table is too wide, showing ``shorter`` cells or, without those, left out.
+    later: it is narrowed to its narrowest before the others are."""
 
     header: str
     cells: list[Text]
@@ -126,56 +103,28 @@ class Col:
     shorter: list[Text] | None = None
     later: bool = False
 
-    @cached_property
-    def sizes(self) -> tuple[int, int, int]:
-        """Widths: the narrowest with no word cut (nor a number wrapped), the narrowest with a path
-        broken at separators only, and the whole width of the widest cell."""
-        least = max((cell_len(word) for word in self.header.split()), default=0)
-        some = whole = cell_len(self.header)
-        breaks = BREAKS[self.kind]
-        for cell in self.cells:
-            plain = cell.plain
-            if isinstance(cell, Prose):
-                least = max(least, _longest(plain, "".join(BREAKS[PROSE])) if plain else 0)
-                continue
-            least = max(least, _longest(plain, "".join(breaks)) if plain else 0)
-            some = max(some, _longest(plain, breaks[0]) if self.kind == PATH and plain else cell_len(plain))
-            whole = max(whole, cell_len(plain))
-        return least, max(least, some), max(least, whole)
-
-    def render(self, cell: Text) -> RenderableType:
-        if isinstance(cell, Prose):
-            return Folded(cell, BREAKS[PROSE])
-        return cell if self.kind == NUMBER else Folded(cell, BREAKS[self.kind])
+    def renderables(self) -> list[Folded]:
+        return [Folded(c, BREAKS[PROSE], False) if isinstance(c, Prose) else Folded(c, BREAKS[self.kind])
+                for c in self.cells]  # fmt: skip
 
 
-def _share(columns: Sequence[Col], sizes: Sequence[tuple[int, int, int]], room: int) -> list[int]:
-    """Widths of ``columns`` that fill ``room``: each column its narrowest, then more in _ROOM_ORDER."""
-    widths = [least for least, _, _ in sizes]
-    wrapping = [i for i, c in enumerate(columns) if c.kind != NUMBER]
-    while sum(widths) > room and wrapping and max(widths[i] for i in wrapping) > 1:  # words get cut
-        widths[max(wrapping, key=lambda i: widths[i])] -= 1
-    spare = room - sum(widths)
-    in_turn = sorted(range(len(columns)), key=lambda i: columns[i].later)
-    for kind, level in _ROOM_ORDER:
-        for i in in_turn:
-            if columns[i].kind == kind and spare > 0:
-                more = max(0, min(sizes[i][level] - widths[i], spare))
-                widths[i] += more
-                spare -= more
+def _narrowed(widths: list[int], floors: Sequence[list[int]], room: int) -> list[int]:
+    """``widths`` narrowed toward each of ``floors`` in turn until they fit ``room``, each column by its
+    share of what all can spare. (Rich narrows the widest columns, however narrow they may get.)"""
+    for floor in floors:
+        spare = [w - f for w, f in zip(widths, floor, strict=True)]
+        if (cut := min(sum(widths) - room, sum(spare))) > 0:
+            done = [0, *(cut * s // sum(spare) for s in itertools.accumulate(spare))]
+            widths = [w - (b - a) for w, a, b in zip(widths, done, done[1:], strict=False)]
     return widths
 
 
 class FitTable:
-    """A table laid out for the width it is drawn at, with its title above and, when columns were
-    left out, a line saying which below.
+    """A Rich table with its title above and, below, which columns gave way to fit the width."""
 
-    Every column is as wide as its widest cell when that fits. Otherwise columns give way, in the
-    order of their ``give_way``; when even the columns left do not fit, the wrapping ones share the
-    room (see _ROOM_ORDER), each breaking its cells where its kind allows (see :data:`BREAKS`).
-    """
-
-    def __init__(self, title: str, columns: Sequence[Col], *, box: Box = boxes.SIMPLE_HEAVY, pad_edge: bool = True):
+    def __init__(
+        self, title: str, columns: Sequence[Col], *, box: boxes.Box = boxes.SIMPLE_HEAVY, pad_edge: bool = True
+    ):
         self.title, self.columns, self.box, self.pad_edge = title, list(columns), box, pad_edge
 
     def _stages(self) -> list[tuple[list[Col], list[str]]]:
@@ -184,40 +133,46 @@ class FitTable:
         for level in [0, *sorted({c.give_way for c in self.columns if c.give_way})]:
             shown, left_out = [], []
             for c in self.columns:
-                if c.give_way and c.give_way <= level:
+                if 0 < c.give_way <= level:
                     if c.shorter is None:
                         left_out.append(c.header)
                         continue
-                    c = replace(c, cells=c.shorter, shorter=None, give_way=0)
+                    c = replace(c, cells=c.shorter)
                 shown.append(c)
             stages.append((shown, left_out))
         return stages
 
-    def _table(self, columns: Sequence[Col], widths: Sequence[int]) -> Table:
+    def _table(self, columns: Sequence[Col], widths: Sequence[int | None] | None = None) -> Table:
         table = Table(box=self.box, pad_edge=self.pad_edge)
-        for c, width in zip(columns, widths, strict=True):
-            table.add_column(Text(c.header, no_wrap=False), justify=c.justify, style=c.style, width=width,
-                             no_wrap=c.kind == NUMBER)  # fmt: skip
-        for row in zip(*(c.cells for c in columns), strict=True):
-            table.add_row(*(c.render(cell) for c, cell in zip(columns, row, strict=True)))
+        for c, width in zip(columns, widths or [None] * len(columns), strict=True):
+            table.add_column(Text(c.header), justify=c.justify, style=c.style, width=width, overflow="fold")
+        for row in zip(*(c.renderables() for c in columns), strict=True):
+            table.add_row(*row)
         return table
 
-    def _frame(self, console: Console, options: ConsoleOptions, columns: int) -> int:
-        """The width of the borders and padding of a table of this many columns."""
-        probe = self._table([Col("", [])] * columns, [1] * columns)
-        return Measurement.get(console, options.update_width(10**6), probe).maximum - columns
-
-    def layout(self, console: Console, options: ConsoleOptions) -> tuple[Table, list[str]]:
-        """The table drawn at ``options.max_width`` and the headers of the columns left out."""
+    def _layout(self, console: Console, options: ConsoleOptions) -> tuple[Table, list[str]]:
+        """The table for ``options.max_width`` and the headers of the columns left out: the first stage
+        of giving way that fits whole, else the last with its columns narrowed: headers wrap first, then
+        ``later`` columns, then all; then words are cut, numbers only when nothing else is left."""
+        any_width = options.update_width(_ANY_WIDTH)
         for shown, left_out in self._stages():
-            sizes = [c.sizes for c in shown]
-            room = options.max_width - self._frame(console, options, len(shown))
-            if sum(whole for _, _, whole in sizes) <= room:
-                return self._table(shown, [whole for _, _, whole in sizes]), left_out
-        return self._table(shown, _share(shown, sizes, room)), left_out
+            table = self._table(shown)
+            excess = Measurement.get(console, any_width, table).maximum - options.max_width
+            if excess <= 0:
+                return table, left_out
+        heads = [Measurement.get(console, any_width, Text(c.header)) for c in shown]
+        cells = [[Measurement.get(console, any_width, r) for r in c.renderables()] for c in shown]
+        least = [max([h.minimum, *(m.minimum for m in ms)]) for h, ms in zip(heads, cells, strict=True)]
+        body = [max([n, *(m.maximum for m in ms)]) for n, ms in zip(least, cells, strict=True)]
+        widths = [max(b, h.maximum) for b, h in zip(body, heads, strict=True)]
+        room = sum(widths) - excess
+        later = [n if c.later else b for n, b, c in zip(least, body, shown, strict=True)]
+        cut = [n if c.kind == NUMBER else 1 for n, c in zip(least, shown, strict=True)]
+        widths = _narrowed(widths, (body, later, least, cut), room)
+        return (self._table(shown, widths) if sum(widths) <= room else table), left_out
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        table, left_out = self.layout(console, options)
+        table, left_out = self._layout(console, options)
         yield Folded(Text(self.title, style="table.title"), BREAKS[PROSE])
         yield table
         if left_out:
@@ -225,22 +180,18 @@ class FitTable:
             yield Folded(Text(note, style="dim"), BREAKS[PROSE])
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
-        stages = self._stages()
-        (first, _), (last, _) = stages[0], stages[-1]
-        widest = sum(c.sizes[2] for c in first) + self._frame(console, options, len(first))
-        narrowest = sum(c.sizes[0] for c in last) + self._frame(console, options, len(last))
+        stages, any_width = self._stages(), options.update_width(_ANY_WIDTH)
+        widest = Measurement.get(console, any_width, self._table(stages[0][0])).maximum
+        narrowest = Measurement.get(console, any_width, self._table(stages[-1][0])).minimum
         return Measurement(narrowest, max(widest, cell_len(self.title))).with_maximum(options.max_width)
 
 
 def simple_table(title: str, columns: Sequence[str]) -> Callable[[list[Record]], RenderableType]:
-    """A table of the given record keys (columns empty in every row are left out), laid out as a
-    :class:`FitTable`: ``query`` and ``path`` are paths, shown relative to their common folder
-    (named in the title); ``error`` is prose; numbers never wrap; a column other than a path with
-    the same value in every row says least and gives way first; the paths found get room to wrap in
-    before the queries."""
+    """A :class:`FitTable` of these record keys (empty columns left out): ``query`` and ``path`` are paths
+    relative to their common folder (named in the title), the paths found narrowed after the queries;
+    ``error`` is prose; a column other than a path with one value in every row gives way."""
 
     def render(records: list[Record]) -> RenderableType:
-
         notes: list[str] = []
         cols: list[Col] = []
         for key in (c for c in columns if any(r.get(c) is not None for r in records)):
