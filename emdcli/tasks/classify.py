@@ -58,6 +58,7 @@ class Reject:
         pairs = ((index[name], fmap) for name, found in examples.items() for _, fmap in found)
         return calibrate_rejection(simulated_out_of_set(matcher, nodes, pairs), self.leak, self.label)
 
+
 T = TypeVar("T")
 
 
@@ -293,9 +294,7 @@ class Classifier:
             return Prediction(path, "ok", ranking, label_of(path), None, score, rejected_as)
 
         embedded = self.source.embed_now(paths, on_done)
-        sets = (
-            batches(embedded, defaults.TRANSDUCTIVE_SET) if self.matcher.transductive else ([e] for e in embedded)
-        )
+        sets = batches(embedded, defaults.TRANSDUCTIVE_SET) if self.matcher.transductive else ([e] for e in embedded)
         for chunk in sets:
             ok = [item.features for item in chunk if item.features is not None]
             parts = [self.matcher.match(support.nodes, f) for f in ok]
