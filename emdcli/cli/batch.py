@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from .. import defaults
-from .common import Session, argument, with_session
+from .common import CLASSIFYING, Session, argument, with_session
 
 if TYPE_CHECKING:
     from ..tasks.batch import BatchJob
@@ -36,22 +36,7 @@ MIN_STEADY_SECONDS = 1.0
 SHOWN_ERRORS = 10
 
 
-@with_session(
-    "top_k",
-    "metric",
-    "kshot",
-    "global_weight",
-    "transductive",
-    "shortlist",
-    "reject",
-    "unknown_label",
-    "model",
-    "device",
-    "cache",
-    "progress",
-    "quiet",
-    "config",
-)
+@with_session(*CLASSIFYING, "cache", "progress", "quiet", "config")
 def run(
     support: Annotated[
         Path,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import NullOpt, Session, advance, argument, query_paths, with_session
+from .common import CLASSIFYING, NullOpt, Session, advance, argument, query_paths, with_session
 
 if TYPE_CHECKING:
     from ..tasks.classify import Classifier, Prediction, SetReport, SupportSet, Tally
@@ -26,26 +26,7 @@ EPILOG = (
 )
 
 
-@with_session(
-    "fmt",
-    "output",
-    "top_k",
-    "metric",
-    "kshot",
-    "global_weight",
-    "transductive",
-    "shortlist",
-    "reject",
-    "unknown_label",
-    "model",
-    "device",
-    "batch_size",
-    "workers",
-    "cache",
-    "progress",
-    "quiet",
-    "config",
-)
+@with_session("fmt", "output", *CLASSIFYING, "batch_size", "workers", "cache", "progress", "quiet", "config")
 def run(
     support: Annotated[
         Path,

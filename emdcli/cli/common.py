@@ -117,6 +117,11 @@ SHARED_OPTIONS: dict[str, Any] = {
 }  # fmt: skip
 
 
+#: The shared options of the commands that classify (classify and batch): matching, rejection, model.
+CLASSIFYING = ("top_k", "metric", "kshot", "global_weight", "transductive", "shortlist", "reject", "unknown_label",
+               "model", "device")  # fmt: skip
+
+
 def with_session(*names: str) -> Callable[[F], F]:
     """Add the shared options ``names`` to a command (after its own) and call it with
     ``session=Session`` made from them, as sqlite-utils' output options decorator does."""

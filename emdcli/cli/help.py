@@ -168,26 +168,23 @@ def usage_errors(ctx: Context) -> Iterator[None]:
         raise typer.Exit(EXIT_USAGE) from None
 
 
-class EmdcliCommand(TyperCommand):
+class _Shown:
+    """What both command classes share: the parameters shown by emdcli's rules, usage errors in its words."""
+
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        return _shown(super().get_params(ctx))  # type: ignore[misc]
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        with usage_errors(ctx):
+            return super().parse_args(ctx, args)  # type: ignore[misc,no-any-return]
+
+
+class EmdcliCommand(_Shown, TyperCommand):
     """A command whose help and usage errors follow the rules in this module's docstring."""
 
-    def get_params(self, ctx: Context) -> list[Parameter]:
-        return _shown(super().get_params(ctx))
 
-    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
-        with usage_errors(ctx):
-            return super().parse_args(ctx, args)
-
-
-class EmdcliGroup(TyperGroup):
+class EmdcliGroup(_Shown, TyperGroup):
     """The ``emdcli`` group: the same help and errors as :class:`EmdcliCommand`."""
-
-    def get_params(self, ctx: Context) -> list[Parameter]:
-        return _shown(super().get_params(ctx))
-
-    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
-        with usage_errors(ctx):
-            return super().parse_args(ctx, args)
 
     def resolve_command(self, ctx: Context, args: list[str]) -> tuple[str | None, ClickCommand | None, list[str]]:
         with usage_errors(ctx):
