@@ -352,7 +352,7 @@ class Destination:
 def _earlier_rows(path: Path, fmt: str, job: BatchJob) -> list[dict[str, Any]]:
     """The rows an earlier run left in ``path`` (or its .partial), checked to be this job's."""
     from ..errors import DatasetError
-    from .sink import read_earlier
+    from ..io.records import read_earlier
 
     earlier = read_earlier(path, fmt, "batch")
     if earlier is None:

@@ -147,8 +147,8 @@ def _resume(output: Path, fmt: str, classes: tuple[str, ...], paths: Any, from_s
     query paths still to do."""
     from ..errors import DatasetError
     from ..io.files import display_path
+    from ..io.records import read_earlier
     from ..tasks.prediction import Prediction, record_scores
-    from .sink import read_earlier
 
     earlier = read_earlier(output, fmt, "classify")
     if earlier is None:

@@ -1,6 +1,6 @@
 """The one result sink of every command: format choice, streamed rows, the Rich table, the JSON
-envelope, atomic ``--output`` with ``.partial``, the summary on stderr, and reading an earlier
-output back for ``--resume``.
+envelope, atomic ``--output`` with ``.partial`` and the summary on stderr (an earlier output is
+read back for ``--resume`` by :func:`emdcli.io.records.read_earlier`).
 
 Every command's output has one shape. CSV: a header row, then one row per record. JSON Lines:
 one object per record. JSON: one document::
@@ -26,8 +26,8 @@ from typing import IO, Any
 from rich.console import Console, RenderableType
 
 from .. import __version__
-from ..errors import DatasetError, UsageError
-from ..io.files import AtomicFile, display_path, earlier_output, partial_path, require_output_folder
+from ..errors import UsageError
+from ..io.files import AtomicFile, display_path, partial_path, require_output_folder
 from .stderr import note
 
 #: The widest a table written to a file gets. A file has no screen: its table is as wide as its
@@ -216,45 +216,3 @@ class Sink:
             then = "; run the same command with --resume to finish it" if self.layout.resumable else ""
             rows = "1 row computed so far was" if self.rows == 1 else f"{self.rows} rows computed so far were"
             note(f"{rows} kept in {display_path(kept)}{then}")
-
-
-@dataclass(frozen=True)
-class Earlier:
-    """What an earlier run left for ``--resume``: the file read (``FILE.partial`` or ``FILE``),
-    its records, and its CSV header (None for JSON formats)."""
-
-    path: Path
-    records: list[Record]
-    columns: list[str] | None
-
-
-def read_earlier(output: Path, fmt: str, command: str) -> Earlier | None:
-    """The rows an earlier (possibly unfinished) run of ``command`` left for ``output`` in ``fmt``
-    (its ``.partial`` first), or None when there is none. DatasetError when it cannot be read as such."""
-    path = earlier_output(output)
-    if path is None:
-        return None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"cannot read {path} to resume from it ({exc})") from None
-    bad = DatasetError(
-        f"{path} is not {fmt} output of emdcli {command}; cannot resume from it",
-        hint="remove the file, or pass the --format it was written with",
-    )
-    try:
-        if fmt == "csv":
-            reader = csv.DictReader(io.StringIO(text))
-            return Earlier(path, list(reader), list(reader.fieldnames or []))
-        if fmt == "jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:  # a .partial document is complete too: the sink closes it before keeping it
-            doc = json.loads(text)
-            if doc.get("command") != command:
-                raise bad
-            records = doc["rows"]
-        if not all(isinstance(r, dict) and "path" in r for r in records):
-            raise bad
-        return Earlier(path, records, None)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise bad from None
