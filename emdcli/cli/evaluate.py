@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .. import defaults
 from .common import Session, advance, argument, with_session
 
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from ..io.folders import LabelledFolder
+    from .sink import Layout, Record, Sink
+
 NAME = "evaluate"
 EPILOG = (
     "[bold]Examples[/bold]\n\n"
     "  emdcli evaluate photos/ --way 5 --shot 1\n\n"
     "  emdcli evaluate photos/ --shot 5 --methods proto,emd,emd-sfc,emd-best-shot --format json\n\n"
+    "  emdcli evaluate photos/ --way 5 --open-set 2 --leak 0.1\n\n"
     "Methods: proto (SimpleShot baseline), default (exactly what classify runs with its defaults), emd, "
     "emd-uniform, emd-episode-centre, emd-pyramid, emd+global, emd-uniform+global; with --shot 2 or more also "
     "emd-sfc, emd-sfc+global, emd-best-shot, emd-mean-shot. See docs/benchmarks.md for what each measured.\n\n"
@@ -47,6 +54,27 @@ def run(
             help="Comma-separated methods, all scored on the same episodes; differences are paired against proto.",
         ),
     ] = ",".join(defaults.METHODS),  # fmt: skip
+    open_set: Annotated[
+        int,
+        typer.Option(
+            "--open-set",
+            metavar="M",
+            min=0,
+            help="Score open-set rejection instead: each episode adds M classes the support set lacks, --query "
+            "queries each, and the default method matches all queries as one set, rejecting as classify --reject "
+            "auto does (AUROC, in-set accuracy with and without rejection, shares rejected). 0: off.",
+        ),
+    ] = 0,  # fmt: skip
+    leak: Annotated[
+        float | None,
+        typer.Option(
+            "--leak",
+            metavar="FLOAT",
+            help="With --open-set: the share of simulated out-of-set queries (support examples scored against "
+            "the other classes) the threshold lets through, between 0 and 1.",
+            show_default=f"{defaults.REJECT_LEAK:g}",
+        ),
+    ] = None,  # fmt: skip
     jobs: Annotated[
         int | None,
         typer.Option("--jobs", "-j", metavar="N", min=1, help="Threads scoring episodes.", show_default="one per CPU"),
@@ -61,6 +89,13 @@ def run(
     from .reports import evaluate_layout, evaluation_records
 
     sink = session.sink()
+    if leak is not None and not open_set:
+        raise UsageError("--leak needs --open-set", hint="for example --open-set 2 --leak 0.1")
+    if open_set:
+        if methods != ",".join(defaults.METHODS):
+            raise UsageError("--open-set scores the default method only", hint="leave out --methods")
+        run_open_set(dataset, way, shot, query, episodes, seed, open_set, leak, jobs, session, sink)
+        return
     names = check_methods([m.strip() for m in methods.split(",") if m.strip()], shot)
     if not names:
         raise UsageError("--methods is empty", hint="for example --methods proto,emd")
@@ -73,10 +108,7 @@ def run(
             on_episode=advance(bars, "Episodes", episodes),
         )  # fmt: skip
     session.report_skipped(result.data.skipped)
-    small = [folder.classes[i].name for i in result.plan.too_small]
-    if small:
-        session.warn(f"{len(small)} of {len(folder.classes)} classes have fewer than {shot + query} readable images "
-                    f"and are never drawn: {', '.join(small[:8])}{' ...' if len(small) > 8 else ''}")  # fmt: skip
+    small = never_drawn(session, folder, result.plan.too_small, shot + query)
     header = {
         "dataset": str(dataset), "model": session.backbone.manifest.name, "model_sha256": session.backbone.check.actual,
         "way": way, "shot": shot, "query": query, "episodes": episodes, "seed": seed,
@@ -94,3 +126,95 @@ def run(
     with sink.open(evaluate_layout(title), header, summary) as emit:
         for record in records:
             emit(record)
+
+
+def never_drawn(session: Session, folder: LabelledFolder, too_small: tuple[int, ...], need: int) -> list[str]:
+    """The names of the classes too small to be drawn, warned about on stderr."""
+    small = [folder.classes[i].name for i in too_small]
+    if small:
+        session.warn(f"{len(small)} of {len(folder.classes)} classes have fewer than {need} readable images "
+                     f"and are never drawn: {', '.join(small[:8])}{' ...' if len(small) > 8 else ''}")  # fmt: skip
+    return small
+
+
+def run_open_set(
+    dataset: Path,
+    way: int,
+    shot: int,
+    query: int,
+    episodes: int,
+    seed: int,
+    unseen: int,
+    leak: float | None,
+    jobs: int | None,
+    session: Session,
+    sink: Sink,
+) -> None:
+    """``evaluate --open-set M``: rejection measured on open-set episodes, one row."""
+    from ..io.folders import read_labelled_folder
+    from ..tasks.open_set import check_leak, evaluate_open_set
+
+    leak = check_leak(defaults.REJECT_LEAK if leak is None else leak)
+    folder = read_labelled_folder(dataset)
+    started = time.perf_counter()
+    with session.progress() as bars:
+        run = evaluate_open_set(
+            folder, way=way, unseen=unseen, shot=shot, query=query, episodes=episodes, seed=seed, leak=leak,
+            source=session.source, workers=jobs, on_embedded=advance(bars, "Embedding", folder.image_count),
+            on_episode=advance(bars, "Episodes", episodes),
+        )  # fmt: skip
+    session.report_skipped(run.data.skipped)
+    small = never_drawn(session, folder, run.plan.too_small, shot + query)
+    header = {
+        "dataset": str(dataset), "model": session.backbone.manifest.name, "model_sha256": session.backbone.check.actual,
+        "way": way, "shot": shot, "query": query, "open_set": unseen, "leak": leak, "episodes": episodes, "seed": seed,
+        "images": len(run.data.paths), "unreadable": len(run.data.skipped),
+        "classes": len(run.plan.eligible), "classes_too_small": small,
+    }  # fmt: skip
+    r = run.result
+    record = {
+        "method": "default", "way": r.way, "shot": r.shot, "query": r.query, "open_set": r.unseen,
+        "episodes": r.episodes, "leak": r.leak, "auroc": round(r.auroc, 4), "auroc_ci95": round(r.auroc_ci95, 4),
+        **{f"{m}{end}": round(getattr(r, f"{m}{end}"), 2) for m in PERCENTS for end in ("", "_ci95")},
+        "threshold": round(r.threshold, 4), "threshold_ci95": round(r.threshold_ci95, 4),
+        "seconds_per_episode": round(r.seconds_per_episode, 5),
+    }  # fmt: skip
+    title = (f"{dataset.name}: {way}-way {shot}-shot, {query} queries per class, {unseen} unseen "
+             f"{'class' if unseen == 1 else 'classes'}, {episodes} episodes (seed {seed}), mean ± 95% CI")  # fmt: skip
+
+    def summary() -> dict[str, Any]:
+        return {"episodes": r.episodes, "seconds": round(time.perf_counter() - started, 3)}
+
+    with sink.open(open_set_layout(title), header, summary) as emit:
+        emit(record)
+
+
+#: The measures given in percent, in the order of the row.
+PERCENTS = ("accuracy", "accuracy_rejecting", "in_set_rejected", "unseen_rejected")
+OPEN_SET_COLUMNS = (
+    "method", "way", "shot", "query", "open_set", "episodes", "leak", "auroc", "auroc_ci95",
+    *(f"{m}{end}" for m in PERCENTS for end in ("", "_ci95")), "threshold", "threshold_ci95", "seconds_per_episode",
+)  # fmt: skip
+
+
+def open_set_layout(title: str) -> Layout:
+    """``evaluate --open-set``'s row: CSV and JSON as they are; the table one line per measure."""
+    from rich.text import Text
+
+    from .sink import Layout
+    from .tables import NUMBER, Col, FitTable
+
+    def table(records: list[Record]) -> RenderableType:
+        names = [("AUROC, in-set vs unseen", "auroc", ".3f"), ("in-set accuracy %", "accuracy", ".1f"),
+                 ("in-set accuracy with rejection %", "accuracy_rejecting", ".1f"),
+                 ("in-set queries rejected %", "in_set_rejected", ".1f"),
+                 ("unseen queries rejected %", "unseen_rejected", ".1f")]  # fmt: skip
+        leak = ", ".join(sorted({f"{r['leak']:g}" for r in records}))
+        names.append((f"threshold (calibrated at leak {leak})", "threshold", ".3f"))
+        cols = [Col("measure", [Text(n) for n, _, _ in names], style="bold")]
+        for r in records:
+            cells = [Text(f"{r[key]:{f}} ± {r[key + '_ci95']:{f}}") for _, key, f in names]
+            cols.append(Col("mean ± 95% CI", cells, NUMBER, justify="right"))
+        return FitTable(title, cols)
+
+    return Layout("evaluate", OPEN_SET_COLUMNS, table)

@@ -184,10 +184,29 @@ def evaluate(
     names = check_methods(methods, shot)
     if not names:
         raise UsageError("no method to run", hint="for example --methods proto,emd")
+    data, features = embedded_set(dataset, way, shot, query, seed, source, on_embedded)
+    plan = sample_episodes(data.labels, way, shot, query, episodes, seed)
+    result = evaluate_episodes(features, plan, names, workers=workers or os.cpu_count() or 1, on_episode=on_episode)
+    return EvaluationRun(data, plan, result)
+
+
+def embedded_set(
+    dataset: Path | LabelledFolder,
+    way: int,
+    shot: int,
+    query: int,
+    seed: int,
+    source: FeatureSource | None,
+    on_embedded: Progress | None = None,
+    unseen: int = 0,
+) -> tuple[LabelledFeatures, np.ndarray]:
+    """A labelled set and its (N, C, H, W) feature maps, once the episode shape (``unseen``: open-set
+    classes per episode) is known to fit its files (DatasetError before any image is embedded, as
+    unreadable ones can only make it worse). source: None for the bundled model without a cache.
+    EmdcliError when no image is readable."""
     folder = dataset if isinstance(dataset, LabelledFolder) else read_labelled_folder(dataset)
-    # the shape must fit the files before any is embedded (unreadable ones can only make it worse)
-    sample_episodes(np.repeat(np.arange(len(folder.classes)), [len(c.files) for c in folder.classes]),
-                    way, shot, query, 1, seed)  # fmt: skip
+    labels = np.repeat(np.arange(len(folder.classes)), [len(c.files) for c in folder.classes])
+    sample_episodes(labels, way, shot, query, 1, seed, unseen)
     if source is None:
         from ..model.backbone import load_model
 
@@ -195,8 +214,4 @@ def evaluate(
     data = source.labelled(folder, on_embedded)
     if data.features is None:
         raise EmdcliError(f"none of the {folder.image_count} images in {folder.root} could be read")
-    plan = sample_episodes(data.labels, way, shot, query, episodes, seed)
-    result = evaluate_episodes(
-        data.features, plan, names, workers=workers or os.cpu_count() or 1, on_episode=on_episode
-    )
-    return EvaluationRun(data, plan, result)
+    return data, data.features
