@@ -35,20 +35,9 @@ from transductive import SETS, split  # noqa: E402
 from emdcli.io.folders import read_labelled_folder  # noqa: E402
 from emdcli.matching.rejection import open_set_scores, simulated_out_of_set  # noqa: E402
 from emdcli.matching.support import Matcher  # noqa: E402
+from emdcli.tasks.open_set import auroc  # noqa: E402
 
 SCORES = ("inductive best", "final best", "final margin", "global best")
-
-
-def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
-    """P(an in-set score > an out-of-set score), ties counting half (the Mann-Whitney statistic)."""
-    both = np.concatenate([inside, outside])
-    order = both.argsort(kind="stable")
-    ranks = np.empty(len(both))
-    ranks[order] = np.arange(1, len(both) + 1)
-    for value in np.unique(both):  # average ranks of ties
-        tied = both == value
-        ranks[tied] = ranks[tied].mean()
-    return float((ranks[: len(inside)].sum() - len(inside) * (len(inside) + 1) / 2) / (len(inside) * len(outside)))
 
 
 def half_of(data: Path, name: str, half: str, split_seed: int, source: object) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +114,8 @@ def main() -> None:
     print(f"# {command_line()}")
     print(f"# {args.half} classes (split seed {args.split_seed}); {args.way}-way, {args.query} queries per class; "
           f"near: up to {args.unknown} other classes of the set, {args.query} queries each; far: "
-          f"{args.way * args.query} images of the other sets; {args.episodes} episodes per row (seed {args.seed})")  # fmt: skip
+          f"{args.way * args.query} images of the other sets; {args.episodes} episodes per row "
+          f"(seed {args.seed})")  # fmt: skip
     auroc_rows, leak_rows = [], []
     for shot in shots:
         for name in names:
