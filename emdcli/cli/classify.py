@@ -10,10 +10,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..io.sorting import SortAction
 from .common import CLASSIFYING, NullOpt, Session, advance, argument, query_paths, with_session
 
 if TYPE_CHECKING:
+    from ..io.folders import LabelledFolder
+    from ..io.sorting import Sorter
     from ..tasks.classify import Classifier, Prediction, SetReport, SupportSet, Tally
+    from .sink import Layout
 
 NAME = "classify"
 EPILOG = (
@@ -59,6 +63,46 @@ def run(
             "(FILE.partial, or FILE) and classify only the queries they lack.",
         ),
     ] = False,  # fmt: skip
+    sort_into: Annotated[
+        Path | None,
+        typer.Option(
+            "--sort-into",
+            metavar="DIR",
+            help="Also put each classified query into DIR/<predicted class>/ (a rejected one into DIR/unknown/, "
+            "as --unknown-label names it), never overwriting (a taken name gets -2, -3, ...) nor touching a support "
+            "image; the columns sorted_to and sort_action say where each went. Running it again does only "
+            "what is left.",
+            file_okay=False,
+            show_default="none",
+        ),
+    ] = None,  # fmt: skip
+    sort_action: Annotated[
+        SortAction | None,
+        typer.Option(
+            "--sort-action",
+            metavar="ACTION",
+            help="How --sort-into puts a query there: copy, link (a hard link; a symbolic link across file "
+            "systems) or move.",
+            show_default="copy",
+        ),
+    ] = None,  # fmt: skip
+    min_confidence: Annotated[
+        float | None,
+        typer.Option(
+            "--min-confidence",
+            metavar="P",
+            min=0.0,
+            max=1.0,
+            help="With --sort-into: a query whose confidence is below P goes to DIR/_review/ instead.",
+            show_default="none",
+        ),
+    ] = None,  # fmt: skip
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="With --sort-into: say what would go where (on stderr and in the rows), changing nothing."
+        ),
+    ] = False,  # fmt: skip
     null: NullOpt = False,
     *,
     session: Session,
@@ -74,10 +118,16 @@ def run(
     sink = session.sink()
     if resume and (output is None or sink.fmt == "table"):
         raise UsageError("--resume needs --output FILE with --format csv, json or jsonl")
+    if sort_into is None and (sort_action or min_confidence is not None or dry_run):
+        raise UsageError("--sort-action, --min-confidence and --dry-run need --sort-into DIR")
     folder = read_labelled_folder(support)
+    sorter = None if sort_into is None else _sorter(sort_into, sort_action, min_confidence, dry_run, folder,
+                                                    queries, session)  # fmt: skip
     from_stdin = "-" in queries
     not_images: list[Path] = []  # files in the query folders that are not images
     paths: Any = query_paths(queries, null, not_images)
+    if sorter is not None:  # what an earlier run sorted into DIR is not a query again
+        paths = sorter.outside(paths)
     if not from_stdin:
         paths = list(paths)
         if not paths:
@@ -100,8 +150,9 @@ def run(
         session.inform(note)
     classes = support_set.classes
     prior: list[Prediction] = []
+    sorted_before: dict[Path, Path] = {}  # query -> where an earlier run's row says it went (--resume)
     if resume and output is not None:
-        prior, paths = _resume(output, sink.fmt, classes, paths, from_stdin, session)
+        prior, paths = _resume(output, sink.fmt, classes, paths, from_stdin, session, sorted_before)
     top = min(settings.top_k, len(classes))
     rejection = support_set.rejection
     header = run_header(clf.model_name, session.backbone.check.actual, clf.matcher, support_set.nodes,
@@ -114,10 +165,14 @@ def run(
 
     def summary() -> dict[str, Any]:
         found = _summary(tally, len(prior), support_set, len(not_images), started, query_started, clf.sets)
+        if sorter is not None:
+            found["sorted"] = dict(sorter.counts)
         return found if rejection is None else {**found, "rejected": tally.rejected}
 
     pictures: dict[Path, str] = {}  # query -> the picture drawn of its match (--explain-dir)
     layout = classify_layout(classes, top, pictures=explain_dir is not None, open_set=rejection is not None)
+    if sorter is not None:
+        layout = _sorting_layout(layout, classes, top)
     with sink.open(layout, header, summary) as emit, session.progress() as bars:
         observe = _explainer(clf, support_set, explain_dir, pictures, session.warn) if explain_dir else None
         new = clf.predict(support_set, paths, advance(bars, "Queries", None if from_stdin else len(paths)), observe)
@@ -129,9 +184,16 @@ def run(
             record = pred.to_record(classes, top, open_set=rejection is not None)
             if explain_dir is not None:
                 record["picture"] = pictures.pop(pred.path, None)
+            if sorter is not None:
+                record.update(_sort(sorter, pred, sorted_before.get(pred.path), session))
             emit(record)
         for line in query_warnings(tally, not_images, support):  # before the summary line
             session.warn(line)
+        if sorter is not None and sorter.left_out:
+            session.inform(f"left out {sorter.left_out} queries already in the folders of --sort-into {sort_into}")
+        if sorter is not None and sorter.counts:
+            done = ", ".join(f"{n} {action}" for action, n in sorted(sorter.counts.items()))
+            session.inform(f"{'dry run, nothing changed: ' if dry_run else ''}--sort-into {sort_into}: {done}")
         for line in transductive_notes(clf.sets):
             session.inform(line)
     if tally.total == 0:
@@ -142,9 +204,10 @@ def run(
                           hint="see the warnings above")  # fmt: skip
 
 
-def _resume(output: Path, fmt: str, classes: tuple[str, ...], paths: Any, from_stdin: bool, session: Session) -> Any:
+def _resume(output: Path, fmt: str, classes: tuple[str, ...], paths: Any, from_stdin: bool, session: Session,
+            sorted_to: dict[Path, Path] | None = None) -> Any:  # fmt: skip
     """The predictions an earlier run of this command left in ``output`` (or its .partial), and the
-    query paths still to do."""
+    query paths still to do; ``sorted_to`` gets where its rows say each query was sorted to."""
     from ..errors import DatasetError
     from ..io.files import display_path
     from ..io.records import read_earlier
@@ -161,10 +224,51 @@ def _resume(output: Path, fmt: str, classes: tuple[str, ...], paths: Any, from_s
             hint="remove it, or resume with the support folder it was made with",
         )
     prior = [Prediction.from_record(r) for r in records]
+    if sorted_to is not None:
+        sorted_to.update((p.path, Path(r["sorted_to"])) for p, r in zip(prior, records, strict=True)
+                         if r.get("sorted_to"))  # fmt: skip
     done = {display_path(p.path) for p in prior}
     rest = (p for p in paths if display_path(p) not in done)
     session.warn(f"resuming: {len(prior)} {'row' if len(prior) == 1 else 'rows'} from {display_path(earlier.path)}")
     return prior, rest if from_stdin else list(rest)
+
+
+def _sorter(into: Path, how: SortAction | None, min_confidence: float | None, dry_run: bool,
+            folder: LabelledFolder, queries: list[str], session: Session) -> Sorter:  # fmt: skip
+    """The Sorter of --sort-into, its folder checked before any work (exit 2)."""
+    from ..io.sorting import Sorter, check_destination
+
+    reject = session.reject()
+    labels = (*folder.names, *((reject.label,) if reject else ()))
+    check_destination(into, folder.root, labels, queries, dry_run=dry_run)
+    support = frozenset(p.resolve() for c in folder.classes for p in c.files)
+    return Sorter(into, how or "copy", min_confidence, support, dry_run, labels)
+
+
+def _sort(sorter: Sorter, pred: Prediction, earlier: Path | None, session: Session) -> dict[str, Any]:
+    """Sort one query by its prediction; the row's sorted_to and sort_action (empty for a skip)."""
+    from ..io.files import display_path
+
+    if not pred.ok or pred.predicted is None:
+        return {"sorted_to": None, "sort_action": None}
+    placed = sorter.place(pred.path, pred.predicted, pred.confidence, rejected=pred.rejected_as is not None,
+                          earlier=earlier)  # fmt: skip
+    shown = display_path(pred.path)
+    if placed.action == "kept" or placed.action == "failed":
+        session.warn(f"not sorted {shown}: {placed.reason}")
+    elif sorter.dry_run and placed.target is not None:
+        session.inform(f"{placed.action} {shown} -> {display_path(placed.target)}")
+    return placed.record()
+
+
+def _sorting_layout(layout: Layout, classes: tuple[str, ...], top: int) -> Layout:
+    """classify's layout with the columns of --sort-into before error."""
+    from dataclasses import replace
+
+    from ..tasks.prediction import flat_row
+
+    columns = (*layout.columns[:-1], "sorted_to", "sort_action", layout.columns[-1])
+    return replace(layout, columns=columns, flatten=lambda rec: [flat_row(rec, classes, top).get(c) for c in columns])
 
 
 def picture_path(folder: Path, query: Path) -> Path:
