@@ -103,6 +103,18 @@ def run(
             "--dry-run", help="With --sort-into: say what would go where (on stderr and in the rows), changing nothing."
         ),
     ] = False,  # fmt: skip
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            metavar="FILE",
+            help="Also write one self-contained HTML page of the run to FILE (at its end, whole or not at all): "
+            "the support classes with thumbnails, then the queries by predicted class, wrong and rejected ones "
+            "marked, linked to their --explain-dir pictures.",
+            dir_okay=False,
+            show_default="none",
+        ),
+    ] = None,  # fmt: skip
     null: NullOpt = False,
     *,
     session: Session,
@@ -120,6 +132,11 @@ def run(
         raise UsageError("--resume needs --output FILE with --format csv, json or jsonl")
     if sort_into is None and (sort_action or min_confidence is not None or dry_run):
         raise UsageError("--sort-action, --min-confidence and --dry-run need --sort-into DIR")
+    if report is not None:  # checked before any work (exit 2); written only at the end of a run that succeeded
+        from ..render.report import check_report_path
+
+        check_report_path(report, taken=(output,))
+    reported: list[dict[str, Any]] = []  # the records the page of --report is made of
     folder = read_labelled_folder(support)
     sorter = None if sort_into is None else _sorter(sort_into, sort_action, min_confidence, dry_run, folder,
                                                     queries, session)  # fmt: skip
@@ -187,6 +204,8 @@ def run(
             if sorter is not None:
                 record.update(_sort(sorter, pred, sorted_before.get(pred.path), session))
             emit(record)
+            if report is not None:
+                reported.append(record)
         for line in query_warnings(tally, not_images, support):  # before the summary line
             session.warn(line)
         if sorter is not None and sorter.left_out:
@@ -202,6 +221,11 @@ def run(
         what = "the query" if tally.total == 1 else f"none of the {tally.total} queries"
         raise EmdcliError(f"{what} could not be read" if tally.total == 1 else f"{what} could be read",
                           hint="see the warnings above")  # fmt: skip
+    if report is not None:
+        from ..render.report import write_report
+
+        write_report(report, reported, folder)
+        session.inform(f"wrote the report {report}")
 
 
 def _resume(output: Path, fmt: str, classes: tuple[str, ...], paths: Any, from_stdin: bool, session: Session,
