@@ -2,7 +2,6 @@
 
 - :mod:`.app`: the Typer app, the entry point, error handling, signals
 - :mod:`.common`: shared options, stderr messages, the session set-up
-- :mod:`.sink`: the one result sink (formats, atomic ``--output``, ``--resume``)
 - :mod:`.reports`: each command's records and table
 - one module per command: classify, evaluate, search, anomaly, explain, info, export
 """

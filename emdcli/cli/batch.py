@@ -13,7 +13,7 @@ from .. import defaults
 from .common import CLASSIFYING, Session, argument, with_session
 
 if TYPE_CHECKING:
-    from ..tasks.batch import BatchJob
+    from ..tasks.batch import BatchJob, RunTally
 
 NAME = "batch"
 EPILOG = (
@@ -29,9 +29,6 @@ EPILOG = (
 
 EngineName = Literal["local", "ray"]
 BatchFormat = Literal["parquet", "csv", "jsonl"]
-#: The rate after start-up (from the first rows received to the last) is reported only over at least
-#: this many seconds: rows arrive a batch at a time, so a shorter span says nothing.
-MIN_STEADY_SECONDS = 1.0
 #: Error rows reported one by one on stderr before they are only counted.
 SHOWN_ERRORS = 10
 
@@ -120,6 +117,7 @@ def run(
     """Classify many images into DEST: in this process, or on a Ray cluster; resumable."""
     from ..io.folders import read_labelled_folder
     from ..io.images import count_by_suffix
+    from ..io.inputs import list_inputs
     from ..tasks import batch as batch_tasks
     from .reports import plural, similar_classes_note, support_warnings
 
@@ -134,7 +132,7 @@ def run(
         need_ray()  # before any work: exit 2 with what to install
     out = Destination(output, chosen, session.quiet)  # checks DEST now (exit 2)
     folder = read_labelled_folder(support)
-    inputs = batch_tasks.list_inputs(source)
+    inputs = list_inputs(source)
     for line in support_warnings(folder):
         session.warn(line)
     if inputs.duplicates:
@@ -160,7 +158,7 @@ def run(
         session.inform(f"resuming: {len(done)} of {len(inputs.paths)} paths are already in {output}")
     if not todo:
         session.inform(f"nothing to do: every path of {source} is in {output}")
-    tally = RunTally(resumed=len(done), engine=engine, open_set=job.rejection is not None)
+    tally = batch_tasks.RunTally(resumed=len(done), engine=engine, open_set=job.rejection is not None)
     with out.writing(job, tally) as write, session.progress() as bars:
         task = bars.add_task("Images", total=len(todo))
         tally.engine_started = time.perf_counter()
@@ -181,52 +179,12 @@ def run(
 
 def _write_rows(rows: list[dict[str, Any]], tally: RunTally, write: Any, session: Session) -> None:
     """Count ``rows`` (the first error rows said on stderr) and write them to DEST."""
-    now = time.perf_counter()
-    if tally.first_row_at is None:
-        tally.first_row_at, tally.first_rows = now, len(rows)
-    for row in rows:
-        rejected = "best_class" in row and row["predicted"] != row["best_class"]
-        tally.counts.count(row["status"] == "ok", row["correct"], rejected)
-        if row["status"] != "ok" and tally.counts.errors <= SHOWN_ERRORS:
-            session.warn(f"skipped {row['error']}")
-    tally.last_row_at = now
+    errors_before = tally.counts.errors
+    tally.add(rows)
+    failed = [row for row in rows if row["status"] != "ok"]
+    for row in failed[: max(0, SHOWN_ERRORS - errors_before)]:
+        session.warn(f"skipped {row['error']}")
     write(rows)
-
-
-class RunTally:
-    """The counts over the rows of this run (classify's :class:`~emdcli.tasks.classify.Tally`), and
-    when the rows came (for start-up and throughput)."""
-
-    def __init__(self, resumed: int, engine: str, open_set: bool = False) -> None:
-        from ..tasks.classify import Tally
-
-        self.resumed, self.engine, self.open_set = resumed, engine, open_set
-        self.counts = Tally()
-        self.first_rows = 0
-        self.workers: int | None = None  # None: the engine's default
-        self.engine_started = time.perf_counter()
-        self.first_row_at: float | None = None
-        self.last_row_at: float | None = None
-
-    @property
-    def rows(self) -> int:
-        return self.counts.total
-
-    def summary(self) -> dict[str, Any]:
-        end = time.perf_counter()
-        after = self.rows - self.first_rows
-        steady = (self.last_row_at or end) - (self.first_row_at or end)
-        c = self.counts
-        return {
-            "rows": c.total, "classified": c.ok, "skipped": c.errors,
-            "resumed": self.resumed, "engine": self.engine, "workers": self.workers,
-            "labelled": c.labelled, "correct": c.correct,
-            "accuracy": None if c.accuracy is None else round(c.accuracy, 6),
-            "startup_seconds": round(self.first_row_at - self.engine_started, 3) if self.first_row_at else None,
-            "rows_per_second": round(after / steady, 2) if after and steady >= MIN_STEADY_SECONDS else None,
-            "seconds": round(end - self.engine_started, 3),
-            **({"rejected": c.rejected} if self.open_set else {}),
-        }  # fmt: skip
 
 
 def summary_line(summary: dict[str, Any]) -> str:
@@ -253,7 +211,7 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 def _format_for(output: Path) -> str:
     """csv or jsonl by DEST's suffix (sink's one table of suffixes), else a Parquet folder."""
-    from .sink import format_from_suffix
+    from ..io.sink import format_from_suffix
 
     found = format_from_suffix(output)
     return found if found in ("csv", "jsonl") else "parquet"
@@ -288,14 +246,16 @@ class Destination:
             need_pyarrow()
             self.parts: Any = PartFolder(path)
         else:
-            from .sink import Sink
+            from ..io.sink import Sink
+            from .stderr import note
 
-            self.sink = Sink(path, fmt, quiet=quiet)
+            self.sink = Sink(path, fmt, quiet=quiet, note=note)
         self._prior: list[dict[str, Any]] = []
 
     def start(self, job: BatchJob, *, resume: bool, source: str) -> set[str]:
         """Prepare DEST for ``job``; with ``resume``, the paths it already holds."""
         from .. import __version__
+        from ..tasks.batch import earlier_rows
 
         settings = {"command": "batch", "emdcli": __version__, **job.header(), "columns": list(job.columns),
                     "input": source}  # fmt: skip
@@ -305,7 +265,7 @@ class Destination:
             self.parts.start(settings, resume=resume, compare=compare)
             return self.parts.done_paths() if resume else set()
         if resume:
-            self._prior = _earlier_rows(self.path, self.fmt, job)
+            self._prior = earlier_rows(self.path, self.fmt, job)
         return {str(r["path"]) for r in self._prior}
 
     def writing(self, job: BatchJob, tally: RunTally) -> Any:
@@ -313,7 +273,7 @@ class Destination:
         JSONL file gets the rows it held first (``--resume``); on failure what was written is kept."""
         import contextlib
 
-        from .sink import Layout
+        from ..io.sink import Layout
         from .stderr import note
         from .tables import simple_table
 
@@ -347,22 +307,3 @@ class Destination:
                 yield write
 
         return parquet() if self.fmt == "parquet" else through_sink()
-
-
-def _earlier_rows(path: Path, fmt: str, job: BatchJob) -> list[dict[str, Any]]:
-    """The rows an earlier run left in ``path`` (or its .partial), checked to be this job's."""
-    from ..errors import DatasetError
-    from ..io.records import read_earlier
-
-    earlier = read_earlier(path, fmt, "batch")
-    if earlier is None:
-        return []
-    records, columns = earlier.records, earlier.columns
-    found = tuple(columns) if columns is not None else tuple(records[0]) if records else job.columns
-    if found != job.columns or any(str(r.get("model_sha256")) != job.model_sha256 for r in records):
-        raise DatasetError(
-            f"{earlier.path} was written by another model or support set (its columns or model_sha256 differ); "
-            "cannot resume it",
-            hint="resume with the same SUPPORT and --model, or write to a new file",
-        )
-    return records

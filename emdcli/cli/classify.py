@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,10 +13,8 @@ from ..io.sorting import SortAction
 from .common import CLASSIFYING, NullOpt, Session, advance, argument, query_paths, with_session
 
 if TYPE_CHECKING:
-    from ..io.folders import LabelledFolder
     from ..io.sorting import Sorter
-    from ..tasks.classify import Classifier, Prediction, SetReport, SupportSet, Tally
-    from .sink import Layout
+    from ..tasks.prediction import Prediction
 
 NAME = "classify"
 EPILOG = (
@@ -121,9 +118,12 @@ def run(
 ) -> None:
     """Classify query images by their Earth Mover's Distance to each class of SUPPORT."""
     from ..errors import DatasetError, EmdcliError, UsageError
+    from ..io.files import display_path
     from ..io.folders import read_labelled_folder
+    from ..io.sorting import Sorter
     from ..tasks.classify import Classifier, SupportOverlap, Tally
-    from ..tasks.prediction import run_header
+    from ..tasks.pictures import MatchPictures
+    from ..tasks.prediction import read_resumed, run_header
     from .reports import classify_layout, query_warnings, similar_classes_note, support_warnings, transductive_notes
 
     settings, output = session.settings, session.output
@@ -138,8 +138,12 @@ def run(
         check_report_path(report, taken=(output,))
     reported: list[dict[str, Any]] = []  # the records the page of --report is made of
     folder = read_labelled_folder(support)
-    sorter = None if sort_into is None else _sorter(sort_into, sort_action, min_confidence, dry_run, folder,
-                                                    queries, session)  # fmt: skip
+    reject = session.reject()
+    sorter = None
+    if sort_into is not None:  # its folder checked before any work (exit 2)
+        label = reject.label if reject else None
+        sorter = Sorter.for_support(sort_into, folder, sort_action or "copy", min_confidence=min_confidence,
+                                    dry_run=dry_run, unknown_label=label, queries=queries)  # fmt: skip
     from_stdin = "-" in queries
     not_images: list[Path] = []  # files in the query folders that are not images
     paths: Any = query_paths(queries, null, not_images)
@@ -157,19 +161,21 @@ def run(
     started = time.perf_counter()
     with session.progress() as bars:
         support_set = clf.fit(folder, advance(bars, "Support", folder.image_count), keep_examples=bool(explain_dir),
-                              reject=session.reject())  # fmt: skip
+                              reject=reject)  # fmt: skip
     session.report_skipped(support_set.skipped, "support image ")
     for name in support_set.empty_classes:
         if name not in folder.empty:
             session.warn(f"class {name!r} has no readable image; it is left out")
-    note = similar_classes_note(clf.matcher, support_set.nodes)
-    if note:
+    if note := similar_classes_note(clf.matcher, support_set.nodes):
         session.inform(note)
     classes = support_set.classes
-    prior: list[Prediction] = []
-    sorted_before: dict[Path, Path] = {}  # query -> where an earlier run's row says it went (--resume)
-    if resume and output is not None:
-        prior, paths = _resume(output, sink.fmt, classes, paths, from_stdin, session, sorted_before)
+    earlier = read_resumed(output, sink.fmt, classes) if resume and output is not None else None
+    prior: tuple[Prediction, ...] = ()
+    if earlier is not None:
+        prior, done = earlier.predictions, earlier.done
+        paths = (p for p in paths if display_path(p) not in done)
+        paths = paths if from_stdin else list(paths)
+        session.warn(f"resuming: {len(prior)} {'row' if len(prior) == 1 else 'rows'} from {display_path(earlier.path)}")
     top = min(settings.top_k, len(classes))
     rejection = support_set.rejection
     header = run_header(clf.model_name, session.backbone.check.actual, clf.matcher, support_set.nodes,
@@ -181,28 +187,27 @@ def run(
     query_started = time.perf_counter()
 
     def summary() -> dict[str, Any]:
-        found = _summary(tally, len(prior), support_set, len(not_images), started, query_started, clf.sets)
+        now = time.perf_counter()
+        found = tally.summary(support_set, clf.sets, resumed=len(prior), not_images=len(not_images),
+                              seconds=now - started, query_seconds=now - query_started)  # fmt: skip
         if sorter is not None:
             found["sorted"] = dict(sorter.counts)
         return found if rejection is None else {**found, "rejected": tally.rejected}
 
-    pictures: dict[Path, str] = {}  # query -> the picture drawn of its match (--explain-dir)
-    layout = classify_layout(classes, top, pictures=explain_dir is not None, open_set=rejection is not None)
-    if sorter is not None:
-        layout = _sorting_layout(layout, classes, top)
+    pictures = MatchPictures(clf, support_set, explain_dir, session.warn) if explain_dir else None
+    layout = classify_layout(classes, top, pictures=pictures is not None, open_set=rejection is not None,
+                             sorting=sorter is not None)  # fmt: skip
     with sink.open(layout, header, summary) as emit, session.progress() as bars:
-        observe = _explainer(clf, support_set, explain_dir, pictures, session.warn) if explain_dir else None
-        new = clf.predict(support_set, paths, advance(bars, "Queries", None if from_stdin else len(paths)), observe)
-        earlier_rows = ((pred, True) for pred in prior)
-        for pred, earlier in itertools.chain(earlier_rows, ((pred, False) for pred in new)):
+        new = clf.predict(support_set, paths, advance(bars, "Queries", None if from_stdin else len(paths)), pictures)
+        for pred, resumed in itertools.chain(((p, True) for p in prior), ((p, False) for p in new)):
             tally.add(pred)
-            if not pred.ok and not earlier:  # an earlier run's skips were reported by that run
+            if not pred.ok and not resumed:  # an earlier run's skips were reported by that run
                 session.warn(f"skipped {pred.error}")
             record = pred.to_record(classes, top, open_set=rejection is not None)
-            if explain_dir is not None:
-                record["picture"] = pictures.pop(pred.path, None)
+            if pictures is not None:
+                record["picture"] = pictures.drawn.pop(pred.path, None)
             if sorter is not None:
-                record.update(_sort(sorter, pred, sorted_before.get(pred.path), session))
+                record.update(_sort(sorter, pred, earlier.sorted_to.get(pred.path) if earlier else None, session))
             emit(record)
             if report is not None:
                 reported.append(record)
@@ -211,8 +216,8 @@ def run(
         if sorter is not None and sorter.left_out:
             session.inform(f"left out {sorter.left_out} queries already in the folders of --sort-into {sort_into}")
         if sorter is not None and sorter.counts:
-            done = ", ".join(f"{n} {action}" for action, n in sorted(sorter.counts.items()))
-            session.inform(f"{'dry run, nothing changed: ' if dry_run else ''}--sort-into {sort_into}: {done}")
+            done_ = ", ".join(f"{n} {action}" for action, n in sorted(sorter.counts.items()))
+            session.inform(f"{'dry run, nothing changed: ' if dry_run else ''}--sort-into {sort_into}: {done_}")
         for line in transductive_notes(clf.sets):
             session.inform(line)
     if tally.total == 0:
@@ -226,47 +231,6 @@ def run(
 
         write_report(report, reported, folder)
         session.inform(f"wrote the report {report}")
-
-
-def _resume(output: Path, fmt: str, classes: tuple[str, ...], paths: Any, from_stdin: bool, session: Session,
-            sorted_to: dict[Path, Path] | None = None) -> Any:  # fmt: skip
-    """The predictions an earlier run of this command left in ``output`` (or its .partial), and the
-    query paths still to do; ``sorted_to`` gets where its rows say each query was sorted to."""
-    from ..errors import DatasetError
-    from ..io.files import display_path
-    from ..io.records import read_earlier
-    from ..tasks.prediction import Prediction, record_scores
-
-    earlier = read_earlier(output, fmt, "classify")
-    if earlier is None:
-        return [], paths
-    records = earlier.records
-    found = list(record_scores(records[0])) if records else list(classes)
-    if sorted(found) != sorted(classes):
-        raise DatasetError(
-            f"{earlier.path} was written for classes {', '.join(found)}, not {', '.join(classes)}; cannot resume",
-            hint="remove it, or resume with the support folder it was made with",
-        )
-    prior = [Prediction.from_record(r) for r in records]
-    if sorted_to is not None:
-        sorted_to.update((p.path, Path(r["sorted_to"])) for p, r in zip(prior, records, strict=True)
-                         if r.get("sorted_to"))  # fmt: skip
-    done = {display_path(p.path) for p in prior}
-    rest = (p for p in paths if display_path(p) not in done)
-    session.warn(f"resuming: {len(prior)} {'row' if len(prior) == 1 else 'rows'} from {display_path(earlier.path)}")
-    return prior, rest if from_stdin else list(rest)
-
-
-def _sorter(into: Path, how: SortAction | None, min_confidence: float | None, dry_run: bool,
-            folder: LabelledFolder, queries: list[str], session: Session) -> Sorter:  # fmt: skip
-    """The Sorter of --sort-into, its folder checked before any work (exit 2)."""
-    from ..io.sorting import Sorter, check_destination
-
-    reject = session.reject()
-    labels = (*folder.names, *((reject.label,) if reject else ()))
-    check_destination(into, folder.root, labels, queries, dry_run=dry_run)
-    support = frozenset(p.resolve() for c in folder.classes for p in c.files)
-    return Sorter(into, how or "copy", min_confidence, support, dry_run, labels)
 
 
 def _sort(sorter: Sorter, pred: Prediction, earlier: Path | None, session: Session) -> dict[str, Any]:
@@ -283,82 +247,3 @@ def _sort(sorter: Sorter, pred: Prediction, earlier: Path | None, session: Sessi
     elif sorter.dry_run and placed.target is not None:
         session.inform(f"{placed.action} {shown} -> {display_path(placed.target)}")
     return placed.record()
-
-
-def _sorting_layout(layout: Layout, classes: tuple[str, ...], top: int) -> Layout:
-    """classify's layout with the columns of --sort-into before error."""
-    from dataclasses import replace
-
-    from ..tasks.prediction import flat_row
-
-    columns = (*layout.columns[:-1], "sorted_to", "sort_action", layout.columns[-1])
-    return replace(layout, columns=columns, flatten=lambda rec: [flat_row(rec, classes, top).get(c) for c in columns])
-
-
-def picture_path(folder: Path, query: Path) -> Path:
-    """Where ``--explain-dir`` draws ``query``'s match: the query's path (relative to the working
-    folder when inside it, else absolute) below ``folder``, under the query's own name when emdcli
-    writes pictures of its suffix (.png, .jpg, .jpeg, .webp, in that format), else with ``.png``
-    added; so every picture maps back to exactly one query."""
-    import os
-
-    from ..render.explain import PICTURE_FORMATS
-
-    where = os.path.abspath(query)
-    inside = os.path.relpath(where)
-    rel = where.lstrip(os.sep) if inside.startswith(os.pardir) else inside
-    return folder / (rel if query.suffix.lower() in PICTURE_FORMATS else f"{rel}.png")
-
-
-def _explainer(
-    clf: Classifier, support: SupportSet, folder: Path, pictures: dict[Path, str], say: Callable[[str], None]
-) -> Callable[[Prediction, Any], None]:
-    """An observer for ``Classifier.predict`` that draws each match into ``folder`` and notes the
-    picture's path in ``pictures``."""
-    from ..errors import EmdcliError
-    from ..io.files import display_path
-    from ..io.images import model_view
-    from ..render.explain import render_match, save_picture
-
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def draw(pred: Prediction, features: Any) -> None:
-        label = pred.predicted or ""
-        example, target = clf.closest_example(support, features, label)
-        target_path = picture_path(folder, pred.path)
-        try:
-            target_path.parent.mkdir(parents=True, exist_ok=True)
-            shown = render_match(
-                model_view(pred.path, clf.source.prep), model_view(example, clf.source.prep), features, target,
-                caption=f"{pred.path.name} -> {label} ({example.name})", metric=clf.matcher.metric,
-                class_score=pred.score,
-            )  # fmt: skip
-            save_picture(shown, target_path)
-            pictures[pred.path] = display_path(target_path)
-        except (OSError, EmdcliError) as exc:
-            say(f"could not draw {display_path(pred.path)}: {exc}")
-
-    return draw
-
-
-def _summary(
-    tally: Tally,
-    resumed: int,
-    support: SupportSet,
-    not_images: int,
-    started: float,
-    query_started: float,
-    sets: list[SetReport],
-) -> dict[str, Any]:
-    now = time.perf_counter()
-    new = tally.total - resumed
-    return {
-        "query_sets": len(sets), "transduced_sets": sum(s.ran for s in sets),
-        "queries": tally.total, "classified": tally.ok, "skipped": tally.errors, "resumed": resumed,
-        "labelled": tally.labelled, "correct": tally.correct, "support_images_as_queries": tally.support_images,
-        "not_images": not_images,
-        "accuracy": None if tally.accuracy is None else round(tally.accuracy, 6),
-        "support_images": sum(support.shots), "support_skipped": len(support.skipped), "classes": len(support.classes),
-        "seconds": round(now - started, 3),
-        "queries_per_second": round(new / (now - query_started), 2) if new and now > query_started else None,
-    }  # fmt: skip

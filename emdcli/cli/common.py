@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,10 +26,10 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from ..features.source import FeatureSource
+    from ..io.sink import Sink
     from ..matching.support import Matcher
     from ..model.backbone import Backbone
     from ..tasks.classify import Reject
-    from .sink import Sink
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
@@ -172,9 +171,9 @@ class Session:
 
     def sink(self) -> Sink:
         """The command's result sink: ``--output`` (checked now) in the chosen ``--format``."""
-        from .sink import Sink, choose_format
+        from ..io.sink import Sink, choose_format
 
-        return Sink(self.output, choose_format(self.settings.format, self.output), quiet=self.quiet)
+        return Sink(self.output, choose_format(self.settings.format, self.output), quiet=self.quiet, note=note)
 
     @property
     def quiet(self) -> bool:
@@ -265,41 +264,12 @@ def advance(bars: Progress, description: str, total: int | None) -> Callable[[in
     return lambda n: bars.advance(task, n)
 
 
-def stdin_lines(null: bool = False) -> Iterator[str]:
-    """Paths on stdin, one per line (or, with ``null``, each ended by a NUL byte as ``find -print0``
-    writes them); bytes that are not UTF-8 are kept as in file names (surrogateescape). Each path is
-    yielded as soon as it is complete, so a slow pipe is read as it comes."""
-    raw = getattr(sys.stdin, "buffer", None)
-    if raw is None:
-        yield from (sys.stdin.read().split("\0") if null else sys.stdin)
-        return
-    if not null:
-        for line in raw:
-            yield os.fsdecode(line.rstrip(b"\r\n"))
-        return
-    pending = b""
-    while chunk := raw.read1(1 << 16):
-        *done, pending = (pending + chunk).split(b"\0")
-        yield from (os.fsdecode(p) for p in done)
-    if pending:
-        yield os.fsdecode(pending)
-
-
 def query_paths(queries: list[str], null: bool = False, not_images: list[Path] | None = None) -> Iterator[Path]:
-    """The query arguments as a lazy stream of paths (``-`` reads stdin; ``null``: NUL-separated).
-    UsageError for a missing path. Files in query folders that are not images go to ``not_images``."""
-    from ..errors import DatasetError
-    from ..io.images import iter_query_paths
+    """The query arguments as a lazy stream of paths; ``-`` reads stdin (``null``: NUL-separated)."""
+    from ..io.images import query_paths as paths
+    from ..io.images import stdin_paths
 
-    for src in queries:
-        if src != "-" and not Path(src).exists():
-            raise DatasetError(
-                f"query path does not exist: {src}",
-                hint="give image files, folders of images, or '-' to read paths from stdin",
-            )
-    if queries.count("-") > 1:
-        raise DatasetError("'-' (read paths from stdin) may be given only once")
-    return iter_query_paths(queries, stdin_lines(null) if "-" in queries else None, not_images)
+    return paths(queries, stdin_paths(sys.stdin, null) if "-" in queries else None, not_images)
 
 
 def embed_folder(
@@ -308,24 +278,10 @@ def embed_folder(
     """``build(images, on_done)`` on every image of ``folder`` (the gallery of search, the normal set
     of anomaly) under a progress bar, then a warning per unreadable image (``result.skipped``), named
     as ``what`` says (``skipped gallery image ...``)."""
+    from ..io.images import image_folder
+
     images = image_folder(folder, what)
     with session.progress() as bars:
         built = build(images, advance(bars, what.capitalize(), len(images)))
     session.report_skipped(getattr(built, "skipped", ()), f"{what} image ")
     return built
-
-
-def image_folder(folder: Path, what: str) -> list[Path]:
-    """Every image below ``folder``, sorted. DatasetError when it is not a folder or holds none."""
-    from ..errors import DatasetError
-    from ..io.images import IMAGE_NAMES_HINT, iter_image_files
-
-    if folder.is_file():
-        raise DatasetError(f"{what} must be a folder of images, but {folder} is a file",
-                           hint=f"give the folder that holds the {what} images")  # fmt: skip
-    if not folder.is_dir():
-        raise DatasetError(f"{what} folder does not exist: {folder}")
-    paths = sorted(iter_image_files(folder))
-    if not paths:
-        raise DatasetError(f"no images found in {folder}", hint=IMAGE_NAMES_HINT)
-    return paths

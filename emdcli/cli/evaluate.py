@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from ..io.folders import LabelledFolder
-    from .sink import Layout, Record, Sink
+    from ..io.sink import Layout, Record
+    from ..tasks.evaluate import EvaluationRun
+    from ..tasks.open_set import OpenSetResult, OpenSetRun
 
 NAME = "evaluate"
 EPILOG = (
@@ -86,44 +88,56 @@ def run(
     from ..errors import UsageError
     from ..io.folders import read_labelled_folder
     from ..tasks.evaluate import check_methods, evaluate
+    from ..tasks.open_set import check_leak, evaluate_open_set
     from .reports import evaluate_layout, evaluation_records
 
     sink = session.sink()
     if leak is not None and not open_set:
         raise UsageError("--leak needs --open-set", hint="for example --open-set 2 --leak 0.1")
-    if open_set:
-        if methods != ",".join(defaults.METHODS):
-            raise UsageError("--open-set scores the default method only", hint="leave out --methods")
-        run_open_set(dataset, way, shot, query, episodes, seed, open_set, leak, jobs, session, sink)
-        return
-    names = check_methods([m.strip() for m in methods.split(",") if m.strip()], shot)
-    if not names:
-        raise UsageError("--methods is empty", hint="for example --methods proto,emd")
+    if open_set and methods != ",".join(defaults.METHODS):
+        raise UsageError("--open-set scores the default method only", hint="leave out --methods")
+    leak = check_leak(defaults.REJECT_LEAK if leak is None else leak) if open_set else None
+    if not open_set:
+        names = check_methods([m.strip() for m in methods.split(",") if m.strip()], shot)
+        if not names:
+            raise UsageError("--methods is empty", hint="for example --methods proto,emd")
     folder = read_labelled_folder(dataset)
     started = time.perf_counter()
     with session.progress() as bars:
-        result = evaluate(
-            folder, way=way, shot=shot, query=query, episodes=episodes, seed=seed, methods=names,
-            source=session.source, workers=jobs, on_embedded=advance(bars, "Embedding", folder.image_count),
-            on_episode=advance(bars, "Episodes", episodes),
+        common: dict[str, Any] = dict(
+            way=way, shot=shot, query=query, episodes=episodes, seed=seed, source=session.source, workers=jobs,
+            on_embedded=advance(bars, "Embedding", folder.image_count), on_episode=advance(bars, "Episodes", episodes),
         )  # fmt: skip
-    session.report_skipped(result.data.skipped)
-    small = never_drawn(session, folder, result.plan.too_small, shot + query)
+        run: OpenSetRun | EvaluationRun
+        if open_set:
+            opened = evaluate_open_set(folder, unseen=open_set, leak=leak or 0.0, **common)
+            run, records = opened, [open_set_record(opened.result)]
+        else:
+            closed = evaluate(folder, methods=names, **common)
+            run, records = closed, evaluation_records(closed.evaluation)
+    session.report_skipped(run.data.skipped)
+    small = never_drawn(session, folder, run.plan.too_small, shot + query)
     header = {
         "dataset": str(dataset), "model": session.backbone.manifest.name, "model_sha256": session.backbone.check.actual,
-        "way": way, "shot": shot, "query": query, "episodes": episodes, "seed": seed,
-        "images": len(result.data.paths), "unreadable": len(result.data.skipped),
-        "classes": len(result.plan.eligible), "classes_too_small": small,
+        "way": way, "shot": shot, "query": query, **({"open_set": open_set, "leak": leak} if open_set else {}),
+        "episodes": episodes, "seed": seed, "images": len(run.data.paths), "unreadable": len(run.data.skipped),
+        "classes": len(run.plan.eligible), "classes_too_small": small,
     }  # fmt: skip
-    records = evaluation_records(result.evaluation)
-    title = (f"{dataset.name}: {way}-way {shot}-shot, {query} queries per class, {episodes} episodes (seed {seed}), "
-             "accuracy ± 95% CI")  # fmt: skip
+    shape = f"{dataset.name}: {way}-way {shot}-shot, {query} queries per class"
+    if open_set:
+        layout = open_set_layout(f"{shape}, {open_set} unseen {'class' if open_set == 1 else 'classes'}, "
+                                 f"{episodes} episodes (seed {seed}), mean ± 95% CI")  # fmt: skip
+    else:
+        layout = evaluate_layout(f"{shape}, {episodes} episodes (seed {seed}), accuracy ± 95% CI")
 
     def summary() -> dict[str, Any]:
+        seconds = round(time.perf_counter() - started, 3)
+        if open_set:
+            return {"episodes": records[0]["episodes"], "seconds": seconds}
         best = max(records, key=lambda r: r["accuracy"])
-        return {"methods": len(records), "best": best["method"], "seconds": round(time.perf_counter() - started, 3)}
+        return {"methods": len(records), "best": best["method"], "seconds": seconds}
 
-    with sink.open(evaluate_layout(title), header, summary) as emit:
+    with sink.open(layout, header, summary) as emit:
         for record in records:
             emit(record)
 
@@ -137,56 +151,15 @@ def never_drawn(session: Session, folder: LabelledFolder, too_small: tuple[int, 
     return small
 
 
-def run_open_set(
-    dataset: Path,
-    way: int,
-    shot: int,
-    query: int,
-    episodes: int,
-    seed: int,
-    unseen: int,
-    leak: float | None,
-    jobs: int | None,
-    session: Session,
-    sink: Sink,
-) -> None:
-    """``evaluate --open-set M``: rejection measured on open-set episodes, one row."""
-    from ..io.folders import read_labelled_folder
-    from ..tasks.open_set import check_leak, evaluate_open_set
-
-    leak = check_leak(defaults.REJECT_LEAK if leak is None else leak)
-    folder = read_labelled_folder(dataset)
-    started = time.perf_counter()
-    with session.progress() as bars:
-        run = evaluate_open_set(
-            folder, way=way, unseen=unseen, shot=shot, query=query, episodes=episodes, seed=seed, leak=leak,
-            source=session.source, workers=jobs, on_embedded=advance(bars, "Embedding", folder.image_count),
-            on_episode=advance(bars, "Episodes", episodes),
-        )  # fmt: skip
-    session.report_skipped(run.data.skipped)
-    small = never_drawn(session, folder, run.plan.too_small, shot + query)
-    header = {
-        "dataset": str(dataset), "model": session.backbone.manifest.name, "model_sha256": session.backbone.check.actual,
-        "way": way, "shot": shot, "query": query, "open_set": unseen, "leak": leak, "episodes": episodes, "seed": seed,
-        "images": len(run.data.paths), "unreadable": len(run.data.skipped),
-        "classes": len(run.plan.eligible), "classes_too_small": small,
-    }  # fmt: skip
-    r = run.result
-    record = {
+def open_set_record(r: OpenSetResult) -> Record:
+    """``evaluate --open-set``'s one row: the measures rounded as written."""
+    return {
         "method": "default", "way": r.way, "shot": r.shot, "query": r.query, "open_set": r.unseen,
         "episodes": r.episodes, "leak": r.leak, "auroc": round(r.auroc, 4), "auroc_ci95": round(r.auroc_ci95, 4),
         **{f"{m}{end}": round(getattr(r, f"{m}{end}"), 2) for m in PERCENTS for end in ("", "_ci95")},
         "threshold": round(r.threshold, 4), "threshold_ci95": round(r.threshold_ci95, 4),
         "seconds_per_episode": round(r.seconds_per_episode, 5),
     }  # fmt: skip
-    title = (f"{dataset.name}: {way}-way {shot}-shot, {query} queries per class, {unseen} unseen "
-             f"{'class' if unseen == 1 else 'classes'}, {episodes} episodes (seed {seed}), mean ± 95% CI")  # fmt: skip
-
-    def summary() -> dict[str, Any]:
-        return {"episodes": r.episodes, "seconds": round(time.perf_counter() - started, 3)}
-
-    with sink.open(open_set_layout(title), header, summary) as emit:
-        emit(record)
 
 
 #: The measures given in percent, in the order of the row.
@@ -201,7 +174,7 @@ def open_set_layout(title: str) -> Layout:
     """``evaluate --open-set``'s row: CSV and JSON as they are; the table one line per measure."""
     from rich.text import Text
 
-    from .sink import Layout
+    from ..io.sink import Layout
     from .tables import NUMBER, Col, FitTable
 
     def table(records: list[Record]) -> RenderableType:

@@ -13,8 +13,8 @@ from rich.text import Text
 
 from ..io.files import display_path
 from ..io.images import count_by_suffix
+from ..io.sink import Layout, Record
 from ..tasks.prediction import flat_row, prediction_columns
-from .sink import Layout, Record
 from .tables import NUMBER, PATH, Col, FitTable, Prose, common_folder, simple_table
 
 if TYPE_CHECKING:
@@ -126,10 +126,12 @@ def classify_summary_line(summary: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def classify_layout(classes: Sequence[str], top_k: int, *, pictures: bool = False, open_set: bool = False) -> Layout:
+def classify_layout(classes: Sequence[str], top_k: int, *, pictures: bool = False, open_set: bool = False,
+                    sorting: bool = False) -> Layout:  # fmt: skip
     """Columns: path, status, prediction, runner-up, truth, (best class and open-set score with
-    ``--reject``), top_1..top_K, score:CLASS..., picture (with ``--explain-dir``), error."""
-    tail = ("picture", "error") if pictures else ("error",)
+    ``--reject``), top_1..top_K, score:CLASS..., picture (with ``--explain-dir``), sorted_to and
+    sort_action (with ``--sort-into``), error."""
+    tail = (*(("picture",) if pictures else ()), *(("sorted_to", "sort_action") if sorting else ()), "error")
     columns = (*prediction_columns(classes, top_k, open_set)[:-1], *tail)
 
     def flatten(rec: Record) -> list[Any]:

@@ -148,6 +148,56 @@ def iter_query_paths(
             )
 
 
+def query_paths(queries: list[str], stdin: Iterable[str] | None = None,
+                not_images: list[Path] | None = None) -> Iterator[Path]:  # fmt: skip
+    """The query arguments as a lazy stream of paths (:func:`iter_query_paths`), each argument
+    checked now: DatasetError for a path that does not exist or for ``-`` given twice."""
+    for src in queries:
+        if src != "-" and not Path(src).exists():
+            raise DatasetError(
+                f"query path does not exist: {src}",
+                hint="give image files, folders of images, or '-' to read paths from stdin",
+            )
+    if queries.count("-") > 1:
+        raise DatasetError("'-' (read paths from stdin) may be given only once")
+    return iter_query_paths(queries, stdin, not_images)
+
+
+def stdin_paths(stream: IO[str], null: bool = False) -> Iterator[str]:
+    """Paths read from ``stream`` (stdin), one per line (or, with ``null``, each ended by a NUL byte
+    as ``find -print0`` writes them); bytes that are not UTF-8 are kept as in file names
+    (surrogateescape). Each path is yielded as soon as it is complete, so a slow pipe is read as it
+    comes."""
+    raw = getattr(stream, "buffer", None)
+    if raw is None:
+        yield from (stream.read().split("\0") if null else stream)
+        return
+    if not null:
+        for line in raw:
+            yield os.fsdecode(line.rstrip(b"\r\n"))
+        return
+    pending = b""
+    while chunk := raw.read1(1 << 16):
+        *done, pending = (pending + chunk).split(b"\0")
+        yield from (os.fsdecode(p) for p in done)
+    if pending:
+        yield os.fsdecode(pending)
+
+
+def image_folder(folder: Path, what: str) -> list[Path]:
+    """Every image below ``folder``, sorted. DatasetError when it is not a folder or holds none;
+    ``what`` names the folder in the message (``gallery``, ``normal``)."""
+    if folder.is_file():
+        raise DatasetError(f"{what} must be a folder of images, but {folder} is a file",
+                           hint=f"give the folder that holds the {what} images")  # fmt: skip
+    if not folder.is_dir():
+        raise DatasetError(f"{what} folder does not exist: {folder}")
+    paths = sorted(iter_image_files(folder))
+    if not paths:
+        raise DatasetError(f"no images found in {folder}", hint=IMAGE_NAMES_HINT)
+    return paths
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes the backbone's input.

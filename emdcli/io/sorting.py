@@ -31,10 +31,13 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from ..errors import UsageError
 from .files import CHUNK_BYTES, TMP_SUFFIX, display_path
+
+if TYPE_CHECKING:
+    from .folders import LabelledFolder
 
 #: How a file is put into its class folder: copied, linked (a hard link, or a symbolic link
 #: where a hard link cannot be made, as across file systems) or moved.
@@ -250,6 +253,18 @@ class Sorter:
     counts: Counter[str] = field(default_factory=Counter)
     left_out: int = 0
     _claimed: set[Path] = field(default_factory=set, repr=False)  # names a dry run has handed out
+
+    @classmethod
+    def for_support(cls, root: Path, support: LabelledFolder, how: SortAction = "copy", *,
+                    min_confidence: float | None = None, dry_run: bool = False, unknown_label: str | None = None,
+                    queries: Iterable[str] = ()) -> Sorter:  # fmt: skip
+        """The Sorter of ``classify --sort-into root``: a folder per class of ``support`` (and
+        ``unknown_label`` with rejection on), its support images protected; ``root`` checked by
+        :func:`check_destination` first (UsageError, before any work)."""
+        labels = (*support.names, *(() if unknown_label is None else (unknown_label,)))
+        check_destination(root, support.root, labels, queries, dry_run=dry_run)
+        protected = frozenset(p.resolve() for c in support.classes for p in c.files)
+        return cls(root, how, min_confidence, protected, dry_run, labels)
 
     def folder(self, label: str, confidence: float | None, rejected: bool = False) -> Path:
         """The folder a file of ``label`` goes to: ``root/_review`` when its confidence is below

@@ -13,27 +13,24 @@ of classify's CSV (:func:`~emdcli.tasks.prediction.prediction_columns`) plus ``m
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import tempfile
-from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from .. import __version__, defaults
 from ..errors import DatasetError, WorkerMismatchError
 from ..features.source import FeatureSource, Progress
-from ..io.files import display_path
 from ..io.folders import LabelledFolder
-from ..io.images import IMAGE_NAMES_HINT, RemoteImage, is_uri
+from ..io.images import RemoteImage, is_uri
 from ..matching.rejection import Rejection
 from ..matching.support import ClassNodes, Matcher
 from ..model.manifest import ModelCheck, bundled_model_dir, resolve_model_path
-from .classify import Classifier, Reject, SupportSet, batches
-from .prediction import Prediction, flat_row, prediction_columns, run_header
+from .classify import Classifier, Reject, SupportSet, Tally, batches
+from .prediction import Prediction, flat_row, prediction_columns, record_rejected, run_header
 
 T = TypeVar("T")
 
@@ -184,114 +181,6 @@ def _labelled(pred: Prediction, text: str, classes: Sequence[str]) -> Prediction
 # inputs ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BatchInput:
-    """What INPUT lists: the image paths (unique, in the order listed, as written), how INPUT was
-    read (``folder``, ``list``, ``parquet`` or ``csv``), the paths listed more than once (each
-    once, kept once), and files of a folder that are not images."""
-
-    paths: tuple[str, ...]
-    kind: str
-    duplicates: tuple[str, ...] = ()
-    not_images: tuple[Path, ...] = ()
-
-
-def list_inputs(source: str) -> BatchInput:
-    """The image paths INPUT names: a folder (searched recursively), a Parquet or CSV manifest with a
-    ``path`` column, or a text file of paths (one per line, ``#`` starts a comment). INPUT and the
-    paths may be URIs that pyarrow reads (``s3://bucket/photos/``). DatasetError when it names none."""
-    from ..io.images import iter_image_files
-
-    not_images: list[Path] = []
-    if is_uri(source):
-        kind, listed = _remote_listing(source)
-    else:
-        where = Path(source)
-        if not where.exists():
-            raise DatasetError(
-                f"INPUT does not exist: {source}",
-                hint="give a folder of images, a text file of paths, or a .parquet/.csv manifest",
-            )
-        if where.is_dir():
-            kind = "folder"
-            listed = [display_path(p) for p in sorted(iter_image_files(where, not_images))]
-        else:
-            try:
-                data = where.read_bytes()
-            except OSError as exc:
-                raise DatasetError(f"cannot read INPUT {source} ({exc.strerror or exc})") from None
-            kind, listed = _manifest_paths(source, data)
-    unique = tuple(dict.fromkeys(listed))
-    if not unique:
-        what = "no images found in" if kind == "folder" else "no paths listed in"
-        raise DatasetError(f"{what} {source}", hint=IMAGE_NAMES_HINT)
-    counts = Counter(listed)
-    repeated = tuple(p for p in unique if counts[p] > 1)
-    return BatchInput(unique, kind, repeated, tuple(not_images))
-
-
-def _manifest_paths(name: str, data: bytes) -> tuple[str, list[str]]:
-    """The kind of the manifest file ``name`` (by its suffix) and the paths its bytes list."""
-    suffix = PurePosixPath(name).suffix.lower()
-    if suffix == ".parquet":
-        return "parquet", _parquet_paths(name, data)
-    text = data.decode("utf-8", errors="surrogateescape")
-    if suffix == ".csv":
-        return "csv", _csv_paths(name, text)
-    return "list", [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-
-
-def _remote_listing(uri: str) -> tuple[str, list[str]]:
-    """A folder or manifest in a filesystem of pyarrow's: its kind and the URIs of its images."""
-    from ..io.images import is_image_name, remote_filesystem
-
-    filesystem, inner = remote_filesystem(uri)  # first: exit 2 with what to install when pyarrow is missing
-    from pyarrow import fs
-
-    scheme = uri.partition("://")[0]
-    try:
-        info = filesystem.get_file_info(inner)  # type: ignore[attr-defined]
-        if info.type == fs.FileType.Directory:
-            found = filesystem.get_file_info(fs.FileSelector(inner, recursive=True))  # type: ignore[attr-defined]
-            files = sorted(f.path for f in found if f.type == fs.FileType.File)
-            images = [f for f in files if is_image_name(Path(f)) and not PurePosixPath(f).name.startswith(".")]
-            return "folder", [f"{scheme}://{f}" for f in images]
-        if info.type == fs.FileType.NotFound:
-            raise DatasetError(f"INPUT does not exist: {uri}")
-        with filesystem.open_input_stream(inner) as stream:  # type: ignore[attr-defined]
-            data = stream.readall()
-    except DatasetError:
-        raise
-    except Exception as exc:  # pyarrow's errors: permissions, network ...
-        raise DatasetError(f"cannot read INPUT {uri} ({exc})") from None
-    return _manifest_paths(uri, data)
-
-
-def _parquet_paths(name: str, data: bytes) -> list[str]:
-    from ..io.parquet import need_pyarrow
-
-    pa = need_pyarrow()  # before any bare import: exit 2 with what to install
-    try:
-        table = pa.parquet.read_table(pa.BufferReader(data))
-    except Exception as exc:  # pyarrow raises its own error types for a damaged file
-        raise DatasetError(f"cannot read {name} as Parquet ({exc})") from None
-    if "path" not in table.column_names:
-        raise DatasetError(f"{name} has no 'path' column (columns: {', '.join(table.column_names)})",
-                           hint="name the column of image paths 'path'")  # fmt: skip
-    return [str(p) for p in table.column("path").to_pylist() if p]
-
-
-def _csv_paths(name: str, text: str) -> list[str]:
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        if "path" not in (reader.fieldnames or []):
-            raise DatasetError(f"{name} has no 'path' column (header: {', '.join(reader.fieldnames or [])})",
-                               hint="name the column of image paths 'path'")  # fmt: skip
-        return [row["path"] for row in reader if row.get("path")]
-    except csv.Error as exc:
-        raise DatasetError(f"cannot read {name} as CSV ({exc})") from None
-
-
 # the local engine --------------------------------------------------------------------------------
 
 
@@ -329,3 +218,72 @@ def run_local(
             yield list(scorer.score(part, on_done))
         return
     yield from batches(scorer.score(paths, on_done), scorer.backbone.batch_size)
+
+
+# a run's rows ------------------------------------------------------------------------------------
+
+#: The rate after start-up (from the first rows received to the last) is reported only over at least
+#: this many seconds: rows arrive a batch at a time, so a shorter span says nothing.
+MIN_STEADY_SECONDS = 1.0
+
+
+class RunTally:
+    """The counts over the rows of a batch run (classify's :class:`~emdcli.tasks.classify.Tally`),
+    and when the rows came (for start-up and throughput)."""
+
+    def __init__(self, resumed: int, engine: str, open_set: bool = False) -> None:
+        self.resumed, self.engine, self.open_set = resumed, engine, open_set
+        self.counts = Tally()
+        self.first_rows = 0
+        self.workers: int | None = None  # None: the engine's default
+        self.engine_started = time.perf_counter()
+        self.first_row_at: float | None = None
+        self.last_row_at: float | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.counts.total
+
+    def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Count one finished batch of flat rows."""
+        now = time.perf_counter()
+        if self.first_row_at is None:
+            self.first_row_at, self.first_rows = now, len(rows)
+        for row in rows:
+            self.counts.count(row["status"] == "ok", row["correct"], record_rejected(row))
+        self.last_row_at = now
+
+    def summary(self) -> dict[str, Any]:
+        end = time.perf_counter()
+        after = self.rows - self.first_rows
+        steady = (self.last_row_at or end) - (self.first_row_at or end)
+        c = self.counts
+        return {
+            "rows": c.total, "classified": c.ok, "skipped": c.errors,
+            "resumed": self.resumed, "engine": self.engine, "workers": self.workers,
+            "labelled": c.labelled, "correct": c.correct,
+            "accuracy": None if c.accuracy is None else round(c.accuracy, 6),
+            "startup_seconds": round(self.first_row_at - self.engine_started, 3) if self.first_row_at else None,
+            "rows_per_second": round(after / steady, 2) if after and steady >= MIN_STEADY_SECONDS else None,
+            "seconds": round(end - self.engine_started, 3),
+            **({"rejected": c.rejected} if self.open_set else {}),
+        }  # fmt: skip
+
+
+def earlier_rows(path: Path, fmt: str, job: BatchJob) -> list[dict[str, Any]]:
+    """The rows an earlier run left in the CSV/JSONL file ``path`` (or its .partial), checked to be
+    ``job``'s (the same columns and model). DatasetError otherwise."""
+    from ..io.records import read_earlier
+
+    earlier = read_earlier(path, fmt, "batch")
+    if earlier is None:
+        return []
+    records, columns = earlier.records, earlier.columns
+    found = tuple(columns) if columns is not None else tuple(records[0]) if records else job.columns
+    if found != job.columns or any(str(r.get("model_sha256")) != job.model_sha256 for r in records):
+        raise DatasetError(
+            f"{earlier.path} was written by another model or support set (its columns or model_sha256 differ); "
+            "cannot resume it",
+            hint="resume with the same SUPPORT and --model, or write to a new file",
+        )
+    return records

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -164,6 +164,22 @@ class Tally:
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.labelled if self.labelled else None
+
+    def summary(self, support: SupportSet, sets: Iterable[SetReport], *, resumed: int = 0, not_images: int = 0,
+                seconds: float, query_seconds: float) -> dict[str, Any]:  # fmt: skip
+        """classify's summary of a run: these counts, the support set's, what the query sets' transductive
+        step did, and the time (``seconds`` in all, ``query_seconds`` on the queries of this run)."""
+        sets, new = list(sets), self.total - resumed
+        return {
+            "query_sets": len(sets), "transduced_sets": sum(s.ran for s in sets),
+            "queries": self.total, "classified": self.ok, "skipped": self.errors, "resumed": resumed,
+            "labelled": self.labelled, "correct": self.correct, "support_images_as_queries": self.support_images,
+            "not_images": not_images,
+            "accuracy": None if self.accuracy is None else round(self.accuracy, 6),
+            "support_images": sum(support.shots), "support_skipped": len(support.skipped),
+            "classes": len(support.classes), "seconds": round(seconds, 3),
+            "queries_per_second": round(new / query_seconds, 2) if new and query_seconds > 0 else None,
+        }  # fmt: skip
 
 
 class Classifier:

@@ -130,12 +130,18 @@ class Prediction:
             ranking = ranking_from_scores(list(scores), np.array(list(scores.values())))
         error = record.get("error") or (None if ranking else "no scores in the earlier output")
         status = "ok" if ranking else "error"
-        best, said = record.get("best_class") or None, record.get("predicted") or None
-        rejected_as = said if ranking and best is not None and said != best else None
+        rejected_as = record.get("predicted") if ranking and record_rejected(record) else None
         found = record.get("open_set_score")
         open_score = None if found in (None, "") else float(found)
         true_label = record.get("true_label") or None
         return cls(Path(str(record["path"])), status, ranking, true_label, error, open_score, rejected_as)
+
+
+def record_rejected(record: Mapping[str, Any]) -> bool:
+    """Whether a record (or flat row) answers a query rejected as none of the classes: its
+    ``predicted`` is not its ``best_class`` (rows have ``best_class`` only with rejection on)."""
+    best = record.get("best_class") or None
+    return best is not None and (record.get("predicted") or None) != best
 
 
 def record_scores(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -193,3 +199,40 @@ def run_header(
         header["reject"] = {"threshold": rounded(rejection.threshold), "leak": rejection.leak,
                             "calibrated_on": rejection.calibrated_on, "label": rejection.label}  # fmt: skip
     return {**header, "classes": list(names), "shots": dict(zip(names, nodes.shots, strict=True))}
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What an earlier, unfinished run of ``classify`` left for ``--resume``: the file read (the
+    output or its .partial), its predictions in order, and where its rows say each query was
+    sorted to (``--sort-into``)."""
+
+    path: Path
+    predictions: tuple[Prediction, ...]
+    sorted_to: dict[Path, Path]
+
+    @property
+    def done(self) -> frozenset[str]:
+        """The displayed paths of the queries it holds (a set: one lookup per query)."""
+        return frozenset(display_path(p.path) for p in self.predictions)
+
+
+def read_resumed(output: Path, fmt: str, classes: Sequence[str]) -> Resumed | None:
+    """The predictions an earlier run of ``classify`` left in ``output`` (or its .partial), None
+    when there is none. DatasetError when they were made for other classes."""
+    from ..errors import DatasetError
+    from ..io.records import read_earlier
+
+    earlier = read_earlier(output, fmt, "classify")
+    if earlier is None:
+        return None
+    records = earlier.records
+    found = list(record_scores(records[0])) if records else list(classes)
+    if sorted(found) != sorted(classes):
+        raise DatasetError(
+            f"{earlier.path} was written for classes {', '.join(found)}, not {', '.join(classes)}; cannot resume",
+            hint="remove it, or resume with the support folder it was made with",
+        )
+    prior = tuple(Prediction.from_record(r) for r in records)
+    sorted_to = {p.path: Path(r["sorted_to"]) for p, r in zip(prior, records, strict=True) if r.get("sorted_to")}
+    return Resumed(earlier.path, prior, sorted_to)

@@ -1,4 +1,5 @@
-"""The one result sink of every command: format choice, streamed rows, the Rich table, the JSON
+"""The one result sink of every command (the CSV/JSON/JSON Lines/table sibling of
+:mod:`emdcli.io.parquet`): format choice, streamed rows, the Rich table, the JSON
 envelope, atomic ``--output`` with ``.partial`` and the summary on stderr (an earlier output is
 read back for ``--resume`` by :func:`emdcli.io.records.read_earlier`).
 
@@ -27,8 +28,7 @@ from rich.console import Console, RenderableType
 
 from .. import __version__
 from ..errors import UsageError
-from ..io.files import AtomicFile, display_path, partial_path, require_output_folder
-from .stderr import note
+from .files import AtomicFile, display_path, partial_path, require_output_folder
 
 #: The widest a table written to a file gets. A file has no screen: its table is as wide as its
 #: content, so that each row is one line (grep finds it whole); only beyond this does it give way as
@@ -99,12 +99,15 @@ class Layout:
 class Sink:
     """Where a command's rows go: stdout, or ``output`` written atomically.
 
-    Made before any work, so that a bad ``--output`` is a usage error (exit 2) at once.
+    Made before any work, so that a bad ``--output`` is a usage error (exit 2) at once. note: where
+    its messages go (the summary line, unless ``quiet``; the rows kept after a failure), one line
+    each; the command line passes stderr, a library caller may pass None to hear nothing.
     """
 
     output: Path | None
     fmt: str
     quiet: bool = False
+    note: Callable[[str], None] | None = field(default=None, repr=False)
     rows: int = 0
     _kept: list[Record] = field(default_factory=list, repr=False)
     _file: AtomicFile | None = field(default=None, repr=False)
@@ -156,8 +159,8 @@ class Sink:
         self._summary_line(final)
 
     def _summary_line(self, summary: dict[str, Any]) -> None:
-        if self.layout.summary_line and self.rows and not self.quiet:
-            note(self.layout.summary_line(summary))
+        if self.layout.summary_line and self.rows and not self.quiet and self.note:
+            self.note(self.layout.summary_line(summary))
 
     def _start(self) -> None:
         """The CSV header or the JSON document's head, written with the first row."""
@@ -212,7 +215,7 @@ class Sink:
         if self._file is None:
             return
         kept = self._file.abort(keep=self.rows > 0)
-        if kept is not None:
+        if kept is not None and self.note:
             then = "; run the same command with --resume to finish it" if self.layout.resumable else ""
             rows = "1 row computed so far was" if self.rows == 1 else f"{self.rows} rows computed so far were"
-            note(f"{rows} kept in {display_path(kept)}{then}")
+            self.note(f"{rows} kept in {display_path(kept)}{then}")
