@@ -5,7 +5,7 @@
 
     clf = Classifier()                                    # the bundled model, emdcli's defaults
     support = clf.fit(read_labelled_folder(Path("examples/support")))
-    for pred in clf.predict(support, [Path("examples/queries/food_fruit/apple.png")]):
+    for pred in clf.predict(support, [Path("examples/queries/clock/clock06.png")]):
         print(pred.predicted, pred.confidence)
 
 The library prints nothing and returns dataclasses. Its parts, by concern:

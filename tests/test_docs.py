@@ -72,6 +72,6 @@ def test_readme_library_example_runs(capsys: pytest.CaptureFixture[str], monkeyp
     scope: dict[str, object] = {}
     exec(compile(code, "README.md", "exec"), scope)
     out = capsys.readouterr().out
-    assert "clock03.png signs_and_symbols_clocks" in out
+    assert "clock06.png clock " in out
     assert re.search(r"^default \d+\.\d ± \d+\.\d$", out, re.M)
-    assert len(scope["hits"]) == 4  # type: ignore[arg-type]
+    assert len(scope["hits"]) == 5  # type: ignore[arg-type]
