@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -50,13 +51,20 @@ def test_reject_auto_answers_unknown_for_the_bundled_tiger() -> None:
     assert sum(r["correct"] == "true" for r in rows.values()) >= MIN_EXAMPLES_CORRECT
 
 
-def test_the_second_bundled_model_is_chosen_by_name() -> None:
-    """``--model efficientnet_lite0_mixed`` (weights/, sha256 verified) classifies with that model."""
+def test_the_second_bundled_model_is_chosen_by_name(tmp_path: Path) -> None:
+    """``--model efficientnet_lite0_mixed`` (weights/, sha256 verified) classifies with that model,
+    in classify and in batch (whose worker once loaded the default bundled model instead)."""
     res = runner.invoke(app, ["classify", str(EXAMPLES / "support"), str(EXAMPLES / "queries"), "-f", "json",
                               "--model", "efficientnet_lite0_mixed"])  # fmt: skip
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["model"] == "efficientnet_lite0_mixed" and len(doc["rows"]) == 25 + OTHER_QUERIES
+    sha = doc["model_sha256"]
+    res = runner.invoke(app, ["batch", str(EXAMPLES / "support"), str(EXAMPLES / "queries"), "-o",
+                              str(tmp_path / "rows.csv"), "--model", "efficientnet_lite0_mixed"])  # fmt: skip
+    assert res.exit_code == 0, res.output  # the worker loads the model the driver named, not the default
+    rows = list(csv.DictReader((tmp_path / "rows.csv").open()))
+    assert len(rows) == 25 + OTHER_QUERIES and {r["model_sha256"] for r in rows} == {sha}
     res = runner.invoke(app, ["info", "-f", "json"])
     assert json.loads(res.stdout)["bundled_models"] == ["efficientnet_lite0", "efficientnet_lite0_mixed"]
 

@@ -44,8 +44,9 @@ class BatchJob:
 
     classes: the fitted class node sets. matcher: how queries are scored. top_k: ranked classes
     per row. model_sha256: the sha256 of the driver's ONNX file. model_files: file name -> bytes of
-    a custom model (manifest and ONNX), None for the bundled one (each worker uses its own
-    installed copy, checked against ``model_sha256``). emdcli: the driver's version. base_dir: the
+    a custom model (manifest and ONNX), None for a bundled one (each worker uses its own
+    installed copy, checked against ``model_sha256``). bundled_model: that bundled model's name
+    (the stem of its manifest in ``weights/``). emdcli: the driver's version. base_dir: the
     folder relative paths are read from (the driver's working folder). device: onnxruntime device.
     threads, lanes: the backbone layout per worker (None: the defaults for the worker's cores).
     """
@@ -62,6 +63,7 @@ class BatchJob:
     threads: int | None = None
     lanes: int | None = None
     rejection: Rejection | None = None
+    bundled_model: str | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -104,6 +106,7 @@ def fit_job(
     job = BatchJob(
         classes=support.nodes, matcher=matcher, top_k=min(top_k, len(support.classes)), model_sha256=model.actual,
         model_name=model.manifest.name, model_files=files, device=device, rejection=support.rejection,
+        bundled_model=model.manifest_path.stem if bundled else None,
     )  # fmt: skip
     return job, support
 
@@ -124,7 +127,9 @@ class BatchScorer:
             )
         self.job = job
         self._model_dir: tempfile.TemporaryDirectory[str] | None = None
-        manifest = resolve_model_path(None)
+        manifest = resolve_model_path(None)  # the default bundled model, unless the job names another
+        if job.bundled_model is not None:
+            manifest = bundled_model_dir() / f"{job.bundled_model}.json"
         if job.model_files is not None:  # a custom model: written where this worker can load it
             self._model_dir = tempfile.TemporaryDirectory(prefix="emdcli-model-")
             for name, data in job.model_files.items():
