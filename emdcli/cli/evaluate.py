@@ -25,6 +25,7 @@ EPILOG = (
     "  emdcli evaluate photos/ --way 5 --shot 1\n\n"
     "  emdcli evaluate photos/ --shot 5 --methods proto,emd,emd-sfc,emd-best-shot --format json\n\n"
     "  emdcli evaluate photos/ --way 5 --open-set 2 --leak 0.1\n\n"
+    "  emdcli evaluate photos/ --report evaluation.html\n\n"
     "Methods: proto (SimpleShot baseline), default (exactly what classify runs with its defaults), emd, "
     "emd-uniform, emd-episode-centre, emd-pyramid, emd+global, emd-uniform+global; with --shot 2 or more also "
     "emd-sfc, emd-sfc+global, emd-best-shot, emd-mean-shot. See docs/benchmarks.md for what each measured.\n\n"
@@ -81,6 +82,18 @@ def run(
         int | None,
         typer.Option("--jobs", "-j", metavar="N", min=1, help="Threads scoring episodes.", show_default="one per CPU"),
     ] = None,  # fmt: skip
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            metavar="FILE",
+            help="Also write one self-contained HTML page of the run to FILE (at its end, whole or not at all): "
+            "the accuracy table, then each method's confusion matrix (true against predicted class, over all "
+            "episodes) with its most confused pairs; with --open-set, its measures.",
+            dir_okay=False,
+            show_default="none",
+        ),
+    ] = None,  # fmt: skip
     *,
     session: Session,
 ) -> None:
@@ -101,6 +114,10 @@ def run(
         names = check_methods([m.strip() for m in methods.split(",") if m.strip()], shot)
         if not names:
             raise UsageError("--methods is empty", hint="for example --methods proto,emd")
+    if report is not None:  # checked before any work (exit 2); written only at the end of a run that succeeded
+        from ..render.report import check_report_path
+
+        check_report_path(report, taken=(session.output,))
     folder = read_labelled_folder(dataset)
     started = time.perf_counter()
     with session.progress() as bars:
@@ -109,12 +126,13 @@ def run(
             on_embedded=advance(bars, "Embedding", folder.image_count), on_episode=advance(bars, "Episodes", episodes),
         )  # fmt: skip
         run: OpenSetRun | EvaluationRun
+        confusion = None  # the confusion matrices of --report (none for an open-set run)
         if open_set:
             opened = evaluate_open_set(folder, unseen=open_set, leak=leak or 0.0, **common)
             run, records = opened, [open_set_record(opened.result)]
         else:
             closed = evaluate(folder, methods=names, **common)
-            run, records = closed, evaluation_records(closed.evaluation)
+            run, records, confusion = closed, evaluation_records(closed.evaluation), closed.evaluation.confusion
     session.report_skipped(run.data.skipped)
     small = never_drawn(session, folder, run.plan.too_small, shot + query)
     header = {
@@ -140,6 +158,11 @@ def run(
     with sink.open(layout, header, summary) as emit:
         for record in records:
             emit(record)
+    if report is not None:
+        from ..render.evaluation_report import write_evaluation_report
+
+        write_evaluation_report(report, header, records, confusion, run.data.classes)
+        session.inform(f"wrote the report {report}")
 
 
 def never_drawn(session: Session, folder: LabelledFolder, too_small: tuple[int, ...], need: int) -> list[str]:

@@ -11,7 +11,9 @@ Thumbnails (:data:`THUMB_SIZE` px squares, the centre crop, as JPEG) are embedde
 URIs: the page needs no network, no script and no other file (only the optional links to the
 explain pictures, relative to the page's folder). Every name is escaped with :func:`html.escape`.
 Pure library code: :func:`render_report` returns the text, :func:`write_report` writes it
-atomically; nothing is printed.
+atomically; nothing is printed. The page skeleton (:func:`page`, :data:`BASE_STYLE`), :func:`escape`,
+:func:`write_page` and :func:`check_report_path` are shared with ``evaluate --report``'s page
+(:mod:`emdcli.render.evaluation_report`).
 """
 
 from __future__ import annotations
@@ -40,16 +42,21 @@ MAX_EXAMPLES = 24
 
 Record = Mapping[str, Any]
 
-STYLE = """
+#: The style every report page starts with (``evaluate``'s and ``classify``'s): text, headings, tables.
+BASE_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; background: #fff; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.2em; margin-top: 1.5em; } h3 { font-size: 1.05em; }
 .summary { color: #444; }
+table { border-collapse: collapse; margin-bottom: 1em; }
+th, td { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: middle; }
+"""
+
+#: What classify's page adds: thumbnails, query rows, marks.
+STYLE = """
 .examples { display: flex; flex-wrap: wrap; gap: 6px; }
 figure { margin: 0; width: 96px; font-size: 0.75em; overflow-wrap: anywhere; }
 img.thumb, .nothumb { width: 96px; height: 96px; display: block; border: 1px solid #ccc; }
 .nothumb { background: #eee; color: #777; text-align: center; line-height: 96px; font-size: 0.75em; }
-table { border-collapse: collapse; margin-bottom: 1em; }
-th, td { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: middle; }
 td.file { overflow-wrap: anywhere; max-width: 40em; }
 tr.wrong { background: #fde8e8; } tr.rejected { background: #fff4d6; }
 .mark { font-weight: bold; padding: 1px 5px; border-radius: 3px; margin-left: 4px; }
@@ -89,8 +96,32 @@ def check_report_path(path: Path, taken: Iterable[Path | None] = ()) -> None:
                          hint=(exc.hint or "").replace("--output", "--report") or None) from None  # fmt: skip
 
 
-def _e(value: object) -> str:
+def escape(value: object) -> str:
+    """``value`` as text safe in HTML, quotes too (for attributes)."""
     return html.escape(str(value), quote=True)
+
+
+_e = escape
+
+
+def page(title: str, body: Iterable[str], style: str = "") -> str:
+    """A whole self-contained HTML page: ``title`` (escaped here) as its title and first heading,
+    then the ``body`` parts (HTML, one a line), styled by :data:`BASE_STYLE` and then ``style``."""
+    head = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{BASE_STYLE}{style}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+    ]
+    return "\n".join([*head, *body, "</body></html>\n"])
+
+
+def write_page(path: Path, text: str) -> Path:
+    """Write a page's ``text`` to ``path`` atomically (whole or not at all); returns ``path``."""
+    with atomic_write(path) as fh:
+        fh.write(text)
+    return path
 
 
 def _img(uri: str | None, alt: str, css: str) -> str:
@@ -183,11 +214,6 @@ def render_report(
     pictures are made relative to it). At most ``max_examples`` examples per support class."""
     rows = list(records)
     out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
         f'<p class="summary">{_e(_summary(rows, folder))}</p>',
         f'<section id="support"><h2>Support: {_e(display_path(folder.root))}</h2>',
     ]
@@ -220,13 +246,9 @@ def render_report(
         out.append('<section id="unreadable"><h2>Not classified</h2><ul>')
         out.extend(f'<li class="error">{_e(r.get("path", ""))}: {_e(r.get("error") or "")}</li>' for r in failed)
         out.append("</ul></section>")
-    out.append("</body></html>\n")
-    return "\n".join(out)
+    return page(title, out, STYLE)
 
 
 def write_report(path: Path, records: Iterable[Record], folder: LabelledFolder, **options: Any) -> Path:
     """Write :func:`render_report`'s page to ``path`` atomically (whole or not at all); returns ``path``."""
-    text = render_report(records, folder, base=path.parent, **options)
-    with atomic_write(path) as fh:
-        fh.write(text)
-    return path
+    return write_page(path, render_report(records, folder, base=path.parent, **options))

@@ -11,6 +11,7 @@ or, on feature maps already computed:
 
 Accuracies and intervals are in percent; an interval is ``1.96 * std / sqrt(episodes)``
 over the per-episode accuracies (population std, as the few-shot literature reports).
+``result.confusion[method]`` counts, over all episodes' queries, true class against predicted class.
 """
 
 from __future__ import annotations
@@ -62,11 +63,16 @@ class Evaluation:
     """Everything one run measured.
 
     per_episode: method -> (episodes,) float64 accuracy of each episode, in [0, 1].
+    confusion: method -> (K, K) int64 counts over every episode's queries: entry [t, p] is how many
+    queries of class t the method labelled p (t, p: class ids of the labels the plan was drawn from,
+    K the number of those classes). Row t sums to ``query`` times the episodes that drew class t;
+    the trace over the total is the mean accuracy (every episode has ``way * query`` queries).
     """
 
     results: tuple[MethodResult, ...]
     paired: tuple[PairedResult, ...]
     per_episode: dict[str, np.ndarray]
+    confusion: dict[str, np.ndarray]
 
 
 def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
@@ -93,8 +99,10 @@ def check_methods(names: Sequence[str], shot: int) -> list[str]:
     return out
 
 
-def episode_accuracy(features: np.ndarray, episode: Episode, method: str, memo: EpisodeMemo | None = None) -> float:
-    """Fraction of the episode's queries that ``method`` labels right.
+def episode_predictions(
+    features: np.ndarray, episode: Episode, method: str, memo: EpisodeMemo | None = None
+) -> np.ndarray:
+    """(way * query,) the episode label ``method`` gives each query, in ``query.reshape(-1)`` order.
 
     features: (N, C, H, W) float32 feature maps of the whole set. memo: parts already
     computed for this episode by other methods (see :class:`~emdcli.fewshot.EpisodeMemo`).
@@ -103,7 +111,28 @@ def episode_accuracy(features: np.ndarray, episode: Episode, method: str, memo: 
     query = features[episode.query.reshape(-1)]
     scores = METHODS[method].score(support, query, memo)
     scores = np.where(np.isnan(scores), -np.inf, scores)  # classes off a shortlist never win
-    return float(np.mean(np.argmax(scores, axis=1) == episode.query_labels))
+    predicted: np.ndarray = np.argmax(scores, axis=1)
+    return predicted
+
+
+def episode_accuracy(features: np.ndarray, episode: Episode, method: str, memo: EpisodeMemo | None = None) -> float:
+    """Fraction of the episode's queries that ``method`` labels right (see :func:`episode_predictions`)."""
+    return float(np.mean(episode_predictions(features, episode, method, memo) == episode.query_labels))
+
+
+def confusion_cells(episode: Episode, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """(way * query,) int64 the cell of each query in a (classes, classes) confusion matrix,
+    flattened: ``true * classes + predicted``, both class ids of the set (episode label i is
+    class id ``episode.classes[i]``). predicted: episode labels, as :func:`episode_predictions` gives them."""
+    ids = np.asarray(episode.classes, dtype=np.int64)
+    cells: np.ndarray = ids[episode.query_labels] * classes + ids[predicted]
+    return cells
+
+
+def confusion_matrix(cells: Sequence[np.ndarray], classes: int) -> np.ndarray:
+    """(classes, classes) int64 counts of the :func:`confusion_cells` of any number of episodes."""
+    flat = np.concatenate([np.zeros(0, dtype=np.int64), *cells])
+    return np.bincount(flat, minlength=classes * classes).astype(np.int64).reshape(classes, classes)
 
 
 def evaluate_episodes(
@@ -113,31 +142,41 @@ def evaluate_episodes(
     *,
     workers: int = 1,
     on_episode: Callable[[int], None] | None = None,
+    classes: int | None = None,
 ) -> Evaluation:
     """Score every method on every episode of ``plan``.
 
     features: (N, C, H, W) float32, indexed like the labels the plan was drawn from.
     Episodes run in ``workers`` threads (the EMD solver releases the GIL); the
     result does not depend on ``workers``. ``on_episode(1)`` is called per episode.
+    classes: the side of the confusion matrices, the number of classes of those labels
+    (None: the largest class id the plan knows of, plus one).
     """
     names = check_methods(methods, plan.shot)
+    known = (*plan.eligible, *plan.too_small)
+    side = (max(known) + 1 if known else 0) if classes is None else classes
+    if known and max(known) >= side:
+        raise ValueError(f"class id {max(known)} does not fit confusion matrices of {side} classes")
 
-    def run(episode: Episode) -> tuple[list[float], list[float]]:
-        accs, secs = [], []
+    def run(episode: Episode) -> tuple[list[float], list[float], list[np.ndarray]]:
+        accs, secs, cells = [], [], []
         memo = EpisodeMemo()
         for name in names:
             memo.reused_seconds = 0.0
             t0 = time.perf_counter()
-            accs.append(episode_accuracy(features, episode, name, memo))
+            predicted = episode_predictions(features, episode, name, memo)
+            accs.append(float(np.mean(predicted == episode.query_labels)))
             secs.append(time.perf_counter() - t0 + memo.reused_seconds)  # a method's time includes reused parts
+            cells.append(confusion_cells(episode, predicted, side))
         if on_episode:
             on_episode(1)
-        return accs, secs
+        return accs, secs, cells
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="emdcli-episode") as pool:
-        done = list(pool.map(run, plan.episodes))
-    accs = np.array([a for a, _ in done]).reshape(len(done), len(names))
-    secs = np.array([s for _, s in done]).reshape(len(done), len(names))
+        done = list(pool.map(run, plan.episodes))  # in plan order, whatever the threads
+    accs = np.array([a for a, _, _ in done]).reshape(len(done), len(names))
+    secs = np.array([s for _, s, _ in done]).reshape(len(done), len(names))
+    confusion = {name: confusion_matrix([c[i] for _, _, c in done], side) for i, name in enumerate(names)}
     per_episode = {name: accs[:, i] for i, name in enumerate(names)}
     results = []
     for i, name in enumerate(names):
@@ -150,7 +189,7 @@ def evaluate_episodes(
             if name != BASELINE:
                 mean, ci = mean_ci95(per_episode[name] - per_episode[BASELINE])
                 paired.append(PairedResult(name, BASELINE, 100 * mean, 100 * ci))
-    return Evaluation(tuple(results), tuple(paired), per_episode)
+    return Evaluation(tuple(results), tuple(paired), per_episode, confusion)
 
 
 @dataclass(frozen=True)
@@ -186,7 +225,8 @@ def evaluate(
         raise UsageError("no method to run", hint="for example --methods proto,emd")
     data, features = embedded_set(dataset, way, shot, query, seed, source, on_embedded)
     plan = sample_episodes(data.labels, way, shot, query, episodes, seed)
-    result = evaluate_episodes(features, plan, names, workers=workers or os.cpu_count() or 1, on_episode=on_episode)
+    result = evaluate_episodes(features, plan, names, workers=workers or os.cpu_count() or 1, on_episode=on_episode,
+                               classes=len(data.classes))  # fmt: skip
     return EvaluationRun(data, plan, result)
 
 
