@@ -21,6 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "metric": defaults.METRICS,
     "format": defaults.FORMATS,
     "kshot": defaults.KSHOT_MODES,
+    "precision": defaults.PRECISIONS,
 }
 
 
@@ -29,6 +30,7 @@ class Settings:
     """Every option a config file may set; ``None`` means "decide at run time"."""
 
     model: str | None = None
+    precision: str | None = None  # None: the model as named (emdcli.model.backbone.with_precision)
     device: str = defaults.DEVICE
     metric: str = defaults.METRIC
     format: str | None = None

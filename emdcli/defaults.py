@@ -15,15 +15,22 @@ MetricName = Literal["cosine", "l2"]
 KshotName = Literal["mean", "sfc"]
 FormatName = Literal["table", "csv", "json", "jsonl"]
 RerankName = Literal["emd", "emd+global", "none"]
+PrecisionName = Literal["fp32", "int8"]
 DEVICES: tuple[str, ...] = get_args(DeviceName)
 METRICS: tuple[str, ...] = get_args(MetricName)
 KSHOT_MODES: tuple[str, ...] = get_args(KshotName)
 FORMATS: tuple[str, ...] = get_args(FormatName)
 RERANKS: tuple[str, ...] = get_args(RerankName)
+PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
 
 # classify ------------------------------------------------------------------------------------
 
 DEVICE = "auto"
+#: The backbone's precision when --precision is not given: the model as named (the bundled
+#: default is fp32). ``int8`` takes the model's int8 variant (``NAME_int8.json`` beside it).
+PRECISION = "fp32"
+#: Images ``export --precision int8`` measures activation ranges on (docs/benchmarks.md, "INT8").
+INT8_CALIBRATION_IMAGES = 200
 
 #: How a class with several examples gets its node set: ``"sfc"`` (fitted by SFC) or ``"mean"`` (mean map).
 KSHOT = "sfc"

@@ -19,7 +19,7 @@ import typer
 
 from .. import defaults
 from ..config import Settings, load_settings
-from ..defaults import DeviceName, FormatName, KshotName, MetricName
+from ..defaults import DeviceName, FormatName, KshotName, MetricName, PrecisionName
 from .stderr import note, stderr_console, warn
 
 if TYPE_CHECKING:
@@ -66,6 +66,10 @@ CacheOpt = Annotated[bool | None, _option("--cache/--no-cache", help=(
 ProgressOpt = Annotated[bool | None, _option("--progress/--no-progress", help=(
     "Progress bars on stderr (only on a terminal)."), default="on")]
 QuietOpt = Annotated[bool | None, _option("--quiet", "-q", help="No progress, warnings or summary on stderr.")]
+PrecisionOpt = Annotated[PrecisionName | None, _option("--precision", metavar="PRECISION", help=(
+    "fp32 or int8: int8 runs the model's 8-bit variant (NAME_int8.json beside it; 'emdcli export --precision "
+    "int8' makes one), faster on CPU at a measured cost in accuracy (docs/benchmarks.md, 'INT8')."),
+    default="the model as named (the bundled one is fp32)")]
 DeviceOpt = Annotated[DeviceName | None, _option("--device", metavar="DEVICE", help=(
     "auto, cpu or cuda. auto: CUDA when onnxruntime has it, else CPU; cuda: fail if CUDA is missing."),
     default=defaults.DEVICE)]
@@ -110,7 +114,7 @@ NullOpt = Annotated[bool, _option("--null", "-0", help=(
 SHARED_OPTIONS: dict[str, Any] = {
     "fmt": FormatOpt, "output": OutputOpt, "top_k": TopKOpt, "metric": MetricOpt, "kshot": KshotOpt,
     "global_weight": GlobalWeightOpt, "transductive": TransductiveOpt, "shortlist": ShortlistOpt, "model": ModelOpt,
-    "device": DeviceOpt, "reject": RejectOpt, "unknown_label": UnknownLabelOpt,
+    "device": DeviceOpt, "precision": PrecisionOpt, "reject": RejectOpt, "unknown_label": UnknownLabelOpt,
     "batch_size": BatchSizeOpt, "workers": WorkersOpt, "cache": CacheOpt, "progress": ProgressOpt,
     "quiet": QuietOpt, "config": ConfigOpt,
 }  # fmt: skip
@@ -118,7 +122,7 @@ SHARED_OPTIONS: dict[str, Any] = {
 
 #: The shared options of the commands that classify (classify and batch): matching, rejection, model.
 CLASSIFYING = ("top_k", "metric", "kshot", "global_weight", "transductive", "shortlist", "reject", "unknown_label",
-               "model", "device")  # fmt: skip
+               "model", "precision", "device")  # fmt: skip
 
 
 def with_session(*names: str) -> Callable[[F], F]:
@@ -193,7 +197,7 @@ class Session:
     def backbone(self) -> Backbone:
         from ..model.backbone import load_model
 
-        return load_model(self.settings.model, device=self.settings.device)
+        return load_model(self.settings.model, device=self.settings.device, precision=self.settings.precision)
 
     @cached_property
     def source(self) -> FeatureSource:

@@ -34,7 +34,7 @@ EPILOG = (
 )
 
 
-@with_session("fmt", "output", "model", "device", "cache", "progress", "quiet", "config")
+@with_session("fmt", "output", "model", "precision", "device", "cache", "progress", "quiet", "config")
 def run(
     dataset: Annotated[
         Path,

@@ -21,7 +21,7 @@ EPILOG = (
 )
 
 
-@with_session("metric", "model", "device", "cache", "config")
+@with_session("metric", "model", "precision", "device", "cache", "config")
 def run(
     query: Annotated[
         Path, typer.Argument(help="The query image.", metavar="QUERY", exists=True, dir_okay=False, show_default=False)

@@ -7,18 +7,22 @@ from typing import Annotated, Literal
 
 import typer
 
+from .. import defaults
+from ..defaults import PrecisionName
+
 NAME = "export"
 EPILOG = (
     "[bold]Examples[/bold]\n\n"
     "  emdcli export --out my-model\n\n"
     "  emdcli export --arch torchvision:resnet18 --weights resnet18.pth --layer layer3 --out resnet-model\n\n"
+    "  emdcli export --precision int8 --from my-trained-model/ --calibration base-images/\n\n"
     "Exit codes: 0 written, 1 export failure (or ONNX output further than 1e-4 from torch), 2 usage error."
 )
 
 
 def run(
     out: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--output",
             "--out",
@@ -26,8 +30,56 @@ def run(
             metavar="DIR",
             help="Folder to write NAME.onnx and NAME.json into.",
             file_okay=False,
+            show_default="emdcli-model; with --precision int8 the folder of --from, where --precision int8 finds it",
         ),
-    ] = Path("emdcli-model"),
+    ] = None,
+    precision: Annotated[
+        PrecisionName,
+        typer.Option(
+            "--precision",
+            metavar="PRECISION",
+            help="fp32: export from torch; int8: quantize the fp32 model --from (no torch needed, but onnx: "
+            "pip install 'emdcli\\[export]') into NAME_int8.onnx, its activation ranges calibrated on --calibration.",
+        ),
+    ] = "fp32",
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="MODEL",
+            help="With --precision int8: the model to quantize, as --model takes it (a bundled name, a manifest, "
+            "its .onnx, or a model folder such as one emdcli train wrote).",
+            show_default="the bundled model",
+        ),
+    ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration",
+            metavar="DIR",
+            help="With --precision int8: images like those the model will see (a folder, searched recursively; "
+            "class folders are taken in turns), preprocessed as at inference.",
+            file_okay=False,
+            show_default="none: required with --precision int8",
+        ),
+    ] = None,
+    calibration_classes: Annotated[
+        str | None,
+        typer.Option(
+            "--calibration-classes",
+            metavar="NAMES",
+            help="With --precision int8: only these class folders of --calibration (comma-separated), for "
+            "example the classes you will not measure accuracy on.",
+            show_default="every image under --calibration",
+        ),
+    ] = None,
+    calibration_images: Annotated[
+        int,
+        typer.Option("--calibration-images", metavar="N", min=1, help="How many images of --calibration to use."),
+    ] = defaults.INT8_CALIBRATION_IMAGES,
+    seed: Annotated[
+        int, typer.Option("--seed", metavar="N", help="Seed of the choice of calibration images.")
+    ] = defaults.SEED,
     variant: Annotated[
         str,
         typer.Option(
@@ -77,6 +129,15 @@ def run(
     from ..model import export as exporting
     from .stderr import stderr_console
 
+    if precision == "int8":
+        if arch or weights:
+            raise UsageError("--precision int8 quantizes an existing model (--from), not --arch/--weights")
+        classes = [c.strip() for c in calibration_classes.split(",") if c.strip()] if calibration_classes else None
+        quantize(source, calibration, classes, calibration_images, seed, out, force)
+        return
+    if source is not None or calibration is not None or calibration_classes is not None:
+        raise UsageError("--from, --calibration and --calibration-classes are for --precision int8")
+    out = out or Path("emdcli-model")
     if arch and not weights:
         raise UsageError("--arch needs --weights: a local weights file (nothing is downloaded)")
     if weights and not arch:
@@ -100,3 +161,53 @@ def run(
     limit = exporting.PARITY_TOLERANCE
     if result.max_abs_diff > limit:
         raise EmdcliError(f"ONNX output differs from torch by {result.max_abs_diff:.2e} (> {limit:g})")
+
+
+def quantize(
+    source: str | None,
+    calibration: Path | None,
+    classes: list[str] | None,
+    count: int,
+    seed: int,
+    out: Path | None,
+    force: bool,
+) -> None:
+    """``export --precision int8``: the int8 variant of ``source``, written beside it unless ``out``."""
+    from ..errors import UsageError
+    from ..io.files import display_path
+    from ..model.manifest import int8_sibling, resolve_model_path, verified_model
+    from ..model.quantize import calibration_images, quantize_model
+    from .stderr import stderr_console
+
+    if calibration is None:
+        raise UsageError("--precision int8 needs --calibration DIR: images to measure the activation ranges on",
+                         hint="give a folder of images like those the model will classify")  # fmt: skip
+    if not calibration.is_dir():
+        raise UsageError(f"--calibration folder does not exist: {calibration}")
+    manifest_path = resolve_model_path(source)
+    fp32 = verified_model(manifest_path)  # before any work: exit 1 for a model that does not verify
+    if fp32.manifest.precision != "fp32":
+        raise UsageError(
+            f"{display_path(manifest_path)} is already {fp32.manifest.precision}", hint="--from an fp32 model"
+        )
+    target = (out or manifest_path.parent) / int8_sibling(manifest_path).name
+    if target.exists() and not force:
+        raise UsageError(f"{display_path(target)} exists", hint="pass --force to overwrite, or another --output")
+    if classes:
+        missing = [c for c in classes if not (calibration / c).is_dir()]
+        if missing:
+            raise UsageError(f"--calibration-classes: no folder {', '.join(missing)} in {calibration}")
+    images = calibration_images(calibration, count, seed, classes=classes)
+    if not images:
+        from ..io.images import IMAGE_NAMES_HINT
+
+        raise UsageError(f"no images found in {calibration}", hint=IMAGE_NAMES_HINT)
+    of = f"{calibration.name}" + (f", classes {','.join(classes)}" if classes else "")
+    note = f"{len(images)} images of {of} (calibration_images, count {count}, seed {seed})"
+    with stderr_console().status(f"Quantizing on {len(images)} calibration images..."):
+        result = quantize_model(manifest_path, target.parent, images, name=target.stem, calibration_note=note)
+    typer.echo(f"wrote {result.onnx_path} ({result.onnx_path.stat().st_size / 1e6:.1f} MB)")
+    typer.echo(f"wrote {result.manifest_path}")
+    typer.echo(f"sha256 {result.sha256}")
+    typer.echo(f"calibrated on {result.calibration_count} images; {len(result.excluded)} nodes kept in fp32; "
+               f"{result.seconds:.1f} s")  # fmt: skip

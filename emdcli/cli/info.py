@@ -12,7 +12,7 @@ NAME = "info"
 EPILOG = "Exit codes: 0 the model loads and its sha256 matches its manifest, 1 it does not (the report says why)."
 
 
-@with_session("model", "device", "config")
+@with_session("model", "precision", "device", "config")
 def run(
     fmt: Annotated[
         Literal["table", "json"], typer.Option("--format", "-f", metavar="FORMAT", help="table or json.")
@@ -31,10 +31,10 @@ def run(
     from ..config import default_config_path
     from ..errors import ModelError
     from ..io.files import default_cache_dir
-    from ..model.backbone import available_providers
+    from ..model.backbone import available_providers, with_precision
     from ..model.manifest import bundled_models, check_model, resolve_model_path
 
-    check = check_model(resolve_model_path(session.settings.model))
+    check = check_model(with_precision(resolve_model_path(session.settings.model), session.settings.precision))
     m = check.manifest
     env_config = os.environ.get("EMDCLI_CONFIG")
     cfg = session.config or (Path(env_config) if env_config else default_config_path())
@@ -46,6 +46,9 @@ def run(
         "source": m.source, "licence": m.licence, "onnxruntime": ort.__version__,
         "providers_available": available_providers(),
     }  # fmt: skip
+    data["precision"] = m.precision
+    if m.quantization is not None:
+        data["quantized"] = quantization_summary(m.quantization)
     if m.training is not None:
         data["trained"] = training_summary(m.training)
     if check.ok:
@@ -86,3 +89,13 @@ def training_summary(training: dict[str, Any]) -> str:
                 f"{settings['shot']}-shot default {before['default']:.1f}% -> {kept['default']:.1f}%")  # fmt: skip
     except (KeyError, TypeError):
         return "by emdcli train (its record in the manifest is incomplete)"
+
+
+def quantization_summary(record: dict[str, Any]) -> str:
+    """One line on an int8 model: what it was quantized from and how it was calibrated."""
+    try:
+        source, calibration = record["source"], record["calibration"]
+        return (f"from {source['name']} (sha256 {str(source['sha256'])[:12]}...), {record['method']} calibration on "
+                f"{calibration['images']} images ({calibration['chosen']})")  # fmt: skip
+    except (KeyError, TypeError):
+        return "by emdcli export --precision int8 (its record in the manifest is incomplete)"

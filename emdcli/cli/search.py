@@ -24,7 +24,7 @@ EPILOG = (
 )
 
 
-@with_session("fmt", "output", "model", "device", "cache", "progress", "quiet", "config")
+@with_session("fmt", "output", "model", "precision", "device", "cache", "progress", "quiet", "config")
 def run(
     queries: Annotated[
         list[str], argument("Query images: files, folders, or - to read paths from stdin.", "QUERY")

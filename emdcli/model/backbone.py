@@ -137,7 +137,36 @@ class Backbone:
         return np.asarray(out, dtype=np.float32)
 
 
-def load_model(model: str | os.PathLike[str] | None = None, device: str = defaults.DEVICE) -> Backbone:
+def with_precision(manifest_path: Path, precision: str | None) -> Path:
+    """The manifest of ``manifest_path``'s model at ``precision``: itself when None or when it has
+    that precision already; for ``int8``, its int8 variant beside it (:func:`int8_sibling`).
+    UsageError when there is none (with how to make it), or for ``fp32`` of an int8 model."""
+    from ..errors import UsageError
+    from .manifest import int8_sibling, load_manifest
+
+    if precision is None:
+        return manifest_path
+    if precision not in defaults.PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(defaults.PRECISIONS)}")
+    manifest = load_manifest(manifest_path)
+    if manifest.precision == precision:
+        return manifest_path
+    if precision == "fp32":
+        raise UsageError(f"{manifest_path.name} is an {manifest.precision} model; --precision fp32 needs an fp32 one",
+                         hint="give --model the fp32 model it was made from")  # fmt: skip
+    sibling = int8_sibling(manifest_path)
+    if not sibling.is_file():
+        raise UsageError(
+            f"{manifest.name} has no int8 variant ({sibling} not found)",
+            hint=f"make one: emdcli export --precision int8 --from {manifest_path} --calibration IMAGES_DIR",
+        )
+    return sibling
+
+
+def load_model(
+    model: str | os.PathLike[str] | None = None, device: str = defaults.DEVICE, precision: str | None = None
+) -> Backbone:
     """The backbone of ``model`` (None: the bundled EfficientNet-Lite0; else a manifest, its
-    .onnx or a folder holding one) on ``device`` (auto, cpu or cuda), its sha256 verified."""
-    return Backbone(resolve_model_path(model), device=device)
+    .onnx or a folder holding one) at ``precision`` (None: as named; ``fp32`` or ``int8``, see
+    :func:`with_precision`) on ``device`` (auto, cpu or cuda), its sha256 verified."""
+    return Backbone(with_precision(resolve_model_path(model), precision), device=device)

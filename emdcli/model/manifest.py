@@ -31,7 +31,9 @@ class Manifest:
     input_size: side of the square input in px. grid: (H, W) of the output map, so a
     feature map has ``H * W`` nodes of ``channels`` values each. exporter: the versions
     that wrote the file. training: for a model written by ``emdcli train``, its settings, parent,
-    base set and validation figures (None for an exported one).
+    base set and validation figures (None for an exported one). precision: ``"fp32"``, or
+    ``"int8"`` for a quantized model; quantization: for an int8 one, what it was quantized from
+    and how (:mod:`emdcli.model.quantize`; None otherwise).
     """
 
     name: str
@@ -48,6 +50,8 @@ class Manifest:
     licence: str
     exporter: str = ""
     training: dict[str, Any] | None = None
+    precision: str = "fp32"
+    quantization: dict[str, Any] | None = None
 
     @property
     def preprocess(self) -> Preprocess:
@@ -75,8 +79,9 @@ class ModelCheck:
 def write_manifest(manifest: Manifest, path: Path) -> Path:
     """Write ``manifest`` as JSON atomically; returns ``path``."""
     fields = asdict(manifest)
-    if fields["training"] is None:
-        del fields["training"]
+    for key, default in (("training", None), ("precision", "fp32"), ("quantization", None)):
+        if fields[key] == default:  # left out, so that older manifests are written as they were
+            del fields[key]
     with atomic_write(path) as fh:
         json.dump(fields, fh, indent=2)
         fh.write("\n")
@@ -109,12 +114,23 @@ def resolve_model_path(model: str | os.PathLike[str] | None) -> Path:
         return bundled_model_dir() / f"{model}.json"
     if path.is_dir():
         found = sorted(path.glob("*.json"))
+        if len(found) > 1:  # a model folder may hold the model's int8 variant beside it: the folder is the model
+            found = [f for f in found if int8_sibling(f) in found] or found
         if len(found) != 1:
             raise ModelError(f"{path}: expected exactly one manifest (.json) in the folder, found {len(found)}")
         return found[0]
     if path.suffix == ".onnx":
         return path.with_suffix(".json")
     return path
+
+
+#: The suffix of an int8 variant's file stem: ``NAME_int8.json`` beside ``NAME.json``.
+INT8_SUFFIX = "_int8"
+
+
+def int8_sibling(manifest_path: Path) -> Path:
+    """Where the int8 variant of the model ``manifest_path`` lives: ``<dir>/<stem>_int8.json``."""
+    return manifest_path.with_name(f"{manifest_path.stem}{INT8_SUFFIX}.json")
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -152,6 +168,8 @@ def load_manifest(path: Path) -> Manifest:
             licence=str(data["licence"]),
             exporter=str(data.get("exporter", "")),
             training=dict(data["training"]) if isinstance(data.get("training"), dict) else None,
+            precision=str(data.get("precision", "fp32")),
+            quantization=dict(data["quantization"]) if isinstance(data.get("quantization"), dict) else None,
         )
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{path}: manifest has a malformed field ({exc})") from None

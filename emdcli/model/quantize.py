@@ -1,0 +1,471 @@
+"""An INT8 variant of a model: onnxruntime static quantization, calibrated on real images.
+
+    images = calibration_images(Path("data/openclipart"), 200, seed=0)
+    result = quantize_model(Path("weights/efficientnet_lite0.json"), Path("weights"), images)
+    result.manifest_path                      # weights/efficientnet_lite0_int8.json, next to its .onnx
+
+The calibration images are preprocessed exactly as at inference (the source manifest's
+:class:`~emdcli.io.images.Preprocess`); the ranges of the activations are measured on them
+and the model is rewritten with 8-bit weights and activations. The written manifest is the
+source's with ``precision="int8"`` and a ``quantization`` record (what it was quantized from,
+how, on how many images), and the sha256 of the file written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import random
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExportError, ModelError
+from ..io.files import atomic_write, sha256_file
+from ..io.images import iter_image_files, load_image
+from .manifest import INT8_SUFFIX, Manifest, load_manifest, verified_model, write_manifest
+
+#: How to get the ``onnx`` package, which onnxruntime's quantization tools need.
+EXPORT_HINT = "pip install 'emdcli[export]'"
+#: Calibration methods (onnxruntime's CalibrationMethod MinMax, Entropy, Percentile).
+METHODS = ("minmax", "entropy", "percentile")
+#: Quantized model formats: QuantizeLinear/DequantizeLinear pairs around float ops, or quantized ops.
+FORMATS = ("qdq", "qoperator")
+#: Activation types: asymmetric unsigned (u8, the x86 kernels' native input) or signed.
+ACTIVATION_TYPES = ("uint8", "int8")
+#: Images per calibration run (onnxruntime keeps every activation of a run in memory).
+CALIBRATION_BATCH = 8
+#: Nodes left in float32 by default (name prefixes of the exported EfficientNet-Lite0): the stem and
+#: blocks.0, at 112 x 112. Most of the quantization error came from them (docs: issue 23's
+#: measurements), and in float they cost no speed: int8 with them kept is as fast as all int8.
+DEFAULT_KEEP_FP32 = ("/conv_stem/", "/blocks.0/")
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    """How a model is quantized (see :func:`quantize_model` for each field)."""
+
+    method: str = "percentile"
+    per_channel: bool = True
+    quant_format: str = "qdq"
+    activation_type: str = "uint8"
+    symmetric_activations: bool = False
+    reduce_range: bool = False
+    keep_fp32: tuple[str, ...] = DEFAULT_KEEP_FP32
+    pre_process: bool = True
+    fold_padding: bool = True
+    percentile: float = 99.999
+
+    def check(self) -> None:
+        """ValueError for a setting outside its choices."""
+        for value, choices, what in (
+            (self.method, METHODS, "calibration method"),
+            (self.quant_format, FORMATS, "format"),
+            (self.activation_type, ACTIVATION_TYPES, "activation type"),
+        ):
+            if value not in choices:
+                raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+        if not 0.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What :func:`quantize_model` wrote.
+
+    sha256: of the written ONNX file (as its manifest says). calibration_count: images the
+    ranges were measured on. excluded: the nodes left in float32. seconds: wall time.
+    """
+
+    manifest_path: Path
+    onnx_path: Path
+    sha256: str
+    calibration_count: int
+    settings: QuantizeSettings
+    excluded: tuple[str, ...]
+    seconds: float
+
+
+def calibration_images(folder: Path, count: int, seed: int, *, classes: Iterable[str] | None = None) -> list[Path]:
+    """``count`` images of ``folder`` (a folder per class, or loose images), chosen reproducibly.
+
+    Classes take turns (in a seeded order), each giving its images in a seeded order, so the
+    images are spread evenly over classes; fewer than ``count`` come back when the folder has
+    fewer. classes: only these class folders (for example a development half). The result
+    depends only on the file names and ``seed``.
+    """
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    root = Path(folder)
+    wanted = None if classes is None else set(classes)
+    groups: dict[str, list[Path]] = {}
+    for path in iter_image_files(root):
+        rel = path.relative_to(root)
+        name = rel.parts[0] if len(rel.parts) > 1 else ""
+        if wanted is None or name in wanted:
+            groups.setdefault(name, []).append(path)
+    rng = random.Random(seed)
+    order = sorted(groups)
+    rng.shuffle(order)
+    queues = []
+    for name in order:
+        files = sorted(groups[name])
+        rng.shuffle(files)
+        queues.append(files)
+    chosen: list[Path] = []
+    depth = 0
+    while len(chosen) < count and any(depth < len(q) for q in queues):
+        for files in queues:
+            if depth < len(files) and len(chosen) < count:
+                chosen.append(files[depth])
+        depth += 1
+    return chosen
+
+
+def _import_quantization() -> Any:
+    """onnxruntime.quantization (which needs onnx), or ExportError saying what to install."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime.quantization as quantization
+    except ImportError as exc:
+        raise ExportError(
+            f"quantizing a model needs the onnx package ({exc.name or exc}), which is not installed",
+            hint=EXPORT_HINT,
+        ) from None
+    return quantization
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime's quantization tools print and log progress; a library says nothing."""
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+class _Batches:
+    """A CalibrationDataReader over a list of (B, 3, S, S) arrays (``get_next`` until None)."""
+
+    def __init__(self, input_name: str, batches: Sequence[np.ndarray]) -> None:
+        self.input_name = input_name
+        self._items = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._items, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+def _input_name(model_path: Path) -> str:
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if len(names) != 1:
+        raise ModelError(f"{model_path}: expected one image input, found {len(names)}")
+    return str(names[0])
+
+
+def node_names(model_path: Path) -> list[str]:
+    """Names of the nodes of an ONNX model, in graph order."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node]
+
+
+def excluded_nodes(model_path: Path, keep_fp32: Sequence[str]) -> list[str]:
+    """The nodes of ``model_path`` whose names start with one of the prefixes ``keep_fp32``."""
+    return [n for n in node_names(model_path) if any(n.startswith(p) for p in keep_fp32)]
+
+
+def fold_static_padding(source_onnx: Path, out_path: Path, input_size: int) -> tuple[Path, int]:
+    """Write ``source_onnx`` with every Pad's amounts as constants; returns (``out_path``, Pads folded).
+
+    The exported EfficientNets pad "same" as TensorFlow does, computing each Pad's amounts at run
+    time from the input's shape (Shape, Gather, Div, Ceil ... in float). Left in, the quantizer
+    quantizes that arithmetic too and the pads come out wrong (a 6 x 6 map instead of 7 x 7). The
+    input side is fixed by the manifest, so the amounts are computed once here (at batch 1 and 2,
+    which must agree) and the nodes that only computed them are removed.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source_onnx))
+    graph = model.graph
+    constants = {i.name for i in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" for o in n.output
+    }
+    pads = [n.input[1] for n in graph.node if n.op_type == "Pad" and len(n.input) > 1 and n.input[1]]
+    targets = sorted({name for name in pads if name not in constants})
+    if not targets:
+        onnx.save(model, str(out_path))
+        return out_path, 0
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in targets)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    values = [
+        session.run(None, {input_name: np.zeros((batch, 3, input_size, input_size), np.float32)}) for batch in (1, 2)
+    ]
+    for name, one, two in zip(targets, values[0], values[1], strict=True):
+        if not np.array_equal(one, two):
+            raise ModelError(f"{source_onnx}: the amounts of padding {name} depend on the batch size")
+    renamed = {t: f"{t}_static" for t in targets}
+    graph.initializer.extend(
+        numpy_helper.from_array(np.asarray(v), renamed[t]) for t, v in zip(targets, values[0], strict=True)
+    )
+    for node in graph.node:
+        if node.op_type == "Pad" and len(node.input) > 1 and node.input[1] in renamed:
+            node.input[1] = renamed[node.input[1]]
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(list(graph.node)):  # graph order is topological: walk it backwards
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    used = {i for n in graph.node for i in n.input}
+    live = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(live)
+    known = {o for n in graph.node for o in n.output}
+    infos = [v for v in graph.value_info if v.name in known]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out_path))
+    return out_path, len(targets)
+
+
+def prepare_float_model(
+    source_onnx: Path, out_path: Path, input_size: int, *, pre_process: bool = True, fold_padding: bool = True
+) -> Path:
+    """The float model quantization starts from: with ``fold_padding``, :func:`fold_static_padding`;
+    with ``pre_process``, onnxruntime's ``quant_pre_process`` (shape inference and the basic graph
+    optimisations: constant folding, redundant nodes removed). Returns ``out_path``."""
+    q = _import_quantization()
+    source = source_onnx
+    if fold_padding:
+        source, _ = fold_static_padding(source_onnx, out_path.with_name(f"{out_path.stem}.folded.onnx"), input_size)
+    if pre_process:
+        with _quiet():
+            q.quant_pre_process(str(source), str(out_path), skip_symbolic_shape=False)
+    else:
+        out_path.write_bytes(source.read_bytes())
+    return out_path
+
+
+def calibrate(
+    model_path: Path,
+    batches: Iterable[np.ndarray],
+    cache_path: Path,
+    settings: QuantizeSettings,
+    workdir: Path,
+) -> Path:
+    """Measure the activation ranges of ``model_path`` on ``batches`` ((B, 3, S, S) float32),
+    one batch per run so that memory stays bounded whatever their number, and save them to
+    ``cache_path`` (onnxruntime's calibration cache, which ``quantize_static`` reads)."""
+    q = _import_quantization()
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    method = {
+        "minmax": q.CalibrationMethod.MinMax,
+        "entropy": q.CalibrationMethod.Entropy,
+        "percentile": q.CalibrationMethod.Percentile,
+    }[settings.method]
+    options: dict[str, Any] = {}
+    if settings.method == "percentile":
+        options["percentile"] = settings.percentile
+        options["symmetric"] = settings.symmetric_activations
+    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+    input_name = _input_name(model_path)
+    with _quiet():
+        calibrator = q.create_calibrator(
+            model_path,
+            op_types,
+            augmented_model_path=str(workdir / "augmented.onnx"),
+            calibrate_method=method,
+            extra_options=options,
+        )
+        seen = 0
+        for batch in batches:
+            calibrator.collect_data(_Batches(input_name, [np.ascontiguousarray(batch, dtype=np.float32)]))
+            seen += 1
+        if not seen:
+            raise ValueError("no calibration images")
+        ranges = calibrator.compute_data()
+        q.save_tensors_data(ranges, cache_path)
+    del calibrator
+    return cache_path
+
+
+def quantize_calibrated(
+    model_path: Path, cache_path: Path, out_path: Path, settings: QuantizeSettings, exclude: Sequence[str] = ()
+) -> Path:
+    """Write the quantized model of ``model_path`` to ``out_path`` with the ranges of ``cache_path``
+    (from :func:`calibrate` with the same ``settings.method``), leaving the nodes ``exclude`` in float."""
+    q = _import_quantization()
+    method = {
+        "minmax": q.CalibrationMethod.MinMax,
+        "entropy": q.CalibrationMethod.Entropy,
+        "percentile": q.CalibrationMethod.Percentile,
+    }[settings.method]
+    activation = q.QuantType.QUInt8 if settings.activation_type == "uint8" else q.QuantType.QInt8
+    with _quiet():
+        q.quantize_static(
+            str(model_path),
+            str(out_path),
+            None,
+            quant_format=q.QuantFormat.QDQ if settings.quant_format == "qdq" else q.QuantFormat.QOperator,
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            activation_type=activation,
+            weight_type=q.QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
+            calibrate_method=method,
+            calibration_cache_path=str(cache_path),
+            extra_options={"ActivationSymmetric": settings.symmetric_activations},
+        )
+    return out_path
+
+
+def _batches(paths: Sequence[Path], manifest: Manifest, size: int) -> Iterator[np.ndarray]:
+    prep = manifest.preprocess
+    for start in range(0, len(paths), size):
+        yield np.stack([load_image(p, prep) for p in paths[start : start + size]])
+
+
+def quantize_model(
+    source_manifest: Path,
+    out_dir: Path,
+    calibration: Sequence[Path],
+    *,
+    name: str | None = None,
+    method: str = "percentile",
+    per_channel: bool = True,
+    quant_format: str = "qdq",
+    activation_type: str = "uint8",
+    symmetric_activations: bool = False,
+    reduce_range: bool = False,
+    keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32,
+    pre_process: bool = True,
+    fold_padding: bool = True,
+    percentile: float = 99.999,
+    calibration_note: str = "",
+) -> QuantizeResult:
+    """Quantize the model of ``source_manifest`` (bundled, exported or trained) to INT8.
+
+    calibration: image files, preprocessed as at inference (the manifest's preprocessing); they
+    set the activation ranges (none of them should be an image the model is later measured on).
+    Writes ``out_dir/<name>.onnx`` and ``<name>.json`` atomically (name: ``<source name>_int8``).
+
+    method: how an activation's range is chosen from the calibration values: ``minmax`` (the
+    extremes), ``entropy`` (least KL divergence) or ``percentile`` (the ``percentile``-th of the
+    absolute values). per_channel: a scale per output channel of each weight. quant_format:
+    ``qdq`` (Quantize/DequantizeLinear pairs, fused by onnxruntime into integer kernels) or
+    ``qoperator`` (QLinearConv ...). activation_type: ``uint8`` (asymmetric) or ``int8``;
+    symmetric_activations: a zero point of 0. reduce_range: 7-bit weights (for CPUs without
+    VNNI). keep_fp32: node-name prefixes of nodes left in float32 (``/conv_stem/`` ...).
+    pre_process: run onnxruntime's ``quant_pre_process`` first. calibration_note: how the
+    calibration images were chosen, recorded in the manifest.
+
+    Raises ModelError when the source model does not verify, ExportError when the onnx package
+    is missing, ValueError for an unknown setting or no calibration image; ImageError for an
+    unreadable calibration image.
+    """
+    t0 = time.perf_counter()
+    settings = QuantizeSettings(
+        method=method,
+        per_channel=per_channel,
+        quant_format=quant_format,
+        activation_type=activation_type,
+        symmetric_activations=symmetric_activations,
+        reduce_range=reduce_range,
+        keep_fp32=tuple(keep_fp32),
+        pre_process=pre_process,
+        fold_padding=fold_padding,
+        percentile=percentile,
+    )
+    settings.check()
+    if not calibration:
+        raise ValueError("no calibration images")
+    q = _import_quantization()
+    import onnxruntime
+
+    check = verified_model(source_manifest)
+    source = check.manifest
+    name = name or f"{source.name}{INT8_SUFFIX}"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / f"{name}.onnx"
+    manifest_path = out_dir / f"{name}.json"
+    with tempfile.TemporaryDirectory(prefix="emdcli-quantize-") as tmp:
+        work = Path(tmp)
+        prepared = prepare_float_model(
+            check.onnx_path,
+            work / "prepared.onnx",
+            source.input_size,
+            pre_process=pre_process,
+            fold_padding=fold_padding,
+        )
+        cache = calibrate(
+            prepared,
+            _batches(list(calibration), source, CALIBRATION_BATCH),
+            work / "ranges.json",
+            settings,
+            work,
+        )
+        exclude = excluded_nodes(prepared, settings.keep_fp32)
+        written = quantize_calibrated(prepared, cache, work / "int8.onnx", settings, exclude)
+        with atomic_write(onnx_path, binary=True) as fh:
+            fh.write(written.read_bytes())
+    del q
+    digest = sha256_file(onnx_path)
+    record: dict[str, Any] = {
+        "source": {"name": source.name, "sha256": source.sha256},
+        "calibration": {"images": len(calibration), "chosen": calibration_note},
+        "method": settings.method,
+        **{k: v for k, v in asdict(settings).items() if k not in ("method", "keep_fp32")},
+        "keep_fp32": list(settings.keep_fp32),
+        "excluded_nodes": exclude,
+        "weight_type": "int8",
+        "onnxruntime": onnxruntime.__version__,
+    }
+    if settings.method != "percentile":
+        del record["percentile"]
+    manifest = replace(
+        source,
+        name=name,
+        file=onnx_path.name,
+        sha256=digest,
+        precision="int8",
+        quantization=record,
+    )
+    write_manifest(manifest, manifest_path)
+    if load_manifest(manifest_path).sha256 != digest:  # pragma: no cover - a disk that lies
+        raise ModelError(f"{manifest_path}: written manifest does not name the written model")
+    return QuantizeResult(
+        manifest_path=manifest_path,
+        onnx_path=onnx_path,
+        sha256=digest,
+        calibration_count=len(calibration),
+        settings=settings,
+        excluded=tuple(exclude),
+        seconds=time.perf_counter() - t0,
+    )
