@@ -31,10 +31,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import random  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -43,10 +41,10 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import command_line  # noqa: E402
-from throughput import backbone_limit, folder_of, make_photos, run_classify  # noqa: E402
+from throughput import backbone_limit, folder_of, make_photos, make_queries, run_classify  # noqa: E402
 
 from emdcli.features.source import FeatureSource  # noqa: E402
-from emdcli.io.images import _open_rgb, iter_image_files, load_image, model_view  # noqa: E402
+from emdcli.io.images import _open_rgb, load_image, model_view  # noqa: E402
 from emdcli.matching.support import Matcher  # noqa: E402
 from emdcli.model.backbone import Backbone, usable_cores  # noqa: E402
 from emdcli.model.manifest import int8_sibling, resolve_model_path  # noqa: E402
@@ -57,28 +55,9 @@ PNG_SIZE = (1224, 816)  # 1.0 MP, 3:2
 
 
 def make_png(data: Path, count: int) -> list[Path]:
-    """``count`` 1 MP PNG queries of the five largest tuxpaint classes (not the support images:
-    the first 5 of each class, as make_photos picks them)."""
-    from PIL import Image
-
-    out = Path(tempfile.gettempdir()) / "emdcli-int8-png1mp"
-    by_class = {c.name: sorted(iter_image_files(c)) for c in sorted((data / "tuxpaint").iterdir()) if c.is_dir()}
-    big = sorted(by_class, key=lambda c: -len(by_class[c]))[:5]
-    pool = [p for c in big for p in by_class[c][5:]]
-    rng = random.Random(0)
-    made = []
-    for i in range(count):
-        src = pool[i % len(pool)]
-        dst = out / src.parent.name / f"{i:04d}.png"
-        if not dst.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            with Image.open(src) as im:
-                rgba = im.convert("RGBA")
-            canvas = Image.new("RGB", rgba.size, (rng.randrange(200, 256),) * 3)
-            canvas.paste(rgba, mask=rgba.getchannel("A"))
-            canvas.resize(PNG_SIZE, Image.Resampling.BICUBIC).save(dst)
-        made.append(dst)
-    return made
+    """``count`` 1 MP PNG queries (benchmarks/throughput.py's ``make_queries``: the same sources and
+    support set as the 6 MP photos)."""
+    return make_queries(data, count, "emdcli-int8-png1mp", PNG_SIZE, ".png")[0]
 
 
 def per_image_ms(fn, items: list) -> float:  # type: ignore[no-untyped-def, type-arg]

@@ -78,9 +78,18 @@ class Clock:
 
 def make_photos(data: Path, count: int) -> tuple[list[Path], dict[str, list[Path]]]:
     """Queries: ``count`` 3000x2000 JPEGs. Support: 5 classes x 5 other tuxpaint images."""
+    return make_queries(data, count, "emdcli-bench-photos", (3000, 2000), ".jpg", quality=90)
+
+
+def make_queries(
+    data: Path, count: int, folder: str, size: tuple[int, int], suffix: str, **save: int
+) -> tuple[list[Path], dict[str, list[Path]]]:
+    """``count`` queries of ``size`` px written once to $TMPDIR/``folder`` (PIL ``save`` options),
+    upscaled from the five largest tuxpaint classes onto a light grey background, and the
+    support set: the first 5 images of each of those classes (never a query's source)."""
     from PIL import Image
 
-    out = Path(tempfile.gettempdir()) / "emdcli-bench-photos"
+    out = Path(tempfile.gettempdir()) / folder
     by_class = {c.name: sorted(iter_image_files(c)) for c in sorted((data / "tuxpaint").iterdir()) if c.is_dir()}
     big = sorted(by_class, key=lambda c: -len(by_class[c]))[:5]
     support = {c: by_class[c][:5] for c in big}
@@ -89,14 +98,14 @@ def make_photos(data: Path, count: int) -> tuple[list[Path], dict[str, list[Path
     photos = []
     for i in range(count):
         src = pool[i % len(pool)]
-        dst = out / src.parent.name / f"{i:04d}.jpg"
+        dst = out / src.parent.name / f"{i:04d}{suffix}"
         if not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             with Image.open(src) as im:
                 rgba = im.convert("RGBA")
             canvas = Image.new("RGB", rgba.size, (rng.randrange(200, 256),) * 3)
             canvas.paste(rgba, mask=rgba.getchannel("A"))
-            canvas.resize((3000, 2000), Image.Resampling.BICUBIC).save(dst, quality=90)
+            canvas.resize(size, Image.Resampling.BICUBIC).save(dst, **save)
         photos.append(dst)
     return photos, support
 

@@ -141,6 +141,15 @@ def _import_quantization() -> Any:
     return quantization
 
 
+def _calibration_method(q: Any, name: str) -> Any:
+    """onnxruntime's CalibrationMethod for one of :data:`METHODS`."""
+    return {
+        "minmax": q.CalibrationMethod.MinMax,
+        "entropy": q.CalibrationMethod.Entropy,
+        "percentile": q.CalibrationMethod.Percentile,
+    }[name]
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """onnxruntime's quantization tools print and log progress; a library says nothing."""
@@ -284,11 +293,7 @@ def calibrate(
     q = _import_quantization()
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    method = {
-        "minmax": q.CalibrationMethod.MinMax,
-        "entropy": q.CalibrationMethod.Entropy,
-        "percentile": q.CalibrationMethod.Percentile,
-    }[settings.method]
+    method = _calibration_method(q, settings.method)
     options: dict[str, Any] = {}
     if settings.method == "percentile":
         options["percentile"] = settings.percentile
@@ -321,11 +326,7 @@ def quantize_calibrated(
     """Write the quantized model of ``model_path`` to ``out_path`` with the ranges of ``cache_path``
     (from :func:`calibrate` with the same ``settings.method``), leaving the nodes ``exclude`` in float."""
     q = _import_quantization()
-    method = {
-        "minmax": q.CalibrationMethod.MinMax,
-        "entropy": q.CalibrationMethod.Entropy,
-        "percentile": q.CalibrationMethod.Percentile,
-    }[settings.method]
+    method = _calibration_method(q, settings.method)
     activation = q.QuantType.QUInt8 if settings.activation_type == "uint8" else q.QuantType.QInt8
     with _quiet():
         q.quantize_static(
