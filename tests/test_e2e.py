@@ -66,7 +66,11 @@ def test_the_second_bundled_model_is_chosen_by_name(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "rows.csv").open()))
     assert len(rows) == 25 + OTHER_QUERIES and {r["model_sha256"] for r in rows} == {sha}
     res = runner.invoke(app, ["info", "-f", "json"])
-    assert json.loads(res.stdout)["bundled_models"] == ["efficientnet_lite0", "efficientnet_lite0_mixed"]
+    assert json.loads(res.stdout)["bundled_models"] == [
+        "efficientnet_lite0",
+        "efficientnet_lite0_int8",
+        "efficientnet_lite0_mixed",
+    ]
 
 
 def test_library_api_matches_the_cli() -> None:
