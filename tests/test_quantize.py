@@ -14,11 +14,8 @@ from emdcli.errors import ExportError, ModelError
 from emdcli.io.images import iter_image_files, load_image
 from emdcli.model.backbone import Backbone
 from emdcli.model.manifest import int8_sibling, load_manifest, resolve_model_path, verified_model, write_manifest
-from emdcli.model.quantize import (
-    calibration_images,
-    fold_static_padding,
-    quantize_model,
-)
+from emdcli.model.onnx_graph import fold_static_padding
+from emdcli.model.quantize import QuantizeSettings, calibration_images, quantize_model
 from tests.conftest import EXAMPLES, make_folder
 
 BUNDLED = resolve_model_path(None)
@@ -121,12 +118,19 @@ def test_quantize_model_writes_a_loadable_int8_model(tiny_model: Path, tmp_path:
     assert manifest.quantization is not None
     assert manifest.quantization["source"] == {"name": "tiny", "sha256": source.sha256}
     assert manifest.quantization["calibration"] == {"images": 9, "chosen": "generated squares"}
+    assert list(manifest.quantization) == [
+        "source", "calibration", "method", "per_channel", "quant_format", "activation_type", "symmetric_activations",
+        "reduce_range", "pre_process", "fold_padding", "percentile", "keep_fp32", "excluded_nodes", "weight_type",
+        "onnxruntime",
+    ]  # fmt: skip
     assert verified_model(result.manifest_path).ok
     x = np.stack([load_image(p, source.preprocess) for p in images])
     fp32, int8 = Backbone(tiny_model, device="cpu")(x), Backbone(result.manifest_path, device="cpu")(x)
     assert int8.shape == fp32.shape
     assert np.abs(int8 - fp32).max() <= 0.05 * np.abs(fp32).max()
-    named = quantize_model(tiny_model, tmp_path / "out", images[:2], name="other", method="percentile")
+    named = quantize_model(
+        tiny_model, tmp_path / "out", images[:2], name="other", settings=QuantizeSettings(method="percentile")
+    )
     assert named.manifest_path.name == "other.json" and load_manifest(named.manifest_path).name == "other"
 
 

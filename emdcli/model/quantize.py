@@ -30,6 +30,7 @@ from ..errors import ExportError, ModelError
 from ..io.files import atomic_write, sha256_file
 from ..io.images import iter_image_files, load_image
 from .manifest import INT8_SUFFIX, Manifest, load_manifest, verified_model, write_manifest
+from .onnx_graph import excluded_nodes, fold_static_padding, image_input_name
 
 #: How to get the ``onnx`` package, which onnxruntime's quantization tools need.
 EXPORT_HINT = "pip install 'emdcli[export]'"
@@ -49,7 +50,19 @@ DEFAULT_KEEP_FP32 = ("/conv_stem/", "/blocks.0/")
 
 @dataclass(frozen=True)
 class QuantizeSettings:
-    """How a model is quantized (see :func:`quantize_model` for each field)."""
+    """How a model is quantized (:func:`quantize_model`).
+
+    method: an activation's range from the calibration values: ``minmax`` (the extremes),
+    ``entropy`` (least KL divergence) or ``percentile`` (the ``percentile``-th of the absolute values).
+    per_channel: a scale per output channel of each weight.
+    quant_format: ``qdq`` (Quantize/DequantizeLinear pairs, fused to integer kernels) or ``qoperator`` (QLinearConv).
+    activation_type: ``uint8`` (asymmetric) or ``int8``. symmetric_activations: a zero point of 0.
+    reduce_range: 7-bit weights (for CPUs without VNNI).
+    keep_fp32: node-name prefixes of the nodes left in float32 (``/conv_stem/`` ...).
+    pre_process: run onnxruntime's ``quant_pre_process`` first.
+    fold_padding: fold run-time Pad amounts to constants first (:func:`fold_static_padding`).
+    percentile: with ``method="percentile"``, in (0, 100].
+    """
 
     method: str = "percentile"
     per_channel: bool = True
@@ -173,95 +186,6 @@ class _Batches:
         return None if batch is None else {self.input_name: batch}
 
 
-def _input_name(model_path: Path) -> str:
-    import onnx
-
-    model = onnx.load(str(model_path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in inits]
-    if len(names) != 1:
-        raise ModelError(f"{model_path}: expected one image input, found {len(names)}")
-    return str(names[0])
-
-
-def node_names(model_path: Path) -> list[str]:
-    """Names of the nodes of an ONNX model, in graph order."""
-    import onnx
-
-    return [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node]
-
-
-def excluded_nodes(model_path: Path, keep_fp32: Sequence[str]) -> list[str]:
-    """The nodes of ``model_path`` whose names start with one of the prefixes ``keep_fp32``."""
-    return [n for n in node_names(model_path) if any(n.startswith(p) for p in keep_fp32)]
-
-
-def fold_static_padding(source_onnx: Path, out_path: Path, input_size: int) -> tuple[Path, int]:
-    """Write ``source_onnx`` with every Pad's amounts as constants; returns (``out_path``, Pads folded).
-
-    The exported EfficientNets pad "same" as TensorFlow does, computing each Pad's amounts at run
-    time from the input's shape (Shape, Gather, Div, Ceil ... in float). Left in, the quantizer
-    quantizes that arithmetic too and the pads come out wrong (a 6 x 6 map instead of 7 x 7). The
-    input side is fixed by the manifest, so the amounts are computed once here (at batch 1 and 2,
-    which must agree) and the nodes that only computed them are removed.
-    """
-    import onnx
-    import onnxruntime as ort
-    from onnx import numpy_helper
-
-    model = onnx.load(str(source_onnx))
-    graph = model.graph
-    constants = {i.name for i in graph.initializer} | {
-        o for n in graph.node if n.op_type == "Constant" for o in n.output
-    }
-    pads = [n.input[1] for n in graph.node if n.op_type == "Pad" and len(n.input) > 1 and n.input[1]]
-    targets = sorted({name for name in pads if name not in constants})
-    if not targets:
-        onnx.save(model, str(out_path))
-        return out_path, 0
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in targets)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    values = [
-        session.run(None, {input_name: np.zeros((batch, 3, input_size, input_size), np.float32)}) for batch in (1, 2)
-    ]
-    for name, one, two in zip(targets, values[0], values[1], strict=True):
-        if not np.array_equal(one, two):
-            raise ModelError(f"{source_onnx}: the amounts of padding {name} depend on the batch size")
-    renamed = {t: f"{t}_static" for t in targets}
-    graph.initializer.extend(
-        numpy_helper.from_array(np.asarray(v), renamed[t]) for t, v in zip(targets, values[0], strict=True)
-    )
-    for node in graph.node:
-        if node.op_type == "Pad" and len(node.input) > 1 and node.input[1] in renamed:
-            node.input[1] = renamed[node.input[1]]
-    needed = {o.name for o in graph.output}
-    kept = []
-    for node in reversed(list(graph.node)):  # graph order is topological: walk it backwards
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(i for i in node.input if i)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    used = {i for n in graph.node for i in n.input}
-    live = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(live)
-    known = {o for n in graph.node for o in n.output}
-    infos = [v for v in graph.value_info if v.name in known]
-    del graph.value_info[:]
-    graph.value_info.extend(infos)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out_path))
-    return out_path, len(targets)
-
-
 def prepare_float_model(
     source_onnx: Path, out_path: Path, input_size: int, *, pre_process: bool = True, fold_padding: bool = True
 ) -> Path:
@@ -299,7 +223,7 @@ def calibrate(
         options["percentile"] = settings.percentile
         options["symmetric"] = settings.symmetric_activations
     op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
-    input_name = _input_name(model_path)
+    input_name = image_input_name(model_path)
     with _quiet():
         calibrator = q.create_calibrator(
             model_path,
@@ -357,17 +281,8 @@ def quantize_model(
     out_dir: Path,
     calibration: Sequence[Path],
     *,
+    settings: QuantizeSettings | None = None,
     name: str | None = None,
-    method: str = "percentile",
-    per_channel: bool = True,
-    quant_format: str = "qdq",
-    activation_type: str = "uint8",
-    symmetric_activations: bool = False,
-    reduce_range: bool = False,
-    keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32,
-    pre_process: bool = True,
-    fold_padding: bool = True,
-    percentile: float = 99.999,
     calibration_note: str = "",
 ) -> QuantizeResult:
     """Quantize the model of ``source_manifest`` (bundled, exported or trained) to INT8.
@@ -375,15 +290,7 @@ def quantize_model(
     calibration: image files, preprocessed as at inference (the manifest's preprocessing); they
     set the activation ranges (none of them should be an image the model is later measured on).
     Writes ``out_dir/<name>.onnx`` and ``<name>.json`` atomically (name: ``<source name>_int8``).
-
-    method: how an activation's range is chosen from the calibration values: ``minmax`` (the
-    extremes), ``entropy`` (least KL divergence) or ``percentile`` (the ``percentile``-th of the
-    absolute values). per_channel: a scale per output channel of each weight. quant_format:
-    ``qdq`` (Quantize/DequantizeLinear pairs, fused by onnxruntime into integer kernels) or
-    ``qoperator`` (QLinearConv ...). activation_type: ``uint8`` (asymmetric) or ``int8``;
-    symmetric_activations: a zero point of 0. reduce_range: 7-bit weights (for CPUs without
-    VNNI). keep_fp32: node-name prefixes of nodes left in float32 (``/conv_stem/`` ...).
-    pre_process: run onnxruntime's ``quant_pre_process`` first. calibration_note: how the
+    settings: how (:class:`QuantizeSettings`; None: its defaults). calibration_note: how the
     calibration images were chosen, recorded in the manifest.
 
     Raises ModelError when the source model does not verify, ExportError when the onnx package
@@ -391,18 +298,7 @@ def quantize_model(
     unreadable calibration image.
     """
     t0 = time.perf_counter()
-    settings = QuantizeSettings(
-        method=method,
-        per_channel=per_channel,
-        quant_format=quant_format,
-        activation_type=activation_type,
-        symmetric_activations=symmetric_activations,
-        reduce_range=reduce_range,
-        keep_fp32=tuple(keep_fp32),
-        pre_process=pre_process,
-        fold_padding=fold_padding,
-        percentile=percentile,
-    )
+    settings = QuantizeSettings() if settings is None else settings
     settings.check()
     if not calibration:
         raise ValueError("no calibration images")
@@ -422,8 +318,8 @@ def quantize_model(
             check.onnx_path,
             work / "prepared.onnx",
             source.input_size,
-            pre_process=pre_process,
-            fold_padding=fold_padding,
+            pre_process=settings.pre_process,
+            fold_padding=settings.fold_padding,
         )
         cache = calibrate(
             prepared,
