@@ -72,8 +72,6 @@ def run(
     import numpy as np
 
     from ..errors import EmdcliError, UsageError
-    from ..io.files import display_path
-    from ..io.records import rounded
     from ..tasks.anomaly import AnomalyDetector
     from .reports import anomaly_layout
 
@@ -104,17 +102,13 @@ def run(
     layout = anomaly_layout(f"{normal_dir}: threshold {cal.threshold:.4f} ({size} normal images)")
     with sink.open(layout, header, lambda: dict(counts)) as emit:
         for judged in detector.judge(paths):
-            path = display_path(judged.path)
             if judged.verdict is None:
                 counts["skipped"] += 1
                 session.warn(f"skipped {judged.error}")
-                emit({"path": path, "status": "error", "error": judged.error})
-                continue
-            v = judged.verdict
-            counts["judged"] += 1
-            counts["anomalous"] += int(v.anomalous)
-            emit({"path": path, "status": "ok", "score": rounded(v.score), "threshold": rounded(v.threshold),
-                  "verdict": "anomaly" if v.anomalous else "normal", "error": None})  # fmt: skip
+            else:
+                counts["judged"] += 1
+                counts["anomalous"] += int(judged.verdict.anomalous)
+            emit(judged.to_record())
     if not counts["judged"] + counts["skipped"]:
         raise EmdcliError("no query images were given", hint="give image files, folders, or pipe paths into '-'")
     if not counts["judged"]:

@@ -13,7 +13,7 @@ from .. import defaults
 from .common import CLASSIFYING, Session, argument, with_session
 
 if TYPE_CHECKING:
-    from ..tasks.batch import BatchJob, RunTally
+    from ..tasks.batch import RunTally
 
 NAME = "batch"
 EPILOG = (
@@ -119,7 +119,10 @@ def run(
     from ..io.images import count_by_suffix
     from ..io.inputs import list_inputs
     from ..tasks import batch as batch_tasks
+    from ..tasks.destination import Destination
     from .reports import plural, similar_classes_note, support_warnings
+    from .stderr import note
+    from .tables import simple_table
 
     chosen = fmt or _format_for(output)
     span = _parse_workers(workers, engine)
@@ -130,7 +133,7 @@ def run(
         from ..tasks.ray_engine import need_ray
 
         need_ray()  # before any work: exit 2 with what to install
-    out = Destination(output, chosen, session.quiet)  # checks DEST now (exit 2)
+    out = Destination(output, chosen, session.quiet, note)  # checks DEST now (exit 2)
     folder = read_labelled_folder(support)
     inputs = list_inputs(source)
     for line in support_warnings(folder):
@@ -150,8 +153,8 @@ def run(
             device=session.settings.device, on_done=lambda n: bars.advance(task, n), reject=session.reject(),
         )  # fmt: skip
     session.report_skipped(support_set.skipped, "support image ")
-    if note := similar_classes_note(job.matcher, job.classes):
-        session.inform(note)
+    if alike := similar_classes_note(job.matcher, job.classes):
+        session.inform(alike)
     done = out.start(job, resume=resume, source=source)
     todo = [p for p in inputs.paths if p not in done]
     if done:
@@ -159,7 +162,7 @@ def run(
     if not todo:
         session.inform(f"nothing to do: every path of {source} is in {output}")
     tally = batch_tasks.RunTally(resumed=len(done), engine=engine, open_set=job.rejection is not None)
-    with out.writing(job, tally) as write, session.progress() as bars:
+    with out.writing(job, tally, simple_table("batch", job.columns), summary_line) as write, session.progress() as bars:
         task = bars.add_task("Images", total=len(todo))
         tally.engine_started = time.perf_counter()
         if todo and engine == "local":
@@ -233,77 +236,3 @@ def _parse_workers(text: str | None, engine: str) -> tuple[int, int]:
     if sep and engine == "local":
         raise UsageError(f"--workers {text}: a range is for --engine ray; give a number with --engine local")
     return span
-
-
-class Destination:
-    """DEST: Parquet parts in a folder, or one CSV/JSONL file through the sink (atomic, .partial)."""
-
-    def __init__(self, path: Path, fmt: str, quiet: bool) -> None:
-        self.path, self.fmt, self.quiet = path, fmt, quiet
-        if fmt == "parquet":
-            from ..io.parquet import PartFolder, need_pyarrow
-
-            need_pyarrow()
-            self.parts: Any = PartFolder(path)
-        else:
-            from ..io.sink import Sink
-            from .stderr import note
-
-            self.sink = Sink(path, fmt, quiet=quiet, note=note)
-        self._prior: list[dict[str, Any]] = []
-
-    def start(self, job: BatchJob, *, resume: bool, source: str) -> set[str]:
-        """Prepare DEST for ``job``; with ``resume``, the paths it already holds."""
-        from .. import __version__
-        from ..tasks.batch import earlier_rows
-
-        settings = {"command": "batch", "emdcli": __version__, **job.header(), "columns": list(job.columns),
-                    "input": source}  # fmt: skip
-        if self.fmt == "parquet":
-            compare = ("model_sha256", "metric", "kshot", "global_weight", "shortlist", "top_k", "classes", "columns",
-                       "reject")  # fmt: skip
-            self.parts.start(settings, resume=resume, compare=compare)
-            return self.parts.done_paths() if resume else set()
-        if resume:
-            self._prior = earlier_rows(self.path, self.fmt, job)
-        return {str(r["path"]) for r in self._prior}
-
-    def writing(self, job: BatchJob, tally: RunTally) -> Any:
-        """``with out.writing(job, tally) as write:`` call ``write(rows)`` per finished batch. A CSV or
-        JSONL file gets the rows it held first (``--resume``); on failure what was written is kept."""
-        import contextlib
-
-        from ..io.sink import Layout
-        from .stderr import note
-        from .tables import simple_table
-
-        @contextlib.contextmanager
-        def parquet() -> Any:
-            writer = self.parts.writer(job.columns)
-            try:
-                yield writer.add
-            except BaseException:
-                writer.close()
-                if writer.written and not self.quiet:
-                    note(f"{writer.written} rows of this run were kept in {self.path}; "
-                         "run the same command with --resume to finish it")  # fmt: skip
-                raise
-            writer.close()
-            if not self.quiet and tally.rows:
-                note(summary_line(tally.summary()))
-
-        @contextlib.contextmanager
-        def through_sink() -> Any:
-            columns = job.columns
-            layout = Layout("batch", columns, simple_table("batch", columns), summary_line=summary_line, resumable=True)
-            with self.sink.open(layout, {}, tally.summary) as emit:
-                for row in self._prior:
-                    emit(row)
-
-                def write(rows: list[dict[str, Any]]) -> None:
-                    for row in rows:
-                        emit(row)
-
-                yield write
-
-        return parquet() if self.fmt == "parquet" else through_sink()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..io.sorting import SortAction
-from .common import CLASSIFYING, NullOpt, Session, advance, argument, query_paths, with_session
+from .common import CLASSIFYING, NullOpt, Session, advance, argument, query_paths, report_option, with_session
 
 if TYPE_CHECKING:
     from ..io.sorting import Sorter
@@ -102,16 +102,11 @@ def run(
     ] = False,  # fmt: skip
     report: Annotated[
         Path | None,
-        typer.Option(
-            "--report",
-            metavar="FILE",
-            help="Also write one self-contained HTML page of the run to FILE (at its end, whole or not at all): "
+        report_option(
             "the support classes with thumbnails, then the queries by predicted class, wrong and rejected ones "
-            "marked, linked to their --explain-dir pictures.",
-            dir_okay=False,
-            show_default="none",
+            "marked, linked to their --explain-dir pictures."
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     null: NullOpt = False,
     *,
     session: Session,

@@ -110,6 +110,19 @@ NullOpt = Annotated[bool, _option("--null", "-0", help=(
     "Paths read from stdin ('-') end with a NUL byte, as find -print0 and xargs -0 use, not a newline."))]
 # fmt: on
 
+
+def report_option(contents: str) -> Any:
+    """``--report FILE`` (classify, evaluate): one HTML page of the run; ``contents`` says what the page shows."""
+    return typer.Option(
+        "--report",
+        metavar="FILE",
+        help="Also write one self-contained HTML page of the run to FILE (at its end, whole or not at all): "
+        + contents,
+        dir_okay=False,
+        show_default="none",
+    )
+
+
 #: The options commands share, by parameter name: each is a Settings field (``fmt`` sets ``format``)
 #: except ``output`` and ``config``, which the session keeps as they are.
 SHARED_OPTIONS: dict[str, Any] = {

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .. import defaults
-from .common import Session, advance, argument, with_session
+from .common import Session, advance, argument, report_option, with_session
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ..io.folders import LabelledFolder
     from ..io.sink import Layout, Record
     from ..tasks.evaluate import EvaluationRun
-    from ..tasks.open_set import OpenSetResult, OpenSetRun
+    from ..tasks.open_set import OpenSetRun
 
 NAME = "evaluate"
 EPILOG = (
@@ -84,16 +84,11 @@ def run(
     ] = None,  # fmt: skip
     report: Annotated[
         Path | None,
-        typer.Option(
-            "--report",
-            metavar="FILE",
-            help="Also write one self-contained HTML page of the run to FILE (at its end, whole or not at all): "
+        report_option(
             "the accuracy table, then each method's confusion matrix (true against predicted class, over all "
-            "episodes) with its most confused pairs; with --open-set, its measures.",
-            dir_okay=False,
-            show_default="none",
+            "episodes) with its most confused pairs; with --open-set, its measures."
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     *,
     session: Session,
 ) -> None:
@@ -102,7 +97,7 @@ def run(
     from ..io.folders import read_labelled_folder
     from ..tasks.evaluate import check_methods, evaluate
     from ..tasks.open_set import check_leak, evaluate_open_set
-    from .reports import evaluate_layout, evaluation_records
+    from .reports import evaluate_layout
 
     sink = session.sink()
     if leak is not None and not open_set:
@@ -129,10 +124,10 @@ def run(
         confusion = None  # the confusion matrices of --report (none for an open-set run)
         if open_set:
             opened = evaluate_open_set(folder, unseen=open_set, leak=leak or 0.0, **common)
-            run, records = opened, [open_set_record(opened.result)]
+            run, records = opened, [opened.result.to_record()]
         else:
             closed = evaluate(folder, methods=names, **common)
-            run, records, confusion = closed, evaluation_records(closed.evaluation), closed.evaluation.confusion
+            run, records, confusion = closed, closed.evaluation.to_records(), closed.evaluation.confusion
     session.report_skipped(run.data.skipped)
     small = never_drawn(session, folder, run.plan.too_small, shot + query)
     header = {
@@ -174,30 +169,12 @@ def never_drawn(session: Session, folder: LabelledFolder, too_small: tuple[int, 
     return small
 
 
-def open_set_record(r: OpenSetResult) -> Record:
-    """``evaluate --open-set``'s one row: the measures rounded as written."""
-    return {
-        "method": "default", "way": r.way, "shot": r.shot, "query": r.query, "open_set": r.unseen,
-        "episodes": r.episodes, "leak": r.leak, "auroc": round(r.auroc, 4), "auroc_ci95": round(r.auroc_ci95, 4),
-        **{f"{m}{end}": round(getattr(r, f"{m}{end}"), 2) for m in PERCENTS for end in ("", "_ci95")},
-        "threshold": round(r.threshold, 4), "threshold_ci95": round(r.threshold_ci95, 4),
-        "seconds_per_episode": round(r.seconds_per_episode, 5),
-    }  # fmt: skip
-
-
-#: The measures given in percent, in the order of the row.
-PERCENTS = ("accuracy", "accuracy_rejecting", "in_set_rejected", "unseen_rejected")
-OPEN_SET_COLUMNS = (
-    "method", "way", "shot", "query", "open_set", "episodes", "leak", "auroc", "auroc_ci95",
-    *(f"{m}{end}" for m in PERCENTS for end in ("", "_ci95")), "threshold", "threshold_ci95", "seconds_per_episode",
-)  # fmt: skip
-
-
 def open_set_layout(title: str) -> Layout:
     """``evaluate --open-set``'s row: CSV and JSON as they are; the table one line per measure."""
     from rich.text import Text
 
     from ..io.sink import Layout
+    from ..tasks.open_set import OpenSetResult
     from .tables import NUMBER, Col, FitTable
 
     def table(records: list[Record]) -> RenderableType:
@@ -213,4 +190,4 @@ def open_set_layout(title: str) -> Layout:
             cols.append(Col("mean ± 95% CI", cells, NUMBER, justify="right"))
         return FitTable(title, cols)
 
-    return Layout("evaluate", OPEN_SET_COLUMNS, table)
+    return Layout("evaluate", OpenSetResult.COLUMNS, table)

@@ -1,4 +1,5 @@
-"""The records and tables of each command: how library results become rows for the sink."""
+"""How each command shows its rows (columns, table, summary line) and what it says on stderr; the
+rows themselves and their columns come from the library's results (``to_record``/``to_records``)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     from ..io.folders import LabelledFolder
     from ..matching.support import ClassNodes, Matcher
     from ..tasks.classify import SetReport, Tally
-    from ..tasks.evaluate import Evaluation
-    from ..tasks.train import TrainResult
 
 # classify -----------------------------------------------------------------------------------
 
@@ -184,29 +183,11 @@ def classify_layout(classes: Sequence[str], top_k: int, *, pictures: bool = Fals
 
 # evaluate -----------------------------------------------------------------------------------
 
-EVALUATE_COLUMNS = (
-    "method", "way", "shot", "query", "episodes", "accuracy", "ci95", "vs_proto", "vs_proto_ci95",
-    "seconds_per_episode",
-)  # fmt: skip
-
-
-def evaluation_records(evaluation: Evaluation) -> list[Record]:
-    """One record per method: accuracy and interval in percent, the paired difference to the
-    baseline in points (None for the baseline itself or without it), rounded to 0.01."""
-    paired = {p.method: p for p in evaluation.paired}
-    out = []
-    for r in evaluation.results:
-        p = paired.get(r.method)
-        out.append({
-            "method": r.method, "way": r.way, "shot": r.shot, "query": r.query, "episodes": r.episodes,
-            "accuracy": round(r.accuracy, 2), "ci95": round(r.ci95, 2),
-            "vs_proto": round(p.difference, 2) if p else None, "vs_proto_ci95": round(p.ci95, 2) if p else None,
-            "seconds_per_episode": round(r.seconds_per_episode, 5),
-        })  # fmt: skip
-    return out
-
 
 def evaluate_layout(title: str) -> Layout:
+    """The columns of :attr:`Evaluation.COLUMNS`; the table one row per method, the best accuracy in bold."""
+    from ..tasks.evaluate import Evaluation
+
     def table(records: list[Record]) -> RenderableType:
         best = max(r["accuracy"] for r in records)
         accuracy = [Text(f"{r['accuracy']:.1f} ± {r['ci95']:.1f}", "bold green" if r["accuracy"] == best else "")
@@ -221,32 +202,20 @@ def evaluate_layout(title: str) -> Layout:
         ]
         return FitTable(title, cols)
 
-    return Layout("evaluate", EVALUATE_COLUMNS, table)
+    return Layout("evaluate", Evaluation.COLUMNS, table)
 
 
 # train ----------------------------------------------------------------------------------------
 
-TRAIN_METHODS = ("proto", "emd", "default")
-TRAIN_COLUMNS = ("episode", *TRAIN_METHODS, *(f"{m}_ci95" for m in TRAIN_METHODS), "gain", "gain_ci95", "kept")
-
-
-def train_records(result: TrainResult) -> list[Record]:
-    """One record per validation: the held-out classes' accuracy and interval per method (percent,
-    rounded to 0.01), the default's paired gain over the parent (points), and whether its state is
-    the one exported."""
-    return [
-        {"episode": v.episode, **{m: round(v.accuracy[m], 2) for m in TRAIN_METHODS},
-         **{f"{m}_ci95": round(v.ci95[m], 2) for m in TRAIN_METHODS}, "gain": round(v.gain, 2),
-         "gain_ci95": round(v.gain_ci95, 2), "kept": v.episode == result.best.episode}
-        for v in result.history
-    ]  # fmt: skip
-
 
 def train_layout(title: str) -> Layout:
+    """The columns of :attr:`TrainResult.COLUMNS`; the table one row per validation, the state kept in bold."""
+    from ..tasks.training.settings import SELECT_BY, VAL_METHODS, TrainResult
+
     def table(records: list[Record]) -> RenderableType:
         cols = [Col("episode", [Text(str(r["episode"])) for r in records], NUMBER, justify="right")]
-        for m in TRAIN_METHODS:
-            cells = [Text(f"{r[m]:.1f} ± {r[m + '_ci95']:.1f}", "bold green" if r["kept"] and m == "default" else "")
+        for m in VAL_METHODS:
+            cells = [Text(f"{r[m]:.1f} ± {r[m + '_ci95']:.1f}", "bold green" if r["kept"] and m == SELECT_BY else "")
                      for r in records]  # fmt: skip
             cols.append(Col(m, cells, NUMBER, justify="right"))
         gains = [Text("" if r["episode"] == 0 else f"{r['gain']:+.1f} ± {r['gain_ci95']:.1f}") for r in records]
@@ -260,21 +229,22 @@ def train_layout(title: str) -> Layout:
         return (f"kept the state after episode {summary['kept_episode']}: default {before:.1f}% -> {kept:.1f}% on the "
                 f"held-out classes; {times}; model: {summary['model']}")  # fmt: skip
 
-    return Layout("train", TRAIN_COLUMNS, table, summary_line=line)
+    return Layout("train", TrainResult.COLUMNS, table, summary_line=line)
 
 
 # search and anomaly -------------------------------------------------------------------------
 
-SEARCH_COLUMNS = ("query", "rank", "path", "score", "global_score", "status", "error")
-ANOMALY_COLUMNS = ("path", "status", "score", "threshold", "verdict", "error")
-
 
 def search_layout(title: str) -> Layout:
-    return Layout("search", SEARCH_COLUMNS, simple_table(title, SEARCH_COLUMNS))
+    from ..tasks.search import QueryHits
+
+    return Layout("search", QueryHits.COLUMNS, simple_table(title, QueryHits.COLUMNS))
 
 
 def anomaly_layout(title: str) -> Layout:
+    from ..tasks.anomaly import Judged
+
     def line(summary: dict[str, Any]) -> str:
         return f"{summary['anomalous']} of {plural(summary['judged'], 'query')} anomalous"
 
-    return Layout("anomaly", ANOMALY_COLUMNS, simple_table(title, ANOMALY_COLUMNS), summary_line=line)
+    return Layout("anomaly", Judged.COLUMNS, simple_table(title, Judged.COLUMNS), summary_line=line)

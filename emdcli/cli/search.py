@@ -52,8 +52,6 @@ def run(
 ) -> None:
     """Find the gallery images most like each query: global shortlist, then DeepEMD re-ranking."""
     from ..errors import EmdcliError
-    from ..io.files import display_path
-    from ..io.records import rounded
     from ..tasks.search import Gallery
     from .reports import search_layout
 
@@ -64,18 +62,10 @@ def run(
 
     def rows() -> Iterator[dict[str, Any]]:
         for result in found.search(paths, top_k=top_k, shortlist=shortlist, rerank=rerank):
-            q = display_path(result.query)
+            counts["ok" if result.error is None else "error"] += 1
             if result.error is not None:
-                counts["error"] += 1
                 session.warn(f"skipped {result.error}")
-                yield {"query": q, "status": "error", "error": result.error}
-                continue
-            counts["ok"] += 1
-            for hit in result.hits:
-                yield {
-                    "query": q, "status": "ok", "rank": hit.rank, "path": display_path(hit.path),
-                    "score": rounded(hit.score), "global_score": rounded(hit.global_score), "error": None,
-                }  # fmt: skip
+            yield from result.to_records()
 
     header = {
         "gallery": str(gallery), "gallery_images": found.index.size, "model": session.backbone.manifest.name,

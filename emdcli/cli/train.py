@@ -129,7 +129,7 @@ def run(
     from ..io.folders import read_labelled_folder
     from ..model.trainable import require_torch
     from ..tasks.train import TrainSettings, train
-    from .reports import train_layout, train_records
+    from .reports import train_layout
 
     settings = TrainSettings(
         way=way, shot=shot, query=query, episodes=episodes, lr=lr, train_from=train_from, views=views,
@@ -202,5 +202,5 @@ def run(
         f"{base_dir.name}: validation on {len(result.split.val)} held-out classes, {way}-way {shot}-shot, accuracy %"
     )
     with sink.open(train_layout(title), header, summary) as emit:
-        for record in train_records(result):
+        for record in result.to_records():
             emit(record)

@@ -19,13 +19,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from .. import defaults
 from ..errors import DatasetError
 from ..features.source import FeatureSource, Progress, Skipped
+from ..io.files import display_path
+from ..io.records import Record, rounded
 from ..matching.nodes import ClassBank, Nodes
 
 ThresholdSource = Literal["quantile", "explicit"]
@@ -174,6 +176,19 @@ class Judged:
     path: Path
     verdict: Verdict | None
     error: str | None = None
+
+    #: The columns of :meth:`to_record`, in order (an unreadable query's record has only some).
+    COLUMNS: ClassVar[tuple[str, ...]] = ("path", "status", "score", "threshold", "verdict", "error")
+
+    def to_record(self) -> Record:
+        """``anomaly``'s row: the score and threshold rounded to SCORE_DIGITS, the path as shown; only
+        the path, ``status=error`` and the error for an unreadable query."""
+        path = display_path(self.path)
+        v = self.verdict
+        if v is None:
+            return {"path": path, "status": "error", "error": self.error}
+        return {"path": path, "status": "ok", "score": rounded(v.score), "threshold": rounded(v.threshold),
+                "verdict": "anomaly" if v.anomalous else "normal", "error": None}  # fmt: skip
 
 
 @dataclass(frozen=True)

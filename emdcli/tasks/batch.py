@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from .. import __version__, defaults
-from ..errors import DatasetError, WorkerMismatchError
+from ..errors import WorkerMismatchError
 from ..features.source import FeatureSource, Progress
 from ..io.folders import LabelledFolder
 from ..io.images import RemoteImage, is_uri
@@ -273,22 +273,3 @@ class RunTally:
             "seconds": round(end - self.engine_started, 3),
             **({"rejected": c.rejected} if self.open_set else {}),
         }  # fmt: skip
-
-
-def earlier_rows(path: Path, fmt: str, job: BatchJob) -> list[dict[str, Any]]:
-    """The rows an earlier run left in the CSV/JSONL file ``path`` (or its .partial), checked to be
-    ``job``'s (the same columns and model). DatasetError otherwise."""
-    from ..io.records import read_earlier
-
-    earlier = read_earlier(path, fmt, "batch")
-    if earlier is None:
-        return []
-    records, columns = earlier.records, earlier.columns
-    found = tuple(columns) if columns is not None else tuple(records[0]) if records else job.columns
-    if found != job.columns or any(str(r.get("model_sha256")) != job.model_sha256 for r in records):
-        raise DatasetError(
-            f"{earlier.path} was written by another model or support set (its columns or model_sha256 differ); "
-            "cannot resume it",
-            hint="resume with the same SUPPORT and --model, or write to a new file",
-        )
-    return records

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from .. import defaults
 from ..errors import EmdcliError, UsageError
 from ..features.source import FeatureSource, LabelledFeatures, Progress
 from ..io.folders import LabelledFolder, read_labelled_folder
+from ..io.records import Record
 from ..matching.support import EpisodeMemo
 from .episodes import Episode, EpisodePlan, sample_episodes
 from .fewshot import BASELINE, METHODS
@@ -73,6 +75,27 @@ class Evaluation:
     paired: tuple[PairedResult, ...]
     per_episode: dict[str, np.ndarray]
     confusion: dict[str, np.ndarray]
+
+    #: The columns of :meth:`to_records`, in order.
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "method", "way", "shot", "query", "episodes", "accuracy", "ci95", "vs_proto", "vs_proto_ci95",
+        "seconds_per_episode",
+    )  # fmt: skip
+
+    def to_records(self) -> list[Record]:
+        """One record per method (:attr:`COLUMNS`): accuracy and interval in percent, the paired
+        difference to the baseline in points (None for the baseline itself or without it), rounded to 0.01."""
+        paired = {p.method: p for p in self.paired}
+        out = []
+        for r in self.results:
+            p = paired.get(r.method)
+            out.append({
+                "method": r.method, "way": r.way, "shot": r.shot, "query": r.query, "episodes": r.episodes,
+                "accuracy": round(r.accuracy, 2), "ci95": round(r.ci95, 2),
+                "vs_proto": round(p.difference, 2) if p else None, "vs_proto_ci95": round(p.ci95, 2) if p else None,
+                "seconds_per_episode": round(r.seconds_per_episode, 5),
+            })  # fmt: skip
+        return out
 
 
 def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float]:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from .. import defaults
 from ..errors import UsageError
 from ..features.source import FeatureSource, LabelledFeatures, Progress
 from ..io.folders import LabelledFolder
+from ..io.records import Record
 from ..matching.rejection import calibrate_rejection, open_set_scores, simulated_out_of_set
 from ..matching.support import Matcher
 from .episodes import Episode, EpisodePlan, sample_episodes
@@ -41,6 +43,8 @@ from .evaluate import embedded_set, mean_ci95
 #: The per-episode measures, in the order the result and its rows give them. auroc in [0, 1]; the
 #: others shares in [0, 1] per episode (percent in :class:`OpenSetResult`) but the threshold.
 MEASURES = ("auroc", "accuracy", "accuracy_rejecting", "in_set_rejected", "unseen_rejected", "threshold")
+#: The measures :class:`OpenSetResult` gives in percent (the AUROC and the threshold are as measured).
+PERCENTS = ("accuracy", "accuracy_rejecting", "in_set_rejected", "unseen_rejected")
 
 
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
@@ -130,6 +134,23 @@ class OpenSetResult:
     seconds_per_episode: float
     per_episode: dict[str, np.ndarray]
 
+    #: The columns of :meth:`to_record`, in order.
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "method", "way", "shot", "query", "open_set", "episodes", "leak",
+        *(f"{m}{end}" for m in MEASURES for end in ("", "_ci95")), "seconds_per_episode",
+    )  # fmt: skip
+
+    def to_record(self) -> Record:
+        """``evaluate --open-set``'s one row (:attr:`COLUMNS`): the measures in percent rounded to 0.01,
+        the AUROC and the threshold to 0.0001."""
+        measures = {f"{m}{end}": round(getattr(self, f"{m}{end}"), 2 if m in PERCENTS else 4)
+                    for m in MEASURES for end in ("", "_ci95")}  # fmt: skip
+        return {
+            "method": "default", "way": self.way, "shot": self.shot, "query": self.query, "open_set": self.unseen,
+            "episodes": self.episodes, "leak": self.leak, **measures,
+            "seconds_per_episode": round(self.seconds_per_episode, 5),
+        }  # fmt: skip
+
 
 def evaluate_open_set_episodes(
     features: np.ndarray,
@@ -163,7 +184,7 @@ def evaluate_open_set_episodes(
     stats: dict[str, float] = {}
     for m in MEASURES:
         mean, ci = mean_ci95(per_episode[m])
-        scale = 1 if m in ("auroc", "threshold") else 100
+        scale = 100 if m in PERCENTS else 1
         stats[m], stats[f"{m}_ci95"] = scale * mean, scale * ci
     seconds = float(np.mean([s for _, s in done]))
     return OpenSetResult(plan.way, plan.shot, plan.query, plan.unseen, len(done), leak, **stats,

@@ -17,12 +17,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from .. import defaults
 from ..errors import DatasetError
 from ..features.source import FeatureSource, Progress, Skipped
+from ..io.files import display_path
+from ..io.records import Record, rounded
 from ..matching.nodes import ClassBank, Nodes
 from ..matching.simpleshot import normalised, pooled
 
@@ -151,6 +154,21 @@ class QueryHits:
     query: Path
     hits: tuple[Hit, ...]
     error: str | None = None
+
+    #: The columns of :meth:`to_records`, in order (an unreadable query's record has only some).
+    COLUMNS: ClassVar[tuple[str, ...]] = ("query", "rank", "path", "score", "global_score", "status", "error")
+
+    def to_records(self) -> list[Record]:
+        """``search``'s rows: one per hit, scores rounded to SCORE_DIGITS, paths as shown; or one
+        ``status=error`` record for an unreadable query."""
+        q = display_path(self.query)
+        if self.error is not None:
+            return [{"query": q, "status": "error", "error": self.error}]
+        return [
+            {"query": q, "status": "ok", "rank": hit.rank, "path": display_path(hit.path), "score": rounded(hit.score),
+             "global_score": rounded(hit.global_score), "error": None}
+            for hit in self.hits
+        ]  # fmt: skip
 
 
 @dataclass(frozen=True)

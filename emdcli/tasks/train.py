@@ -56,9 +56,9 @@ from ..model import trainable
 from ..model.backbone import usable_cores
 from .episodes import sample_episodes
 from .training.checkpoints import CHECKPOINT, TrainState, load_checkpoint, save_checkpoint
-from .training.head import SELECT_BY, episode_loss, validate
+from .training.head import episode_loss, validate
 from .training.model_folder import prepare_model_dir, training_record, write_model
-from .training.settings import ClassSplit, EpisodeStats, TrainResult, TrainSettings, Validation
+from .training.settings import SELECT_BY, ClassSplit, EpisodeStats, TrainResult, TrainSettings, Validation
 from .training.views import trunk_maps
 
 __all__ = [

@@ -20,11 +20,8 @@ from ...matching.transport import emd_flow_trusted
 from ...model import trainable
 from ..episodes import EpisodePlan
 from ..evaluate import evaluate_episodes, mean_ci95
-from .settings import Validation
+from .settings import SELECT_BY, VAL_METHODS, Validation
 
-#: Methods scored on the validation episodes; the state with the best ``SELECT_BY`` is kept.
-VAL_METHODS = ("proto", "emd", "default")
-SELECT_BY = "default"
 #: Trunk maps per forward pass when computing validation features.
 FEATURE_BATCH = 64
 

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from ... import defaults
 from ...errors import UsageError
 from ...features.source import Skipped
+from ...io.records import Record
 from ...model import trainable
 
 #: The views a run may cache, in the order ``views`` takes them.
 VIEWS = ("centre", "flip", "zoom", "zoom-flip")
+#: Methods scored on the validation episodes; the state with the best ``SELECT_BY`` is kept.
+VAL_METHODS = ("proto", "emd", "default")
+SELECT_BY = "default"
 
 
 @dataclass(frozen=True)
@@ -110,3 +115,19 @@ class TrainResult:
     @property
     def stopped(self) -> bool:
         return self.manifest_path is None
+
+    #: The columns of :meth:`to_records`, in order.
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "episode", *VAL_METHODS, *(f"{m}_ci95" for m in VAL_METHODS), "gain", "gain_ci95", "kept",
+    )  # fmt: skip
+
+    def to_records(self) -> list[Record]:
+        """One record per validation (:attr:`COLUMNS`): the held-out classes' accuracy and interval per
+        method (percent, rounded to 0.01), SELECT_BY's paired gain over the parent (points), and whether
+        its state is the one exported."""
+        return [
+            {"episode": v.episode, **{m: round(v.accuracy[m], 2) for m in VAL_METHODS},
+             **{f"{m}_ci95": round(v.ci95[m], 2) for m in VAL_METHODS}, "gain": round(v.gain, 2),
+             "gain_ci95": round(v.gain_ci95, 2), "kept": v.episode == self.best.episode}
+            for v in self.history
+        ]  # fmt: skip
