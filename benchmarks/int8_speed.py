@@ -9,10 +9,14 @@ Prints, fp32 and int8 alternating in every round (medians over ``--rounds``):
     no feature cache; benchmarks/throughput.py's ``run_classify``) on 1 MP PNG images
     (1224 x 816) and on 6 MP JPEG photos (3000 x 2000, quality 90, benchmarks/throughput.py's
     ``make_photos``), both upscaled from ../shared/data/tuxpaint onto a light grey background;
-    the ratio int8/fp32 and each one's ratio to its own backbone-only limit;
-(c) a per-image budget for each precision, each stage timed alone, one thread, in ms per image
-    (medians over the images): decode (open and decode the file, JPEG at reduced scale as
-    emdcli does), resize (to the model's input), normalise (to the float tensor), backbone (one
+    at each of ``--lanes`` and of ``--workers`` (decoding threads); the ratio int8/fp32 and each
+    one's ratio to its own backbone-only limit;
+(b2) each configuration of (b) against the layout emdcli 0.1 ran by default (fp32, lanes by
+    ``cpu_layout``, 1 decoding thread) in the same round;
+(c) a per-image budget for each precision, each stage timed alone on inputs made beforehand,
+    one thread, in ms per image (medians over the images): decode (open and decode the file,
+    JPEG at reduced scale as emdcli does: ``decode_rgb``), resize (the decoded image to the
+    model's input: ``fit_to_input``), normalise (to the float tensor: ``to_input_array``), backbone (one
     single-threaded call on a batch, per image), EMD matching (ranking one query against the
     support set) and output (the prediction's JSON record).
 
@@ -44,9 +48,9 @@ from common import command_line  # noqa: E402
 from throughput import backbone_limit, folder_of, make_photos, make_queries, run_classify  # noqa: E402
 
 from emdcli.features.source import FeatureSource  # noqa: E402
-from emdcli.io.images import _open_rgb, load_image, model_view  # noqa: E402
+from emdcli.io.images import decode_rgb, fit_to_input, load_image, to_input_array  # noqa: E402
 from emdcli.matching.support import Matcher  # noqa: E402
-from emdcli.model.backbone import Backbone, usable_cores  # noqa: E402
+from emdcli.model.backbone import Backbone, cpu_layout, usable_cores  # noqa: E402
 from emdcli.model.manifest import int8_sibling, resolve_model_path  # noqa: E402
 from emdcli.tasks.classify import Classifier  # noqa: E402
 
@@ -74,9 +78,11 @@ def budget(manifest: Path, photos: list[Path], support: dict[str, list[Path]], b
     """Section (c) for one model and one kind of image: ms per image of each stage alone."""
     backbone = Backbone(manifest, device="cpu", threads=1)
     prep = backbone.manifest.preprocess
-    out = {"decode": per_image_ms(lambda p: _open_rgb(p, prep.size), photos)}
-    out["resize"] = max(0.0, per_image_ms(lambda p: model_view(p, prep), photos) - out["decode"])
-    out["normalise"] = max(0.0, per_image_ms(lambda p: load_image(p, prep), photos) - out["decode"] - out["resize"])
+    decoded = [decode_rgb(p, prep.size) for p in photos]
+    fitted = [fit_to_input(img, prep) for img in decoded]
+    out = {"decode": per_image_ms(lambda p: decode_rgb(p, prep.size), photos)}
+    out["resize"] = per_image_ms(lambda img: fit_to_input(img, prep), decoded)
+    out["normalise"] = per_image_ms(lambda img: to_input_array(img, prep), fitted)
     arrays = np.stack([load_image(p, prep) for p in photos])
     chunks = [arrays[i : i + batch] for i in range(0, len(arrays) - batch + 1, batch)] or [arrays]
     backbone(chunks[0])
@@ -99,6 +105,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=200, help="query images of each kind")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--lanes", default="1,2", help="comma-separated lane counts (cores split between lanes)")
+    ap.add_argument("--workers", default="1,2", help="comma-separated decoding-thread counts (end to end)")
     args = ap.parse_args()
     fp32_path = resolve_model_path(args.model_fp32)
     models = {
@@ -106,7 +113,11 @@ def main() -> int:
         "int8": resolve_model_path(args.model_int8) if args.model_int8 else int8_sibling(fp32_path),
     }
     lanes_list = [int(x) for x in args.lanes.split(",")]
+    workers_list = [int(x) for x in args.workers.split(",")]
     cores = usable_cores()
+    before = ("fp32", cpu_layout(cores)[0], 1)  # emdcli 0.1's default: lanes by cpu_layout, 1 decoding thread
+    if before[1] not in lanes_list or 1 not in workers_list:
+        ap.error(f"--lanes must include {before[1]} and --workers 1: the layout before is the baseline")
     jpegs, support = make_photos(args.data, args.images)
     kinds = {"1 MP PNG": make_png(args.data, args.images), "6 MP JPEG": jpegs}
     print(f"# {command_line()}")
@@ -123,17 +134,20 @@ def main() -> int:
     prep = backbones[("fp32", lanes_list[0])].manifest.preprocess
     arrays = np.stack([load_image(p, prep) for p in kinds["1 MP PNG"][: max(batch, min(160, args.images))]])
     limit: dict[tuple[str, int], list[float]] = {}
-    e2e: dict[tuple[str, str, int], list[float]] = {}
-    acc: dict[tuple[str, str, int], float] = {}
+    e2e: dict[tuple[str, str, int, int], list[float]] = {}
+    acc: dict[tuple[str, str, int, int], float] = {}
     for rnd in range(1, args.rounds + 1):
         for lanes in lanes_list:
             for label in models:
-                net = backbones[(label, lanes)]
-                limit.setdefault((label, lanes), []).append(backbone_limit(net, arrays, batch)[0])
-                for kind, queries in kinds.items():
-                    r = run_classify(net, folder_of(support), queries, batch_size=batch)
-                    e2e.setdefault((kind, label, lanes), []).append(r["rate"])
-                    acc[(kind, label, lanes)] = r["acc"]
+                limit.setdefault((label, lanes), []).append(backbone_limit(backbones[(label, lanes)], arrays, batch)[0])
+        for workers in workers_list:
+            for lanes in lanes_list:
+                for label in models:
+                    for kind, queries in kinds.items():
+                        net = backbones[(label, lanes)]
+                        r = run_classify(net, folder_of(support), queries, batch_size=batch, workers=workers)
+                        e2e.setdefault((kind, label, lanes, workers), []).append(r["rate"])
+                        acc[(kind, label, lanes, workers)] = r["acc"]
         print(f"# round {rnd} done", file=sys.stderr, flush=True)
 
     def med(values: list[float]) -> float:
@@ -152,19 +166,40 @@ def main() -> int:
         "model's backbone-only rate of that round.\n"
     )
     print(
-        "| images | lanes x threads | fp32 | int8 | int8 / fp32 | fp32 to limit | int8 to limit | accuracy fp32/int8 |"
+        "| images | lanes x threads | decoding threads | fp32 | int8 | int8 / fp32 | fp32 to limit | int8 to limit "
+        "| accuracy fp32/int8 |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for kind in kinds:
-        for lanes in lanes_list:
-            f, q = e2e[(kind, "fp32", lanes)], e2e[(kind, "int8", lanes)]
-            ratio = med([b / a for a, b in zip(f, q, strict=True)])
-            fl = med([a / b for a, b in zip(f, limit[("fp32", lanes)], strict=True)])
-            ql = med([a / b for a, b in zip(q, limit[("int8", lanes)], strict=True)])
-            print(
-                f"| {kind} | {lanes} x {max(1, cores // lanes)} | {med(f):.1f} | {med(q):.1f} | **{ratio:.2f}x** "
-                f"| {fl:.0%} | {ql:.0%} | {acc[(kind, 'fp32', lanes)]:.1%} / {acc[(kind, 'int8', lanes)]:.1%} |"
-            )
+        for workers in workers_list:
+            for lanes in lanes_list:
+                key = (kind, "fp32", lanes, workers)
+                f, q = e2e[key], e2e[(kind, "int8", lanes, workers)]
+                ratio = med([b / a for a, b in zip(f, q, strict=True)])
+                fl = med([a / b for a, b in zip(f, limit[("fp32", lanes)], strict=True)])
+                ql = med([a / b for a, b in zip(q, limit[("int8", lanes)], strict=True)])
+                print(
+                    f"| {kind} | {lanes} x {max(1, cores // lanes)} | {workers} | {med(f):.1f} | {med(q):.1f} "
+                    f"| **{ratio:.2f}x** | {fl:.0%} | {ql:.0%} "
+                    f"| {acc[key]:.1%} / {acc[(kind, 'int8', lanes, workers)]:.1%} |"
+                )
+    print(
+        f"\n## (b2) Against the layout before: fp32, {before[1]} x {max(1, cores // before[1])}, 1 decoding thread\n\n"
+        "Each configuration's images/s over the layout before's in the same round, median over rounds.\n"
+    )
+    print("| images | precision | lanes x threads | decoding threads | images/s | x before |")
+    print("|---|---|---|---|---|---|")
+    for kind in kinds:
+        base = e2e[(kind, *before)]
+        for workers in workers_list:
+            for lanes in lanes_list:
+                for label in models:
+                    rates = e2e[(kind, label, lanes, workers)]
+                    gain = med([r / b for r, b in zip(rates, base, strict=True)])
+                    print(
+                        f"| {kind} | {label} | {lanes} x {max(1, cores // lanes)} | {workers} | {med(rates):.1f} "
+                        f"| {gain:.2f}x |"
+                    )
     print(
         "\n## (c) Per-image budget, each stage alone on one thread, ms per image (medians over the images)\n\n"
         f"backbone: one single-threaded call on a batch of {batch}, per image.\n"

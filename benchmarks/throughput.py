@@ -144,6 +144,7 @@ def run_classify(
     *,
     batch_size: int | None = None,
     shortlist: int = 0,
+    workers: int | None = None,
 ) -> dict:
     """Classify ``queries`` against ``support`` as the library does, timing each stage's CPU.
 
@@ -151,6 +152,7 @@ def run_classify(
     unless a run varies it: the library's default when docs/benchmarks.md was measured (it is
     now 10, which changes nothing at 5 classes but would at 100). The other matching settings
     are the library's defaults (SFC at k-shot, global weight by kshot), unchanged since then.
+    workers: decoding threads (None: the library's default).
     """
     clock = Clock()
     real_decode = embedding._decode
@@ -159,7 +161,7 @@ def run_classify(
         timed = clock.wrap("backbone", backbone)
         timed.lanes = backbone.lanes  # type: ignore[attr-defined]  # the calls at once and batch size classify uses
         timed.batch_size = backbone.batch_size  # type: ignore[attr-defined]
-        source = FeatureSource(timed, backbone.manifest.preprocess, batch_size=batch_size)
+        source = FeatureSource(timed, backbone.manifest.preprocess, batch_size=batch_size, workers=workers)
         clf = Classifier(source, Matcher(shortlist=shortlist))
         support_set = clf.fit(support)
         clock.seconds.clear()

@@ -36,7 +36,7 @@ class Settings:
     format: str | None = None
     top_k: int = defaults.TOP_K
     batch_size: int | None = None  # None: the backbone's (emdcli.model.Backbone.batch_size)
-    workers: int = defaults.WORKERS
+    workers: int | None = defaults.WORKERS  # None: one per usable core (emdcli.features.source.decode_workers)
     progress: bool = True
     quiet: bool = False
     shortlist: int = defaults.SHORTLIST
@@ -72,7 +72,7 @@ _TYPES: dict[str, type] = {
     "global_weight": float, "transductive": bool,
 }  # fmt: skip
 _MINIMUM = {"top_k": 1, "batch_size": 1, "workers": 1, "shortlist": 0}
-_OPTIONAL = {"batch_size", "transductive"}  # may be null: decided at run time
+_OPTIONAL = {"batch_size", "transductive", "workers"}  # may be null: decided at run time
 
 
 def default_config_path() -> Path:

@@ -75,8 +75,10 @@ SFC_MAX_PAIRS = 2500
 METRIC = "cosine"
 #: Ranked classes listed per query.
 TOP_K = 2
-#: Threads decoding images while the backbone runs (on 2 cores a second one slowed the backbone).
-WORKERS = 1
+#: Threads decoding images while the backbone runs; None: one per usable CPU core. On 2 cores a
+#: second thread made classify 1.2-1.8x as fast on 1 MP PNGs and 6 MP JPEGs, fp32 and int8 alike
+#: (docs/benchmarks.md, "INT8 backbone: speed"; a third was measured no faster in an earlier run).
+WORKERS: int | None = None
 
 # batch ---------------------------------------------------------------------------------------
 

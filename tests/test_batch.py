@@ -363,3 +363,19 @@ def test_a_transductive_task_is_one_set_whatever_the_workers() -> None:
     assert [len(s) for s in query_sets(list(range(257)), 256)] == [129, 128]
     assert [len(s) for s in query_sets(list(range(5)), 256)] == [5]
     assert query_sets([], 256) == []
+
+
+def test_a_worker_decodes_with_one_thread_per_core_it_has(tiny_model: Path, support_dir: Path) -> None:
+    """A Ray actor (one CPU: 1 lane x 1 thread) decodes on one thread; a local worker whose layout
+    is left to the machine decodes with one per core (FeatureSource's default)."""
+    from emdcli.features.source import FeatureSource, decode_workers
+    from emdcli.io.folders import read_labelled_folder
+    from emdcli.matching.support import Matcher
+    from emdcli.model.backbone import load_model
+    from emdcli.tasks.batch import BatchScorer, fit_job
+
+    backbone = load_model(tiny_model)
+    job, _ = fit_job(read_labelled_folder(support_dir), FeatureSource(backbone), Matcher(), backbone.check, top_k=2)
+    assert BatchScorer(job.with_layout(threads=1, lanes=1))._classifier.source.workers == 1
+    assert BatchScorer(job.with_layout(threads=2, lanes=2))._classifier.source.workers == 4
+    assert BatchScorer(job.with_layout(threads=None, lanes=None))._classifier.source.workers == decode_workers()

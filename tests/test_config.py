@@ -34,6 +34,7 @@ def test_per_user_file_is_found(tmp_path: Path) -> None:
 def test_batch_size_may_be_left_to_the_backbone(tmp_path: Path) -> None:
     assert Settings().batch_size is None
     assert load_settings(write(tmp_path / "c.yaml", "batch-size: null\n"), {}).batch_size is None
+    assert load_settings(write(tmp_path / "w.yaml", "workers: null\n"), {}).workers is None  # one per core
     with pytest.raises(ConfigError, match="top_k must be a whole number"):
         load_settings(write(tmp_path / "d.yaml", "top-k: null\n"), {})
 

@@ -214,3 +214,11 @@ def test_feature_source_takes_the_backbone_batch_size(tiny_model: Path) -> None:
     assert FeatureSource(net).batch_size == CPU_BATCH
     assert FeatureSource(net, batch_size=7).batch_size == 7
     assert FeatureSource(MeanColour(lanes=1), PREP).batch_size == DEFAULT_BATCH
+
+
+def test_decoding_threads_default_to_one_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    import emdcli.model.backbone as backbone_module
+
+    monkeypatch.setattr(backbone_module, "usable_cores", lambda: 3)
+    assert FeatureSource(MeanColour(lanes=1), PREP).workers == 3
+    assert FeatureSource(MeanColour(lanes=1), PREP, workers=1).workers == 1

@@ -68,7 +68,7 @@ ProgressOpt = Annotated[bool | None, _option("--progress/--no-progress", help=(
 QuietOpt = Annotated[bool | None, _option("--quiet", "-q", help="No progress, warnings or summary on stderr.")]
 PrecisionOpt = Annotated[PrecisionName | None, _option("--precision", metavar="PRECISION", help=(
     "fp32 or int8: int8 runs the model's 8-bit variant (NAME_int8.json beside it; 'emdcli export --precision "
-    "int8' makes one): on CPU its backbone is 2.9-3.4x as fast, and it costs up to 1.2 points of accuracy "
+    "int8' makes one): on CPU its backbone is 2.6x as fast, and it costs up to 1.2 points of accuracy "
     "(docs/benchmarks.md, 'INT8 backbone')."),
     default="the model as named (the bundled one is fp32)")]
 DeviceOpt = Annotated[DeviceName | None, _option("--device", metavar="DEVICE", help=(
@@ -77,7 +77,7 @@ DeviceOpt = Annotated[DeviceName | None, _option("--device", metavar="DEVICE", h
 BatchSizeOpt = Annotated[int | None, _option("--batch-size", metavar="N", min=1, help=(
     "Images per backbone call."), default="4 on CPU, 16 on CUDA")]
 WorkersOpt = Annotated[int | None, _option("--workers", metavar="N", min=1, help=(
-    "Threads decoding images while the backbone runs."), default=str(defaults.WORKERS))]
+    "Threads decoding images while the backbone runs."), default="one per CPU core")]
 MetricOpt = Annotated[MetricName | None, _option("--metric", metavar="METRIC", help=(
     "Node cost: cosine (1 - cos, as DeepEMD) or l2."), default=defaults.METRIC)]
 KshotOpt = Annotated[KshotName | None, _option("--kshot", metavar="MODE", help=(

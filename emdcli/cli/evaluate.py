@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from ..io.folders import LabelledFolder
-    from ..io.sink import Layout, Record
+    from ..io.records import Record
+    from ..io.sink import Layout
     from ..tasks.evaluate import EvaluationRun
     from ..tasks.open_set import OpenSetRun
 

@@ -14,7 +14,8 @@ from rich.text import Text
 
 from ..io.files import display_path
 from ..io.images import count_by_suffix
-from ..io.sink import Layout, Record
+from ..io.records import Record
+from ..io.sink import Layout
 from ..tasks.prediction import flat_row, prediction_columns
 from .tables import NUMBER, PATH, Col, FitTable, Prose, common_folder, simple_table
 

@@ -9,7 +9,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from rich import box as boxes
 from rich.cells import cell_len, chop_cells
@@ -19,8 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..io.files import display_path
+from ..io.records import Record
 
-Record = dict[str, Any]
 PATH, NAME, NUMBER, PROSE = "path", "name", "number", "prose"
 _SEP = "/" + (os.sep if os.sep != "/" else "")
 #: Where each kind of cell breaks, the first that makes it fit; a word is cut only when nothing else fits.

@@ -61,11 +61,19 @@ class LabelledFeatures:
     skipped: tuple[Skipped, ...]
 
 
+def decode_workers() -> int:
+    """Decoding threads when none are asked for: ``defaults.WORKERS``, else one per usable core."""
+    from ..model.backbone import usable_cores
+
+    return defaults.WORKERS or usable_cores()
+
+
 class FeatureSource:
     """Feature maps of image files from one extractor (usually a :class:`~emdcli.model.Backbone`).
 
     prep: how images become its input (default: the extractor's ``manifest.preprocess``).
-    batch_size: images per call (None: the extractor's ``batch_size``); workers: decoding threads;
+    batch_size: images per call (None: the extractor's ``batch_size``); workers: decoding threads
+    (None: :func:`decode_workers`);
     cache: where :meth:`cached`, :meth:`array` and :meth:`labelled` keep features (None: nowhere).
     """
 
@@ -75,7 +83,7 @@ class FeatureSource:
         prep: Preprocess | None = None,
         *,
         batch_size: int | None = None,
-        workers: int = defaults.WORKERS,
+        workers: int | None = None,
         cache: FeatureCache | None = None,
     ) -> None:
         if prep is None:
@@ -86,7 +94,7 @@ class FeatureSource:
         self.extractor = extractor
         self.prep: Preprocess = prep
         self.batch_size: int = batch_size or int(getattr(extractor, "batch_size", DEFAULT_BATCH))
-        self.workers = workers
+        self.workers: int = workers or decode_workers()
         self.cache = cache
 
     def embed_now(self, paths: Iterable[Path], on_done: Progress | None = None) -> Iterator[Embedded]:

@@ -232,7 +232,10 @@ def max_pixels() -> int:
     return value
 
 
-def _open_rgb(path: ImagePath, size: int) -> PILImage:
+def decode_rgb(path: ImagePath, size: int) -> PILImage:
+    """``path`` decoded to an RGB Pillow image, upright by its EXIF orientation, transparency on
+    white; a JPEG at the smallest reduced scale still at least ``size`` px. Pillow's errors pass
+    through (:func:`model_view` words them)."""
     from PIL import Image, ImageOps
 
     limit = max_pixels()
@@ -260,21 +263,31 @@ def _open_rgb(path: ImagePath, size: int) -> PILImage:
     return img.convert("RGB")
 
 
+def fit_to_input(img: PILImage, prep: Preprocess) -> PILImage:
+    """A decoded RGB image resampled to the ``size`` x ``size`` input (centre square or squashed,
+    in one bicubic pass). ImageError for an image with no pixels."""
+    from PIL import Image
+
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageError("image has no pixels")
+    box = (0.0, 0.0, float(w), float(h))
+    if prep.resize == "crop":  # the centre square, resampled in one pass
+        side = min(w, h)
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    return img.resize((prep.size, prep.size), Image.Resampling.BICUBIC, box=box)
+
+
 def model_view(path: ImagePath, prep: Preprocess) -> PILImage:
     """``path`` as the backbone sees it: an RGB ``size`` x ``size`` Pillow image (cropped or
     squashed, transparency on white). Raises ImageError for anything unreadable."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        img = _open_rgb(path, prep.size)
-        w, h = img.size
-        if w < 1 or h < 1:
+        img = decode_rgb(path, prep.size)
+        if img.size[0] < 1 or img.size[1] < 1:
             raise ImageError(f"{path}: image has no pixels")
-        box = (0.0, 0.0, float(w), float(h))
-        if prep.resize == "crop":  # the centre square, resampled in one pass
-            side = min(w, h)
-            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-        img = img.resize((prep.size, prep.size), Image.Resampling.BICUBIC, box=box)
+        img = fit_to_input(img, prep)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -295,12 +308,8 @@ def model_view(path: ImagePath, prep: Preprocess) -> PILImage:
     return img
 
 
-def load_image(path: ImagePath, prep: Preprocess) -> np.ndarray:
-    """Decode ``path`` to a normalised (3, size, size) float32 array.
-
-    Raises ImageError (with the file name) for anything that is not a readable image.
-    """
-    img = model_view(path, prep)
+def to_input_array(img: PILImage, prep: Preprocess) -> np.ndarray:
+    """An RGB ``size`` x ``size`` image as the normalised (3, size, size) float32 input."""
     std = np.asarray(prep.std, dtype=np.float32)
     scale = (1.0 / (255.0 * std)).reshape(3, 1, 1)
     offset = (np.asarray(prep.mean, dtype=np.float32) / std).reshape(3, 1, 1)
@@ -309,3 +318,11 @@ def load_image(path: ImagePath, prep: Preprocess) -> np.ndarray:
     np.multiply(channels, scale, out=pixels)  # one pass from uint8: 10x faster than converting first
     pixels -= offset
     return pixels
+
+
+def load_image(path: ImagePath, prep: Preprocess) -> np.ndarray:
+    """Decode ``path`` to a normalised (3, size, size) float32 array.
+
+    Raises ImageError (with the file name) for anything that is not a readable image.
+    """
+    return to_input_array(model_view(path, prep), prep)

@@ -29,13 +29,12 @@ from rich.console import Console, RenderableType
 from .. import __version__
 from ..errors import UsageError
 from .files import AtomicFile, display_path, partial_path, require_output_folder
+from .records import Record
 
 #: The widest a table written to a file gets. A file has no screen: its table is as wide as its
 #: content, so that each row is one line (grep finds it whole); only beyond this does it give way as
 #: on a terminal this wide. (A terminal uses its own width.)
 FILE_TABLE_WIDTH = 1000
-
-Record = dict[str, Any]
 
 
 #: The output format each file suffix means (for every command's --output, and batch's DEST).

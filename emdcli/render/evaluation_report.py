@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from ..io.records import Record
 from .drawing import cut_text, load_font
-from .report import Record, escape, page, write_page
+from .report import escape, page, write_page
 
 #: Class names are written on the axes of a matrix of at most this many classes.
 MAX_NAMED = 40

@@ -22,13 +22,14 @@ import base64
 import html
 import io
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ..errors import EmdcliError, UsageError
 from ..io.files import atomic_write, display_path, require_output_folder
+from ..io.records import Record
 
 if TYPE_CHECKING:
     from ..io.folders import LabelledFolder
@@ -40,7 +41,6 @@ THUMB_QUALITY = 80
 #: At most this many examples of each support class are shown (the rest are counted).
 MAX_EXAMPLES = 24
 
-Record = Mapping[str, Any]
 
 #: The style every report page starts with (``evaluate``'s and ``classify``'s): text, headings, tables.
 BASE_STYLE = """

@@ -144,7 +144,8 @@ class BatchScorer:
                 f"{self.backbone.check.actual[:12]}..., the driver's {job.model_sha256[:12]}...",
                 hint="install the same emdcli version on every machine, or pass the model with --model",
             )
-        self._classifier = Classifier(FeatureSource(self.backbone, workers=1), job.matcher)
+        decoders = job.threads * job.lanes if job.threads and job.lanes else None  # one per core of the worker
+        self._classifier = Classifier(FeatureSource(self.backbone, workers=decoders), job.matcher)
         self._support = SupportSet(nodes=job.classes, rejection=job.rejection)
 
     def score(self, paths: Iterable[str], on_done: Progress | None = None) -> Iterator[dict[str, Any]]:

@@ -16,14 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..io.files import display_path
-from ..io.records import rounded
+from ..io.records import Record, rounded
 from ..matching.nodes import softmax_confidence
 
 if TYPE_CHECKING:
     from ..matching.rejection import Rejection
     from ..matching.support import ClassNodes, Matcher
-
-Record = dict[str, Any]
 
 
 @dataclass(frozen=True)
