@@ -129,3 +129,67 @@ def test_normalisation_is_exact_and_contiguous(tmp_path: Path) -> None:
     expected = ((rgb - np.asarray(prep.mean)) / np.asarray(prep.std)).transpose(2, 0, 1)
     assert got.dtype == np.float32 and got.shape == (3, 32, 32) and got.flags.c_contiguous
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def _png_cases(tmp_path: Path) -> list[Path]:
+    """PNGs of every kind decode_rgb meets: 8-bit RGB and RGBA (plain and interlaced: libspng's
+    path), and those Pillow keeps (grey, grey + alpha, palette with transparency, 16-bit, RGB with
+    a transparent colour, EXIF-rotated, truncated)."""
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray((rng.random((37, 53, 4)) * 255).astype(np.uint8), "RGBA")
+    cases = {
+        "rgb.png": (rgba.convert("RGB"), {}),
+        "rgba.png": (rgba, {}),
+        "interlaced.png": (rgba.convert("RGB"), {"interlace": 1}),
+        "grey.png": (rgba.convert("L"), {}),
+        "grey_alpha.png": (rgba.convert("LA"), {}),
+        "palette.png": (rgba.convert("P"), {"transparency": 0}),
+        "deep.png": (Image.fromarray((rng.random((37, 53)) * 65535).astype(np.uint16)), {}),
+        "keyed.png": (rgba.convert("RGB"), {"transparency": (0, 0, 0)}),
+    }
+    paths = []
+    for name, (img, options) in cases.items():
+        img.save(tmp_path / name, **options)
+        paths.append(tmp_path / name)
+    rotated = rgba.convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated.save(tmp_path / "rotated.png", exif=exif)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes((tmp_path / "rgb.png").read_bytes()[:-200])
+    return [*paths, tmp_path / "rotated.png", truncated]
+
+
+def test_libspng_and_pillow_decode_pngs_to_the_same_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pyspng", reason="pyspng (the fast extra) is not installed")
+    import emdcli.io.images as images
+
+    prep = Preprocess(size=32)
+
+    def decode_all(decoder: str) -> list[np.ndarray | str]:
+        monkeypatch.setattr(images, "PNG_DECODER", decoder)
+        out: list[np.ndarray | str] = []
+        for path in _png_cases(tmp_path):
+            try:
+                out.append(load_image(path, prep))
+            except ImageError as exc:
+                out.append(exc.message)
+        return out
+
+    real = images._pyspng()
+    calls: list[str] = []
+
+    class Spy:
+        @staticmethod
+        def load(data: bytes, format: str) -> np.ndarray:
+            calls.append(format)
+            return real.load(data, format=format)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(images, "_pyspng", lambda: Spy)
+    fast, pillow = decode_all("auto"), decode_all("pillow")
+    assert calls == ["RGB", "RGBA", "RGB", "RGB"]  # rgb, rgba, interlaced and truncated went to libspng
+    for a, b in zip(fast, pillow, strict=True):
+        if isinstance(b, str):
+            assert a == b  # the same words for a bad file: Pillow says them
+        else:
+            np.testing.assert_array_equal(a, b)
