@@ -4,6 +4,8 @@
         ...
     with kept_handlers(signal.SIGTERM):                 # a library call that replaces a handler
         ray.init(...)                                   # (ray.init does) gets the old one back
+    with deferred():                                    # a row written whole: SIGINT/SIGTERM wait
+        stream.write(row)                               # for the block's end, then act as before
 
 Handlers can only be installed from the main thread; elsewhere both are no-ops.
 """
@@ -54,3 +56,27 @@ def handled(handlers: Mapping[int, Handler]) -> Iterator[None]:
             for s, handler in handlers.items():
                 signal.signal(s, handler)
         yield
+
+
+@contextlib.contextmanager
+def deferred(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Hold ``signums`` until the block ends, then act on the first one caught as the handler in place
+    before would have (raise, or the default action): what the block writes is never cut in two."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.getsignal(s) for s in signums}
+    for s in signums:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])

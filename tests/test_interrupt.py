@@ -176,3 +176,23 @@ def test_sigint_while_a_set_of_queries_is_read_writes_none_of_its_rows(
     assert res.exit_code == 0, res.output
     fresh = CliRunner().invoke(app, [*args, "-f", "csv"])
     assert out.read_text() == fresh.stdout
+
+
+def test_a_signal_inside_deferred_acts_after_the_block() -> None:
+    """What sink rows are written under: the block runs to its end, then the handler in place raises."""
+    import os
+
+    from emdcli.errors import Terminated
+    from emdcli.interrupts import deferred, handled, raise_terminated
+
+    done = []
+    with handled({signal.SIGTERM: raise_terminated}):
+        with pytest.raises(Terminated), deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler would have run by now
+            done.append("the rest of the block")
+        assert done == ["the rest of the block"]
+        assert signal.getsignal(signal.SIGTERM) is raise_terminated  # put back
+        with deferred():
+            done.append("no signal, nothing raised")
+    assert len(done) == 2

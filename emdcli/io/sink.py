@@ -28,6 +28,7 @@ from rich.console import Console, RenderableType
 
 from .. import __version__
 from ..errors import UsageError
+from ..interrupts import deferred
 from .files import AtomicFile, display_path, partial_path, require_output_folder
 from .records import Record
 
@@ -70,6 +71,12 @@ def _csv_cell(value: Any) -> Any:
     if isinstance(value, bool):
         return "true" if value else "false"
     return value
+
+
+def _csv_line(values: list[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    return buf.getvalue()
 
 
 @dataclass(frozen=True)
@@ -171,26 +178,26 @@ class Sink:
             self.stream.flush()
 
     def _csv(self, values: list[Any]) -> None:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(values)
-        self.stream.write(buf.getvalue())
+        self.stream.write(_csv_line(values))
         self.stream.flush()
 
     def _emit(self, record: Record) -> None:
         if self.fmt == "table":
             self._kept.append(record)
-        else:
+            self.rows += 1
+            return
+        csv_row = self.fmt == "csv"
+        body = _csv_line(self.layout.csv_values(record)) if csv_row else json.dumps(record, ensure_ascii=False)
+        with deferred():  # Ctrl-C or SIGTERM waits for the block: a row is written whole, and counted
             if self.rows == 0:
                 self._start()
-            if self.fmt == "csv":
-                self._csv(self.layout.csv_values(record))
-            else:
-                text = json.dumps(record, ensure_ascii=False)
-                self.stream.write(
-                    text + "\n" if self.fmt == "jsonl" else ("\n  " if self.rows == 0 else ",\n  ") + text
-                )
-                self.stream.flush()
-        self.rows += 1
+            if self.fmt == "json":
+                body = ("\n  " if self.rows == 0 else ",\n  ") + body
+            elif self.fmt == "jsonl":
+                body += "\n"
+            self.stream.write(body)
+            self.stream.flush()
+            self.rows += 1
 
     def _finish(self, summary: dict[str, Any]) -> None:
         """Complete the document with what was computed (nothing at all when there is no row)."""
