@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import warnings
@@ -18,7 +17,6 @@ from ..errors import DatasetError, ImageError
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
-    from PIL.ImageFile import ImageFile
 
 #: File name endings read as images when a folder is walked (case-insensitive).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -234,51 +232,6 @@ def max_pixels() -> int:
     return value
 
 
-#: Who decodes a PNG of 8-bit RGB or RGBA pixels: ``"auto"``, libspng (the ``pyspng`` package, in
-#: the ``fast`` extra) when it is installed, else Pillow; ``"pillow"``, always Pillow. Both give the
-#: same pixels (tests/test_images.py); libspng took 0.6x Pillow's time on 1 MP PNGs
-#: (docs/benchmarks.md, "INT8 backbone: speed"). Every other image is decoded by Pillow.
-PNG_DECODER = "auto"
-
-
-@functools.lru_cache(maxsize=1)
-def _pyspng() -> Any:
-    try:
-        import pyspng
-    except ImportError:
-        return None
-    return pyspng
-
-
-def _libspng_pixels(opened: ImageFile) -> PILImage | None:
-    """The pixels of ``opened``, a PNG of 8-bit RGB or RGBA whose header Pillow has read (size
-    limits checked), decoded by libspng; None where Pillow decodes it: ``PNG_DECODER`` is
-    ``"pillow"``, pyspng is missing, another mode or bit depth, a transparency chunk, an EXIF
-    chunk (``eXIf`` anywhere in the bytes: it may rotate the image), or bytes libspng refuses
-    (Pillow then words the error)."""
-    spng = _pyspng() if PNG_DECODER == "auto" else None
-    if spng is None or opened.format != "PNG" or "transparency" in opened.info or opened.fp is None:
-        return None
-    if len(opened.tile) != 1 or opened.mode not in ("RGB", "RGBA") or opened.tile[0].args != opened.mode:
-        return None  # e.g. RGB;16B: 16-bit samples, which Pillow reduces its own way
-    from PIL import Image
-
-    fp = opened.fp
-    at = fp.tell()
-    fp.seek(0)
-    data = fp.read()
-    fp.seek(at)  # where Pillow left it, should Pillow decode after all
-    if b"eXIf" in data:
-        return None
-    try:
-        pixels = spng.load(data, format=opened.mode)
-    except Exception:  # pyspng's RuntimeError on bad bytes; any surprise goes to Pillow too
-        return None
-    if pixels.dtype != np.uint8 or pixels.shape != (opened.height, opened.width, len(opened.mode)):
-        return None
-    return Image.fromarray(pixels)
-
-
 def decode_rgb(path: ImagePath, size: int) -> PILImage:
     """``path`` decoded to an RGB Pillow image, upright by its EXIF orientation, transparency on
     white; a JPEG at the smallest reduced scale still at least ``size`` px. Pillow's errors pass
@@ -295,13 +248,9 @@ def decode_rgb(path: ImagePath, size: int) -> PILImage:
         ) as opened:  # closed even when decoding fails
             if opened.format == "JPEG":
                 opened.draft("RGB", (size, size))  # decode large JPEGs at reduced scale
-            fast = _libspng_pixels(opened)
-            if fast is not None:
-                img: PILImage = fast
-            else:  # a PNG's EXIF may follow its pixels: getexif() then decodes them
-                upright = opened.getexif().get(0x0112, 1) in (0, 1)  # EXIF orientation: already upright
-                img = opened if upright else ImageOps.exif_transpose(opened)
-                img.load()
+            upright = opened.getexif().get(0x0112, 1) in (0, 1)  # EXIF orientation: already upright
+            img: PILImage = opened if upright else ImageOps.exif_transpose(opened)
+            img.load()
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
