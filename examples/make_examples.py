@@ -9,10 +9,12 @@ class. ``queries/other/`` holds images of classes the support set lacks: one pic
 each of three classes, and :data:`REJECTED_EXAMPLE`, picked to show a rejection.
 
 Measured, not chosen by seed: over seeds 0-4 of this script's sampling, the bundled model's
-``emdcli classify examples/support examples/queries`` got 84-96% (88% at seed 0, the one kept).
-Rejection is weak on this support set: ``--reject auto`` answered ``unknown`` for 33 of the 903
-openclipart images of the other 32 classes (3.7%), and :data:`REJECTED_EXAMPLE` is the one of
-them with the lowest open-set score; the three random ones are not rejected.
+``emdcli classify examples/support examples/queries`` got 84-96% (88% at seed 0, the one kept;
+measured in fp32, and 88% at seed 0 in int8 too). Rejection is weak on this support set:
+``--reject auto`` answered ``unknown`` for 33 of the 903 openclipart images of the other 32
+classes in fp32 (3.7%; 31 in int8, the README's command), and :data:`REJECTED_EXAMPLE` is the one
+of them with the lowest open-set score in fp32 (int8 rejects it too); the three random ones are
+not rejected.
 """
 
 from __future__ import annotations

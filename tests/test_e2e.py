@@ -94,5 +94,5 @@ def test_installed_console_script_from_another_folder(tmp_path) -> None:  # type
     )
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
-    assert data["model"] == "efficientnet_lite0" and data["sha256_verified"] is True
-    assert data["licence"] == "Apache-2.0"
+    assert data["model"] == "efficientnet_lite0_int8" and data["precision"] == "int8"  # the bundled default
+    assert data["sha256_verified"] is True and data["licence"] == "Apache-2.0"

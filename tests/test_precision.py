@@ -134,8 +134,27 @@ def test_export_int8_needs_calibration_and_keeps_an_existing_file(model_pair: tu
     assert "--from, --calibration and --calibration-classes are for --precision int8" in res.output
 
 
+def test_the_bundled_model_runs_int8_unless_fp32_is_asked_for(model_pair: tuple[Path, Path]) -> None:
+    """No --precision: the bundled model's int8 variant (emdcli.defaults.BUNDLED_PRECISION), the
+    bundled model named by name too; --precision fp32 the fp32 one; any other fp32 model as named,
+    even beside an int8 variant of its own."""
+    from emdcli.model.backbone import with_precision
+
+    bundled = resolve_model_path(None)
+    assert with_precision(bundled, None) == int8_sibling(bundled)
+    assert with_precision(resolve_model_path("efficientnet_lite0"), None) == int8_sibling(bundled)
+    assert with_precision(bundled, "fp32") == bundled
+    assert with_precision(bundled, "int8") == int8_sibling(bundled)
+    fp32, int8 = model_pair
+    assert with_precision(fp32, None) == fp32 and with_precision(fp32, "int8") == int8
+    for args, name in (([], "efficientnet_lite0_int8"), (["--precision", "fp32"], "efficientnet_lite0")):
+        res = runner.invoke(app, ["info", "-f", "json", *args])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["model"] == name
+
+
 def test_default_output_is_unchanged_without_precision(support_dir: Path, query_dir: Path, tiny_model: Path) -> None:
-    """No --precision: the model as named (the rows of an fp32 run, byte for byte)."""
+    """No --precision: a model other than the bundled one as named (the rows of an fp32 run, byte for byte)."""
     base = ["classify", str(support_dir), str(query_dir), "-f", "csv", "--model", str(tiny_model)]
     plain, fp32 = runner.invoke(app, base), runner.invoke(app, [*base, "--precision", "fp32"])
     assert plain.exit_code == 0 and plain.stdout == fp32.stdout

@@ -68,9 +68,9 @@ ProgressOpt = Annotated[bool | None, _option("--progress/--no-progress", help=(
 QuietOpt = Annotated[bool | None, _option("--quiet", "-q", help="No progress, warnings or summary on stderr.")]
 PrecisionOpt = Annotated[PrecisionName | None, _option("--precision", metavar="PRECISION", help=(
     "fp32 or int8: int8 runs the model's 8-bit variant (NAME_int8.json beside it; 'emdcli export --precision "
-    "int8' makes one): on CPU its backbone is 2.6x as fast; it costs up to 0.92 points of accuracy "
-    "(cards, 5-way 1-shot; docs/benchmarks.md, 'INT8 backbone')."),
-    default="the model as named (the bundled one is fp32)")]
+    "int8' makes one). The bundled one's backbone is 2.2x as fast on CPU, and it lost at most 0.44 points of "
+    "accuracy against fp32 (docs/benchmarks.md, 'INT8 backbone')."),
+    default="int8 for the bundled model, any other as named")]
 DeviceOpt = Annotated[DeviceName | None, _option("--device", metavar="DEVICE", help=(
     "auto, cpu or cuda. auto: CUDA when onnxruntime has it, else CPU; cuda: fail if CUDA is missing."),
     default=defaults.DEVICE)]

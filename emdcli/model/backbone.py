@@ -138,14 +138,17 @@ class Backbone:
 
 
 def with_precision(manifest_path: Path, precision: str | None) -> Path:
-    """The manifest of ``manifest_path``'s model at ``precision``: itself when None or when it has
-    that precision already; for ``int8``, its int8 variant beside it (:func:`int8_sibling`).
-    UsageError when there is none (with how to make it), or for ``fp32`` of an int8 model."""
+    """The manifest of ``manifest_path``'s model at ``precision``: itself when it has that precision
+    already; for ``int8``, its int8 variant beside it (:func:`int8_sibling`). None: the bundled
+    model at ``defaults.BUNDLED_PRECISION``, any other model as named. UsageError when there is no
+    int8 variant (with how to make it), or for ``fp32`` of an int8 model."""
     from ..errors import UsageError
-    from .manifest import int8_sibling, load_manifest
+    from .manifest import int8_sibling, is_bundled_default, load_manifest
 
     if precision is None:
-        return manifest_path
+        if not is_bundled_default(manifest_path) or defaults.BUNDLED_PRECISION == "fp32":
+            return manifest_path
+        precision = defaults.BUNDLED_PRECISION
     if precision not in defaults.PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(defaults.PRECISIONS)}")
     manifest = load_manifest(manifest_path)
@@ -167,6 +170,7 @@ def load_model(
     model: str | os.PathLike[str] | None = None, device: str = defaults.DEVICE, precision: str | None = None
 ) -> Backbone:
     """The backbone of ``model`` (None: the bundled EfficientNet-Lite0; else a manifest, its
-    .onnx or a folder holding one) at ``precision`` (None: as named; ``fp32`` or ``int8``, see
-    :func:`with_precision`) on ``device`` (auto, cpu or cuda), its sha256 verified."""
+    .onnx or a folder holding one) at ``precision`` (None: the bundled model at its default
+    precision, int8, any other as named; ``fp32`` or ``int8``, see :func:`with_precision`) on
+    ``device`` (auto, cpu or cuda), its sha256 verified."""
     return Backbone(with_precision(resolve_model_path(model), precision), device=device)

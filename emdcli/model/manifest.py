@@ -128,6 +128,11 @@ def resolve_model_path(model: str | os.PathLike[str] | None) -> Path:
 INT8_SUFFIX = "_int8"
 
 
+def is_bundled_default(manifest_path: Path) -> bool:
+    """Whether ``manifest_path`` is the default bundled model's manifest (fp32)."""
+    return manifest_path.resolve() == (bundled_model_dir() / f"{BUNDLED_NAME}.json").resolve()
+
+
 def int8_sibling(manifest_path: Path) -> Path:
     """Where the int8 variant of the model ``manifest_path`` lives: ``<dir>/<stem>_int8.json``."""
     return manifest_path.with_name(f"{manifest_path.stem}{INT8_SUFFIX}.json")
