@@ -66,16 +66,14 @@ def deferred(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iter
         yield
         return
     caught: list[int] = []
-    previous = {s: signal.getsignal(s) for s in signums}
-    for s in signums:
-        signal.signal(s, lambda signum, frame: caught.append(signum))
     try:
-        yield
+        with kept_handlers(*signums):
+            for s in signums:
+                signal.signal(s, lambda signum, frame: caught.append(signum))
+            yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        if caught:
-            handler = previous[caught[0]]
+        if caught:  # the handler in place before is back
+            handler = signal.getsignal(caught[0])
             if callable(handler):
                 handler(caught[0], None)
             elif handler == signal.SIG_DFL:

@@ -264,13 +264,11 @@ def decode_rgb(path: ImagePath, size: int) -> PILImage:
 
 
 def fit_to_input(img: PILImage, prep: Preprocess) -> PILImage:
-    """A decoded RGB image resampled to the ``size`` x ``size`` input (centre square or squashed,
-    in one bicubic pass). ImageError for an image with no pixels."""
+    """A decoded RGB image (at least one pixel) resampled to the ``size`` x ``size`` input (centre
+    square or squashed, in one bicubic pass)."""
     from PIL import Image
 
     w, h = img.size
-    if w < 1 or h < 1:
-        raise ImageError("image has no pixels")
     box = (0.0, 0.0, float(w), float(h))
     if prep.resize == "crop":  # the centre square, resampled in one pass
         side = min(w, h)

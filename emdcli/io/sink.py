@@ -186,8 +186,10 @@ class Sink:
             self._kept.append(record)
             self.rows += 1
             return
-        csv_row = self.fmt == "csv"
-        body = _csv_line(self.layout.csv_values(record)) if csv_row else json.dumps(record, ensure_ascii=False)
+        if self.fmt == "csv":
+            body = _csv_line(self.layout.csv_values(record))
+        else:
+            body = json.dumps(record, ensure_ascii=False)
         with deferred():  # Ctrl-C or SIGTERM waits for the block: a row is written whole, and counted
             if self.rows == 0:
                 self._start()
