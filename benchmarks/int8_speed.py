@@ -9,10 +9,11 @@ Prints, fp32 and int8 alternating in every round (medians over ``--rounds``):
     no feature cache; benchmarks/throughput.py's ``run_classify``) on 1 MP PNG images
     (1224 x 816) and on 6 MP JPEG photos (3000 x 2000, quality 90, benchmarks/throughput.py's
     ``make_photos``), both upscaled from ../shared/data/tuxpaint onto a light grey background;
-    at each of ``--lanes`` and of ``--workers`` (decoding threads); the ratio int8/fp32 and each
+    at each of ``--lanes`` and of ``--workers`` (decoding threads), the PNGs decoded by Pillow and,
+    when pywuffs is installed (the ``fast`` extra), by Wuffs; the ratio int8/fp32 and each
     one's ratio to its own backbone-only limit;
 (b2) each configuration of (b) against the layout emdcli 0.1 ran by default (fp32, lanes by
-    ``cpu_layout``, 1 decoding thread) in the same round;
+    ``cpu_layout``, 1 decoding thread, PNGs decoded by Pillow) in the same round;
 (c) a per-image budget for each precision, each stage timed alone on inputs made beforehand,
     one thread, in ms per image (medians over the images): decode (open and decode the file,
     JPEG at reduced scale as emdcli does: ``decode_rgb``), resize (the decoded image to the
@@ -47,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line  # noqa: E402
 from throughput import backbone_limit, folder_of, make_photos, make_queries, run_classify  # noqa: E402
 
+import emdcli.io.png as png  # noqa: E402
 from emdcli.features.source import FeatureSource  # noqa: E402
 from emdcli.io.images import decode_rgb, fit_to_input, load_image, to_input_array  # noqa: E402
 from emdcli.matching.support import Matcher  # noqa: E402
@@ -119,8 +121,15 @@ def main() -> int:
     if before[1] not in lanes_list or 1 not in workers_list:
         ap.error(f"--lanes must include {before[1]} and --workers 1: the layout before is the baseline")
     jpegs, support = make_photos(args.data, args.images)
-    kinds = {"1 MP PNG": make_png(args.data, args.images), "6 MP JPEG": jpegs}
+    pngs = make_png(args.data, args.images)
+    # kind -> (queries, PNG decoder, the kind whose "before" row is its baseline)
+    kinds = {"1 MP PNG, Pillow": (pngs, "pillow", "1 MP PNG, Pillow")}
+    if png.wuffs() is not None:
+        kinds["1 MP PNG, Wuffs"] = (pngs, "auto", "1 MP PNG, Pillow")
+    kinds["6 MP JPEG"] = (jpegs, "pillow", "6 MP JPEG")
     print(f"# {command_line()}")
+    if "1 MP PNG, Wuffs" not in kinds:
+        print("# pywuffs is not installed (pip install 'emdcli[fast]'): PNGs decoded by Pillow only")
     print(f"# {cores} cores; {args.images} queries of each kind; {args.rounds} rounds, fp32 and int8 alternating")
     backbones = {
         (label, lanes): Backbone(path, device="cpu", lanes=lanes)
@@ -132,7 +141,7 @@ def main() -> int:
         print(f"# {label}: {path} ({m.name}, sha256 {m.sha256[:12]}, precision {m.precision})")
     batch = backbones[("fp32", lanes_list[0])].batch_size
     prep = backbones[("fp32", lanes_list[0])].manifest.preprocess
-    arrays = np.stack([load_image(p, prep) for p in kinds["1 MP PNG"][: max(batch, min(160, args.images))]])
+    arrays = np.stack([load_image(p, prep) for p in pngs[: max(batch, min(160, args.images))]])
     limit: dict[tuple[str, int], list[float]] = {}
     e2e: dict[tuple[str, str, int, int], list[float]] = {}
     acc: dict[tuple[str, str, int, int], float] = {}
@@ -143,7 +152,8 @@ def main() -> int:
         for workers in workers_list:
             for lanes in lanes_list:
                 for label in models:
-                    for kind, queries in kinds.items():
+                    for kind, (queries, decoder, _) in kinds.items():
+                        png.PNG_DECODER = decoder
                         net = backbones[(label, lanes)]
                         r = run_classify(net, folder_of(support), queries, batch_size=batch, workers=workers)
                         e2e.setdefault((kind, label, lanes, workers), []).append(r["rate"])
@@ -184,13 +194,14 @@ def main() -> int:
                     f"| {acc[key]:.1%} / {acc[(kind, 'int8', lanes, workers)]:.1%} |"
                 )
     print(
-        f"\n## (b2) Against the layout before: fp32, {before[1]} x {max(1, cores // before[1])}, 1 decoding thread\n\n"
+        f"\n## (b2) Against the layout before: fp32, {before[1]} x {max(1, cores // before[1])}, "
+        "1 decoding thread, Pillow\n\n"
         "Each configuration's images/s over the layout before's in the same round, median over rounds.\n"
     )
     print("| images | precision | lanes x threads | decoding threads | images/s | x before |")
     print("|---|---|---|---|---|---|")
-    for kind in kinds:
-        base = e2e[(kind, *before)]
+    for kind, (_, _, base_kind) in kinds.items():
+        base = e2e[(base_kind, *before)]
         for workers in workers_list:
             for lanes in lanes_list:
                 for label in models:
@@ -207,7 +218,8 @@ def main() -> int:
     stages = ("decode", "resize", "normalise", "backbone", "EMD matching", "output")
     print("| images | precision | " + " | ".join(stages) + " | total | backbone share |")
     print("|---|---|" + "---|" * (len(stages) + 2))
-    for kind, queries in kinds.items():
+    for kind, (queries, decoder, _) in kinds.items():
+        png.PNG_DECODER = decoder
         sample = queries[: min(len(queries), 60)]
         for label, path in models.items():
             b = budget(path, sample, support, batch)

@@ -264,6 +264,9 @@ def test_info_reports_model_and_providers(tiny_model: Path) -> None:
     lanes, threads = cpu_layout(usable_cores())
     assert data["inference"] == f"{lanes} call(s) at once x {threads} thread(s), 4 images per call"
     assert data["feature_cache"].endswith("cache")  # EMDCLI_CACHE_DIR, set by conftest
+    from emdcli.io.png import wuffs
+
+    assert data["png_decoder"].startswith("Wuffs (pywuffs " if wuffs() else "Pillow (pip install")
     res = run("info", "--model", tiny_model)
     assert res.exit_code == 0 and "licence" in res.stdout
 

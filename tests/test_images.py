@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from emdcli.errors import DatasetError, ImageError
 from emdcli.io.images import Preprocess, iter_query_paths, load_image
@@ -129,3 +129,142 @@ def test_normalisation_is_exact_and_contiguous(tmp_path: Path) -> None:
     expected = ((rgb - np.asarray(prep.mean)) / np.asarray(prep.std)).transpose(2, 0, 1)
     assert got.dtype == np.float32 and got.shape == (3, 32, 32) and got.flags.c_contiguous
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def _adam7_png(rgb: np.ndarray) -> bytes:
+    """An interlaced (Adam7) 8-bit RGB PNG of the (H, W, 3) uint8 ``rgb`` (Pillow writes none)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    h, w, _ = rgb.shape
+    raw = b""
+    passes = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1))
+    for y0, x0, dy, dx in passes:  # first row, first column, row step, column step
+        sub = rgb[y0::dy, x0::dx]
+        if sub.size:
+            raw += b"".join(b"\0" + row.tobytes() for row in sub)  # filter 0 on every row
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 1)  # 8-bit RGB, Adam7
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _png_cases(tmp_path: Path) -> list[Path]:
+    """PNGs of every kind decode_rgb meets: 8-bit grey, RGB and RGBA (plain, interlaced, with a gamma
+    chunk: Wuffs' path), those Pillow keeps (grey + alpha, palette with transparency, 16-bit, RGB
+    with a transparent colour, EXIF-rotated, animated), and a truncated one (Wuffs refuses it,
+    Pillow words why)."""
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray((rng.random((37, 53, 4)) * 255).astype(np.uint8), "RGBA")
+    gamma = PngImagePlugin.PngInfo()
+    gamma.add(b"gAMA", (100000).to_bytes(4, "big"))  # gamma 1.0: neither decoder applies it
+    cases = {
+        "rgb.png": (rgba.convert("RGB"), {}),
+        "rgba.png": (rgba, {}),
+        "grey.png": (rgba.convert("L"), {}),
+        "grey_alpha.png": (rgba.convert("LA"), {}),
+        "palette.png": (rgba.convert("P"), {"transparency": 0}),
+        "deep.png": (Image.fromarray((rng.random((37, 53)) * 65535).astype(np.uint16)), {}),
+        "keyed.png": (rgba.convert("RGB"), {"transparency": (0, 0, 0)}),
+        "gamma.png": (rgba.convert("RGB"), {"pnginfo": gamma}),
+        "animated.png": (rgba.convert("RGB"), {"save_all": True, "append_images": [rgba.convert("RGB")]}),
+    }
+    paths = []
+    for name, (img, options) in cases.items():
+        img.save(tmp_path / name, **options)
+        paths.append(tmp_path / name)
+    (tmp_path / "interlaced.png").write_bytes(_adam7_png(np.asarray(rgba.convert("RGB"))[:, ::-1]))
+    paths.insert(2, tmp_path / "interlaced.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate: the pixels stand on their side
+    rgba.convert("RGB").save(tmp_path / "rotated.png", exif=exif)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes((tmp_path / "rgb.png").read_bytes()[:-200])
+    return [*paths, tmp_path / "rotated.png", truncated]
+
+
+def test_wuffs_and_pillow_decode_pngs_to_the_same_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pywuffs", reason="pywuffs (the fast extra) is not installed")
+    import emdcli.io.png as png
+
+    prep = Preprocess(size=32)
+    cases = _png_cases(tmp_path)
+
+    def decode_all(decoder: str) -> list[np.ndarray | str]:
+        monkeypatch.setattr(png, "PNG_DECODER", decoder)
+        out: list[np.ndarray | str] = []
+        for path in cases:
+            try:
+                out.append(load_image(path, prep))
+            except ImageError as exc:
+                out.append(exc.message)
+        return out
+
+    real = png._decoder
+    called: list[str] = []
+
+    class Spy:
+        def __init__(self, alpha: bool) -> None:
+            self.inner = real(alpha)
+
+        def decode(self, data: bytes) -> object:
+            called.append(next(p.name for p in cases if p.read_bytes() == data))
+            return self.inner.decode(data)
+
+    monkeypatch.setattr(png, "_decoder", Spy)
+    fast, pillow = decode_all("auto"), decode_all("pillow")
+    assert called == ["rgb.png", "rgba.png", "interlaced.png", "grey.png", "gamma.png", "truncated.png"]
+    with Image.open(tmp_path / "interlaced.png") as interlaced:
+        assert interlaced.info.get("interlace") == 1
+    rotated = pillow[cases.index(tmp_path / "rotated.png")]
+    assert isinstance(rotated, np.ndarray) and rotated.shape == (3, 32, 32)
+    for path, a, b in zip(cases, fast, pillow, strict=True):
+        if isinstance(b, str):
+            assert a == b, path.name  # the same words for a bad file: Pillow says them
+        else:
+            assert isinstance(a, np.ndarray), path.name
+            np.testing.assert_array_equal(a, b, err_msg=path.name)
+    assert isinstance(pillow[-1], str) and "truncated.png" in pillow[-1]
+
+
+def test_png_chunk_types_walks_the_chunks_not_the_bytes(tmp_path: Path) -> None:
+    from emdcli.io.png import chunk_types
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (4, 3), (1, 2, 3)).save(tmp_path / "a.png", exif=exif)
+    data = (tmp_path / "a.png").read_bytes()
+    assert {b"IHDR", b"IDAT", b"IEND", b"eXIf"} <= chunk_types(data)
+    assert chunk_types(data[:-5]) == chunk_types(data) - {b"IEND"}  # a cut-off end: what is whole
+    Image.new("RGB", (4, 3)).save(tmp_path / "b.png")
+    assert b"eXIf" not in chunk_types((tmp_path / "b.png").read_bytes())
+
+
+def test_glibc_keeps_freed_memory_unless_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+    import platform
+
+    import emdcli.io.png as png
+
+    calls: list[tuple[int, int]] = []
+
+    class FakeLibc:
+        @staticmethod
+        def mallopt(param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc)
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    png._keep_freed_memory()
+    assert calls == [(-3, png.MALLOC_MMAP_THRESHOLD), (-1, png.MALLOC_TRIM_THRESHOLD)]
+    calls.clear()
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")  # the user's own setting wins
+    png._keep_freed_memory()
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))  # musl, macOS, Windows: not touched
+    png._keep_freed_memory()
+    assert calls == []

@@ -31,6 +31,7 @@ def run(
     from ..config import default_config_path
     from ..errors import ModelError
     from ..io.files import default_cache_dir
+    from ..io.png import decoder_name
     from ..model.backbone import available_providers, with_precision
     from ..model.manifest import bundled_models, check_model, resolve_model_path
 
@@ -56,6 +57,7 @@ def run(
         data["providers_used"] = backbone.active_providers
         data["inference"] = (f"{backbone.lanes} call(s) at once x {backbone.threads or 'default'} thread(s), "
                              f"{session.settings.batch_size or backbone.batch_size} images per call")  # fmt: skip
+    data["png_decoder"] = decoder_name()
     data["bundled_models"] = list(bundled_models())
     data["config"] = f"{cfg} ({'found' if cfg.is_file() else 'not found'})"
     data["feature_cache"] = str(default_cache_dir())

@@ -238,6 +238,8 @@ def decode_rgb(path: ImagePath, size: int) -> PILImage:
     through (:func:`model_view` words them)."""
     from PIL import Image, ImageOps
 
+    from .png import wuffs_pixels
+
     limit = max_pixels()
     Image.MAX_IMAGE_PIXELS = limit  # Pillow warns above it (an error here) and refuses above twice it
     with warnings.catch_warnings():
@@ -248,9 +250,13 @@ def decode_rgb(path: ImagePath, size: int) -> PILImage:
         ) as opened:  # closed even when decoding fails
             if opened.format == "JPEG":
                 opened.draft("RGB", (size, size))  # decode large JPEGs at reduced scale
-            upright = opened.getexif().get(0x0112, 1) in (0, 1)  # EXIF orientation: already upright
-            img: PILImage = opened if upright else ImageOps.exif_transpose(opened)
-            img.load()
+            fast = wuffs_pixels(opened)  # None unless a PNG that Wuffs decodes
+            if fast is not None:
+                img: PILImage = fast
+            else:  # a PNG's EXIF may follow its pixels: getexif() then decodes them
+                upright = opened.getexif().get(0x0112, 1) in (0, 1)  # EXIF orientation: already upright
+                img = opened if upright else ImageOps.exif_transpose(opened)
+                img.load()
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
@@ -260,7 +266,7 @@ def decode_rgb(path: ImagePath, size: int) -> PILImage:
         arr = np.asarray(img, dtype=np.float64)
         top = arr.max() if arr.max() > 0 else 1.0
         img = Image.fromarray((arr / top * 255).astype(np.uint8))
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # decoded here: nobody else holds it
 
 
 def fit_to_input(img: PILImage, prep: Preprocess) -> PILImage:
