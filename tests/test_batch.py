@@ -376,6 +376,6 @@ def test_a_worker_decodes_with_one_thread_per_core_it_has(tiny_model: Path, supp
 
     backbone = load_model(tiny_model)
     job, _ = fit_job(read_labelled_folder(support_dir), FeatureSource(backbone), Matcher(), backbone.check, top_k=2)
-    assert BatchScorer(job.with_layout(threads=1, lanes=1))._classifier.source.workers == 1
-    assert BatchScorer(job.with_layout(threads=2, lanes=2))._classifier.source.workers == 4
-    assert BatchScorer(job.with_layout(threads=None, lanes=None))._classifier.source.workers == decode_workers()
+    assert BatchScorer(job.with_layout(threads=1, lanes=1)).decoding_threads == 1
+    assert BatchScorer(job.with_layout(threads=2, lanes=2)).decoding_threads == 4
+    assert BatchScorer(job.with_layout(threads=None, lanes=None)).decoding_threads == decode_workers()

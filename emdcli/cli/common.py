@@ -97,6 +97,9 @@ TransductiveOpt = Annotated[bool | None, _option("--transductive/--no-transducti
     f"classify takes sets of up to {defaults.TRANSDUCTIVE_SET:,} queries, batch one set per task; "
     "--no-transductive matches each query on its own."),
     default="on; off for - (stdin)")]
+#: The episode shape of evaluate and train (each command has its own default).
+WayOpt = Annotated[int, typer.Option("--way", "-n", metavar="N", min=2, help="Classes per episode.")]
+ShotOpt = Annotated[int, typer.Option("--shot", metavar="N", min=1, help="Support images per class.")]
 TopKOpt = Annotated[int | None, _option("--top-k", "-k", metavar="N", min=1, help=(
     "How many ranked classes to list per query."), default=str(defaults.TOP_K))]
 RejectOpt = Annotated[str | None, _option("--reject", metavar="MODE", help=(

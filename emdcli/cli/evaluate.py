@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .. import defaults
-from .common import Session, advance, argument, report_option, with_session
+from .common import Session, ShotOpt, WayOpt, advance, argument, report_option, with_session
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -41,8 +41,8 @@ def run(
         Path,
         argument("Labelled image set: DATASET/CLASS_NAME/image.jpg, one folder per class.", "DATASET"),
     ],  # fmt: skip
-    way: Annotated[int, typer.Option("--way", "-n", metavar="N", min=2, help="Classes per episode.")] = defaults.WAY,
-    shot: Annotated[int, typer.Option("--shot", metavar="N", min=1, help="Support images per class.")] = defaults.SHOT,
+    way: WayOpt = defaults.WAY,
+    shot: ShotOpt = defaults.SHOT,
     query: Annotated[int, typer.Option("--query", metavar="N", min=1, help="Query images per class.")] = defaults.QUERY,
     episodes: Annotated[
         int, typer.Option("--episodes", "-e", metavar="N", min=1, help="Episodes to sample.")
@@ -175,16 +175,16 @@ def open_set_layout(title: str) -> Layout:
     from rich.text import Text
 
     from ..io.sink import Layout
+    from ..render.evaluation_report import OPEN_SET_MEASURES
     from ..tasks.open_set import OpenSetResult
     from .tables import NUMBER, Col, FitTable
 
+    shorter = {".4f": ".3f", ".2f": ".1f"}  # a terminal's table shows one decimal fewer than the report
+
     def table(records: list[Record]) -> RenderableType:
-        names = [("AUROC, in-set vs unseen", "auroc", ".3f"), ("in-set accuracy %", "accuracy", ".1f"),
-                 ("in-set accuracy with rejection %", "accuracy_rejecting", ".1f"),
-                 ("in-set queries rejected %", "in_set_rejected", ".1f"),
-                 ("unseen queries rejected %", "unseen_rejected", ".1f")]  # fmt: skip
         leak = ", ".join(sorted({f"{r['leak']:g}" for r in records}))
-        names.append((f"threshold (calibrated at leak {leak})", "threshold", ".3f"))
+        names = [(f"{label} (calibrated at leak {leak})" if key == "threshold" else label, key, shorter[fmt])
+                 for label, key, fmt in OPEN_SET_MEASURES]  # fmt: skip
         cols = [Col("measure", [Text(n) for n, _, _ in names], style="bold")]
         for r in records:
             cells = [Text(f"{r[key]:{f}} ± {r[key + '_ci95']:{f}}") for _, key, f in names]

@@ -12,7 +12,7 @@ import typer
 
 from .. import defaults
 from ..interrupts import handled, stop_error
-from .common import Session, advance, argument, with_session
+from .common import Session, ShotOpt, WayOpt, advance, argument, with_session
 
 NAME = "train"
 #: Fewer held-out classes than this get a warning: on openclipart (19 base classes, 5 held out) a
@@ -72,12 +72,8 @@ def run(
     episodes: Annotated[
         int, typer.Option("--episodes", "-e", metavar="N", min=1, help="Training episodes.")
     ] = defaults.TRAIN_EPISODES,
-    way: Annotated[
-        int, typer.Option("--way", "-n", metavar="N", min=2, help="Classes per episode.")
-    ] = defaults.TRAIN_WAY,
-    shot: Annotated[
-        int, typer.Option("--shot", metavar="N", min=1, help="Support images per class.")
-    ] = defaults.TRAIN_SHOT,
+    way: WayOpt = defaults.TRAIN_WAY,
+    shot: ShotOpt = defaults.TRAIN_SHOT,
     query: Annotated[
         int, typer.Option("--query", metavar="N", min=1, help="Query images per class and episode.")
     ] = defaults.TRAIN_QUERY,

@@ -148,6 +148,11 @@ class BatchScorer:
         self._classifier = Classifier(FeatureSource(self.backbone, workers=decoders), job.matcher)
         self._support = SupportSet(nodes=job.classes, rejection=job.rejection)
 
+    @property
+    def decoding_threads(self) -> int:
+        """How many threads decode this worker's images."""
+        return self._classifier.source.workers
+
     def score(self, paths: Iterable[str], on_done: Progress | None = None) -> Iterator[dict[str, Any]]:
         """One flat row per path (``job.columns``), in input order; an unreadable image is a
         ``status=error`` row. ``paths`` are as listed by :func:`list_inputs`."""
