@@ -228,6 +228,30 @@ def test_wuffs_and_pillow_decode_pngs_to_the_same_pixels(tmp_path: Path, monkeyp
     assert isinstance(pillow[-1], str) and "truncated.png" in pillow[-1]
 
 
+def test_a_png_whose_only_fault_is_its_zlib_checksum_decodes_with_wuffs_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As emdcli/io/png.py says: Wuffs skips the checksum, Pillow refuses the file."""
+    pytest.importorskip("pywuffs", reason="pywuffs (the fast extra) is not installed")
+    import struct
+    import zlib
+
+    import emdcli.io.png as png
+
+    Image.fromarray((np.random.default_rng(0).random((37, 53, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    data = bytearray((tmp_path / "a.png").read_bytes())
+    at = data.index(b"IDAT") - 4
+    end = at + 8 + struct.unpack_from(">I", data, at)[0]
+    data[end - 1] ^= 0xFF  # the last byte of the zlib stream's Adler-32
+    struct.pack_into(">I", data, end, zlib.crc32(bytes(data[at + 4 : end])))  # the chunk's CRC still right
+    (tmp_path / "a.png").write_bytes(bytes(data))
+    monkeypatch.setattr(png, "PNG_DECODER", "pillow")
+    with pytest.raises(ImageError, match="broken data stream"):
+        load_image(tmp_path / "a.png", PREP)
+    monkeypatch.setattr(png, "PNG_DECODER", "auto")
+    assert load_image(tmp_path / "a.png", PREP).shape == (3, 16, 16)
+
+
 def test_png_chunk_types_walks_the_chunks_not_the_bytes(tmp_path: Path) -> None:
     from emdcli.io.png import chunk_types
 
