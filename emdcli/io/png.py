@@ -30,8 +30,8 @@ WUFFS_MODES = frozenset({"L", "RGB", "RGBA"})
 PILLOW_CHUNKS = frozenset({b"eXIf", b"acTL"})
 #: glibc's malloc thresholds (bytes) set when Wuffs is first used: below MMAP a block comes from
 #: the heap, and up to TRIM bytes freed at its top are kept. With glibc's defaults each image's
-#: pixel and work buffers took fresh pages from the kernel: 2 threads decoded and resized 148
-#: 1 MP PNGs a second with Wuffs, against 196 with these; Pillow's rate did not move
+#: pixel and work buffers took fresh pages from the kernel: 2 threads decoded and resized
+#: 148.2 1 MP PNGs a second with Wuffs, against 195.5 with these; Pillow's rate did not move
 #: (benchmarks/png_decode.py, docs/benchmarks.md).
 MALLOC_MMAP_THRESHOLD = 16 << 20
 MALLOC_TRIM_THRESHOLD = 32 << 20
