@@ -77,9 +77,10 @@ SFC_MAX_PAIRS = 2500
 METRIC = "cosine"
 #: Ranked classes listed per query.
 TOP_K = 2
-#: Threads decoding images while the backbone runs; None: one per usable CPU core. On 2 cores a
-#: second thread made classify 1.16x as fast on 1 MP PNGs with fp32, 1.40-1.45x with int8, and
-#: 0.92-0.96x where the fp32 backbone bounds the rate (docs/benchmarks.md, "INT8 backbone: speed").
+#: Threads decoding images while the backbone runs; None: one per usable CPU core. On 2 cores, PNGs
+#: decoded by Pillow, a second thread made classify 1.20x as fast as emdcli 0.1 on 1 MP PNGs with
+#: fp32, 1.45x with int8, and 1.03x where the fp32 backbone bounds the rate (6 MP JPEGs;
+#: docs/benchmarks.md, "INT8 backbone: speed").
 WORKERS: int | None = None
 
 # batch ---------------------------------------------------------------------------------------

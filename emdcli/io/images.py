@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import defaults
 from ..errors import DatasetError, ImageError
+from .png import wuffs_pixels
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -237,8 +238,6 @@ def decode_rgb(path: ImagePath, size: int) -> PILImage:
     white; a JPEG at the smallest reduced scale still at least ``size`` px. Pillow's errors pass
     through (:func:`model_view` words them)."""
     from PIL import Image, ImageOps
-
-    from .png import wuffs_pixels
 
     limit = max_pixels()
     Image.MAX_IMAGE_PIXELS = limit  # Pillow warns above it (an error here) and refuses above twice it
