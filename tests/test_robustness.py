@@ -232,6 +232,36 @@ def test_no_pickle_on_the_runtime_path() -> None:
                 assert "weights_only=True" in line, (path, line)
 
 
+def test_the_pixel_limit_holds_when_warnings_only_warn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warnings filter that makes Pillow's DecompressionBombWarning an error is process-wide, and
+    another decoding thread's catch_warnings can lift it mid-open (CI saw the 90 MP image decoded
+    under a 50 M limit). With the filter gone, the limit must still refuse the image."""
+    import warnings
+
+    import emdcli.io.images as images
+    from emdcli.errors import ImageError
+    from emdcli.io.images import Preprocess, model_view
+
+    large = tmp_path / "large.png"
+    Image.new("L", (8000, 8000), 200).save(large)  # 64 M pixels: over 50 M, under twice it (Pillow only warns)
+    monkeypatch.setenv("EMDCLI_MAX_PIXELS", "50_000_000")
+    real_simplefilter = warnings.simplefilter
+
+    class LiftedFilter:  # what decode_rgb sees when another thread has just restored the filters
+        catch_warnings = warnings.catch_warnings
+
+        @staticmethod
+        def simplefilter(action: str, category: type[Warning] = Warning) -> None:
+            if action != "error":
+                real_simplefilter(action, category)
+
+    monkeypatch.setattr(images, "warnings", LiftedFilter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ImageError, match="refused, its declared size is over 50,000,000 pixels"):
+            model_view(large, Preprocess(size=32))
+
+
 def test_a_90_megapixel_photo_is_read_and_the_limit_can_be_set(
     tiny_model: Path, support_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

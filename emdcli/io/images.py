@@ -247,6 +247,8 @@ def decode_rgb(path: ImagePath, size: int) -> PILImage:
         with Image.open(
             path.open() if isinstance(path, RemoteImage) else path
         ) as opened:  # closed even when decoding fails
+            if opened.width * opened.height > limit:  # Pillow only warned, if another thread's catch_warnings
+                raise Image.DecompressionBombError(limit)  # (process-wide) lifted the filter above meanwhile
             if opened.format == "JPEG":
                 opened.draft("RGB", (size, size))  # decode large JPEGs at reduced scale
             fast = wuffs_pixels(opened)  # None unless a PNG that Wuffs decodes
