@@ -45,6 +45,7 @@ class Settings:
     global_weight: float | None = None  # None: by kshot (emdcli.defaults.global_weight_for)
     transductive: bool | None = None  # None: for a set of queries, not for a stream (stdin)
     reject: str = defaults.REJECT  # "none", "auto" or a threshold (see reject_threshold)
+    sensitivity: float = defaults.REJECT_SENSITIVITY  # share of in-set queries --reject auto rejects
     unknown_label: str = defaults.UNKNOWN_LABEL
 
 
@@ -69,7 +70,7 @@ def rejects(text: str) -> bool:
 
 _TYPES: dict[str, type] = {
     "top_k": int, "batch_size": int, "workers": int, "progress": bool, "quiet": bool, "shortlist": int, "cache": bool,
-    "global_weight": float, "transductive": bool,
+    "global_weight": float, "transductive": bool, "sensitivity": float,
 }  # fmt: skip
 _MINIMUM = {"top_k": 1, "batch_size": 1, "workers": 1, "shortlist": 0}
 _OPTIONAL = {"batch_size", "transductive", "workers"}  # may be null: decided at run time

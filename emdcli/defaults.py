@@ -119,9 +119,9 @@ CALIBRATION_IMAGES = 10
 #: classify/batch ``--reject``: ``"none"`` (every query gets a class), ``"auto"`` (a threshold
 #: calibrated on the support set) or a threshold. Measured in docs/benchmarks.md, "Open-set rejection".
 REJECT = "none"
-#: The share of simulated out-of-set queries (support examples scored against the other classes)
-#: that ``--reject auto``'s threshold lets through.
-REJECT_LEAK = 0.1
+#: ``--sensitivity``: the share of in-set queries ``--reject auto`` is calibrated to reject (and the
+#: transductive step's outlier guard to set aside), in [0.01, 0.5].
+REJECT_SENSITIVITY = 0.05
 #: The answer of a rejected query.
 UNKNOWN_LABEL = "unknown"
 

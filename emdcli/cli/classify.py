@@ -119,7 +119,15 @@ def run(
     from ..tasks.classify import Classifier, SupportOverlap, Tally
     from ..tasks.pictures import MatchPictures
     from ..tasks.prediction import read_resumed, run_header
-    from .reports import classify_layout, query_warnings, similar_classes_note, support_warnings, transductive_notes
+    from .reports import (
+        classify_layout,
+        query_warnings,
+        rejected_all_note,
+        rejection_notes,
+        similar_classes_note,
+        support_warnings,
+        transductive_notes,
+    )
 
     settings, output = session.settings, session.output
     sink = session.sink()
@@ -175,9 +183,8 @@ def run(
     rejection = support_set.rejection
     header = run_header(clf.model_name, session.backbone.check.actual, clf.matcher, support_set.nodes,
                         rejection=rejection)  # fmt: skip
-    if rejection is not None and rejection.leak is not None:
-        session.inform(f"--reject auto: open-set threshold {rejection.threshold:.3f}, calibrated on "
-                       f"{rejection.calibrated_on} support images scored against the other classes")  # fmt: skip
+    for line in rejection_notes(rejection):
+        session.inform(line)
     tally = Tally(overlap=SupportOverlap(folder))
     query_started = time.perf_counter()
 
@@ -215,6 +222,8 @@ def run(
             session.inform(f"{'dry run, nothing changed: ' if dry_run else ''}--sort-into {sort_into}: {done_}")
         for line in transductive_notes(clf.sets):
             session.inform(line)
+        if all_rejected := rejected_all_note(rejection, tally):
+            session.inform(all_rejected)
     if tally.total == 0:
         raise DatasetError("no query paths were given on stdin", hint="pipe one image path per line into '-'")
     if tally.ok == 0:

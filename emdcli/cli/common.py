@@ -103,10 +103,15 @@ ShotOpt = Annotated[int, typer.Option("--shot", metavar="N", min=1, help="Suppor
 TopKOpt = Annotated[int | None, _option("--top-k", "-k", metavar="N", min=1, help=(
     "How many ranked classes to list per query."), default=str(defaults.TOP_K))]
 RejectOpt = Annotated[str | None, _option("--reject", metavar="MODE", help=(
-    "Answer --unknown-label for a query unlike every class: auto calibrates the threshold on SUPPORT (each "
-    "example scored against the other classes); a number is the threshold on the query's best class score "
-    "matched on its own (the open_set_score column); none gives every query a class. Measured in "
-    "docs/benchmarks.md."), default=defaults.REJECT)]
+    "Answer --unknown-label for a query unlike every class: auto calibrates the threshold on SUPPORT to "
+    "reject about --sensitivity of the images that do belong to a class; a number is the threshold on the "
+    "open_set_score column (the query's similarity to the nearest example, relative to generic images); none "
+    "gives every query a class. What it keeps and rejects, and why it is not the default: docs/benchmarks.md, "
+    "\"Open-set rejection\"."), default=defaults.REJECT)]
+SensitivityOpt = Annotated[float | None, _option("--sensitivity", metavar="P", help=(
+    "The share of in-set images --reject auto may reject, 0.01 to 0.5: higher rejects more images of other "
+    "kinds too. The transductive step sets aside the queries it judges foreign either way."),
+    default=f"{defaults.REJECT_SENSITIVITY:g}")]
 UnknownLabelOpt = Annotated[str | None, _option("--unknown-label", metavar="NAME", help=(
     "The answer of a query rejected by --reject."), default=defaults.UNKNOWN_LABEL)]
 NullOpt = Annotated[bool, _option("--null", "-0", help=(
@@ -131,15 +136,16 @@ def report_option(contents: str) -> Any:
 SHARED_OPTIONS: dict[str, Any] = {
     "fmt": FormatOpt, "output": OutputOpt, "top_k": TopKOpt, "metric": MetricOpt, "kshot": KshotOpt,
     "global_weight": GlobalWeightOpt, "transductive": TransductiveOpt, "shortlist": ShortlistOpt, "model": ModelOpt,
-    "device": DeviceOpt, "precision": PrecisionOpt, "reject": RejectOpt, "unknown_label": UnknownLabelOpt,
+    "device": DeviceOpt, "precision": PrecisionOpt, "reject": RejectOpt,
+    "sensitivity": SensitivityOpt, "unknown_label": UnknownLabelOpt,
     "batch_size": BatchSizeOpt, "workers": WorkersOpt, "cache": CacheOpt, "progress": ProgressOpt,
     "quiet": QuietOpt, "config": ConfigOpt,
 }  # fmt: skip
 
 
 #: The shared options of the commands that classify (classify and batch): matching, rejection, model.
-CLASSIFYING = ("top_k", "metric", "kshot", "global_weight", "transductive", "shortlist", "reject", "unknown_label",
-               "model", "precision", "device")  # fmt: skip
+CLASSIFYING = ("top_k", "metric", "kshot", "global_weight", "transductive", "shortlist", "reject", "sensitivity",
+               "unknown_label", "model", "precision", "device")  # fmt: skip
 
 
 def with_session(*names: str) -> Callable[[F], F]:
@@ -240,11 +246,13 @@ class Session:
         """What ``--reject`` and ``--unknown-label`` ask for: None for none."""
         from ..config import reject_threshold, rejects
         from ..tasks.classify import Reject
+        from ..tasks.open_set import check_sensitivity
 
         s = self.settings
+        sensitivity = check_sensitivity(s.sensitivity)
         if not rejects(s.reject):
             return None
-        return Reject(threshold=reject_threshold(s.reject), label=s.unknown_label)
+        return Reject(threshold=reject_threshold(s.reject), sensitivity=sensitivity, label=s.unknown_label)
 
     def progress(self) -> Progress:
         """Progress bars on stderr: transient, and shown only on a terminal when not quiet."""

@@ -25,7 +25,7 @@ EPILOG = (
     "[bold]Examples[/bold]\n\n"
     "  emdcli evaluate photos/ --way 5 --shot 1\n\n"
     "  emdcli evaluate photos/ --shot 5 --methods proto,emd,emd-sfc,emd-best-shot --format json\n\n"
-    "  emdcli evaluate photos/ --way 5 --open-set 2 --leak 0.1\n\n"
+    "  emdcli evaluate photos/ --way 5 --open-set 2 --sensitivity 0.05\n\n"
     "  emdcli evaluate photos/ --report evaluation.html\n\n"
     "Methods: proto (SimpleShot baseline), default (exactly what classify runs with its defaults), emd, "
     "emd-uniform, emd-episode-centre, emd-pyramid, emd+global, emd-uniform+global; with --shot 2 or more also "
@@ -35,7 +35,7 @@ EPILOG = (
 )
 
 
-@with_session("fmt", "output", "model", "precision", "device", "cache", "progress", "quiet", "config")
+@with_session("fmt", "output", "sensitivity", "model", "precision", "device", "cache", "progress", "quiet", "config")
 def run(
     dataset: Annotated[
         Path,
@@ -69,16 +69,6 @@ def run(
             "auto does (AUROC, in-set accuracy with and without rejection, shares rejected). 0: off.",
         ),
     ] = 0,  # fmt: skip
-    leak: Annotated[
-        float | None,
-        typer.Option(
-            "--leak",
-            metavar="FLOAT",
-            help="With --open-set: the share of simulated out-of-set queries (support examples scored against "
-            "the other classes) the threshold lets through, between 0 and 1.",
-            show_default=f"{defaults.REJECT_LEAK:g}",
-        ),
-    ] = None,  # fmt: skip
     jobs: Annotated[
         int | None,
         typer.Option("--jobs", "-j", metavar="N", min=1, help="Threads scoring episodes.", show_default="one per CPU"),
@@ -97,15 +87,13 @@ def run(
     from ..errors import UsageError
     from ..io.folders import read_labelled_folder
     from ..tasks.evaluate import check_methods, evaluate
-    from ..tasks.open_set import check_leak, evaluate_open_set
+    from ..tasks.open_set import check_sensitivity, evaluate_open_set
     from .reports import evaluate_layout
 
     sink = session.sink()
-    if leak is not None and not open_set:
-        raise UsageError("--leak needs --open-set", hint="for example --open-set 2 --leak 0.1")
+    sensitivity = check_sensitivity(session.settings.sensitivity)
     if open_set and methods != ",".join(defaults.METHODS):
         raise UsageError("--open-set scores the default method only", hint="leave out --methods")
-    leak = check_leak(defaults.REJECT_LEAK if leak is None else leak) if open_set else None
     if not open_set:
         names = check_methods([m.strip() for m in methods.split(",") if m.strip()], shot)
         if not names:
@@ -124,7 +112,7 @@ def run(
         run: OpenSetRun | EvaluationRun
         confusion = None  # the confusion matrices of --report (none for an open-set run)
         if open_set:
-            opened = evaluate_open_set(folder, unseen=open_set, leak=leak or 0.0, **common)
+            opened = evaluate_open_set(folder, unseen=open_set, sensitivity=sensitivity, **common)
             run, records = opened, [opened.result.to_record()]
         else:
             closed = evaluate(folder, methods=names, **common)
@@ -133,7 +121,8 @@ def run(
     small = never_drawn(session, folder, run.plan.too_small, shot + query)
     header = {
         "dataset": str(dataset), "model": session.backbone.manifest.name, "model_sha256": session.backbone.check.actual,
-        "way": way, "shot": shot, "query": query, **({"open_set": open_set, "leak": leak} if open_set else {}),
+        "way": way, "shot": shot, "query": query,
+        **({"open_set": open_set, "sensitivity": sensitivity} if open_set else {}),
         "episodes": episodes, "seed": seed, "images": len(run.data.paths), "unreadable": len(run.data.skipped),
         "classes": len(run.plan.eligible), "classes_too_small": small,
     }  # fmt: skip
@@ -182,8 +171,8 @@ def open_set_layout(title: str) -> Layout:
     shorter = {".4f": ".3f", ".2f": ".1f"}  # a terminal's table shows one decimal fewer than the report
 
     def table(records: list[Record]) -> RenderableType:
-        leak = ", ".join(sorted({f"{r['leak']:g}" for r in records}))
-        names = [(f"{label} (calibrated at leak {leak})" if key == "threshold" else label, key, shorter[fmt])
+        level = ", ".join(sorted({f"{r['sensitivity']:g}" for r in records}))
+        names = [(f"{label} (calibrated at sensitivity {level})" if key == "threshold" else label, key, shorter[fmt])
                  for label, key, fmt in OPEN_SET_MEASURES]  # fmt: skip
         cols = [Col("measure", [Text(n) for n, _, _ in names], style="bold")]
         for r in records:

@@ -21,6 +21,7 @@ from .tables import NUMBER, PATH, Col, FitTable, Prose, common_folder, simple_ta
 
 if TYPE_CHECKING:
     from ..io.folders import LabelledFolder
+    from ..matching.rejection import Rejection
     from ..matching.support import ClassNodes, Matcher
     from ..tasks.classify import SetReport, Tally
 
@@ -64,6 +65,33 @@ def similar_classes_note(matcher: Matcher, classes: ClassNodes) -> str | None:
         return None
     return (f"the classes look alike overall (similarity {similarity:.2f} >= {defaults.SIMILAR_CLASSES}): "
             "matching by EMD alone, without the global term (--global-weight sets it)")  # fmt: skip
+
+
+def rejection_notes(rejection: Rejection | None) -> list[str]:
+    """What ``--reject`` was set to, and whether its calibration is a rough one (before the queries)."""
+    if rejection is None:
+        return []
+    if rejection.sensitivity is None:
+        return [f"--reject {rejection.threshold:g}: queries whose open_set_score is below it are {rejection.label!r}"]
+    lines = [f"--reject auto: open-set threshold {rejection.threshold:.3f}, calibrated to reject about "
+             f"{100 * rejection.sensitivity:g}% of the queries that belong to a class (--sensitivity)"]  # fmt: skip
+    if rejection.weak:
+        lines.append(f"the calibration is rough with {rejection.weak}: the share rejected may be well off "
+                     f"{100 * rejection.sensitivity:g}%; give every class 2 examples or more, and have 3 classes "
+                     "or more")  # fmt: skip
+    return lines
+
+
+def rejected_all_note(rejection: Rejection | None, tally: Tally) -> str | None:
+    """A note when rejection answered "none of these" for every classified query, else None."""
+    if rejection is None or tally.ok == 0 or tally.rejected < tally.ok:
+        return None
+    fixed = rejection.sensitivity is None
+    how = f"{rejection.threshold:g}" if fixed else "auto"
+    fix = "lower it, or use --reject auto" if fixed else "are the queries of the kinds of SUPPORT's classes?"
+    top = tally.highest_open_score
+    best = "" if top is None else f" (the highest open_set_score was {top:.3f})"
+    return f"--reject {how} rejected every query{best}: {fix}"
 
 
 def transductive_notes(sets: Sequence[SetReport]) -> list[str]:

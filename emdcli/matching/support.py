@@ -235,11 +235,16 @@ class Matcher:
         return defaults.transductive_weight_for(classes.similarity)
 
     def score_set(
-        self, classes: ClassNodes, parts: Sequence[ClassScores], maps: np.ndarray | None = None
+        self,
+        classes: ClassNodes,
+        parts: Sequence[ClassScores],
+        maps: np.ndarray | None = None,
+        foreign: np.ndarray | None = None,
     ) -> TransductiveScores:
         """Scores of a set of queries, each already matched on its own (``parts``, from :meth:`match`):
         transductively when the matcher is, else the inductive scores. maps: (n, C, H, W) the queries'
-        feature maps (for the node refit); pooled features come from ``maps`` or ``parts``."""
+        feature maps (for the node refit); pooled features come from ``maps`` or ``parts``. foreign: (n,)
+        bool, queries open-set rejection judges foreign (they move no class in the transductive step)."""
         inductive = self.weight_for(classes)
         emd = np.stack([p.emd for p in parts]) if parts else np.zeros((0, len(classes.classes)))
         cosine = np.stack([p.global_cosine for p in parts]) if parts else np.zeros_like(emd)
@@ -249,6 +254,7 @@ class Matcher:
         return self.transduction.run(
             classes, emd, cosine, pooled_queries, inductive_weight=inductive,
             weight=self.transductive_weight_for(classes), maps=maps, metric=self.metric, weighting=self.weighting,
+            foreign=foreign,
         )  # fmt: skip
 
     def match(self, classes: ClassNodes, fmap: np.ndarray) -> ClassScores:

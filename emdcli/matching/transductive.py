@@ -116,6 +116,7 @@ class Transduction:
         maps: np.ndarray | None = None,
         metric: Metric = "cosine",
         weighting: Weighting = "cross",
+        foreign: np.ndarray | None = None,
     ) -> TransductiveScores:
         """Scores of n queries against ``classes``.
 
@@ -123,12 +124,21 @@ class Transduction:
         global cosine (:meth:`ClassNodes.global_cosine`); pooled: (n, C) the queries' pooled features;
         inductive_weight: the global cosine's weight in the inductive scores (kept when the step does
         not run); weight: its weight in the transductive rounds; maps: (n, C, H, W) the queries'
-        feature maps, needed for the refit (without them the refit is left out).
+        feature maps, needed for the refit (without them the refit is left out); foreign: (n,) bool,
+        the queries open-set rejection judges foreign: they keep their inductive scores and move no
+        class (the step runs on the others alone).
         """
         emd = np.asarray(emd, dtype=np.float64)
         cosine = np.asarray(cosine, dtype=np.float64)
         pooled = np.asarray(pooled, dtype=np.float64)
         inductive = emd + inductive_weight * cosine
+        if foreign is not None and np.any(foreign):
+            keep = ~np.asarray(foreign, dtype=bool)
+            inner = self.run(classes, emd[keep], cosine[keep], pooled[keep], inductive_weight=inductive_weight,
+                             weight=weight, maps=None if maps is None else np.asarray(maps)[keep], metric=metric,
+                             weighting=weighting)  # fmt: skip
+            inductive[keep] = inner.scores
+            return TransductiveScores(inductive, inner.ran, inner.spread, inner.share)
         spread, share = prediction_spread(inductive), largest_share(inductive)
         lopsided = self.max_share is not None and share > self.max_share
         if len(emd) < self.min_queries or spread < self.min_spread or lopsided:

@@ -177,7 +177,7 @@ def _shape(header: Mapping[str, Any]) -> str:
     parts = [f"model {header.get('model', '?')}", f"{header['way']}-way {header['shot']}-shot",
              f"{header['query']} queries per class"]  # fmt: skip
     if header.get("open_set"):
-        parts.append(f"{header['open_set']} unseen classes (leak {header.get('leak')})")
+        parts.append(f"{header['open_set']} unseen classes (sensitivity {header.get('sensitivity')})")
     parts += [f"{header['episodes']} episodes", f"seed {header['seed']}"]
     return ", ".join(parts)
 

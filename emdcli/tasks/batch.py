@@ -64,6 +64,7 @@ class BatchJob:
     lanes: int | None = None
     rejection: Rejection | None = None
     bundled_model: str | None = None
+    outliers: Rejection | None = field(default=None, repr=False)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -106,7 +107,7 @@ def fit_job(
     job = BatchJob(
         classes=support.nodes, matcher=matcher, top_k=min(top_k, len(support.classes)), model_sha256=model.actual,
         model_name=model.manifest.name, model_files=files, device=device, rejection=support.rejection,
-        bundled_model=model.manifest_path.stem if bundled else None,
+        bundled_model=model.manifest_path.stem if bundled else None, outliers=support.outliers,
     )  # fmt: skip
     return job, support
 
@@ -146,7 +147,7 @@ class BatchScorer:
             )
         decoders = job.threads * job.lanes if job.threads and job.lanes else None  # one per core of the worker
         self._classifier = Classifier(FeatureSource(self.backbone, workers=decoders), job.matcher)
-        self._support = SupportSet(nodes=job.classes, rejection=job.rejection)
+        self._support = SupportSet(nodes=job.classes, rejection=job.rejection, outliers=job.outliers)
 
     @property
     def decoding_threads(self) -> int:
@@ -261,7 +262,9 @@ class RunTally:
         if self.first_row_at is None:
             self.first_row_at, self.first_rows = now, len(rows)
         for row in rows:
-            self.counts.count(row["status"] == "ok", row["correct"], record_rejected(row))
+            score = row.get("open_set_score")
+            self.counts.count(row["status"] == "ok", row["correct"], record_rejected(row),
+                              None if score in (None, "") else float(score))  # fmt: skip
         self.last_row_at = now
 
     def summary(self) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from ..features.source import FeatureSource, Progress, Skipped
 from ..io.files import sha256_file
 from ..io.folders import LabelledFolder
 from ..matching.nodes import ClassBank, Nodes
-from ..matching.rejection import Rejection, calibrate_rejection, open_set_scores, simulated_out_of_set
-from ..matching.support import ClassNodes, ClassScores, Matcher
+from ..matching.rejection import OpenSetScorer, ReferenceBank, Rejection, calibrate_rejection, fixed_rejection
+from ..matching.support import ClassNodes, Matcher
 from ..matching.transductive import TransductiveScores
 from .prediction import Prediction, Ranked, ranking_from_scores
 
@@ -41,22 +41,18 @@ class Reject:
     """Whether to answer "none of these" (``label``) for a query unlike every class.
 
     threshold: reject a query whose open-set score is below it; None: calibrate it on the support
-    set so that about ``leak`` of simulated out-of-set queries pass (:mod:`emdcli.matching.rejection`).
+    set to reject about ``sensitivity`` of in-set queries (:mod:`emdcli.matching.rejection`).
     """
 
     threshold: float | None = None
-    leak: float = defaults.REJECT_LEAK
+    sensitivity: float = defaults.REJECT_SENSITIVITY
     label: str = defaults.UNKNOWN_LABEL
 
-    def rejection(
-        self, matcher: Matcher, nodes: ClassNodes, examples: dict[str, tuple[tuple[Path, np.ndarray], ...]]
-    ) -> Rejection:
-        """The rejection for ``nodes``: the given threshold, or one calibrated on ``examples``."""
+    def rejection(self, scorer: OpenSetScorer) -> Rejection:
+        """The rejection for the support set of ``scorer``: the given threshold, or a calibrated one."""
         if self.threshold is not None:
-            return Rejection(self.threshold, label=self.label)
-        index = {name: i for i, name in enumerate(nodes.classes)}
-        pairs = ((index[name], fmap) for name, found in examples.items() for _, fmap in found)
-        return calibrate_rejection(simulated_out_of_set(matcher, nodes, pairs), self.leak, self.label)
+            return fixed_rejection(scorer, self.threshold, self.label)
+        return calibrate_rejection(scorer, self.sensitivity, self.label)
 
 
 T = TypeVar("T")
@@ -69,7 +65,9 @@ class SupportSet:
     nodes: the classes as :class:`~emdcli.matching.support.ClassNodes`. skipped: unreadable
     support images. empty_classes: class folders left out (no image, or none readable).
     examples: class -> (path, (C, H, W) feature map) of each example, kept only when asked
-    for (``fit(keep_examples=True)``).
+    for (``fit(keep_examples=True)``). rejection: when a query is answered "none of these" (None:
+    never). outliers: which queries the transductive step sets aside as foreign: the rejection, else
+    one calibrated at the default sensitivity (None without a reference bank).
     """
 
     nodes: ClassNodes
@@ -77,6 +75,7 @@ class SupportSet:
     empty_classes: tuple[str, ...] = ()
     examples: dict[str, tuple[tuple[Path, np.ndarray], ...]] = field(default_factory=dict, repr=False, compare=False)
     rejection: Rejection | None = None
+    outliers: Rejection | None = field(default=None, repr=False, compare=False)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -138,6 +137,7 @@ class Tally:
     labelled: int = 0
     correct: int = 0
     rejected: int = 0
+    highest_open_score: float | None = None
     support_images: int = 0
     in_support_folders: int = 0
     overlap: SupportOverlap | None = field(default=None, repr=False)
@@ -146,13 +146,15 @@ class Tally:
         if self.overlap is not None:
             self.support_images += self.overlap.is_support_image(pred.path)
             self.in_support_folders += self.overlap.in_class_folder(pred.path)
-        self.count(pred.ok, pred.correct, pred.rejected_as is not None)
+        self.count(pred.ok, pred.correct, pred.rejected_as is not None, pred.open_set_score)
 
-    def count(self, ok: bool, correct: bool | None, rejected: bool = False) -> None:
-        """Count one query: whether it was classified, whether rightly (None: no label), and
-        whether it was rejected as none of the classes."""
+    def count(self, ok: bool, correct: bool | None, rejected: bool = False, open_score: float | None = None) -> None:
+        """Count one query: whether it was classified, whether rightly (None: no label), whether it was
+        rejected as none of the classes, and its open-set score (None: not computed)."""
         self.total += 1
         self.rejected += rejected
+        if open_score is not None and (self.highest_open_score is None or open_score > self.highest_open_score):
+            self.highest_open_score = open_score
         if not ok:
             self.errors += 1
             return
@@ -187,15 +189,23 @@ class Classifier:
 
     source: where feature maps come from (None: the bundled model, no cache). matcher: how
     queries are scored (None: ``Matcher()``, emdcli's defaults, see :mod:`emdcli.defaults`).
+    bank: the reference bank of open-set rejection (None: the model's own, when it has one).
     """
 
-    def __init__(self, source: FeatureSource | None = None, matcher: Matcher | None = None) -> None:
+    def __init__(
+        self, source: FeatureSource | None = None, matcher: Matcher | None = None, bank: ReferenceBank | None = None
+    ) -> None:
         if source is None:
             from ..model.backbone import load_model
 
             source = FeatureSource(load_model())
         self.source = source
         self.matcher = matcher or Matcher()
+        if bank is None:
+            from .reference_bank import bank_for
+
+            bank = bank_for(source.extractor)
+        self.bank = bank
         #: What the transductive step did for each set of queries :meth:`predict` matched, in order.
         self.sets: list[SetReport] = []
 
@@ -216,8 +226,14 @@ class Classifier:
         """Embed every support image (through the source's cache) and make the class node sets;
         with ``reject``, also when a query is none of the classes (:class:`Reject`).
 
-        Raises DatasetError when fewer than two classes have a readable image.
+        Raises DatasetError when fewer than two classes have a readable image, ModelError for
+        ``reject`` with a model that has no reference bank.
         """
+        if reject is not None and self.bank is None:
+            from ..errors import ModelError
+            from .reference_bank import NO_BANK, NO_BANK_HINT
+
+            raise ModelError(NO_BANK, hint=NO_BANK_HINT)
         owner = {p: i for i, c in enumerate(folder.classes) for p in c.files}
         build = self.matcher.builder(folder.names, folder.image_count)
         skipped: list[Skipped] = []
@@ -228,7 +244,7 @@ class Classifier:
                 continue
             label = owner[item.path]
             build.add(label, item.features)
-            if keep_examples or (reject is not None and reject.threshold is None):
+            if keep_examples:
                 kept.setdefault(folder.names[label], []).append((item.path, item.features))
         try:
             nodes = build.build()
@@ -242,14 +258,25 @@ class Classifier:
             )
         lost = tuple(n for n in folder.names if n not in nodes.classes)
         examples = {n: tuple(sorted(kept[n], key=lambda e: str(e[0]))) for n in nodes.classes if n in kept}
-        rejection = None if reject is None else reject.rejection(self.matcher, nodes, examples)
+        rejection, outliers = self.open_set(nodes, reject)
         return SupportSet(
             nodes=nodes,
             skipped=tuple(skipped),
             empty_classes=tuple(folder.empty) + lost,
-            examples=examples if keep_examples else {},
+            examples=examples,
             rejection=rejection,
+            outliers=outliers,
         )
+
+    def open_set(self, nodes: ClassNodes, reject: Reject | None = None) -> tuple[Rejection | None, Rejection | None]:
+        """(rejection, outliers) for fitted classes: what ``reject`` asks for (None without it), and
+        what the transductive step sets aside (the rejection, else a calibrated one; None without a bank)."""
+        if self.bank is None:
+            return None, None
+        scorer = OpenSetScorer.from_classes(self.bank, nodes)
+        rejection = None if reject is None else reject.rejection(scorer)
+        outliers = rejection or calibrate_rejection(scorer, defaults.REJECT_SENSITIVITY)
+        return rejection, outliers
 
     def global_weight_for(self, support: SupportSet) -> float:
         """The weight of the global cosine for ``support``: as set, else the default for its kshot."""
@@ -299,35 +326,37 @@ class Classifier:
             return path.parent.name if path.parent.name in known else None
 
         rejection = support.rejection
+        judge = rejection or support.outliers
 
-        def decided(path: Path, scores: np.ndarray, part: ClassScores) -> Prediction:
+        def decided(path: Path, scores: np.ndarray, open_score: float | None) -> Prediction:
             idx = np.flatnonzero(~np.isnan(scores))
             ranking = ranking_from_scores([support.classes[i] for i in idx], scores[idx])
             if rejection is None:
                 return Prediction(path, "ok", ranking, label_of(path))
-            score = float(open_set_scores(self.matcher, support.nodes, [part])[0])
-            rejected_as = rejection.label if rejection.rejects(score) else None
-            return Prediction(path, "ok", ranking, label_of(path), None, score, rejected_as)
+            rejected_as = rejection.label if rejection.rejects(open_score) else None
+            return Prediction(path, "ok", ranking, label_of(path), None, open_score, rejected_as)
 
         embedded = self.source.embed_now(paths, on_done)
         sets = batches(embedded, defaults.TRANSDUCTIVE_SET) if self.matcher.transductive else ([e] for e in embedded)
         for chunk in sets:
             ok = [item.features for item in chunk if item.features is not None]
             parts = [self.matcher.match(support.nodes, f) for f in ok]
+            open_scores = judge.scores(np.stack([p.pooled for p in parts])) if judge and parts else np.zeros(len(parts))
             if self.matcher.transductive and ok:
-                result = self.matcher.score_set(support.nodes, parts, np.stack(ok))
+                foreign = open_scores < judge.threshold if judge else None
+                result = self.matcher.score_set(support.nodes, parts, np.stack(ok), foreign=foreign)
                 self.sets.append(SetReport(len(ok), result.ran, result.spread, result.share))
                 totals = list(result.scores)
             else:
                 weight = self.global_weight_for(support)
                 totals = [p.total(weight) for p in parts]
-            found = iter(zip(totals, parts, strict=True))
+            found = iter(zip(totals, open_scores, strict=True))
             for item in chunk:
                 if item.features is None:
                     yield Prediction(item.path, "error", true_label=label_of(item.path), error=item.error)
                     continue
-                scores, part = next(found)
-                pred = decided(item.path, scores, part)
+                scores, open_score = next(found)
+                pred = decided(item.path, scores, float(open_score))
                 if observe:
                     observe(pred, item.features)
                 yield pred

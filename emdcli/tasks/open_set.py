@@ -6,16 +6,15 @@
 or, on feature maps already computed:
 
     plan = sample_episodes(labels, way=5, shot=1, query=15, episodes=600, seed=0, unseen=2)
-    result = evaluate_open_set_episodes(features, plan)
+    result = evaluate_open_set_episodes(features, plan, bank)
 
 Each episode has ``way`` known classes (K shots and Q queries each) and Q queries of each of
 ``unseen`` classes the support set lacks. All queries are matched as one set by the matcher
-(emdcli's default ``Matcher()``, as classify matches a folder); the open-set score of a query is
-its best inductive class score (:func:`~emdcli.matching.rejection.open_set_scores`, what
-``classify --reject`` uses) and the threshold is calibrated on the episode's support set, each
-example scored against the other classes (:func:`~emdcli.matching.rejection.simulated_out_of_set`,
-:func:`~emdcli.matching.rejection.calibrate_rejection`), as ``Reject`` calibrates it. Every
-measure is a mean and 95% interval over the episodes (:func:`~emdcli.tasks.evaluate.mean_ci95`).
+(emdcli's default ``Matcher()``, as classify matches a folder), the queries rejection judges foreign
+set aside from its transductive step; the open-set score and the threshold are what ``classify
+--reject auto`` uses (:mod:`emdcli.matching.rejection`: the score relative to the model's reference
+bank, the threshold calibrated on the episode's support set at ``sensitivity``). Every measure is a
+mean and 95% interval over the episodes (:func:`~emdcli.tasks.evaluate.mean_ci95`).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from ..errors import UsageError
 from ..features.source import FeatureSource, LabelledFeatures, Progress
 from ..io.folders import LabelledFolder
 from ..io.records import Record
-from ..matching.rejection import calibrate_rejection, open_set_scores, simulated_out_of_set
+from ..matching.rejection import OpenSetScorer, ReferenceBank, calibrate_rejection, sensitivity_range
 from ..matching.support import Matcher
 from .episodes import Episode, EpisodePlan, sample_episodes
 from .evaluate import embedded_set, mean_ci95
@@ -62,16 +61,24 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
     return float((ranks[: len(inside)].sum() - len(inside) * (len(inside) + 1) / 2) / (len(inside) * len(outside)))
 
 
-def check_leak(leak: float) -> float:
-    """``leak`` when it is strictly between 0 and 1; UsageError otherwise."""
-    if not 0 < leak < 1:
-        raise UsageError(f"--leak must be between 0 and 1 (both left out), got {leak:g}",
-                         hint=f"for example --leak {defaults.REJECT_LEAK:g}")  # fmt: skip
-    return leak
+def check_sensitivity(sensitivity: float) -> float:
+    """``sensitivity`` when the measured offsets cover it; UsageError otherwise."""
+    low, high = sensitivity_range()
+    if not low <= sensitivity <= high:
+        example = defaults.REJECT_SENSITIVITY
+        raise UsageError(
+            f"the sensitivity must be between {low:g} and {high:g}, got {sensitivity:g}",
+            hint=f"for example {example:g}: about {100 * example:g}% of in-set queries rejected",
+        )
+    return sensitivity
 
 
 def episode_open_set(
-    features: np.ndarray, episode: Episode, leak: float = defaults.REJECT_LEAK, matcher: Matcher | None = None
+    features: np.ndarray,
+    episode: Episode,
+    bank: ReferenceBank,
+    sensitivity: float = defaults.REJECT_SENSITIVITY,
+    matcher: Matcher | None = None,
 ) -> dict[str, float]:
     """One open-set episode's :data:`MEASURES` (shares in [0, 1]).
 
@@ -85,13 +92,12 @@ def episode_open_set(
     inside = np.arange(len(query)) < len(known)
     classes = matcher.fit_episode(support)
     parts = [matcher.match(classes, fmap) for fmap in query]
-    final = matcher.score_set(classes, parts, query).scores
+    rejection = calibrate_rejection(OpenSetScorer.from_classes(bank, classes), sensitivity)
+    scores = rejection.scores(np.stack([p.pooled for p in parts]))
+    rejected = scores < rejection.threshold
+    final = matcher.score_set(classes, parts, query, foreign=rejected).scores
     predicted = np.argmax(np.where(np.isnan(final), -np.inf, final), axis=1)  # off a shortlist: never
     correct = predicted[inside] == episode.query_labels
-    scores = open_set_scores(matcher, classes, parts)
-    simulated = simulated_out_of_set(matcher, classes, ((k, fmap) for k, shots in enumerate(support) for fmap in shots))
-    rejection = calibrate_rejection(simulated, leak)
-    rejected = np.array([rejection.rejects(float(s)) for s in scores])
     return {
         "auroc": auroc(scores[inside], scores[~inside]),
         "accuracy": float(correct.mean()),
@@ -109,7 +115,8 @@ class OpenSetResult:
     auroc: of the open-set score, in-set vs unseen queries, in [0, 1]. accuracy: in-set accuracy
     without rejection; accuracy_rejecting: with it (a rejected in-set query is wrong); in_set_rejected
     and unseen_rejected: the shares of each kind of query rejected; all four in percent. threshold:
-    the calibrated threshold (on the open-set score's scale). per_episode: measure -> (episodes,)
+    the calibrated threshold (on the open-set score's scale). sensitivity: the share of in-set queries
+    the calibration aims to reject. per_episode: measure -> (episodes,)
     float64, as :func:`episode_open_set` gives them (shares in [0, 1]).
     """
 
@@ -118,7 +125,7 @@ class OpenSetResult:
     query: int
     unseen: int
     episodes: int
-    leak: float
+    sensitivity: float
     auroc: float
     auroc_ci95: float
     accuracy: float
@@ -136,7 +143,7 @@ class OpenSetResult:
 
     #: The columns of :meth:`to_record`, in order.
     COLUMNS: ClassVar[tuple[str, ...]] = (
-        "method", "way", "shot", "query", "open_set", "episodes", "leak",
+        "method", "way", "shot", "query", "open_set", "episodes", "sensitivity",
         *(f"{m}{end}" for m in MEASURES for end in ("", "_ci95")), "seconds_per_episode",
     )  # fmt: skip
 
@@ -147,7 +154,7 @@ class OpenSetResult:
                     for m in MEASURES for end in ("", "_ci95")}  # fmt: skip
         return {
             "method": "default", "way": self.way, "shot": self.shot, "query": self.query, "open_set": self.unseen,
-            "episodes": self.episodes, "leak": self.leak, **measures,
+            "episodes": self.episodes, "sensitivity": self.sensitivity, **measures,
             "seconds_per_episode": round(self.seconds_per_episode, 5),
         }  # fmt: skip
 
@@ -155,7 +162,8 @@ class OpenSetResult:
 def evaluate_open_set_episodes(
     features: np.ndarray,
     plan: EpisodePlan,
-    leak: float = defaults.REJECT_LEAK,
+    bank: ReferenceBank,
+    sensitivity: float = defaults.REJECT_SENSITIVITY,
     *,
     matcher: Matcher | None = None,
     workers: int = 1,
@@ -168,12 +176,12 @@ def evaluate_open_set_episodes(
     """
     if plan.unseen < 1:
         raise ValueError("the plan has no unseen classes: draw it with sample_episodes(..., unseen=1 or more)")
-    check_leak(leak)
+    check_sensitivity(sensitivity)
     matcher = matcher or Matcher()
 
     def run(episode: Episode) -> tuple[dict[str, float], float]:
         t0 = time.perf_counter()
-        found = episode_open_set(features, episode, leak, matcher)
+        found = episode_open_set(features, episode, bank, sensitivity, matcher)
         if on_episode:
             on_episode(1)
         return found, time.perf_counter() - t0
@@ -187,7 +195,7 @@ def evaluate_open_set_episodes(
         scale = 100 if m in PERCENTS else 1
         stats[m], stats[f"{m}_ci95"] = scale * mean, scale * ci
     seconds = float(np.mean([s for _, s in done]))
-    return OpenSetResult(plan.way, plan.shot, plan.query, plan.unseen, len(done), leak, **stats,
+    return OpenSetResult(plan.way, plan.shot, plan.query, plan.unseen, len(done), sensitivity, **stats,
                          seconds_per_episode=seconds, per_episode=per_episode)  # fmt: skip
 
 
@@ -209,7 +217,7 @@ def evaluate_open_set(
     query: int = defaults.QUERY,
     episodes: int = defaults.EPISODES,
     seed: int = defaults.SEED,
-    leak: float = defaults.REJECT_LEAK,
+    sensitivity: float = defaults.REJECT_SENSITIVITY,
     matcher: Matcher | None = None,
     source: FeatureSource | None = None,
     workers: int | None = None,
@@ -220,15 +228,27 @@ def evaluate_open_set(
     classes, ``unseen`` more giving ``query`` queries each) and measure rejection on them.
     matcher: None for emdcli's defaults; source: None for the bundled model without a cache;
     workers: threads scoring episodes (None: every CPU). Raises UsageError for ``unseen`` below 1 or
-    a ``leak`` outside (0, 1), DatasetError for a set too small for the episode shape (before any
-    image is embedded), EmdcliError when no image is readable.
+    a ``sensitivity`` the calibration does not cover, ModelError for a model without a reference bank,
+    DatasetError for a set too small for the episode shape (before any image is embedded), EmdcliError
+    when no image is readable.
     """
+    from ..errors import ModelError
+    from .reference_bank import NO_BANK, NO_BANK_HINT, bank_for
+
     if unseen < 1:
         raise UsageError(f"an open-set episode needs at least 1 unseen class, got {unseen}")
-    check_leak(leak)
+    check_sensitivity(sensitivity)
+    if source is None:
+        from ..model.backbone import load_model
+
+        source = FeatureSource(load_model())
+    bank = bank_for(source.extractor)
+    if bank is None:
+        raise ModelError(NO_BANK, hint=NO_BANK_HINT)
     data, features = embedded_set(dataset, way, shot, query, seed, source, on_embedded, unseen)
     plan = sample_episodes(data.labels, way, shot, query, episodes, seed, unseen)
     result = evaluate_open_set_episodes(
-        features, plan, leak, matcher=matcher, workers=workers or os.cpu_count() or 1, on_episode=on_episode
-    )
+        features, plan, bank, sensitivity, matcher=matcher, workers=workers or os.cpu_count() or 1,
+        on_episode=on_episode,
+    )  # fmt: skip
     return OpenSetRun(data, plan, result)

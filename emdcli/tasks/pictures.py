@@ -42,14 +42,17 @@ class MatchPictures:
         from ..io.images import model_view
         from ..render.explain import render_match, save_picture
 
-        clf, label = self.clf, pred.predicted or ""
+        clf = self.clf
+        # A rejected query is drawn against its nearest class, named as such.
+        label = (pred.best_class if pred.rejected_as is not None else pred.predicted) or ""
         example, target = clf.closest_example(self.support, features, label)
+        shown_as = f"{pred.rejected_as}, nearest {label}" if pred.rejected_as is not None else label
         target_path = picture_path(self.folder, pred.path)
         try:
             target_path.parent.mkdir(parents=True, exist_ok=True)
             shown = render_match(
                 model_view(pred.path, clf.source.prep), model_view(example, clf.source.prep), features, target,
-                caption=f"{pred.path.name} -> {label} ({example.name})", metric=clf.matcher.metric,
+                caption=f"{pred.path.name} -> {shown_as} ({example.name})", metric=clf.matcher.metric,
                 class_score=pred.score,
             )  # fmt: skip
             save_picture(shown, target_path)

@@ -46,8 +46,9 @@ class Prediction:
 
     status: ``"ok"``, or ``"error"`` with ``error`` saying why (then ``ranking`` is empty).
     ranking: every class, best first. true_label: the name of the query's parent
-    folder when that is a class of the support set, else None. open_set_score: the query's best
-    inductive class score (:mod:`emdcli.matching.rejection`), when computed. rejected_as: the
+    folder when that is a class of the support set, else None. open_set_score: the query's
+    similarity to the nearest support example relative to generic images
+    (:mod:`emdcli.matching.rejection`), when computed. rejected_as: the
     answer for a query rejected as none of the classes (``"unknown"``), else None; the ranking
     still holds its best class.
     """
@@ -194,8 +195,8 @@ def run_header(
     if top_k is not None:
         header["top_k"] = top_k
     if rejection is not None:
-        header["reject"] = {"threshold": rounded(rejection.threshold), "leak": rejection.leak,
-                            "calibrated_on": rejection.calibrated_on, "label": rejection.label}  # fmt: skip
+        header["reject"] = {"threshold": rounded(rejection.threshold), "sensitivity": rejection.sensitivity,
+                            "anchor": rounded(rejection.anchor), "label": rejection.label}  # fmt: skip
     return {**header, "classes": list(names), "shots": dict(zip(names, nodes.shots, strict=True))}
 
 
