@@ -1,12 +1,15 @@
 """``evaluate --open-set M``: open-set episodes, their measures, and the command's output.
 
-The generated sets: ``certain`` has red, orange and blue squares. With the tiny model red and
-orange score about 0.92 against each other and blue about 0.2 against either, every query about
-1.0 against its own class. So in an episode whose known classes are red and orange the threshold
-(calibrated on red against orange) is about 0.92 and the blue queries are all rejected; in one
-whose unseen class is red or orange the threshold (blue against the other) is about 0.2 and none
-is. ``mixed`` has five classes of random cells, 30% of them in the class's colour, on which the
-measures vary from episode to episode.
+The generated sets: ``certain`` has red, orange and blue squares. With the tiny model and its
+reference bank (greys and mixed colours, tests.conftest.build_tiny_bank), a query's open-set score
+(its bank-relative similarity to the nearest support example) is about 0.15 to 0.35 against an
+example of its own class; red and orange score 0.01 to 0.02 against each other, blue about -1.1
+against red and -1.6 against orange. So in an episode whose known classes are red and orange the
+anchor (red against orange) is 0.01 to 0.02 and the threshold (anchor + the 1-shot offset, -0.17 at
+sensitivity 0.05) about -0.15: the blue queries are all rejected. In one whose unseen class is red
+or orange the anchor (blue against the other) is about -1.1 or -1.6 and the threshold below -1.2:
+none is. ``mixed`` has five classes of random cells, 30% of them in the class's colour, on which
+the measures vary from episode to episode.
 """
 
 from __future__ import annotations
@@ -24,14 +27,15 @@ from typer.testing import CliRunner
 
 from emdcli import defaults
 from emdcli.cli import app
-from emdcli.errors import DatasetError, UsageError
+from emdcli.errors import DatasetError, ModelError, UsageError
 from emdcli.features.source import FeatureSource
 from emdcli.io.folders import read_labelled_folder
+from emdcli.matching.rejection import OpenSetScorer, ReferenceBank, calibrate_rejection, reference_bank_path
 from emdcli.matching.support import Matcher
 from emdcli.model.backbone import Backbone
 from emdcli.tasks.episodes import Episode, sample_episodes, what_fits
 from emdcli.tasks.open_set import MEASURES, auroc, evaluate_open_set, evaluate_open_set_episodes
-from tests.conftest import make_image
+from tests.conftest import build_tiny_model, make_image
 
 runner = CliRunner()
 
@@ -41,13 +45,13 @@ MIXED = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200), "y
 
 #: The CSV header of ``evaluate --open-set``, in order.
 COLUMNS = [
-    "method", "way", "shot", "query", "open_set", "episodes", "leak", "auroc", "auroc_ci95", "accuracy",
+    "method", "way", "shot", "query", "open_set", "episodes", "sensitivity", "auroc", "auroc_ci95", "accuracy",
     "accuracy_ci95", "accuracy_rejecting", "accuracy_rejecting_ci95", "in_set_rejected", "in_set_rejected_ci95",
     "unseen_rejected", "unseen_rejected_ci95", "threshold", "threshold_ci95", "seconds_per_episode",
 ]  # fmt: skip
 #: The fields of the JSON document's head (before ``rows``) with --open-set.
-HEADER = ["command", "emdcli", "dataset", "model", "model_sha256", "way", "shot", "query", "open_set", "leak",
-          "episodes", "seed", "images", "unreadable", "classes", "classes_too_small"]  # fmt: skip
+HEADER = ["command", "emdcli", "dataset", "model", "model_sha256", "way", "shot", "query", "open_set",
+          "sensitivity", "episodes", "seed", "images", "unreadable", "classes", "classes_too_small"]  # fmt: skip
 
 
 @pytest.fixture()
@@ -189,56 +193,74 @@ def embedded(tiny_model: Path, dataset: Path) -> np.ndarray:
     return np.concatenate([backbone(load_image(p, backbone.manifest.preprocess)[None]) for p in paths])
 
 
-def independent_measures(features: np.ndarray, episode: Episode, leak: float) -> dict[str, float]:
-    """One episode's measures counted here, from the matcher's parts: the threshold as the quantile of
-    each support example's best score among the other classes, AUROC over every pair of queries."""
+def tiny_bank(tiny_model: Path) -> ReferenceBank:
+    """The reference bank conftest wrote beside the tiny model's manifest."""
+    return ReferenceBank.load(reference_bank_path(tiny_model), Backbone(tiny_model).manifest.sha256)
+
+
+def independent_measures(
+    features: np.ndarray, episode: Episode, bank: ReferenceBank, sensitivity: float, set_aside: bool = True
+) -> dict[str, float]:
+    """One episode's measures counted here: the open-set score and the threshold from the scorer and
+    calibrate_rejection, the queries below the threshold set aside from the transductive step (not when
+    ``set_aside`` is False); the AUROC over every pair of queries, the accuracy and shares by counting."""
     matcher = Matcher()
     support = features[episode.support]
     known, unseen = features[episode.query.reshape(-1)], features[episode.unseen.reshape(-1)]
     classes = matcher.fit(list(support))
-    weight = matcher.weight_for(classes)
-
-    def best(fmap: np.ndarray, leave_out: int | None = None) -> float:
-        part = matcher.match(classes, fmap)
-        totals = part.emd + weight * part.global_cosine
-        if leave_out is not None:
-            totals = np.delete(totals, leave_out)
-        return float(np.nanmax(totals))
-
-    simulated = [best(fmap, k) for k in range(len(support)) for fmap in support[k]]
-    threshold = float(np.quantile(simulated, 1 - leak))
+    rejection = calibrate_rejection(OpenSetScorer.from_classes(bank, classes), sensitivity)
+    threshold = rejection.threshold
     queries = np.concatenate([known, unseen])
-    final = matcher.score_set(classes, [matcher.match(classes, q) for q in queries], queries).scores[: len(known)]
-    truth = np.repeat(np.arange(len(support)), episode.query.shape[1])
-    correct = final.argmax(axis=1) == truth
-    inside, outside = np.array([best(q) for q in known]), np.array([best(q) for q in unseen])
+    scores = rejection.scores(queries.mean(axis=(2, 3)))
+    foreign = np.array([score < threshold for score in scores])
+    parts = [matcher.match(classes, q) for q in queries]
+    final = matcher.score_set(classes, parts, queries, foreign=foreign if set_aside else None).scores
+    truth = [k for k in range(len(support)) for _ in range(episode.query.shape[1])]
+    inside, outside = scores[: len(known)], scores[len(known) :]
+    correct = [int(np.nanargmax(final[i])) == truth[i] for i in range(len(known))]
+    kept_correct = [right and score >= threshold for right, score in zip(correct, inside, strict=True)]
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in inside for b in outside)
     return {
-        "auroc": pairwise_auroc(inside, outside), "accuracy": correct.mean(),
-        "accuracy_rejecting": (correct & (inside >= threshold)).mean(), "in_set_rejected": (inside < threshold).mean(),
-        "unseen_rejected": (outside < threshold).mean(), "threshold": threshold,
+        "auroc": wins / (len(inside) * len(outside)), "accuracy": sum(correct) / len(known),
+        "accuracy_rejecting": sum(kept_correct) / len(known),
+        "in_set_rejected": sum(score < threshold for score in inside) / len(inside),
+        "unseen_rejected": sum(score < threshold for score in outside) / len(outside), "threshold": threshold,
     }  # fmt: skip
 
 
 def test_measures_are_counted_right_and_vary_by_episode(tiny_model: Path, mixed_set: Path) -> None:
     features = embedded(tiny_model, mixed_set)
+    bank = tiny_bank(tiny_model)
     _, labels = set_labels(mixed_set)
     plan = sample_episodes(labels, 3, 1, 2, 10, seed=1, unseen=2)
-    result = evaluate_open_set_episodes(features, plan, 0.3, workers=2)
-    want = {m: np.array([independent_measures(features, ep, 0.3)[m] for ep in plan.episodes]) for m in MEASURES}
+    result = evaluate_open_set_episodes(features, plan, bank, 0.3, workers=2)
+    counted = [independent_measures(features, ep, bank, 0.3) for ep in plan.episodes]
+    want = {m: np.array([c[m] for c in counted]) for m in MEASURES}
     for m in MEASURES:
         np.testing.assert_allclose(result.per_episode[m], want[m], atol=1e-9, err_msg=m)
     # the set can show an error: the measures differ from episode to episode, rejection changes accuracy
-    for m in ("auroc", "accuracy", "in_set_rejected", "unseen_rejected"):
+    for m in ("auroc", "accuracy", "in_set_rejected", "unseen_rejected", "threshold"):
         assert len(set(want[m].tolist())) > 2, m
     assert (want["accuracy_rejecting"] < want["accuracy"]).any()
-    assert (result.way, result.shot, result.query, result.unseen, result.episodes, result.leak) == (3, 1, 2, 2, 10, 0.3)
+    # and setting the foreign queries aside matters: without it the accuracy would differ
+    mixed_in = np.array([independent_measures(features, ep, bank, 0.3, set_aside=False)["accuracy"]
+                         for ep in plan.episodes])  # fmt: skip
+    assert (mixed_in != want["accuracy"]).any()
+    assert (result.way, result.shot, result.query, result.unseen, result.episodes) == (3, 1, 2, 2, 10)
+    assert result.sensitivity == 0.3
     assert result.auroc == pytest.approx(want["auroc"].mean())
     assert result.auroc_ci95 == pytest.approx(1.96 * want["auroc"].std() / np.sqrt(10))
     assert result.unseen_rejected == pytest.approx(100 * want["unseen_rejected"].mean())
     assert result.accuracy_rejecting_ci95 == pytest.approx(196 * want["accuracy_rejecting"].std() / np.sqrt(10))
-    one = evaluate_open_set_episodes(features, plan, 0.3, workers=1)
+    assert result.threshold == pytest.approx(want["threshold"].mean())
+    one = evaluate_open_set_episodes(features, plan, bank, 0.3, workers=1)
     for m in MEASURES:
         np.testing.assert_array_equal(one.per_episode[m], result.per_episode[m], err_msg=m)
+    # the score is inductive: the AUROC does not depend on the sensitivity; a higher one rejects more
+    low = evaluate_open_set_episodes(features, plan, bank, 0.05, workers=1)
+    np.testing.assert_array_equal(low.per_episode["auroc"], result.per_episode["auroc"])
+    assert (low.per_episode["threshold"] < result.per_episode["threshold"]).all()
+    assert low.in_set_rejected < result.in_set_rejected and low.unseen_rejected < result.unseen_rejected
 
 
 def test_the_unseen_class_is_rejected_exactly_when_the_known_ones_look_alike(
@@ -249,25 +271,48 @@ def test_the_unseen_class_is_rejected_exactly_when_the_known_ones_look_alike(
                             source=FeatureSource(Backbone(tiny_model)), workers=1)  # fmt: skip
     blue_unseen = np.array([names[int(ep.unseen_classes[0])] == "blue" for ep in run.plan.episodes])
     assert 0 < blue_unseen.sum() < 12  # both kinds of episode were drawn
+    assert run.result.sensitivity == defaults.REJECT_SENSITIVITY
     np.testing.assert_array_equal(run.result.per_episode["unseen_rejected"], blue_unseen.astype(float))
     for m in ("auroc", "accuracy", "accuracy_rejecting"):
         np.testing.assert_array_equal(run.result.per_episode[m], np.ones(12), err_msg=m)
     np.testing.assert_array_equal(run.result.per_episode["in_set_rejected"], np.zeros(12))
     assert run.result.unseen_rejected == pytest.approx(100 * blue_unseen.mean())
+    thresholds = run.result.per_episode["threshold"]  # as the module docstring says
+    assert (np.abs(thresholds[blue_unseen] + 0.15) < 0.05).all() and (thresholds[~blue_unseen] < -1.2).all()
 
 
-def test_a_bad_leak_or_shape_is_refused_before_any_image_is_embedded(certain_set: Path) -> None:
-    class NoEmbedding:
-        def labelled(self, *args: object) -> None:
-            raise AssertionError("an image was embedded")
+class NoEmbedding:
+    """A feature source of ``tiny_model``'s model that fails the test when it embeds an image."""
 
-    source: Any = NoEmbedding()
+    def __init__(self, model: Path) -> None:
+        self.extractor = Backbone(model)
+
+    def labelled(self, *args: object) -> None:
+        raise AssertionError("an image was embedded")
+
+
+def test_a_bad_sensitivity_or_shape_is_refused_before_any_image_is_embedded(
+    tiny_model: Path, certain_set: Path
+) -> None:
+    source: Any = NoEmbedding(tiny_model)
     with pytest.raises(DatasetError, match="only 3 classes have the 3 images"):
         evaluate_open_set(certain_set, way=3, unseen=1, query=2, source=source)
-    with pytest.raises(UsageError, match="--leak must be between 0 and 1"):
-        evaluate_open_set(certain_set, way=2, unseen=1, query=2, leak=1.0, source=source)
+    for bad in (0.0, 0.005, 0.6, 1.0):
+        with pytest.raises(UsageError, match=f"the sensitivity must be between 0.01 and 0.5, got {bad:g}"):
+            evaluate_open_set(certain_set, way=2, unseen=1, query=2, sensitivity=bad, source=source)
     with pytest.raises(UsageError, match="at least 1 unseen class"):
         evaluate_open_set(certain_set, way=2, unseen=0, query=2, source=source)
+
+
+def test_a_model_without_a_reference_bank_is_refused(tmp_path: Path, certain_set: Path) -> None:
+    bare = build_tiny_model(tmp_path / "bare")
+    assert not reference_bank_path(bare).exists()
+    with pytest.raises(ModelError, match="the model has no reference bank") as caught:
+        evaluate_open_set(certain_set, way=2, unseen=1, query=2, source=NoEmbedding(bare))  # before embedding
+    assert caught.value.hint is not None and "build_banks.py" in caught.value.hint
+    res = open_set(bare, certain_set, "--open-set", "1")
+    assert res.exit_code == 1, res.output
+    assert "the model has no reference bank" in " ".join(res.stderr.split()) and res.stdout == ""
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -276,11 +321,12 @@ def test_a_bad_leak_or_shape_is_refused_before_any_image_is_embedded(certain_set
 def test_json_has_one_row_of_the_measures(tiny_model: Path, certain_set: Path) -> None:
     doc = document(open_set(tiny_model, certain_set, "--open-set", "1", "--format", "json"))
     assert list(doc)[: len(HEADER)] == HEADER and list(doc)[len(HEADER) :] == ["rows", "summary"]
-    assert (doc["open_set"], doc["leak"], doc["way"], doc["images"], doc["classes"]) == (1, defaults.REJECT_LEAK, 2,
-                                                                                        12, 3)  # fmt: skip
+    assert (doc["open_set"], doc["sensitivity"], doc["way"], doc["images"], doc["classes"]) == (
+        1, defaults.REJECT_SENSITIVITY, 2, 12, 3)  # fmt: skip
     assert len(doc["rows"]) == 1 and list(doc["rows"][0]) == COLUMNS
     row = doc["rows"][0]
-    assert (row["method"], row["open_set"], row["episodes"], row["leak"]) == ("default", 1, 8, defaults.REJECT_LEAK)
+    assert (row["method"], row["open_set"], row["episodes"], row["sensitivity"]) == (
+        "default", 1, 8, defaults.REJECT_SENSITIVITY)  # fmt: skip
     names, labels = set_labels(certain_set)
     plan = sample_episodes(labels, 2, 1, 2, 8, seed=0, unseen=1)
     blue = np.array([names[int(ep.unseen_classes[0])] == "blue" for ep in plan.episodes], dtype=float)
@@ -292,7 +338,7 @@ def test_json_has_one_row_of_the_measures(tiny_model: Path, certain_set: Path) -
 
 
 def test_csv_and_table(tiny_model: Path, mixed_set: Path) -> None:
-    args = ("--way", "3", "--open-set", "2", "--leak", "0.3", "--seed", "1")
+    args = ("--way", "3", "--open-set", "2", "--sensitivity", "0.2", "--seed", "1")
     res = open_set(tiny_model, mixed_set, *args, "--format", "csv")
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
@@ -302,6 +348,11 @@ def test_csv_and_table(tiny_model: Path, mixed_set: Path) -> None:
     assert {k: v for k, v in row.items() if k != "seconds_per_episode"} == {
         k: str(v) for k, v in doc["rows"][0].items() if k != "seconds_per_episode"
     }
+    assert doc["sensitivity"] == 0.2 and doc["rows"][0]["sensitivity"] == 0.2 and row["sensitivity"] == "0.2"
+    at_default = ("--way", "3", "--open-set", "2", "--seed", "1", "--format", "json")
+    default = document(open_set(tiny_model, mixed_set, *at_default))["rows"][0]
+    assert default["sensitivity"] == defaults.REJECT_SENSITIVITY
+    assert default["auroc"] == doc["rows"][0]["auroc"] and default["threshold"] < doc["rows"][0]["threshold"]
     res = open_set(tiny_model, mixed_set, *args, "--format", "table")
     assert res.exit_code == 0, res.output
     r = doc["rows"][0]
@@ -312,7 +363,7 @@ def test_csv_and_table(tiny_model: Path, mixed_set: Path) -> None:
         "in-set accuracy with rejection %": f"{r['accuracy_rejecting']:.1f} ± {r['accuracy_rejecting_ci95']:.1f}",
         "in-set queries rejected %": f"{r['in_set_rejected']:.1f} ± {r['in_set_rejected_ci95']:.1f}",
         "unseen queries rejected %": f"{r['unseen_rejected']:.1f} ± {r['unseen_rejected_ci95']:.1f}",
-        "threshold (calibrated at leak 0.3)": f"{r['threshold']:.3f} ± {r['threshold_ci95']:.3f}",
+        "threshold (calibrated at sensitivity 0.2)": f"{r['threshold']:.3f} ± {r['threshold_ci95']:.3f}",
     }
     shown = [" ".join(line.split()) for line in res.stdout.splitlines()]
     for name, value in cells.items():
@@ -334,7 +385,7 @@ def test_open_set_0_is_todays_evaluate(tiny_model: Path, mixed_set: Path) -> Non
         assert today.exit_code == zero.exit_code == 0, today.output + zero.output
         if fmt == "json":
             assert untimed(json.loads(zero.stdout)) == untimed(json.loads(today.stdout))
-            assert "open_set" not in json.loads(today.stdout) and "leak" not in json.loads(today.stdout)
+            assert "open_set" not in json.loads(today.stdout) and "sensitivity" not in json.loads(today.stdout)
         else:
             rows = [list(csv.reader(io.StringIO(r.stdout))) for r in (today, zero)]
             assert [[c[:-1] for c in rs] for rs in rows][0] == [[c[:-1] for c in rs] for rs in rows][1]
@@ -349,8 +400,9 @@ def test_open_set_0_is_todays_evaluate(tiny_model: Path, mixed_set: Path) -> Non
         (["--way", "3", "--open-set", "1"], "Hint: the set has 3 classes, and --way 3 --open-set 1 draws 4: --way 2 "
                                             "--open-set 1 fits"),
         (["--open-set", "1", "--query", "4"], "--shot 1 --query 3 fits (or lower --way or --open-set)"),
-        (["--leak", "0.2"], "--leak needs --open-set"),
-        (["--open-set", "1", "--leak", "1"], "--leak must be between 0 and 1 (both left out), got 1"),
+        (["--open-set", "1", "--sensitivity", "0.6"], "the sensitivity must be between 0.01 and 0.5, got 0.6"),
+        (["--open-set", "1", "--sensitivity", "0"], "the sensitivity must be between 0.01 and 0.5, got 0"),
+        (["--sensitivity", "0.6"], "the sensitivity must be between 0.01 and 0.5, got 0.6"),
         (["--open-set", "1", "--methods", "proto"], "--open-set scores the default method only"),
         (["--open-set", "-1"], "Invalid value for '--open-set': -1 is below the minimum of 0."),
     ],

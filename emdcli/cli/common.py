@@ -103,14 +103,12 @@ ShotOpt = Annotated[int, typer.Option("--shot", metavar="N", min=1, help="Suppor
 TopKOpt = Annotated[int | None, _option("--top-k", "-k", metavar="N", min=1, help=(
     "How many ranked classes to list per query."), default=str(defaults.TOP_K))]
 RejectOpt = Annotated[str | None, _option("--reject", metavar="MODE", help=(
-    "Answer --unknown-label for a query unlike every class: auto calibrates the threshold on SUPPORT to "
-    "reject about --sensitivity of the images that do belong to a class; a number is the threshold on the "
-    "open_set_score column (the query's similarity to the nearest example, relative to generic images); none "
-    "gives every query a class. What it keeps and rejects, and why it is not the default: docs/benchmarks.md, "
-    "\"Open-set rejection\"."), default=defaults.REJECT)]
+    "Answer --unknown-label for a query unlike every class: auto calibrates the threshold on SUPPORT (see "
+    "--sensitivity); a number is a threshold on the open_set_score column; none gives every query a class. Why "
+    "it is not the default: docs/benchmarks.md, \"Open-set rejection\"."), default=defaults.REJECT)]
 SensitivityOpt = Annotated[float | None, _option("--sensitivity", metavar="P", help=(
-    "The share of in-set images --reject auto may reject, 0.01 to 0.5: higher rejects more images of other "
-    "kinds too. The transductive step sets aside the queries it judges foreign either way."),
+    "The share of in-set queries --reject auto may reject, 0.01 to 0.5 (more rejects more foreign ones too); "
+    "the transductive step sets aside the queries it judges foreign either way."),
     default=f"{defaults.REJECT_SENSITIVITY:g}")]
 UnknownLabelOpt = Annotated[str | None, _option("--unknown-label", metavar="NAME", help=(
     "The answer of a query rejected by --reject."), default=defaults.UNKNOWN_LABEL)]
@@ -314,3 +312,16 @@ def embed_folder(
         built = build(images, advance(bars, what.capitalize(), len(images)))
     session.report_skipped(getattr(built, "skipped", ()), f"{what} image ")
     return built
+
+
+def write_bank(manifest_path: Path) -> None:
+    """Write the reference bank of open-set rejection beside a new model, or say why not."""
+    from ..matching.rejection import reference_bank_path
+    from ..tasks.reference_bank import NO_REFERENCE_IMAGES, write_bank_for
+
+    with stderr_console().status("Embedding the reference bank..."):
+        bank = write_bank_for(manifest_path)
+    if bank is None:
+        note(NO_REFERENCE_IMAGES)
+    else:
+        note(f"wrote {reference_bank_path(manifest_path)} ({len(bank.features)} reference images)")

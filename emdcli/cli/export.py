@@ -161,6 +161,9 @@ def run(
     limit = exporting.PARITY_TOLERANCE
     if result.max_abs_diff > limit:
         raise EmdcliError(f"ONNX output differs from torch by {result.max_abs_diff:.2e} (> {limit:g})")
+    from .common import write_bank
+
+    write_bank(result.manifest_path)
 
 
 def quantize(
@@ -211,3 +214,6 @@ def quantize(
     typer.echo(f"sha256 {result.sha256}")
     typer.echo(f"calibrated on {result.calibration_count} images; {len(result.excluded)} nodes kept in fp32; "
                f"{result.seconds:.1f} s")  # fmt: skip
+    from .common import write_bank
+
+    write_bank(result.manifest_path)

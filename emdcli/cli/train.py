@@ -170,6 +170,10 @@ def run(
             on_validation=on_validation,
         )  # fmt: skip
     session.report_skipped(result.skipped)
+    if not result.stopped and result.manifest_path is not None:
+        from .common import write_bank
+
+        write_bank(result.manifest_path)
     if result.stopped:
         session.inform(f"stopped after episode {result.episodes_done} of {episodes}; checkpoint kept in {out}")
         session.inform(f"continue with: emdcli train {base_dir} --out {out} --resume")

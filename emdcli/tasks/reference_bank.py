@@ -65,3 +65,24 @@ def bank_for(extractor: object) -> ReferenceBank | None:
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{path.name}: unusable reference bank ({exc})",
                          hint="rebuild it with python benchmarks/build_banks.py, or delete it") from exc  # fmt: skip
+
+
+def write_bank_for(manifest_path: Path, device: str = "cpu") -> ReferenceBank | None:
+    """Build and write the reference bank of the model at ``manifest_path`` from the repository's
+    reference images; None (nothing written) where they are absent."""
+    from ..matching.rejection import reference_bank_path
+    from ..model.backbone import Backbone
+
+    images = reference_images()
+    if not images:
+        return None
+    bank = build_reference_bank(FeatureSource(Backbone(manifest_path, device=device)), images)
+    bank.save(reference_bank_path(manifest_path))
+    return bank
+
+
+#: What export and train say when they could not write a bank.
+NO_REFERENCE_IMAGES = (
+    "no reference bank written: its images (reference-bank/images) are in emdcli's repository, not in an installed "
+    "package; --reject needs one (python benchmarks/build_banks.py MODEL, from a checkout)"
+)
