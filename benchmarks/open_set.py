@@ -202,6 +202,16 @@ def report_episode(maps, labels, far, bank, shot, query, mode, share, rng) -> di
     }  # fmt: skip
 
 
+def paired_gain(eps: list[dict[str, np.ndarray]], key: str) -> tuple[float, float]:
+    """In-set accuracy of ``key`` minus the inductive one over all the episodes' queries, and the 95%
+    half-interval of that difference with the episodes as the independent units (a ratio estimator)."""
+    d = np.array([float(np.sum(e[key].astype(int) - e["inductive"].astype(int))) for e in eps])
+    n = np.array([len(e["inductive"]) for e in eps], dtype=float)
+    gain = d.sum() / n.sum()
+    spread = np.sqrt(np.sum((d - gain * n) ** 2) * len(eps) / max(len(eps) - 1, 1)) / n.sum()
+    return float(gain), float(1.96 * spread)
+
+
 def report(args: argparse.Namespace) -> None:
     halves, bank, model = embedded_halves(args)
     names = list(halves)
@@ -230,8 +240,9 @@ def report(args: argparse.Namespace) -> None:
                 eps = [
                     report_episode(maps, labels, far, bank, shot, query, mode, share, rng) for _ in range(args.episodes)
                 ]
-                diffs = [np.mean(np.concatenate([e[k] for e in eps])) for k in ("inductive", "unguarded", "guarded")]
-                trans[(mode, share)] = diffs if query == 5 else trans.get((mode, share), diffs)
+                found = [np.mean(np.concatenate([e["inductive"] for e in eps]))]
+                found += [paired_gain(eps, k) for k in ("unguarded", "guarded")]
+                trans[(mode, share)] = found if query == 5 else trans.get((mode, share), found)
                 if mode != "bal" or share != 0.5:
                     continue
                 near = [[auroc(e["scores"][s][e["kind"] == 0], e["scores"][s][e["kind"] == 1]) for e in eps]
@@ -250,9 +261,10 @@ def report(args: argparse.Namespace) -> None:
             for mode in MODES:
                 for share in SHARES:
                     if (mode, share) in trans:
-                        ind, ung, gua = (100 * x for x in trans[(mode, share)])
-                        trans_rows.append(f"| {name} | {shot} | {mode} | {int(100 * share)}% | {ind:.1f} | "
-                                          f"{ung - ind:+.1f} | {gua - ind:+.1f} |")  # fmt: skip
+                        ind, (ung, ung_ci), (gua, gua_ci) = trans[(mode, share)]
+                        cells_ = [f"{100 * x:+.1f} ± {100 * ci:.1f}" for x, ci in ((ung, ung_ci), (gua, gua_ci))]
+                        trans_rows.append(f"| {name} | {shot} | {mode} | {int(100 * share)}% | {100 * ind:.1f} | "
+                                          + " | ".join(cells_) + " |")  # fmt: skip
             print(f"# done: {name} {shot}-shot", file=sys.stderr, flush=True)
     print("\nAUROC, in-set vs near / in-set vs far (balanced query sets, 50% out of set; mean over episodes):\n")
     print("| set | shot | queries per class | " + " | ".join(SCORES) + " |")
@@ -266,7 +278,8 @@ def report(args: argparse.Namespace) -> None:
     if args.rejection_only:
         return
     print("\nIn-set accuracy of matching each query on its own (--no-transductive), and the transductive step "
-          "against it without the outlier guard (0.1) and with it (the default), 5 queries per class:\n")  # fmt: skip
+          "against it (points, ± 95% interval over episodes) without the outlier guard (0.1) and with it (the "
+          "default), 5 queries per class:\n")  # fmt: skip
     print("| set | shot | composition | out of set | --no-transductive | transductive, no guard | with guard |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(trans_rows))
