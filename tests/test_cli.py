@@ -361,15 +361,20 @@ def test_shortlist_scores_only_the_closest_classes(tiny_model: Path, support_dir
     assert all(None not in json.loads(line)["scores"].values() for line in full.stdout.splitlines())
 
 
-def test_support_features_are_cached(tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path) -> None:
+def test_support_and_folder_query_features_are_cached(
+    tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path
+) -> None:
     entries = lambda: sorted((tmp_path / "cache").rglob("*.npy"))  # noqa: E731
     cold = classify(tiny_model, support_dir, query_dir, "-f", "csv", "--no-cache")
     assert cold.exit_code == 0 and entries() == []
     first = classify(tiny_model, support_dir, query_dir, "-f", "csv")
-    assert len(entries()) == 9  # one per support image
+    assert len(entries()) == 9 + 6  # one per support image and per query of the folder
     warm = classify(tiny_model, support_dir, query_dir, "-f", "csv")
     assert first.stdout == warm.stdout == cold.stdout
-    assert len(entries()) == 9
+    assert len(entries()) == 15 and "6 embedded by an earlier run (feature cache)" in " ".join(warm.stderr.split())
+    piped = CliRunner().invoke(app, ["classify", str(support_dir), "-", "--model", str(tiny_model), "-f", "csv"],
+                               input="".join(f"{p}\n" for p in sorted(query_dir.rglob("*.png"))))  # fmt: skip
+    assert piped.exit_code == 0 and len(entries()) == 15  # a stream is embedded as it comes
 
 
 @pytest.mark.parametrize("command", ["evaluate", "search", "anomaly", "explain"])

@@ -196,3 +196,53 @@ def test_a_signal_inside_deferred_acts_after_the_block() -> None:
         with deferred():
             done.append("no signal, nothing raised")
     assert len(done) == 2
+
+
+@pytest.mark.slow
+def test_a_folder_stopped_while_embedding_resumes_from_the_cache_to_the_same_rows(
+    tiny_model: Path, support_dir: Path, tmp_path: Path
+) -> None:
+    """A folder is matched as one set, so no row exists until all of it is embedded: a stop keeps the
+    run's header in FILE.partial, every embedded query's features stay in the cache, and --resume
+    embeds only the rest and gives the rows of an uninterrupted run (large PNGs: slow to decode)."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "inbox"
+    for i in range(36):
+        colour = [(200, 30, 30), (30, 190, 40), (30, 40, 210)][i % 3]
+        arr = np.full((1200, 1200, 3), colour, np.uint8)
+        arr[i::7, ::5] = 255  # every image different: the cache is keyed by content
+        (folder / ["red", "green", "blue"][i % 3]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(folder / ["red", "green", "blue"][i % 3] / f"big_{i:02d}.png")
+    cache = Path(os.environ["EMDCLI_CACHE_DIR"])
+
+    def entries() -> int:
+        return len(list(cache.rglob("*.npy")))
+
+    out = tmp_path / "preds.csv"
+    args = [str(support_dir), str(folder), "--model", str(tiny_model), "--batch-size", "1", "--workers", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "emdcli", "classify", *args, "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    wait_for(lambda: entries() >= 9 + 6, "six queries in the feature cache")  # 9: the support images
+    proc.send_signal(signal.SIGINT)
+    code, _, err = finish(proc)
+    assert code == 130, err
+    embedded = entries() - 9
+    assert 6 <= embedded < 36, "the run was not stopped while embedding"
+    said = " ".join(err.split())
+    assert f"stopped after embedding {embedded} of 36 queries" in said and "--resume will not embed them" in said
+    partial = out.with_name("preds.csv.partial")
+    assert not out.exists() and partial.read_text().startswith("path,status,predicted,")
+    assert list(csv.DictReader(io.StringIO(partial.read_text()))) == []
+    assert "the run's header (no row yet) was kept in" in said
+
+    res = CliRunner().invoke(app, ["classify", *args, "-o", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    assert f"{embedded} embedded by an earlier run (feature cache)" in " ".join(res.stderr.split())
+    whole = CliRunner().invoke(app, ["classify", *args, "-f", "csv", "--no-cache"])
+    assert whole.exit_code == 0, whole.output
+    assert out.read_text() == whole.stdout  # the same rows, in the same order, as an uninterrupted run
+    assert not partial.exists()

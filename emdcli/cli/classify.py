@@ -112,7 +112,7 @@ def run(
     session: Session,
 ) -> None:
     """Classify query images by their Earth Mover's Distance to each class of SUPPORT."""
-    from ..errors import DatasetError, EmdcliError, UsageError
+    from ..errors import DatasetError, EmdcliError, Terminated, UsageError
     from ..io.files import display_path
     from ..io.folders import read_labelled_folder
     from ..io.sorting import Sorter
@@ -188,10 +188,14 @@ def run(
     tally = Tally(overlap=SupportOverlap(folder))
     query_started = time.perf_counter()
 
+    support_hits = clf.source.cache_hits  # what the queries read from the cache is counted from here
+    embedded = [0]  # queries embedded (or read from the cache) so far, for the note of a stopped run
+
     def summary() -> dict[str, Any]:
         now = time.perf_counter()
         found = tally.summary(support_set, clf.sets, resumed=len(prior), not_images=len(not_images),
-                              seconds=now - started, query_seconds=now - query_started)  # fmt: skip
+                              seconds=now - started, query_seconds=now - query_started,
+                              from_cache=clf.source.cache_hits - support_hits)  # fmt: skip
         if sorter is not None:
             found["sorted"] = dict(sorter.counts)
         return found if rejection is None else {**found, "rejected": tally.rejected}
@@ -199,31 +203,46 @@ def run(
     pictures = MatchPictures(clf, support_set, explain_dir, session.warn) if explain_dir else None
     layout = classify_layout(classes, top, pictures=pictures is not None, open_set=rejection is not None,
                              sorting=sorter is not None)  # fmt: skip
-    with sink.open(layout, header, summary) as emit, session.progress() as bars:
-        new = clf.predict(support_set, paths, advance(bars, "Queries", None if from_stdin else len(paths)), pictures)
-        for pred, resumed in itertools.chain(((p, True) for p in prior), ((p, False) for p in new)):
-            tally.add(pred)
-            if not pred.ok and not resumed:  # an earlier run's skips were reported by that run
-                session.warn(f"skipped {pred.error}")
-            record = pred.to_record(classes, top, open_set=rejection is not None)
-            if pictures is not None:
-                record["picture"] = pictures.drawn.pop(pred.path, None)
-            if sorter is not None:
-                record.update(_sort(sorter, pred, earlier.sorted_to.get(pred.path) if earlier else None, session))
-            emit(record)
-            if report is not None:
-                reported.append(record)
-        for line in query_warnings(tally, not_images, support):  # before the summary line
-            session.warn(line)
-        if sorter is not None and sorter.left_out:
-            session.inform(f"left out {sorter.left_out} queries already in the folders of --sort-into {sort_into}")
-        if sorter is not None and sorter.counts:
-            done_ = ", ".join(f"{n} {action}" for action, n in sorted(sorter.counts.items()))
-            session.inform(f"{'dry run, nothing changed: ' if dry_run else ''}--sort-into {sort_into}: {done_}")
-        for line in transductive_notes(clf.sets):
-            session.inform(line)
-        if all_rejected := rejected_all_note(rejection, tally):
-            session.inform(all_rejected)
+    sink.keep_head = not from_stdin
+    try:
+        with sink.open(layout, header, summary) as emit, session.progress() as bars:
+            shown = advance(bars, "Queries", None if from_stdin else len(paths))
+
+            def on_query(n: int) -> None:
+                embedded[0] += n
+                shown(n)
+
+            new = clf.predict(support_set, paths, on_query, pictures)
+            for pred, resumed in itertools.chain(((p, True) for p in prior), ((p, False) for p in new)):
+                tally.add(pred)
+                if not pred.ok and not resumed:  # an earlier run's skips were reported by that run
+                    session.warn(f"skipped {pred.error}")
+                record = pred.to_record(classes, top, open_set=rejection is not None)
+                if pictures is not None:
+                    record["picture"] = pictures.drawn.pop(pred.path, None)
+                if sorter is not None:
+                    record.update(_sort(sorter, pred, earlier.sorted_to.get(pred.path) if earlier else None, session))
+                emit(record)
+                if report is not None:
+                    reported.append(record)
+            for line in query_warnings(tally, not_images, support):  # before the summary line
+                session.warn(line)
+            if sorter is not None and sorter.left_out:
+                session.inform(f"left out {sorter.left_out} queries already in the folders of --sort-into {sort_into}")
+            if sorter is not None and sorter.counts:
+                done_ = ", ".join(f"{n} {action}" for action, n in sorted(sorter.counts.items()))
+                session.inform(f"{'dry run, nothing changed: ' if dry_run else ''}--sort-into {sort_into}: {done_}")
+            for line in transductive_notes(clf.sets):
+                session.inform(line)
+            if all_rejected := rejected_all_note(rejection, tally):
+                session.inform(all_rejected)
+    except (KeyboardInterrupt, Terminated):
+        if tally.total == len(prior) and embedded[0]:  # stopped while embedding: no new row yet
+            again = "are in the feature cache, so --resume will not embed them again" if clf.source.cache else (
+                "will be embedded again (--no-cache)")  # fmt: skip
+            of = "" if from_stdin else f" of {len(paths)}"
+            session.inform(f"stopped after embedding {embedded[0]}{of} queries; their features {again}")
+        raise
     if tally.total == 0:
         raise DatasetError("no query paths were given on stdin", hint="pipe one image path per line into '-'")
     if tally.ok == 0:

@@ -148,6 +148,8 @@ def classify_summary_line(summary: dict[str, Any]) -> str:
             f"accuracy {summary['correct']}/{summary['labelled']} = {100 * summary['accuracy']:.1f}% "
             "(queries in class-named folders)"
         )
+    if summary.get("queries_from_cache"):
+        parts.append(f"{summary['queries_from_cache']} embedded by an earlier run (feature cache)")
     if summary["queries_per_second"]:
         parts.append(f"{summary['queries_per_second']:.1f} queries/s")
     parts.append(f"{summary['seconds']:.1f} s")

@@ -96,6 +96,8 @@ class FeatureSource:
         self.batch_size: int = batch_size or int(getattr(extractor, "batch_size", DEFAULT_BATCH))
         self.workers: int = workers or decode_workers()
         self.cache = cache
+        #: How many feature maps :meth:`embed_cached` has read from the cache (the rest it embedded).
+        self.cache_hits = 0
 
     def embed_now(self, paths: Iterable[Path], on_done: Progress | None = None) -> Iterator[Embedded]:
         """Feature maps of ``paths`` in input order, embedded now (no cache); ``paths`` may be a stream."""
@@ -118,6 +120,7 @@ class FeatureSource:
             for path in paths:
                 features = None if path in wanted else cache.get(path)
                 if features is not None:
+                    self.cache_hits += 1
                     if on_done:
                         on_done(1)
                     yield Embedded(path, features)

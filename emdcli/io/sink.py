@@ -115,8 +115,12 @@ class Sink:
     quiet: bool = False
     note: Callable[[str], None] | None = field(default=None, repr=False)
     rows: int = 0
+    #: On a failure before any row, keep ``FILE.partial`` with the document's head (CSV columns, or the
+    #: JSON header with no rows) so that the stopped run is on record for ``--resume``.
+    keep_head: bool = False
     _kept: list[Record] = field(default_factory=list, repr=False)
     _file: AtomicFile | None = field(default=None, repr=False)
+    _started: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.output is None:
@@ -148,6 +152,8 @@ class Sink:
         except BaseException as exc:
             closed = isinstance(exc, BrokenPipeError)  # stdout is gone: nothing more to write or say
             final = None if closed else summary()  # once, so the document and the line agree
+            if final is not None and not self.rows and self.keep_head and self._file and self.fmt in ("csv", "json"):
+                self._start()
             if final is not None:
                 self._finish(final)
             self._abort()
@@ -170,6 +176,7 @@ class Sink:
 
     def _start(self) -> None:
         """The CSV header or the JSON document's head, written with the first row."""
+        self._started = True
         if self.fmt == "csv":
             self._csv(list(self.layout.columns))
         elif self.fmt == "json":
@@ -202,8 +209,8 @@ class Sink:
             self.rows += 1
 
     def _finish(self, summary: dict[str, Any]) -> None:
-        """Complete the document with what was computed (nothing at all when there is no row)."""
-        if not self.rows:
+        """Complete the document with what was computed (nothing at all when there is no row nor head)."""
+        if not self.rows and not self._started:
             return
         if self.fmt == "json":
             self.stream.write(f'\n], "summary": {json.dumps(summary, ensure_ascii=False)}}}\n')
@@ -222,8 +229,10 @@ class Sink:
     def _abort(self) -> None:
         if self._file is None:
             return
-        kept = self._file.abort(keep=self.rows > 0)
+        kept = self._file.abort(keep=self.rows > 0 or self._started)
         if kept is not None and self.note:
             then = "; run the same command with --resume to finish it" if self.layout.resumable else ""
             rows = "1 row computed so far was" if self.rows == 1 else f"{self.rows} rows computed so far were"
+            if not self.rows:
+                rows = "the run's header (no row yet) was"
             self.note(f"{rows} kept in {display_path(kept)}{then}")

@@ -168,13 +168,15 @@ class Tally:
         return self.correct / self.labelled if self.labelled else None
 
     def summary(self, support: SupportSet, sets: Iterable[SetReport], *, resumed: int = 0, not_images: int = 0,
-                seconds: float, query_seconds: float) -> dict[str, Any]:  # fmt: skip
+                seconds: float, query_seconds: float, from_cache: int = 0) -> dict[str, Any]:  # fmt: skip
         """classify's summary of a run: these counts, the support set's, what the query sets' transductive
-        step did, and the time (``seconds`` in all, ``query_seconds`` on the queries of this run)."""
+        step did, the time (``seconds`` in all, ``query_seconds`` on the queries of this run), and how
+        many queries' features came from the feature cache (``from_cache``)."""
         sets, new = list(sets), self.total - resumed
         return {
             "query_sets": len(sets), "transduced_sets": sum(s.ran for s in sets),
             "queries": self.total, "classified": self.ok, "skipped": self.errors, "resumed": resumed,
+            "queries_from_cache": from_cache,
             "labelled": self.labelled, "correct": self.correct, "support_images_as_queries": self.support_images,
             "not_images": not_images,
             "accuracy": None if self.accuracy is None else round(self.accuracy, 6),
@@ -314,7 +316,8 @@ class Classifier:
     ) -> Iterator[Prediction]:
         """One Prediction per path, in input order.
 
-        With a transductive matcher the paths are matched as sets of at most
+        A list of paths is embedded through the source's feature cache (a stream as it comes). With a
+        transductive matcher the paths are matched as sets of at most
         ``defaults.TRANSDUCTIVE_SET`` consecutive queries, a set's predictions coming once it is
         embedded (what each set's step did is appended to :attr:`sets`); else each query alone, as
         soon as its batch is embedded. ``observe(prediction, features)`` is called with each
@@ -336,7 +339,12 @@ class Classifier:
             rejected_as = rejection.label if rejection.rejects(open_score) else None
             return Prediction(path, "ok", ranking, label_of(path), None, open_score, rejected_as)
 
-        embedded = self.source.embed_now(paths, on_done)
+        # a list (a folder's files) goes through the feature cache, so that a stopped run embeds nothing twice
+        embedded = (
+            self.source.embed_cached(paths, on_done)
+            if isinstance(paths, list)
+            else self.source.embed_now(paths, on_done)
+        )
         sets = batches(embedded, defaults.TRANSDUCTIVE_SET) if self.matcher.transductive else ([e] for e in embedded)
         for chunk in sets:
             ok = [item.features for item in chunk if item.features is not None]
