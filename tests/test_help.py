@@ -73,7 +73,8 @@ def arguments(name: str | None) -> list[typer.core.TyperArgument]:
 
 
 def test_every_command_is_checked() -> None:
-    assert COMMANDS == ["classify", "batch", "evaluate", "search", "anomaly", "explain", "train", "info", "export"]
+    assert COMMANDS == ["classify", "fit", "batch", "evaluate", "search", "anomaly", "explain", "train", "info",
+                        "export"]  # fmt: skip
 
 
 @pytest.mark.parametrize("width", [80, 120])
@@ -101,7 +102,8 @@ def test_usage_lines_name_arguments_plainly(monkeypatch: pytest.MonkeyPatch) -> 
         "search": "Usage: emdcli search [OPTIONS] QUERY... GALLERY",
         "anomaly": "Usage: emdcli anomaly [OPTIONS] NORMAL_DIR QUERIES...",
         "explain": "Usage: emdcli explain [OPTIONS] QUERY SUPPORT_OR_IMAGE",
-        "info": "Usage: emdcli info [OPTIONS]",
+        "fit": "Usage: emdcli fit [OPTIONS] SUPPORT",
+        "info": "Usage: emdcli info [OPTIONS] [FILE.emdfit]",
         "export": "Usage: emdcli export [OPTIONS]",
     }
     for name, usage in expected.items():

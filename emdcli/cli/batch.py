@@ -37,7 +37,11 @@ SHOWN_ERRORS = 10
 def run(
     support: Annotated[
         Path,
-        argument("Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more.", "SUPPORT"),
+        argument(
+            "Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more; or a file "
+            "'emdcli fit' made of one (SUPPORT.emdfit).",
+            "SUPPORT",
+        ),
     ],  # fmt: skip
     source: Annotated[
         str,
@@ -134,7 +138,10 @@ def run(
 
         need_ray()  # before any work: exit 2 with what to install
     out = Destination(output, chosen, session.quiet, note)  # checks DEST now (exit 2)
-    folder = read_labelled_folder(support)
+    from ..tasks.fitted import is_fitted_file, read_meta, recorded_folder
+
+    fitted_file = is_fitted_file(support)
+    folder = recorded_folder(read_meta(support)) if fitted_file else read_labelled_folder(support)
     inputs = list_inputs(source)
     for line in support_warnings(folder):
         session.warn(line)
@@ -149,8 +156,9 @@ def run(
     with session.progress() as bars:
         task = bars.add_task("Support", total=folder.image_count)
         job, support_set = batch_tasks.fit_job(
-            folder, session.source, session.matcher(), session.backbone.check, top_k=session.settings.top_k,
-            device=session.settings.device, on_done=lambda n: bars.advance(task, n), reject=session.reject(),
+            support if fitted_file else folder, session.source, session.matcher(), session.backbone.check,
+            top_k=session.settings.top_k, device=session.settings.device, on_done=lambda n: bars.advance(task, n),
+            reject=session.reject(),
         )  # fmt: skip
     session.report_skipped(support_set.skipped, "support image ")
     if alike := similar_classes_note(job.matcher, job.classes):

@@ -31,7 +31,11 @@ EPILOG = (
 def run(
     support: Annotated[
         Path,
-        argument("Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more.", "SUPPORT"),
+        argument(
+            "Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more; or a file "
+            "'emdcli fit' made of one (SUPPORT.emdfit).",
+            "SUPPORT",
+        ),
     ],  # fmt: skip
     queries: Annotated[
         list[str],
@@ -140,7 +144,12 @@ def run(
 
         check_report_path(report, taken=(output,))
     reported: list[dict[str, Any]] = []  # the records the page of --report is made of
-    folder = read_labelled_folder(support)
+    from ..tasks.fitted import is_fitted_file, load_fitted, read_meta, recorded_folder
+
+    fitted_file = is_fitted_file(support)
+    if fitted_file and explain_dir:
+        raise UsageError("--explain-dir needs the support folder, not a fitted file", hint="give the folder")
+    folder = recorded_folder(read_meta(support)) if fitted_file else read_labelled_folder(support)
     reject = session.reject()
     sorter = None
     if sort_into is not None:  # its folder checked before any work (exit 2)
@@ -162,9 +171,12 @@ def run(
         session.warn(line)
     clf = Classifier(session.source, session.matcher(stream=from_stdin))
     started = time.perf_counter()
-    with session.progress() as bars:
-        support_set = clf.fit(folder, advance(bars, "Support", folder.image_count), keep_examples=bool(explain_dir),
-                              reject=reject)  # fmt: skip
+    if fitted_file:
+        support_set = load_fitted(support, clf, reject).support
+    else:
+        with session.progress() as bars:
+            support_set = clf.fit(folder, advance(bars, "Support", folder.image_count),
+                                  keep_examples=bool(explain_dir), reject=reject)  # fmt: skip
     session.report_skipped(support_set.skipped, "support image ")
     for name in support_set.empty_classes:
         if name not in folder.empty:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
@@ -14,16 +15,23 @@ EPILOG = "Exit codes: 0 the model loads and its sha256 matches its manifest, 1 i
 
 @with_session("model", "precision", "device", "config")
 def run(
+    fitted: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A file 'emdcli fit' wrote: describe it instead of the model.",
+            metavar="FILE.emdfit",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
     fmt: Annotated[
         Literal["table", "json"], typer.Option("--format", "-f", metavar="FORMAT", help="table or json.")
     ] = "table",
     *,
     session: Session,
 ) -> None:
-    """Show the model in use (source, licence, sha256 check), execution providers, config and cache."""
-    import json
+    """Show the model in use (source, licence, sha256 check), execution providers, config and cache; or what
+    a fitted support file holds."""
     import os
-    from pathlib import Path
 
     import onnxruntime as ort
 
@@ -35,6 +43,8 @@ def run(
     from ..model.backbone import available_providers, with_precision
     from ..model.manifest import bundled_models, check_model, resolve_model_path
 
+    if fitted is not None:
+        return show(describe_fitted(fitted), fmt)
     check = check_model(with_precision(resolve_model_path(session.settings.model), session.settings.precision))
     m = check.manifest
     env_config = os.environ.get("EMDCLI_CONFIG")
@@ -61,24 +71,48 @@ def run(
     data["bundled_models"] = list(bundled_models())
     data["config"] = f"{cfg} ({'found' if cfg.is_file() else 'not found'})"
     data["feature_cache"] = str(default_cache_dir())
-    if fmt == "json":
-        typer.echo(json.dumps({"command": NAME, **data}, indent=2))  # the envelope's header; info has no rows
-    else:
-        from rich.console import Console
-        from rich.markup import escape
-        from rich.table import Table
-
-        table = Table(show_header=False, box=None, pad_edge=False)
-        table.add_column(style="bold", no_wrap=True)
-        table.add_column(overflow="fold")
-        for key, value in data.items():
-            table.add_row(key.replace("_", " "), escape(", ".join(value) if isinstance(value, list) else str(value)))
-        Console(highlight=False).print(table)
+    show(data, fmt)
     if not check.ok:
         raise ModelError(
             f"{check.onnx_path}: sha256 {check.actual[:16]}... does not match the manifest's {check.expected[:16]}...",
             hint="reinstall emdcli, or rebuild the model with `emdcli export`",
         )
+
+
+def show(data: dict[str, Any], fmt: str) -> None:
+    """``data`` on stdout: one JSON document, or a two-column table."""
+    import json
+
+    if fmt == "json":
+        typer.echo(json.dumps({"command": NAME, **data}, indent=2))  # the envelope's header; info has no rows
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for key, value in data.items():
+        table.add_row(key.replace("_", " "), escape(", ".join(value) if isinstance(value, list) else str(value)))
+    Console(highlight=False).print(table)
+
+
+def describe_fitted(path: Path) -> dict[str, Any]:
+    """What ``info FILE.emdfit`` shows: the file's format, model, settings, classes and examples."""
+    from ..tasks.fitted import read_meta
+
+    meta = read_meta(path)
+    model = meta["model"]
+    return {
+        "fitted_file": str(path), "format_version": meta["format_version"], "made_by_emdcli": meta["emdcli"],
+        "model": model["name"], "model_sha256": model["sha256"], "precision": model["precision"],
+        "matching": ", ".join(f"{k} {v}" for k, v in meta["matcher"].items()), "node_sets": meta["made_by"],
+        "classes": [f"{c} ({n})" for c, n in zip(meta["classes"], meta["shots"], strict=True)],
+        "examples": len(meta["examples"]), "fitted_from": meta["root"],
+        "support_similarity": meta["similarity"], "skipped_examples": len(meta["skipped"]),
+        "open_set_anchor": meta["rejection_anchor"],
+    }  # fmt: skip
 
 
 def training_summary(training: dict[str, Any]) -> str:

@@ -86,7 +86,7 @@ class BatchJob:
 
 
 def fit_job(
-    folder: LabelledFolder,
+    folder: LabelledFolder | Path,
     source: FeatureSource,
     matcher: Matcher,
     model: ModelCheck,
@@ -98,8 +98,15 @@ def fit_job(
 ) -> tuple[BatchJob, SupportSet]:
     """Fit ``folder`` (through ``source`` and its cache) into a job for workers; also the support set
     (its skipped images and empty classes, for the report). A model outside emdcli's bundled folder
-    travels in the job; so does the open-set rejection, with ``reject``."""
-    support = Classifier(source, matcher).fit(folder, on_done, reject=reject)
+    travels in the job; so does the open-set rejection, with ``reject``. A Path for ``folder`` is a
+    fitted file (:mod:`emdcli.tasks.fitted`), read instead of fitting."""
+    clf = Classifier(source, matcher)
+    if isinstance(folder, Path):
+        from .fitted import load_fitted
+
+        support = load_fitted(folder, clf, reject).support
+    else:
+        support = clf.fit(folder, on_done, reject=reject)
     bundled = model.onnx_path.resolve().parent == bundled_model_dir().resolve()
     files = None
     if not bundled:

@@ -274,6 +274,11 @@ class Classifier:
         """(rejection, outliers) for fitted classes: what ``reject`` asks for (None without it), and
         what the transductive step sets aside (the rejection, else a calibrated one; None without a bank)."""
         if self.bank is None:
+            if reject is not None:
+                from ..errors import ModelError
+                from .reference_bank import NO_BANK, NO_BANK_HINT
+
+                raise ModelError(NO_BANK, hint=NO_BANK_HINT)
             return None, None
         scorer = OpenSetScorer.from_classes(self.bank, nodes)
         rejection = None if reject is None else reject.rejection(scorer)

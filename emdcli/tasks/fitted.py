@@ -1,0 +1,152 @@
+"""A fitted support set as one file: fit once, then classify many times, anywhere.
+
+    clf = Classifier()
+    folder = read_labelled_folder(Path("support"))
+    save_fitted(Path("animals.emdfit"), clf.fit(folder), clf, folder)
+    fitted = load_fitted(Path("animals.emdfit"), clf)    # no image embedded
+    predictions = clf.predict(fitted.support, [Path("query.jpg")])
+
+The file is a NumPy ``.npz`` archive of plain arrays and one JSON text (no pickle: loading a file
+from someone else executes nothing): the model's name and sha256, the matching settings the node
+sets were made with, the class names and shots, each class's node set (as fitted: the mean map or
+SFC's), the pooled features behind the global and transductive terms and open-set rejection, and
+where each example came from (path and sha256 of the file). Open-set rejection is calibrated again
+on load from these, with the model's reference bank, so it is the same as the folder's. A file made
+for another model, or by another version of this format, is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import UsageError
+from ..io.files import AtomicFile, sha256_file
+from ..io.folders import ClassFolder, LabelledFolder
+from ..matching.nodes import Nodes
+from ..matching.support import ClassNodes
+from .classify import Classifier, Reject, SupportSet
+
+#: The suffix of a fitted file.
+SUFFIX = ".emdfit"
+#: What the file's ``format`` says; and its version, refused when it differs.
+FORMAT = "emdcli-fitted-support"
+FORMAT_VERSION = 1
+#: The matching settings the node sets were made with; a matcher that differs in one cannot use them.
+FITTED_SETTINGS = ("metric", "kshot", "weighting", "sfc_max_pairs")
+
+
+def is_fitted_file(path: Path) -> bool:
+    """Whether ``path`` names a fitted file (by its suffix) rather than a support folder."""
+    return path.suffix == SUFFIX and not path.is_dir()
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A fitted file read back: the support set, the folder its examples came from (as recorded), and
+    the file's description (``meta``: the JSON part)."""
+
+    support: SupportSet
+    folder: LabelledFolder
+    meta: dict[str, Any]
+
+
+def save_fitted(path: Path, support: SupportSet, clf: Classifier, folder: LabelledFolder) -> Path:
+    """Write ``support`` (fitted by ``clf`` from ``folder``) to ``path``, atomically; returns ``path``."""
+    nodes = support.nodes
+    manifest = getattr(clf.source.extractor, "manifest", None)
+    by_class = {c.name: c.files for c in folder.classes}
+    skipped = {s.path for s in support.skipped}
+    examples = [{"class": name, "path": os.path.abspath(p), "sha256": sha256_file(p)}
+                for name in nodes.classes for p in by_class.get(name, ()) if p not in skipped]  # fmt: skip
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "emdcli": __version__,
+        "model": {"name": getattr(manifest, "name", "unnamed"), "sha256": getattr(manifest, "sha256", "unknown"),
+                  "precision": getattr(manifest, "precision", None)},
+        "matcher": {k: getattr(clf.matcher, k) for k in FITTED_SETTINGS},
+        "root": os.path.abspath(folder.root), "classes": list(nodes.classes), "shots": list(nodes.shots), "made_by": nodes.kshot,
+        "similarity": nodes.similarity, "empty_classes": list(support.empty_classes),
+        "skipped": [{"path": str(s.path), "reason": s.reason} for s in support.skipped], "examples": examples,
+        "rejection_anchor": None if support.outliers is None else support.outliers.anchor,
+    }  # fmt: skip
+    arrays: dict[str, Any] = {
+        "nodes": np.stack([n.raw for n in nodes.nodes]), "centre": nodes.centre, "centroids": nodes.centroids,
+        "examples_pooled": nodes.examples_pooled, "example_labels": nodes.example_labels, "map_sums": nodes.map_sums,
+    }  # fmt: skip
+    out = AtomicFile(path, binary=True)
+    try:
+        np.savez_compressed(out.stream, meta=np.array(json.dumps(meta)), **arrays)
+    except BaseException:
+        out.abort(keep=False)
+        raise
+    return out.commit()
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The JSON part of a fitted file, its format checked. UsageError for anything else."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path} is not a fitted support file of emdcli ({exc})",
+                         hint="make one with: emdcli fit SUPPORT_FOLDER -o FILE.emdfit") from None  # fmt: skip
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UsageError(f"{path} is not a fitted support file of emdcli", hint="emdcli fit SUPPORT_FOLDER -o FILE")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UsageError(
+            f"{path} is format version {meta.get('format_version')} of fitted files (emdcli {meta.get('emdcli')}); "
+            f"this emdcli reads version {FORMAT_VERSION}",
+            hint="fit the support folder again with this emdcli",
+        )
+    return meta
+
+
+def load_fitted(path: Path, clf: Classifier, reject: Reject | None = None) -> Fitted:
+    """The support set saved in ``path``, for ``clf`` (whose model and matching settings must be those it
+    was fitted with: UsageError otherwise), with ``reject``'s rejection calibrated as :meth:`Classifier.fit`
+    does it."""
+    meta = read_meta(path)
+    manifest = getattr(clf.source.extractor, "manifest", None)
+    model = meta["model"]
+    if model["sha256"] != getattr(manifest, "sha256", None):
+        raise UsageError(
+            f"{path.name} was fitted with the model {model['name']} (sha256 {model['sha256'][:12]}...), not "
+            f"{getattr(manifest, 'name', 'this one')}",
+            hint=f"pass the model it was made with (--model {model['name']}), or fit the folder again",
+        )
+    for key, value in meta["matcher"].items():
+        if getattr(clf.matcher, key) != value:
+            raise UsageError(f"{path.name} was fitted with {key} {value}, not {getattr(clf.matcher, key)}",
+                             hint=f"leave out the option that sets {key}, or fit the folder again with it")  # fmt: skip
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = ("nodes", "centre", "centroids", "examples_pooled", "example_labels", "map_sums")
+            arrays = {k: z[k] for k in names}
+        nodes = ClassNodes(
+            tuple(meta["classes"]), tuple(Nodes.from_feature_map(n) for n in arrays["nodes"]), tuple(meta["shots"]),
+            arrays["centre"], arrays["centroids"], meta["made_by"], meta["similarity"],
+            examples_pooled=arrays["examples_pooled"], example_labels=arrays["example_labels"],
+            map_sums=arrays["map_sums"],
+        )  # fmt: skip
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise UsageError(f"{path} is damaged ({exc})", hint="fit the support folder again") from None
+    rejection, outliers = clf.open_set(nodes, reject)
+    support = SupportSet(nodes=nodes, empty_classes=tuple(meta["empty_classes"]), rejection=rejection,
+                         outliers=outliers)  # fmt: skip
+    return Fitted(support, recorded_folder(meta), meta)
+
+
+def recorded_folder(meta: dict[str, Any]) -> LabelledFolder:
+    """The support folder as the file recorded it (the files need not exist any more)."""
+    files: dict[str, list[Path]] = {}
+    for e in meta["examples"]:
+        files.setdefault(e["class"], []).append(Path(e["path"]))
+    classes = tuple(ClassFolder(name, tuple(files.get(name, ()))) for name in meta["classes"])
+    return LabelledFolder(Path(meta["root"]), classes, tuple(meta["empty_classes"]), ())

@@ -1,0 +1,147 @@
+"""emdcli fit: a support folder fitted once into a file that classify and batch take in its place."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from emdcli.cli import app
+from emdcli.tasks.fitted import FORMAT_VERSION
+from tests.conftest import build_tiny_bank, build_tiny_model, make_image
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def fitted(tiny_model: Path, support_dir: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "colours.emdfit"
+    res = runner.invoke(app, ["fit", str(support_dir), "-o", str(out), "--model", str(tiny_model)])
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.stderr and "3 classes from 9 examples" in res.stderr
+    return out
+
+
+@pytest.fixture()
+def mixed_queries(query_dir: Path) -> Path:
+    for i, colour in enumerate([(240, 240, 240), (20, 20, 20), (128, 128, 128)]):
+        make_image(query_dir / "other" / f"o{i}.png", colour, seed=60 + i)
+    return query_dir
+
+
+@pytest.mark.parametrize("options", [[], ["--reject", "auto"], ["--no-transductive", "--kshot", "sfc"]])
+def test_classify_gives_the_same_rows_from_the_file_as_from_the_folder(
+    tiny_model: Path, support_dir: Path, mixed_queries: Path, fitted: Path, options: list[str]
+) -> None:
+    common = [str(mixed_queries), "--model", str(tiny_model), "-f", "csv", *options]
+    from_folder = runner.invoke(app, ["classify", str(support_dir), *common])
+    from_file = runner.invoke(app, ["classify", str(fitted), *common])
+    assert from_folder.exit_code == from_file.exit_code == 0, from_file.output
+    assert from_file.stdout == from_folder.stdout and len(from_file.stdout.splitlines()) == 10
+
+
+def test_batch_gives_the_same_rows_from_the_file(
+    tiny_model: Path, support_dir: Path, mixed_queries: Path, fitted: Path, tmp_path: Path
+) -> None:
+    rows = []
+    for support, name in ((support_dir, "a.csv"), (fitted, "b.csv")):
+        res = runner.invoke(app, ["batch", str(support), str(mixed_queries), "-o", str(tmp_path / name), "--model",
+                                  str(tiny_model), "--reject", "auto"])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        rows.append(list(csv.DictReader((tmp_path / name).open())))
+    assert rows[0] == rows[1] and len(rows[0]) == 9
+
+
+def test_a_file_for_another_model_is_refused(fitted: Path, mixed_queries: Path, tmp_path: Path) -> None:
+    other = build_tiny_model(tmp_path / "other", channels=6)
+    build_tiny_bank(other)
+    res = runner.invoke(app, ["classify", str(fitted), str(mixed_queries), "--model", str(other)])
+    assert res.exit_code == 2
+    said = " ".join(res.stderr.split())
+    assert "colours.emdfit was fitted with the model tiny (sha256" in said and "--model tiny" in said
+
+
+def test_other_matching_settings_are_refused(tiny_model: Path, fitted: Path, mixed_queries: Path) -> None:
+    res = runner.invoke(app, ["classify", str(fitted), str(mixed_queries), "--model", str(tiny_model), "--kshot",
+                              "mean"])  # fmt: skip
+    assert res.exit_code == 2 and "was fitted with kshot sfc, not mean" in " ".join(res.stderr.split())
+
+
+def test_a_damaged_file_or_another_format_version_is_refused(
+    tiny_model: Path, fitted: Path, mixed_queries: Path, tmp_path: Path
+) -> None:
+    damaged = tmp_path / "damaged.emdfit"
+    damaged.write_bytes(fitted.read_bytes()[: len(fitted.read_bytes()) // 2])
+    res = runner.invoke(app, ["classify", str(damaged), str(mixed_queries), "--model", str(tiny_model)])
+    assert res.exit_code == 2 and "is not a fitted support file of emdcli" in res.stderr
+    with np.load(fitted, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    meta["format_version"] = FORMAT_VERSION + 1
+    future = tmp_path / "future.emdfit"
+    with future.open("wb") as f:  # a file object: np.savez would add .npz to a name
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+    res = runner.invoke(app, ["classify", str(future), str(mixed_queries), "--model", str(tiny_model)])
+    assert res.exit_code == 2
+    assert f"is format version {FORMAT_VERSION + 1} of fitted files" in " ".join(res.stderr.split())
+
+
+def test_the_file_holds_plain_arrays_and_says_where_each_example_came_from(fitted: Path, support_dir: Path) -> None:
+    with zipfile.ZipFile(fitted) as z:
+        assert all(name.endswith(".npy") for name in z.namelist())
+    with np.load(fitted, allow_pickle=False) as z:  # would raise for an object (pickled) array
+        meta = json.loads(str(z["meta"]))
+        assert z["nodes"].shape[0] == 3 and z["examples_pooled"].shape[0] == 9
+    assert meta["classes"] == ["blue", "green", "red"] and meta["shots"] == [3, 3, 3]
+    from emdcli.io.files import sha256_file
+
+    for example in meta["examples"]:
+        path = Path(example["path"])
+        assert (
+            path.is_absolute() and path.parent.name == example["class"] and path.is_relative_to(support_dir.resolve())
+        )
+        assert example["sha256"] == sha256_file(path)
+
+
+def test_info_describes_a_fitted_file(fitted: Path) -> None:
+    res = runner.invoke(app, ["info", str(fitted), "-f", "json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["model"] == "tiny" and doc["classes"] == ["blue (3)", "green (3)", "red (3)"] and doc["examples"] == 9
+    assert runner.invoke(app, ["info", str(fitted.with_name("missing.emdfit"))]).exit_code == 2
+
+
+def test_fit_needs_the_suffix_and_explain_dir_needs_the_folder(
+    tiny_model: Path, support_dir: Path, fitted: Path, mixed_queries: Path, tmp_path: Path
+) -> None:
+    res = runner.invoke(app, ["fit", str(support_dir), "-o", str(tmp_path / "x.npz"), "--model", str(tiny_model)])
+    assert res.exit_code == 2 and "--output must end in .emdfit" in res.stderr
+    res = runner.invoke(app, ["classify", str(fitted), str(mixed_queries), "--model", str(tiny_model),
+                              "--explain-dir", str(tmp_path / "pics")])  # fmt: skip
+    assert res.exit_code == 2 and "--explain-dir needs the support folder" in res.stderr
+
+
+def test_the_library_loads_what_it_saved(
+    tiny_model: Path, support_dir: Path, mixed_queries: Path, tmp_path: Path
+) -> None:
+    from emdcli.features.source import FeatureSource
+    from emdcli.io.folders import read_labelled_folder
+    from emdcli.model.backbone import Backbone
+    from emdcli.tasks.classify import Classifier, Reject
+    from emdcli.tasks.fitted import load_fitted, save_fitted
+
+    clf = Classifier(FeatureSource(Backbone(tiny_model)))
+    folder = read_labelled_folder(support_dir)
+    support = clf.fit(folder, reject=Reject())
+    save_fitted(tmp_path / "s.emdfit", support, clf, folder)
+    again = load_fitted(tmp_path / "s.emdfit", clf, Reject()).support
+    queries = sorted(mixed_queries.rglob("*.png"))
+    want = [(p.predicted, p.open_set_score, p.ranking) for p in clf.predict(support, queries)]
+    assert [(p.predicted, p.open_set_score, p.ranking) for p in clf.predict(again, queries)] == want
+    assert again.rejection is not None and support.rejection is not None
+    assert again.rejection.threshold == support.rejection.threshold
