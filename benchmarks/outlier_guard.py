@@ -9,7 +9,10 @@ gain over ``--no-transductive`` of the transductive step with each candidate gua
   0.05 / 0.2 are set aside (they keep their inductive scores and move no class);
 - ``g05skip25`` / ``g05skip15`` / ``g20skip25``: the same, and no transductive step at all when more
   than 25% / 15% of the queries are judged foreign at 0.05;
-- ``g05allspread``: ``g05``, and the step's lopsidedness check made on every query, foreign ones too.
+- ``g05allspread``: ``g05``, and the step's lopsidedness check made on every query, foreign ones too;
+- ``g05spread20``: ``g05``, and the lopsidedness check made only on the queries above the threshold
+  calibrated at 0.2 (the surest in-set ones), so that unrejected outliers cannot make a set of one
+  class look spread.
 
     python benchmarks/outlier_guard.py --half dev --shots 1 --episodes 60
 """
@@ -32,7 +35,7 @@ from emdcli.matching.rejection import OpenSetScorer, calibrate_rejection  # noqa
 from emdcli.matching.support import Matcher  # noqa: E402
 from emdcli.matching.transductive import largest_share, prediction_spread  # noqa: E402
 
-VARIANTS = ("none", "g05", "g20", "g05skip25", "g05skip15", "g20skip25", "g05allspread")
+VARIANTS = ("none", "g05", "g20", "g05skip25", "g05skip15", "g20skip25", "g05allspread", "g05spread20")
 
 
 def guarded(variant: str, matcher: Matcher, classes, parts, maps, scores, t05, t20, inductive) -> np.ndarray:  # noqa: ANN001
@@ -43,6 +46,15 @@ def guarded(variant: str, matcher: Matcher, classes, parts, maps, scores, t05, t
         step = matcher.transduction
         lopsided = prediction_spread(inductive) < step.min_spread or (
             step.max_share is not None and largest_share(inductive) > step.max_share
+        )
+        return inductive if lopsided else matcher.score_set(classes, parts, maps, foreign=scores < t05).scores
+    if variant == "g05spread20":
+        sure = scores >= t20
+        step = matcher.transduction
+        lopsided = (
+            not sure.any()
+            or prediction_spread(inductive[sure]) < step.min_spread
+            or (step.max_share is not None and largest_share(inductive[sure]) > step.max_share)
         )
         return inductive if lopsided else matcher.score_set(classes, parts, maps, foreign=scores < t05).scores
     limit = {"skip25": 0.25, "skip15": 0.15}.get(variant[3:])
