@@ -80,8 +80,21 @@ class FeatureCache:
     def for_model(
         cls, manifest: Manifest, root: Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES
     ) -> FeatureCache:
-        """The cache of ``manifest``'s model: namespace ``f"{sha256}/{preprocess.key()}"``."""
-        return cls(f"{manifest.sha256}/{manifest.preprocess.key()}", root=root, max_bytes=max_bytes)
+        """The cache of ``manifest``'s model: namespace ``f"{sha256}/{preprocess.key()}"``. A pixel limit
+        other than the default (``$EMDCLI_MAX_PIXELS``) gets a namespace of its own, so that an image the
+        limit refuses is refused whether an earlier run cached its features or not."""
+        from .. import defaults
+        from ..errors import EmdcliError
+        from ..io.images import max_pixels
+
+        namespace = f"{manifest.sha256}/{manifest.preprocess.key()}"
+        try:
+            limit = max_pixels()
+        except EmdcliError:  # a bad value: decoding says so, image by image
+            limit = defaults.MAX_PIXELS
+        if limit != defaults.MAX_PIXELS:
+            namespace += f"/max-pixels-{limit}"
+        return cls(namespace, root=root, max_bytes=max_bytes)
 
     def entry_path(self, digest: str) -> Path:
         """Where the entry for a file whose sha256 is ``digest`` lives."""
