@@ -83,7 +83,7 @@ def save_fitted(path: Path, support: SupportSet, clf: Classifier, folder: Labell
     }  # fmt: skip
     out = AtomicFile(path, binary=True)
     try:
-        np.savez_compressed(out.stream, meta=np.array(json.dumps(meta)), **arrays)
+        np.savez(out.stream, meta=np.array(json.dumps(meta)), **arrays)  # uncompressed: inflating was most of a load
     except BaseException:
         out.abort(keep=False)
         raise
