@@ -117,6 +117,7 @@ def run(
 ) -> None:
     """Classify query images by their Earth Mover's Distance to each class of SUPPORT."""
     from ..errors import DatasetError, EmdcliError, Terminated, UsageError
+    from ..interrupts import deferred
     from ..io.files import display_path
     from ..io.folders import read_labelled_folder
     from ..io.sorting import Sorter
@@ -226,7 +227,6 @@ def run(
 
             new = clf.predict(support_set, paths, on_query, pictures)
             for pred, resumed in itertools.chain(((p, True) for p in prior), ((p, False) for p in new)):
-                tally.add(pred)
                 if not pred.ok and not resumed:  # an earlier run's skips were reported by that run
                     session.warn(f"skipped {pred.error}")
                 record = pred.to_record(classes, top, open_set=rejection is not None)
@@ -234,7 +234,9 @@ def run(
                     record["picture"] = pictures.drawn.pop(pred.path, None)
                 if sorter is not None:
                     record.update(_sort(sorter, pred, earlier.sorted_to.get(pred.path) if earlier else None, session))
-                emit(record)
+                with deferred():  # a row and its count go together: a signal waits for both
+                    emit(record)
+                    tally.add(pred)
                 if report is not None:
                     reported.append(record)
             for line in query_warnings(tally, not_images, support):  # before the summary line
