@@ -231,11 +231,7 @@ class Classifier:
         Raises DatasetError when fewer than two classes have a readable image, ModelError for
         ``reject`` with a model that has no reference bank.
         """
-        if reject is not None and self.bank is None:
-            from ..errors import ModelError
-            from .reference_bank import NO_BANK, NO_BANK_HINT
-
-            raise ModelError(NO_BANK, hint=NO_BANK_HINT)
+        self._check_bank(reject)  # before any image is embedded
         owner = {p: i for i, c in enumerate(folder.classes) for p in c.files}
         build = self.matcher.builder(folder.names, folder.image_count)
         skipped: list[Skipped] = []
@@ -270,20 +266,26 @@ class Classifier:
             outliers=outliers,
         )
 
+    def _check_bank(self, reject: Reject | None) -> None:
+        """ModelError when ``reject`` asks for rejection and the model has no reference bank."""
+        if reject is not None and self.bank is None:
+            from ..errors import ModelError
+            from .reference_bank import NO_BANK, NO_BANK_HINT
+
+            raise ModelError(NO_BANK, hint=NO_BANK_HINT)
+
     def open_set(self, nodes: ClassNodes, reject: Reject | None = None) -> tuple[Rejection | None, Rejection | None]:
         """(rejection, outliers) for fitted classes: what ``reject`` asks for (None without it), and
-        what the transductive step sets aside (the rejection, else a calibrated one; None without a bank)."""
+        what the transductive step sets aside (the rejection, else a calibrated one; None without a bank
+        or a transductive matcher). ModelError for ``reject`` without a bank."""
+        self._check_bank(reject)
         if self.bank is None:
-            if reject is not None:
-                from ..errors import ModelError
-                from .reference_bank import NO_BANK, NO_BANK_HINT
-
-                raise ModelError(NO_BANK, hint=NO_BANK_HINT)
             return None, None
         scorer = OpenSetScorer.from_classes(self.bank, nodes)
         rejection = None if reject is None else reject.rejection(scorer)
-        outliers = rejection or calibrate_rejection(scorer, defaults.REJECT_SENSITIVITY)
-        return rejection, outliers
+        if rejection is not None or not self.matcher.transductive:
+            return rejection, rejection
+        return rejection, calibrate_rejection(scorer, defaults.REJECT_SENSITIVITY)
 
     def global_weight_for(self, support: SupportSet) -> float:
         """The weight of the global cosine for ``support``: as set, else the default for its kshot."""
@@ -334,7 +336,8 @@ class Classifier:
             return path.parent.name if path.parent.name in known else None
 
         rejection = support.rejection
-        judge = rejection or support.outliers
+        # the open-set scores are needed to answer "none of these", or to set foreign queries aside
+        judge = rejection or (support.outliers if self.matcher.transductive else None)
 
         def decided(path: Path, scores: np.ndarray, open_score: float | None) -> Prediction:
             idx = np.flatnonzero(~np.isnan(scores))
