@@ -155,8 +155,19 @@ def compose(rng: np.random.Generator, mode: str, query: int, way: int) -> list[i
     return [query if k == big else (1 if mode == "dom" else 0) for k in range(way)]
 
 
-def report_episode(maps, labels, far, bank, shot, query, mode, share, rng) -> dict[str, np.ndarray | float]:  # noqa: ANN001
-    """One episode's per-query records and accuracies."""
+def draw_open_episode(
+    maps: np.ndarray,
+    labels: np.ndarray,
+    far: np.ndarray,
+    shot: int,
+    query: int,
+    mode: str,
+    share: float,
+    rng: np.random.Generator,
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """One 5-way episode: the support maps per class, the (n, C, H, W) query maps, each query's kind
+    (0 in-set, 1 near, 2 far) and the in-set queries' classes. ``mode`` composes the in-set queries;
+    ``share`` of the query set is out of set, half near (other classes of ``labels``) and half far."""
     idx = draw_known(labels, 5, shot, query, rng)
     counts = compose(rng, mode, query, 5)
     support = [maps[i[:shot]] for i in idx]
@@ -175,8 +186,12 @@ def report_episode(maps, labels, far, bank, shot, query, mode, share, rng) -> di
     if n_far:
         queries.append(far[rng.choice(len(far), size=n_far, replace=False)])
         kinds.append(np.full(n_far, 2))
-    q = np.concatenate(queries)
-    kind = np.concatenate(kinds)
+    return support, np.concatenate(queries), np.concatenate(kinds), truth
+
+
+def report_episode(maps, labels, far, bank, shot, query, mode, share, rng) -> dict[str, np.ndarray | float]:  # noqa: ANN001
+    """One episode's per-query records and accuracies."""
+    support, q, kind, truth = draw_open_episode(maps, labels, far, shot, query, mode, share, rng)
     matcher = Matcher()
     classes = matcher.fit(support)
     parts = [matcher.match(classes, x) for x in q]

@@ -90,25 +90,9 @@ def main() -> None:
                 rng = np.random.default_rng([7, a.shots, SETS.index(name), bench.MODES.index(mode), int(100 * share)])
                 correct: dict[str, list[bool]] = {v: [] for v in ("inductive", *VARIANTS)}
                 for _ in range(a.episodes):
-                    idx = bench.draw_known(labels, 5, a.shots, 5, rng)
-                    counts = bench.compose(rng, mode, 5, 5)
-                    known = [i[a.shots : a.shots + c] for i, c in zip(idx, counts, strict=True)]
-                    truth = np.concatenate([np.full(len(i), k) for k, i in enumerate(known)])
-                    queries, kinds = [maps[np.concatenate(known)]], [np.zeros(len(truth), int)]
-                    n_out = int(round(len(truth) * share / (1 - share))) if share else 0
-                    n_near, n_far = n_out - n_out // 2, n_out // 2
-                    if n_near:
-                        taken = set(np.concatenate(idx).tolist())
-                        lacking = np.flatnonzero(~np.isin(labels, labels[[i[0] for i in idx]]))
-                        others = np.array([j for j in lacking if j not in taken])
-                        queries.append(maps[rng.choice(others, size=n_near, replace=False)])
-                        kinds.append(np.ones(n_near, int))
-                    if n_far:
-                        queries.append(far[rng.choice(len(far), size=n_far, replace=False)])
-                        kinds.append(np.full(n_far, 2))
-                    q, kind = np.concatenate(queries), np.concatenate(kinds)
+                    support, q, kind, truth = bench.draw_open_episode(maps, labels, far, a.shots, 5, mode, share, rng)
                     matcher = Matcher()
-                    classes = matcher.fit([maps[i[: a.shots]] for i in idx])
+                    classes = matcher.fit(support)
                     parts = [matcher.match(classes, x) for x in q]
                     scorer = OpenSetScorer.from_classes(bank, classes)
                     scores = scorer.scores(np.stack([p.pooled for p in parts]))
