@@ -71,6 +71,12 @@ TRANSDUCTIVE_MAX_SHARE: float | None = 2.5
 #: classify matches at most this many queries as one set (about 62 KB of memory each with the bundled
 #: model); more are matched in consecutive sets of this size, in input order.
 TRANSDUCTIVE_SET = 10_000
+#: watch: a file that no close event marks whole (a hard link; on a system other than Linux; with
+#: polling) is ready once its size and modification time have stayed the same this many seconds.
+WATCH_SETTLE_SECONDS = 0.5
+#: watch: how often the polling observer looks at the folder (``--poll`` without a value, and when
+#: native file events cannot start).
+WATCH_POLL_SECONDS = 0.5
 #: SFC solves (support images x classes) EMDs per step: above this many, classes use the mean map.
 SFC_MAX_PAIRS = 2500
 #: Node cost of the matching: ``"cosine"`` (1 - cos, as DeepEMD) or ``"l2"``.

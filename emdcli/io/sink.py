@@ -236,3 +236,98 @@ class Sink:
             if not self.rows:
                 rows = "the run's header (no row yet) was"
             self.note(f"{rows} kept in {display_path(kept)}{then}")
+
+
+@dataclass
+class RowLog:
+    """Rows appended as they come to ``output`` (kept between runs) or stdout, each written whole and
+    flushed: what ``watch`` writes. CSV (a header once) or JSON Lines; ``table`` prints each row as one
+    line made by ``line`` (stdout only).
+
+    Made before any work (a bad ``output`` or format is a UsageError at once). :meth:`open` returns the
+    records an earlier run left in ``output``; a last line cut short (a crash mid-write) is removed
+    first, and a CSV file whose header is not the ``layout``'s is refused (UsageError).
+    """
+
+    output: Path | None
+    fmt: str
+    line: Callable[[Record], str] | None = field(default=None, repr=False)
+    rows: int = 0
+    layout: Layout | None = field(default=None, init=False)
+    _stream: IO[str] | None = field(default=None, repr=False)
+    _header_due: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.fmt == "json" or (self.fmt == "table" and self.output is not None):
+            raise UsageError(
+                "rows are appended as they come: --format must be csv or jsonl" + (" with --output" if self.output else ""),
+                hint="name the file .csv or .jsonl",
+            )
+        if self.output is not None:
+            if self.output.is_dir():
+                raise UsageError(f"--output is a folder: {display_path(self.output)}", hint="give a file name")
+            require_output_folder(self.output)
+
+    def open(self, layout: Layout) -> list[Record]:
+        """Start writing rows of ``layout``; the records already in ``output`` (none for stdout or a new file)."""
+        self.layout = layout
+        if self.output is None:
+            self._stream, self._header_due = sys.stdout, self.fmt == "csv"
+            return []
+        earlier = self._read_earlier()
+        self._stream = open(self.output, "a", encoding="utf-8", newline="")  # noqa: SIM115 - closed by close()
+        self._header_due = self.fmt == "csv" and self.output.stat().st_size == 0
+        return earlier
+
+    def _read_earlier(self) -> list[Record]:
+        assert self.output is not None and self.layout is not None
+        try:
+            data = self.output.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise UsageError(f"cannot read {display_path(self.output)} ({exc.strerror})") from None
+        if data and not data.endswith(b"\n"):  # a row cut short: its query is classified again
+            with open(self.output, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+            data = data[: data.rfind(b"\n") + 1]
+        other = UsageError(
+            f"{display_path(self.output)} holds rows of another kind (other columns: another command, other "
+            "classes or other options); rows are only appended to a file of the same kind",
+            hint="give another --output file, or the options it was written with",
+        )
+        try:
+            text = data.decode("utf-8")
+            if self.fmt == "csv":
+                reader = csv.DictReader(io.StringIO(text))
+                records = list(reader)
+                if reader.fieldnames is not None and list(reader.fieldnames) != list(self.layout.columns):
+                    raise other
+                return records
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except (UnicodeDecodeError, ValueError):
+            raise other from None
+        if not all(isinstance(r, dict) and "path" in r for r in records):
+            raise other
+        return records
+
+    def emit(self, record: Record) -> None:
+        """Write one row whole and flush it (SIGINT and SIGTERM wait for it)."""
+        assert self._stream is not None and self.layout is not None, "open() first"
+        if self.fmt == "table":
+            body = (self.line or str)(record) + "\n"
+        elif self.fmt == "csv":
+            body = _csv_line(self.layout.csv_values(record))
+        else:
+            body = json.dumps(record, ensure_ascii=False) + "\n"
+        with deferred():
+            if self._header_due:
+                body, self._header_due = _csv_line(list(self.layout.columns)) + body, False
+            self._stream.write(body)
+            self._stream.flush()
+            self.rows += 1
+
+    def close(self) -> None:
+        if self._stream is not None and self._stream is not sys.stdout:
+            self._stream.close()
+        self._stream = None

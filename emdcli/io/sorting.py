@@ -272,12 +272,16 @@ class Sorter:
         low = self.min_confidence is not None and confidence is not None and confidence < self.min_confidence
         return self.root / (REVIEW_FOLDER if low and not rejected else label)
 
+    def holds(self, path: Path) -> bool:
+        """Whether ``path`` lies inside one of the class folders (of ``labels``) or the review folder."""
+        resolved = path.resolve()
+        return any(_inside(resolved, (self.root / name).resolve()) for name in (*self.labels, REVIEW_FOLDER))
+
     def outside(self, paths: Iterable[Path]) -> Iterator[Path]:
         """``paths`` less those already inside one of the class folders (of ``labels``) or the review
         folder, lazily: a file sorted by an earlier run is not a query again. ``left_out`` counts them."""
-        folders = [(self.root / name).resolve() for name in (*self.labels, REVIEW_FOLDER)]
         for path in paths:
-            if any(_inside(path.resolve(), f) for f in folders):
+            if self.holds(path):
                 self.left_out += 1
                 continue
             yield path
