@@ -86,7 +86,9 @@ def wait_for_row(rows: Path, name: str, timeout: float = 30.0) -> float:
     raise TimeoutError(f"no row for {name} within {timeout} s")
 
 
-def watch_run(images: list[Path], support: Path, work: Path, poll: float | None, warmup: int, gap: float) -> dict[str, list[float]]:  # fmt: skip
+def watch_run(
+    images: list[Path], support: Path, work: Path, poll: float | None, warmup: int, gap: float
+) -> dict[str, list[float]]:
     """Latencies (ms) by way of landing for one watch process."""
     inbox, staging = work / "inbox", work / "staging"
     for d in (inbox, staging):
@@ -136,8 +138,10 @@ def main() -> None:
         work = Path(tmp)
         (work / "images").mkdir()
         images = make_images(args.data, args.images + args.warmup, work / "images")
-        print(f"{len(images)} distinct {SIZE[0]}x{SIZE[1]} JPEGs (the first {args.warmup} not counted); support "
-              f"{os.path.relpath(args.support, ROOT)}; one image every {args.gap} s; {os.cpu_count()} CPUs\n")
+        print(
+            f"{len(images)} distinct {SIZE[0]}x{SIZE[1]} JPEGs (the first {args.warmup} not counted); support "
+            f"{os.path.relpath(args.support, ROOT)}; one image every {args.gap} s; {os.cpu_count()} CPUs\n"
+        )
         print("| watch mode | landed by | median ms | p90 ms | images |")
         print("|---|---|---|---|---|")
         for label, poll in (("native events", None), ("--poll 0.5", 0.5)):
@@ -148,11 +152,14 @@ def main() -> None:
         walls = []
         for image in images[: args.classify_runs]:
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "emdcli", "classify", str(args.support), str(image), "-f", "csv"],
-                           check=True, capture_output=True, env={**os.environ, "EMDCLI_CACHE_DIR": str(work / "cache")})  # fmt: skip
+            cmd = [sys.executable, "-m", "emdcli", "classify", str(args.support), str(image), "-f", "csv"]
+            env = {**os.environ, "EMDCLI_CACHE_DIR": str(work / "cache")}
+            subprocess.run(cmd, check=True, capture_output=True, env=env)
             walls.append(1000 * (time.perf_counter() - t0))
-        print(f"\nemdcli classify SUPPORT ONE.jpg (a fresh process each, warm feature cache for the support): "
-              f"median {np.median(walls):.0f} ms over {len(walls)} images")
+        print(
+            f"\nemdcli classify SUPPORT ONE.jpg (a fresh process each, warm feature cache for the support): "
+            f"median {np.median(walls):.0f} ms over {len(walls)} images"
+        )
 
 
 if __name__ == "__main__":

@@ -74,6 +74,9 @@ TRANSDUCTIVE_SET = 10_000
 #: watch: a file that no close event marks whole (a hard link; on a system other than Linux; with
 #: polling) is ready once its size and modification time have stayed the same this many seconds.
 WATCH_SETTLE_SECONDS = 0.5
+#: watch: an image that cannot be read and was changed less than this many seconds before is tried
+#: again once it has stayed unchanged so long (a writer may have paused), before it is reported.
+WATCH_UNREADABLE_GRACE = 3.0
 #: watch: how often the polling observer looks at the folder (``--poll`` without a value, and when
 #: native file events cannot start).
 WATCH_POLL_SECONDS = 0.5

@@ -73,7 +73,7 @@ def arguments(name: str | None) -> list[typer.core.TyperArgument]:
 
 
 def test_every_command_is_checked() -> None:
-    assert COMMANDS == ["classify", "fit", "batch", "evaluate", "search", "anomaly", "explain", "train", "info",
+    assert COMMANDS == ["classify", "fit", "watch", "batch", "evaluate", "search", "anomaly", "explain", "train", "info",
                         "export"]  # fmt: skip
 
 
@@ -103,6 +103,7 @@ def test_usage_lines_name_arguments_plainly(monkeypatch: pytest.MonkeyPatch) -> 
         "anomaly": "Usage: emdcli anomaly [OPTIONS] NORMAL_DIR QUERIES...",
         "explain": "Usage: emdcli explain [OPTIONS] QUERY SUPPORT_OR_IMAGE",
         "fit": "Usage: emdcli fit [OPTIONS] SUPPORT",
+        "watch": "Usage: emdcli watch [OPTIONS] SUPPORT INBOX",
         "info": "Usage: emdcli info [OPTIONS] [FILE.emdfit]",
         "export": "Usage: emdcli export [OPTIONS]",
     }
@@ -158,7 +159,7 @@ def test_one_letter_one_meaning() -> None:
     way = [name for name in COMMANDS if any("-n" in o.opts for o in options(name))]
     assert way == ["evaluate", "train"]
     top_k = [name for name in COMMANDS if any("-k" in o.opts for o in options(name))]
-    assert top_k == ["classify", "batch", "search"]
+    assert top_k == ["classify", "watch", "batch", "search"]
     neighbours = next(o for o in options("anomaly") if "--neighbours" in o.opts)
     assert neighbours.opts == ["--neighbours", "--k"]  # --k: the old name, still accepted and shown
 

@@ -55,17 +55,30 @@ def run(
     min_confidence: Annotated[
         float | None,
         typer.Option(
-            "--min-confidence", metavar="P", min=0.0, max=1.0, show_default="none",
+            "--min-confidence",
+            metavar="P",
+            min=0.0,
+            max=1.0,
+            show_default="none",
             help="With --sort-into: an image whose confidence is below P goes to DIR/_review/ instead.",
         ),
     ] = None,  # fmt: skip
     once: Annotated[
-        bool, typer.Option("--once", help="Classify the images there now, then exit (0 also when there are none).")
+        bool,
+        typer.Option(
+            "--once",
+            help="Classify the images there now (waiting for any still being written), then exit; 0 also when "
+            "there are none.",
+        ),
     ] = False,
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", metavar="FILE", dir_okay=False, show_default="stdout",
+            "--output",
+            "-o",
+            metavar="FILE",
+            dir_okay=False,
+            show_default="stdout",
             help="Append each row to FILE as it comes, whole and flushed (.csv or .jsonl). A FILE from an earlier "
             "watch is kept: the images it has rows for are not classified again.",
         ),
@@ -73,14 +86,20 @@ def run(
     fmt: Annotated[
         str | None,
         typer.Option(
-            "--format", "-f", metavar="FORMAT", show_default="from the --output suffix, else table on a terminal "
-            "and csv in a pipe", help="csv, jsonl, or table: one line per image, for people (stdout only).",
+            "--format",
+            "-f",
+            metavar="FORMAT",
+            show_default="from the --output suffix, else table on a terminal and csv in a pipe",
+            help="csv, jsonl, or table: one line per image, for people (stdout only).",
         ),
     ] = None,  # fmt: skip
     poll: Annotated[
         float | None,
         typer.Option(
-            "--poll", metavar="SECONDS", min=0.05, show_default="native file events",
+            "--poll",
+            metavar="SECONDS",
+            min=0.05,
+            show_default="native file events",
             help="Look at the folder every SECONDS instead of using file events (network file systems).",
         ),
     ] = None,  # fmt: skip

@@ -8,7 +8,8 @@ one object per record. JSON: one document::
 
     {"command": "classify", "emdcli": "0.1.0", <header fields>, "rows": [<record>, ...], "summary": {...}}
 
-Rows are written and flushed as they come. Nothing is written before the first row (an empty
+Rows are written and flushed as they come. :class:`RowLog` is the sink of a run with no end
+(``watch``): rows appended to a file that outlives the run, each whole. Nothing is written before the first row (an empty
 run leaves stdout empty); the table is drawn once at the end with every row computed.
 """
 
@@ -260,7 +261,8 @@ class RowLog:
     def __post_init__(self) -> None:
         if self.fmt == "json" or (self.fmt == "table" and self.output is not None):
             raise UsageError(
-                "rows are appended as they come: --format must be csv or jsonl" + (" with --output" if self.output else ""),
+                "rows are appended as they come: --format must be csv or jsonl"
+                + (" with --output" if self.output else ""),
                 hint="name the file .csv or .jsonl",
             )
         if self.output is not None:

@@ -29,6 +29,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
 from .. import defaults
 from ..io.images import is_image_name, iter_image_files
 from .classify import Classifier, Prediction, SupportSet
@@ -56,6 +58,7 @@ class _Pending:
     key: StatKey | None
     since: float
     writing: bool = False
+    not_before: float = 0.0
 
 
 @dataclass
@@ -154,6 +157,12 @@ class Inbox:
             self._ready[path] = None
             self._lock.notify_all()
 
+    @property
+    def waiting(self) -> int:
+        """How many files are seen but not yet handed out (being written, or settling)."""
+        with self._lock:
+            return len(self._pending) + len(self._ready)
+
     def gone(self, path: Path) -> None:
         with self._lock:
             self._pending.pop(path, None)
@@ -165,10 +174,12 @@ class Inbox:
             self._rescan = True
             self._lock.notify_all()
 
-    def retry(self, path: Path) -> None:
-        """Hand ``path`` out again once it is whole (it was read while still changing)."""
+    def retry(self, path: Path, after: float = 0.0) -> None:
+        """Hand ``path`` out again once it is whole, and not before ``after`` seconds from now (it could
+        not be read and may still be being written)."""
         with self._lock:
-            self._pending[path] = _Pending(stat_key(path), time.monotonic(), False)
+            now = time.monotonic()
+            self._pending[path] = _Pending(stat_key(path), now, False, now + after)
 
     # what the caller takes ----------------------------------------------------------------------
 
@@ -220,7 +231,7 @@ class Inbox:
                 del self._pending[path]
             elif key != entry.key:
                 entry.key, entry.since = key, now
-            elif not entry.writing and key[0] > 0 and now - entry.since >= self.settle:
+            elif not entry.writing and key[0] > 0 and now - entry.since >= self.settle and now >= entry.not_before:
                 del self._pending[path]
                 self._ready[path] = None
 
@@ -245,13 +256,13 @@ def _native_events() -> list[Any]:
             events.FileClosedEvent, events.DirMovedEvent, events.EventsLostEvent]  # fmt: skip
 
 
-class _Handler:
+class _Handler(FileSystemEventHandler):
     """watchdog's event handler interface, passing each event on to an :class:`Inbox`."""
 
     def __init__(self, inbox: Inbox) -> None:
         self.inbox = inbox
 
-    def dispatch(self, event: Any) -> None:
+    def dispatch(self, event: FileSystemEvent) -> None:
         kind = event.event_type
         if kind == "lost":  # EventsLostEvent
             self.inbox.lost_events()
@@ -284,13 +295,14 @@ def watch_predictions(
     wait_seconds: float = 0.25,
 ) -> Iterator[Prediction]:
     """One Prediction per image of ``inbox``: those there now (matched as one set), then each as it
-    arrives (those ready together matched as one set), until the caller stops or, with ``once``, after
-    those there now.
+    arrives (those ready together matched as one set), until the caller stops or, with ``once``, when
+    no file is left waiting to become whole.
 
     done: paths classified by an earlier run, not classified again. A file that changes after its
-    prediction is classified again; an unreadable one that was still changing is tried again once
-    whole, instead of being yielded as an error. ``wait_seconds``: how long each wait for new files
-    lasts before it is renewed (a generator cannot be interrupted while it waits).
+    prediction is classified again. An unreadable one that changed while it was read, or within
+    :data:`~emdcli.defaults.WATCH_UNREADABLE_GRACE` seconds before, is tried again once whole (a writer
+    may have paused without closing it), and yielded as an error only when it fails again after that.
+    ``wait_seconds``: how long each wait for new files lasts before it is renewed.
     """
     earlier = set(done)
     classified: dict[Path, StatKey | None] = {}
@@ -301,11 +313,13 @@ def watch_predictions(
             keys = {p: stat_key(p) for p in batch}
             for pred in clf.predict(support, batch):
                 now = stat_key(pred.path)
-                if not pred.ok and now is not None and now != keys[pred.path]:
-                    inbox.retry(pred.path)  # read while still being written
-                    continue
+                if not pred.ok and now is not None:
+                    age = time.time() - now[1] / 1e9
+                    if now != keys[pred.path] or age < defaults.WATCH_UNREADABLE_GRACE:  # still being written?
+                        inbox.retry(pred.path, after=defaults.WATCH_UNREADABLE_GRACE - age)
+                        continue
                 classified[pred.path] = keys[pred.path]
                 yield pred
-        if once:
+        if once and not inbox.waiting:
             return
         batch = inbox.wait(wait_seconds)
