@@ -116,14 +116,34 @@ def test_info_describes_a_fitted_file(fitted: Path) -> None:
     assert runner.invoke(app, ["info", str(fitted.with_name("missing.emdfit"))]).exit_code == 2
 
 
-def test_fit_needs_the_suffix_and_explain_dir_needs_the_folder(
-    tiny_model: Path, support_dir: Path, fitted: Path, mixed_queries: Path, tmp_path: Path
-) -> None:
+def test_fit_needs_the_suffix(tiny_model: Path, support_dir: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["fit", str(support_dir), "-o", str(tmp_path / "x.npz"), "--model", str(tiny_model)])
     assert res.exit_code == 2 and "--output must end in .emdfit" in res.stderr
-    res = runner.invoke(app, ["classify", str(fitted), str(mixed_queries), "--model", str(tiny_model),
-                              "--explain-dir", str(tmp_path / "pics")])  # fmt: skip
-    assert res.exit_code == 2 and "--explain-dir needs the support folder" in res.stderr
+
+
+def test_pictures_from_the_file_are_those_from_the_folder_and_a_changed_example_is_named(
+    tiny_model: Path, support_dir: Path, mixed_queries: Path, fitted: Path, tmp_path: Path
+) -> None:
+    common = [str(mixed_queries), "--model", str(tiny_model), "-f", "csv"]
+    for support, pics in ((support_dir, "a"), (fitted, "b")):
+        res = runner.invoke(app, ["classify", str(support), *common, "--explain-dir", str(tmp_path / pics)])
+        assert res.exit_code == 0, res.output
+    drawn = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    assert len(drawn) == 9 and drawn == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))
+    assert all((tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in drawn)
+
+    query = next(mixed_queries.rglob("*.png"))
+    said = [runner.invoke(app, ["explain", str(query), str(s), "--model", str(tiny_model), "-o",
+                                str(tmp_path / f"{i}.png")]) for i, s in enumerate((support_dir, fitted))]  # fmt: skip
+    assert said[0].exit_code == said[1].exit_code == 0, said[1].output
+    assert said[0].stdout.replace(str(tmp_path / "0.png"), str(tmp_path / "1.png")) == said[1].stdout
+
+    changed = sorted((support_dir / "red").iterdir())[0]
+    changed.write_bytes(changed.read_bytes() + b"x")
+    res = runner.invoke(app, ["explain", str(query), str(fitted), "--model", str(tiny_model), "-o",
+                              str(tmp_path / "c.png")])  # fmt: skip
+    assert res.exit_code == 2
+    assert f"the example {changed} is gone or has changed" in " ".join(res.stderr.split())
 
 
 def test_the_library_loads_what_it_saved(
@@ -145,3 +165,26 @@ def test_the_library_loads_what_it_saved(
     assert [(p.predicted, p.open_set_score, p.ranking) for p in clf.predict(again, queries)] == want
     assert again.rejection is not None and support.rejection is not None
     assert again.rejection.threshold == support.rejection.threshold
+
+
+def test_evaluate_says_what_to_do_with_a_fitted_file(fitted: Path) -> None:
+    res = runner.invoke(app, ["evaluate", str(fitted)])
+    assert res.exit_code == 2
+    said = " ".join(res.stderr.split())
+    assert "evaluate draws each episode's support images from a labelled folder" in said
+    assert f"emdcli classify {fitted} LABELLED_FOLDER" in said
+
+
+def test_watch_gives_the_same_rows_from_the_file(
+    tiny_model: Path, support_dir: Path, mixed_queries: Path, fitted: Path
+) -> None:
+    import os
+    import time
+
+    past = time.time() - 60
+    for p in mixed_queries.rglob("*.png"):
+        os.utime(p, (past, past))
+    common = [str(mixed_queries), "--once", "--model", str(tiny_model), "-f", "csv", "--reject", "auto"]
+    rows = [runner.invoke(app, ["watch", str(s), *common]) for s in (support_dir, fitted)]
+    assert rows[0].exit_code == rows[1].exit_code == 0, rows[1].output
+    assert rows[0].stdout == rows[1].stdout and len(rows[0].stdout.splitlines()) == 10

@@ -73,8 +73,8 @@ def arguments(name: str | None) -> list[typer.core.TyperArgument]:
 
 
 def test_every_command_is_checked() -> None:
-    assert COMMANDS == ["classify", "fit", "watch", "batch", "evaluate", "search", "anomaly", "explain", "train", "info",
-                        "export"]  # fmt: skip
+    assert COMMANDS == ["classify", "fit", "watch", "batch", "evaluate", "search", "anomaly", "explain", "train",
+                        "info", "export"]  # fmt: skip
 
 
 @pytest.mark.parametrize("width", [80, 120])

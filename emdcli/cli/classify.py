@@ -148,8 +148,6 @@ def run(
     from ..tasks.fitted import is_fitted_file, load_fitted, read_meta, recorded_folder
 
     fitted_file = is_fitted_file(support)
-    if fitted_file and explain_dir:
-        raise UsageError("--explain-dir needs the support folder, not a fitted file", hint="give the folder")
     folder = recorded_folder(read_meta(support)) if fitted_file else read_labelled_folder(support)
     reject = session.reject()
     sorter = None
@@ -173,7 +171,7 @@ def run(
     clf = Classifier(session.source, session.matcher(stream=from_stdin))
     started = time.perf_counter()
     if fitted_file:
-        support_set = load_fitted(support, clf, reject).support
+        support_set = load_fitted(support, clf, reject, keep_examples=bool(explain_dir)).support
     else:
         with session.progress() as bars:
             support_set = clf.fit(folder, advance(bars, "Support", folder.image_count),

@@ -102,6 +102,14 @@ def run(
         from ..render.report import check_report_path
 
         check_report_path(report, taken=(session.output,))
+    from ..tasks.fitted import is_fitted_file
+
+    if is_fitted_file(dataset):
+        raise UsageError(
+            f"{dataset.name} is a fitted support set: evaluate draws each episode's support images from a labelled "
+            "folder, which a fitted file does not hold",
+            hint=f"to measure its accuracy, classify labelled images: emdcli classify {dataset} LABELLED_FOLDER",
+        )
     folder = read_labelled_folder(dataset)
     started = time.perf_counter()
     with session.progress() as bars:

@@ -65,6 +65,7 @@ def run(
     from ..io.images import load_image, model_view
     from ..render.explain import picture_format, render_match, save_picture
     from ..tasks.classify import Classifier
+    from ..tasks.fitted import is_fitted_file, load_fitted
 
     try:  # before any work: the picture's format comes from the --output suffix
         fmt = picture_format(output)
@@ -75,9 +76,12 @@ def run(
     backbone, prep = session.backbone, session.source.prep
     q_features = backbone(load_image(query, prep)[None])[0]
     class_score: float | None = None
-    if target.is_dir():
+    if target.is_dir() or is_fitted_file(target):
         clf = Classifier(session.source, session.matcher())
-        support = clf.fit(read_labelled_folder(target), keep_examples=True)
+        if is_fitted_file(target):
+            support = load_fitted(target, clf, keep_examples=True).support
+        else:
+            support = clf.fit(read_labelled_folder(target), keep_examples=True)
         session.report_skipped(support.skipped, "support image ")
         ranking = clf.rank(support, q_features)
         label, class_score = ranking[0].label, ranking[0].score

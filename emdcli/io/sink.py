@@ -8,9 +8,9 @@ one object per record. JSON: one document::
 
     {"command": "classify", "emdcli": "0.1.0", <header fields>, "rows": [<record>, ...], "summary": {...}}
 
-Rows are written and flushed as they come. :class:`RowLog` is the sink of a run with no end
-(``watch``): rows appended to a file that outlives the run, each whole. Nothing is written before the first row (an empty
-run leaves stdout empty); the table is drawn once at the end with every row computed.
+Rows are written and flushed as they come. Nothing is written before the first row (an empty run
+leaves stdout empty); the table is drawn once at the end with every row computed. :class:`RowLog`
+is the sink of a run with no end (``watch``): rows appended to a file that outlives the run, each whole.
 """
 
 from __future__ import annotations

@@ -109,10 +109,12 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_fitted(path: Path, clf: Classifier, reject: Reject | None = None) -> Fitted:
+def load_fitted(path: Path, clf: Classifier, reject: Reject | None = None, *, keep_examples: bool = False) -> Fitted:
     """The support set saved in ``path``, for ``clf`` (whose model and matching settings must be those it
     was fitted with: UsageError otherwise), with ``reject``'s rejection calibrated as :meth:`Classifier.fit`
-    does it."""
+    does it. keep_examples: also each example's feature map, as ``fit(keep_examples=True)`` keeps them (to
+    draw matches): the examples are read from where the file recorded them (through the feature cache),
+    and DatasetError says which one is gone or changed since."""
     meta = read_meta(path)
     manifest = getattr(clf.source.extractor, "manifest", None)
     model = meta["model"]
@@ -139,9 +141,31 @@ def load_fitted(path: Path, clf: Classifier, reject: Reject | None = None) -> Fi
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise UsageError(f"{path} is damaged ({exc})", hint="fit the support folder again") from None
     rejection, outliers = clf.open_set(nodes, reject)
-    support = SupportSet(nodes=nodes, empty_classes=tuple(meta["empty_classes"]), rejection=rejection,
-                         outliers=outliers)  # fmt: skip
+    examples = _examples(clf, meta) if keep_examples else {}
+    support = SupportSet(nodes=nodes, empty_classes=tuple(meta["empty_classes"]), examples=examples,
+                         rejection=rejection, outliers=outliers)  # fmt: skip
     return Fitted(support, recorded_folder(meta), meta)
+
+
+def _examples(clf: Classifier, meta: dict[str, Any]) -> dict[str, tuple[tuple[Path, np.ndarray], ...]]:
+    """class -> (path, (C, H, W) feature map) of each recorded example, its content checked first."""
+    from ..errors import DatasetError
+
+    recorded = [(e["class"], Path(e["path"]), e["sha256"]) for e in meta["examples"]]
+    for _, where, digest in recorded:
+        try:
+            same = sha256_file(where) == digest
+        except OSError:
+            same = False
+        if not same:
+            raise DatasetError(f"the example {where} is gone or has changed since the fitted file was made",
+                               hint="fit the support folder again, or give the folder itself")  # fmt: skip
+    label = {where: name for name, where, _ in recorded}
+    found: dict[str, list[tuple[Path, np.ndarray]]] = {}
+    for item in clf.source.embed_cached([where for _, where, _ in recorded]):
+        if item.features is not None:
+            found.setdefault(label[item.path], []).append((item.path, item.features))
+    return {name: tuple(sorted(kept, key=lambda e: str(e[0]))) for name, kept in found.items()}
 
 
 def recorded_folder(meta: dict[str, Any]) -> LabelledFolder:
