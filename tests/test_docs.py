@@ -75,3 +75,4 @@ def test_readme_library_example_runs(capsys: pytest.CaptureFixture[str], monkeyp
     assert "clock06.png clock " in out
     assert re.search(r"^default \d+\.\d ± \d+\.\d$", out, re.M)
     assert len(scope["hits"]) == 5  # type: ignore[arg-type]
+    assert len(scope["arrived"]) == len(list((REPO / "examples" / "queries").rglob("*.png")))  # type: ignore[arg-type]
