@@ -149,6 +149,7 @@ def rows_of(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(path.open())) if path.exists() else []
 
 
+@pytest.mark.slow
 def test_watch_classifies_arrivals_stops_cleanly_and_a_restart_skips_what_it_did(
     tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path
 ) -> None:
@@ -256,3 +257,15 @@ def test_usage_errors_exit_2_before_any_work(
 def test_an_inbox_that_is_not_a_folder_exits_2(tiny_model: Path, support_dir: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["watch", str(support_dir), str(tmp_path / "missing"), "--model", str(tiny_model)])
     assert res.exit_code == 2 and "INBOX is not a folder" in res.stderr
+
+
+@pytest.mark.slow
+def test_an_inbox_removed_while_watched_is_a_runtime_failure(
+    tiny_model: Path, support_dir: Path, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    proc, err = start_watch(str(support_dir), str(inbox), "--model", str(tiny_model), cwd=tmp_path)
+    inbox.rmdir()
+    assert proc.wait(TIMEOUT) == 1
+    assert "cannot watch" in err.read_text() and "the folder is gone" in err.read_text()

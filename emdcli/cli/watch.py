@@ -107,7 +107,7 @@ def run(
     session: Session,
 ) -> None:
     """Classify each image that arrives in INBOX, appending its row as it comes; stop with Ctrl-C."""
-    from ..errors import DatasetError, Terminated, UsageError
+    from ..errors import EmdcliError, Terminated, UsageError
     from ..io.files import display_path
     from ..io.folders import read_labelled_folder
     from ..io.sink import RowLog, choose_format
@@ -169,7 +169,8 @@ def run(
     except (KeyboardInterrupt, Terminated):
         pass  # the way a watch ends: every row so far is written whole
     except FileNotFoundError as exc:  # the inbox removed while watched
-        raise DatasetError(f"cannot watch {display_path(inbox)}: {exc.strerror}") from None
+        again = "every row so far is written; create the folder and start again"
+        raise EmdcliError(f"cannot watch {display_path(inbox)}: {exc.strerror}", hint=again) from None
     finally:
         log.close()
     minutes = (time.monotonic() - started) / 60

@@ -20,6 +20,7 @@ the order ``classify`` reads a folder, so they get the rows ``classify INBOX`` g
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -202,10 +203,12 @@ class Inbox:
 
     def wait(self, timeout: float) -> list[Path]:
         """The files that became whole, in the order they did, waiting up to ``timeout`` seconds for
-        one; [] when none did."""
+        one; [] when none did. FileNotFoundError when the folder is gone."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
+                if not self.folder.is_dir():
+                    raise FileNotFoundError(errno.ENOENT, "the folder is gone", str(self.folder))
                 if self._rescan:
                     self._rescan = False
                     for path in iter_image_files(self.folder):
