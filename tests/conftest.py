@@ -2,12 +2,14 @@
 
 The tiny backbone is a genuine ONNX model run by onnxruntime (average pooling to a
 4 x 4 grid, then a fixed 1 x 1 convolution to 8 channels), so the CLI tests go
-through the same code path as the bundled model, in milliseconds.
+through the same code path as the bundled model, in milliseconds. It is committed under
+tests/models with the script that makes it, so the tests need no ``onnx`` package.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
+#: The tiny ONNX models, committed so that the tests need no ``onnx`` package (tests/models/make_tiny_models.py).
+MODELS = REPO / "tests" / "models"
+TINY_SIZE = 32
 
 #: Colours of the generated classes; the tiny backbone separates them easily.
 COLOURS = {
@@ -46,32 +51,15 @@ def make_folder(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
 
 
 def build_tiny_model(folder: Path, size: int = 32, channels: int = 8) -> Path:
-    """Write ``tiny.onnx`` and its manifest ``tiny.json`` into ``folder``; return the manifest."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
+    """Copy the committed ``tiny-c{channels}.onnx`` (tests/models, made by its script) into ``folder`` as
+    ``tiny.onnx`` with its manifest ``tiny.json``; return the manifest."""
     from emdcli.io.files import sha256_file
     from emdcli.model.manifest import Manifest, write_manifest
 
-    rng = np.random.default_rng(0)
-    weight = rng.normal(size=(channels, 3, 1, 1)).astype(np.float32)
-    nodes = [
-        helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
-        helper.make_node("Conv", ["pooled", "w"], ["conv"]),
-        helper.make_node("Relu", ["conv"], ["features"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", channels, size // 8, size // 8])],
-        initializer=[numpy_helper.from_array(weight, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    assert size == TINY_SIZE, f"the committed tiny models take {TINY_SIZE} x {TINY_SIZE} images"
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = folder / "tiny.onnx"
-    onnx.save(model, str(onnx_path))
+    shutil.copyfile(MODELS / f"tiny-c{channels}.onnx", onnx_path)
     manifest = Manifest(
         name="tiny", file="tiny.onnx", sha256=sha256_file(onnx_path), input_size=size, resize="squash",
         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), layer="pool", channels=channels,
@@ -107,19 +95,8 @@ def build_tiny_bank(manifest_path: Path, images: int = 3) -> Path:
 
 
 def write_flat_onnx(path: Path) -> None:
-    """An ONNX model at ``path`` whose output is a (B, 3) vector, not a feature map."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["image"], ["p"]), helper.make_node("Flatten", ["p"], ["features"])],
-        "flat",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    """An ONNX model at ``path`` whose output is a (B, 3) vector, not a feature map (tests/models/flat.onnx)."""
+    shutil.copyfile(MODELS / "flat.onnx", path)
 
 
 @pytest.fixture(scope="session")

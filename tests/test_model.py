@@ -119,3 +119,19 @@ def test_device_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(model, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert choose_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers("cpu") == ["CPUExecutionProvider"]
+
+
+def test_the_committed_tiny_models_are_what_their_script_makes() -> None:
+    onnx = pytest.importorskip("onnx", reason="checking the committed models needs onnx: pip install '.[export]'")
+    import importlib.util
+
+    from tests.conftest import MODELS
+
+    spec = importlib.util.spec_from_file_location("make_tiny_models", MODELS / "make_tiny_models.py")
+    assert spec and spec.loader
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    made = script.models()
+    assert sorted(made) == sorted(p.name for p in MODELS.glob("*.onnx"))
+    for name, model in made.items():
+        assert onnx.load(str(MODELS / name)) == model, f"{name} differs from what make_tiny_models.py makes"

@@ -22,6 +22,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def model_pair(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple[Path, Path]:
     """A folder holding the tiny fp32 model and its int8 variant, made by ``export --precision int8``."""
+    pytest.importorskip("onnx", reason="making an int8 model needs onnx: pip install '.[export]'")
     folder = tmp_path_factory.mktemp("pair")
     for f in tiny_model.parent.iterdir():
         shutil.copy(f, folder / f.name)

@@ -107,6 +107,7 @@ def test_calibration_images_are_reproducible_and_spread_over_classes(tmp_path: P
 
 
 def test_quantize_model_writes_a_loadable_int8_model(tiny_model: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnx", reason="quantizing needs onnx: pip install '.[export]'")
     images = calibration_images(make_folder(tmp_path / "calib", {"red": 4, "green": 4, "blue": 4}), 9, seed=0)
     result = quantize_model(tiny_model, tmp_path / "out", images, calibration_note="generated squares")
     assert result.manifest_path == tmp_path / "out" / "tiny_int8.json"
@@ -179,7 +180,7 @@ def dynamic_pad_model(folder: Path, size: int = 32) -> Path:
 
 
 def test_padding_computed_from_the_shape_is_folded(tmp_path: Path) -> None:
-    import onnx
+    onnx = pytest.importorskip("onnx", reason="building the padded model needs onnx: pip install '.[export]'")
     import onnxruntime as ort
 
     source = dynamic_pad_model(tmp_path)
