@@ -84,7 +84,7 @@ def os_error(exc: BaseException) -> EmdcliError | None:
     if not isinstance(exc, OSError):
         return None
     where = f": {exc.filename}" if exc.filename else ""
-    kept = "rows already written are kept (with --output, in FILE.partial; --resume finishes it)"
+    kept = "rows already written are kept (with `output`, in FILE.partial; `resume` finishes it)"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return EmdcliError(f"no space left on the device{where}", hint=f"free some space and run again; {kept}")
     if exc.errno in (errno.EACCES, errno.EPERM):

@@ -76,3 +76,41 @@ def test_readme_library_example_runs(capsys: pytest.CaptureFixture[str], monkeyp
     assert re.search(r"^default \d+\.\d ± \d+\.\d$", out, re.M)
     assert len(scope["hits"]) == 5  # type: ignore[arg-type]
     assert len(scope["arrived"]) == len(list((REPO / "examples" / "queries").rglob("*.png")))  # type: ignore[arg-type]
+
+
+def test_no_string_of_the_library_names_a_flag() -> None:
+    """Outside cli/, a setting is named `like_this` (the CLI says --like-this): renaming a flag edits only
+    the CLI. Docstrings may still say which option of which command a function serves."""
+    import ast
+
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+    found = []
+    for path in sorted((REPO / "emdcli").rglob("*.py")):
+        if "cli" in path.relative_to(REPO / "emdcli").parts[:1]:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docs = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        found += [
+            f"{path.relative_to(REPO)}:{node.lineno}: {flag.findall(node.value)}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+            and flag.search(node.value)
+        ]  # fmt: skip
+    assert found == []
+
+
+def test_the_command_line_names_the_flags_of_the_settings_the_library_names() -> None:
+    from emdcli.cli.stderr import as_flags
+
+    assert (
+        as_flags("`sort_into` and `format` csv; `way` 3 `open_set` 1")
+        == "--sort-into and --format csv; --way 3 --open-set 1"
+    )
+    assert as_flags("the `fmt` word and `nothing_known`") == "the `fmt` word and `nothing_known`"

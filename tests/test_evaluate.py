@@ -119,7 +119,7 @@ def test_pyramid_adds_pooled_cells() -> None:
 def test_unknown_or_kshot_only_methods_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="unknown method"):
         check_methods(["proto", "nope"], shot=1)
-    with pytest.raises(UsageError, match="needs --shot 2"):
+    with pytest.raises(UsageError, match="needs `shot` 2"):  # the CLI says --shot (tests/test_cli.py)
         check_methods(["emd-sfc"], shot=1)
     assert check_methods(["emd", "proto", "emd"], shot=1) == ["emd", "proto"]
 
@@ -395,13 +395,14 @@ def test_methods_sharing_parts_score_as_if_alone() -> None:
 def test_a_set_too_small_for_the_shape_is_told_a_shape_that_fits(
     sizes: list[int], way: int, shot: int, hint: str
 ) -> None:
+    from emdcli.cli.stderr import as_flags
     from emdcli.errors import DatasetError
     from emdcli.tasks.episodes import sample_episodes
 
     labels = np.concatenate([np.full(n, c) for c, n in enumerate(sizes)])
     with pytest.raises(DatasetError) as caught:
         sample_episodes(labels, way, shot, 15, 3, 0)
-    assert caught.value.hint == hint
+    assert as_flags(caught.value.hint) == hint  # the library names `shot`; the command line --shot
     assert f"(the largest classes hold {', '.join(map(str, sizes[:way]))})" in caught.value.message
 
 

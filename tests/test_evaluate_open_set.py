@@ -155,11 +155,13 @@ def test_open_set_episodes_draw_unseen_classes_apart() -> None:
 def test_a_set_too_small_for_open_set_episodes_is_told_what_fits(
     sizes: list[int], way: int, unseen: int, hint: str
 ) -> None:
-    assert what_fits(sizes, way, 1, unseen) == hint
+    from emdcli.cli.stderr import as_flags
+
+    assert as_flags(what_fits(sizes, way, 1, unseen)) == hint  # the library names `way`; the command line --way
     labels = np.concatenate([np.full(n, c) for c, n in enumerate(sizes)])
     with pytest.raises(DatasetError) as caught:
         sample_episodes(labels, way, 1, 15, 3, 0, unseen=unseen)
-    assert caught.value.hint == hint
+    assert as_flags(caught.value.hint or "") == hint
     kind = "class" if unseen == 1 else "classes"
     assert f"with 15 queries per class and {unseen} unseen {kind} needs" in caught.value.message
 

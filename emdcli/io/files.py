@@ -40,15 +40,15 @@ def require_output_folder(path: Path) -> None:
     parent = path.parent
     if not parent.is_dir():
         raise UsageError(
-            f"folder for --output does not exist: {display_path(parent)}", hint=f"create it: mkdir -p {parent}"
+            f"folder for `output` does not exist: {display_path(parent)}", hint=f"create it: mkdir -p {parent}"
         )
     try:  # the one sure test: make a file there (permissions, read-only or special file systems)
         with tempfile.TemporaryFile(dir=parent, prefix=".emdcli-check-"):
             pass
     except OSError as exc:
         raise UsageError(
-            f"cannot write into the folder for --output: {display_path(parent)} ({exc.strerror or exc})",
-            hint="give --output a file in a folder you can write to",
+            f"cannot write into the folder for `output`: {display_path(parent)} ({exc.strerror or exc})",
+            hint="give `output` a file in a folder you can write to",
         ) from None
 
 

@@ -37,7 +37,7 @@ _FLOAT_COLUMNS = ("score", "confidence", "runner_up_score")
 
 def need_pyarrow() -> Any:
     """The pyarrow module (with ``pyarrow.parquet`` loaded), or a UsageError saying how to install it."""
-    import_extra("pyarrow.parquet", "Parquet", "pip install 'emdcli[ray]', or choose --format csv or jsonl")
+    import_extra("pyarrow.parquet", "Parquet", "pip install 'emdcli[ray]', or choose `format` csv or jsonl")
     import pyarrow
 
     return pyarrow
@@ -61,8 +61,8 @@ class PartFolder:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         if folder.is_file():
-            raise UsageError(f"--output {display_path(folder)} is a file; Parquet output is a folder",
-                             hint="give a folder name, or a .csv/.jsonl file with --format csv or jsonl")  # fmt: skip
+            raise UsageError(f"`output` {display_path(folder)} is a file; Parquet output is a folder",
+                             hint="give a folder name, or a .csv/.jsonl file with `format` csv or jsonl")  # fmt: skip
         require_output_folder(folder)
 
     @property
@@ -78,8 +78,8 @@ class PartFolder:
         held = [p for p in self.folder.iterdir() if not p.name.startswith(".")] if self.folder.is_dir() else []
         if held and not resume:
             raise UsageError(
-                f"--output {display_path(self.folder)} already holds {len(held)} file(s)",
-                hint="pass --resume to finish the run that wrote them, or choose an empty or new folder",
+                f"`output` {display_path(self.folder)} already holds {len(held)} file(s)",
+                hint="pass `resume` to finish the run that wrote them, or choose an empty or new folder",
             )
         if held:
             earlier = self.read_settings()
@@ -92,7 +92,7 @@ class PartFolder:
                 raise DatasetError(
                     f"{display_path(self.folder)} was written with other settings ({', '.join(differ)}); "
                     "cannot resume it",
-                    hint="resume with the same SUPPORT, --model and matching options, or choose a new folder",
+                    hint="resume with the same SUPPORT, `model` and matching options, or choose a new folder",
                 )
         self.folder.mkdir(exist_ok=True)
         for stale in self.folder.glob(f".part-*{TMP_SUFFIX}"):  # a part being written when a run was killed

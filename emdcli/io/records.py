@@ -45,7 +45,7 @@ def read_earlier(output: Path, fmt: str, command: str) -> Earlier | None:
         raise DatasetError(f"cannot read {path} to resume from it ({exc})") from None
     bad = DatasetError(
         f"{path} is not {fmt} output of emdcli {command}; cannot resume from it",
-        hint="remove the file, or pass the --format it was written with",
+        hint="remove the file, or pass the `format` it was written with",
     )
     try:
         if fmt == "csv":

@@ -60,7 +60,7 @@ def choose_format(fmt: str | None, output: Path | None) -> str:
         if output.suffix:
             raise UsageError(
                 f"cannot tell the format from the suffix of {display_path(output)}",
-                hint="name the file .csv, .json, .jsonl or .txt (a table), or pass --format",
+                hint="name the file .csv, .json, .jsonl or .txt (a table), or pass `format`",
             )
         return "csv"
     return "table" if sys.stdout.isatty() else "csv"
@@ -127,7 +127,7 @@ class Sink:
         if self.output is None:
             return
         if self.output.is_dir():
-            raise UsageError(f"--output is a folder: {display_path(self.output)}", hint="give a file name")
+            raise UsageError(f"`output` is a folder: {display_path(self.output)}", hint="give a file name")
         require_output_folder(self.output)
 
     @property
@@ -232,7 +232,7 @@ class Sink:
             return
         kept = self._file.abort(keep=self.rows > 0 or self._started)
         if kept is not None and self.note:
-            then = "; run the same command with --resume to finish it" if self.layout.resumable else ""
+            then = "; run the same command with `resume` to finish it" if self.layout.resumable else ""
             rows = "1 row computed so far was" if self.rows == 1 else f"{self.rows} rows computed so far were"
             if not self.rows:
                 rows = "the run's header (no row yet) was"
@@ -261,13 +261,13 @@ class RowLog:
     def __post_init__(self) -> None:
         if self.fmt == "json" or (self.fmt == "table" and self.output is not None):
             raise UsageError(
-                "rows are appended as they come: --format must be csv or jsonl"
-                + (" with --output" if self.output else ""),
+                "rows are appended as they come: `format` must be csv or jsonl"
+                + (" with `output`" if self.output else ""),
                 hint="name the file .csv or .jsonl",
             )
         if self.output is not None:
             if self.output.is_dir():
-                raise UsageError(f"--output is a folder: {display_path(self.output)}", hint="give a file name")
+                raise UsageError(f"`output` is a folder: {display_path(self.output)}", hint="give a file name")
             require_output_folder(self.output)
 
     def open(self, layout: Layout) -> list[Record]:
@@ -296,7 +296,7 @@ class RowLog:
         other = UsageError(
             f"{display_path(self.output)} holds rows of another kind (other columns: another command, other "
             "classes or other options); rows are only appended to a file of the same kind",
-            hint="give another --output file, or the options it was written with",
+            hint="give another `output` file, or the options it was written with",
         )
         try:
             text = data.decode("utf-8")

@@ -110,20 +110,20 @@ def check_destination(root: Path, support: Path, labels: Iterable[str], queries:
         problem = folder_name_problem(label)
         if problem:
             raise UsageError(f"cannot sort into a folder named after {problem}",
-                             hint="choose another --unknown-label")  # fmt: skip
+                             hint="choose another `unknown_label`")  # fmt: skip
     where = root.resolve()
     held = support.resolve()
     if any(_inside((where / label).resolve(), held) for label in ("", *labels)):
-        raise UsageError(f"--sort-into {display_path(root)} is inside the support folder {display_path(support)}",
+        raise UsageError(f"`sort_into` {display_path(root)} is inside the support folder {display_path(support)}",
                          hint="sort into a folder outside SUPPORT")  # fmt: skip
     folders = [(where / label).resolve() for label in labels]
     for query in queries:
         if query != "-" and any(_inside(Path(query).resolve(), f) for f in folders):
-            raise UsageError(f"query {query} is inside a class folder of --sort-into {display_path(root)}",
+            raise UsageError(f"query {query} is inside a class folder of `sort_into` {display_path(root)}",
                              hint="sort into another folder, or give the queries outside it")  # fmt: skip
     existing = next(p for p in (where, *where.parents) if os.path.lexists(p))
     if not existing.is_dir():
-        raise UsageError(f"--sort-into is not a folder: {display_path(existing)}", hint="give a folder")
+        raise UsageError(f"`sort_into` is not a folder: {display_path(existing)}", hint="give a folder")
     try:
         if dry_run:
             if not os.access(existing, os.W_OK | os.X_OK):
@@ -132,7 +132,7 @@ def check_destination(root: Path, support: Path, labels: Iterable[str], queries:
             with tempfile.TemporaryFile(dir=existing, prefix=".emdcli-check-"):
                 pass
     except OSError as exc:
-        raise UsageError(f"cannot write into --sort-into {display_path(existing)} ({exc.strerror or exc})",
+        raise UsageError(f"cannot write into `sort_into` {display_path(existing)} ({exc.strerror or exc})",
                          hint="sort into a folder you can write to") from None  # fmt: skip
 
 

@@ -36,9 +36,9 @@ def choose_providers(device: str) -> list[str]:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda":
         raise DeviceError(
-            "--device cuda was asked for, but onnxruntime has no CUDA execution provider here "
+            "`device` cuda was asked for, but onnxruntime has no CUDA execution provider here "
             f"(available: {', '.join(have)})",
-            hint="install onnxruntime-gpu with a matching CUDA, or use --device cpu",
+            hint="install onnxruntime-gpu with a matching CUDA, or use `device` cpu",
         )
     return ["CPUExecutionProvider"]
 
@@ -155,13 +155,13 @@ def with_precision(manifest_path: Path, precision: str | None) -> Path:
     if manifest.precision == precision:
         return manifest_path
     if precision == "fp32":
-        raise UsageError(f"{manifest_path.name} is an {manifest.precision} model; --precision fp32 needs an fp32 one",
-                         hint="give --model the fp32 model it was made from")  # fmt: skip
+        raise UsageError(f"{manifest_path.name} is an {manifest.precision} model; `precision` fp32 needs an fp32 one",
+                         hint="give `model` the fp32 model it was made from")  # fmt: skip
     sibling = int8_sibling(manifest_path)
     if not sibling.is_file():
         raise UsageError(
             f"{manifest.name} has no int8 variant ({sibling} not found)",
-            hint=f"make one: emdcli export --precision int8 --from {manifest_path} --calibration IMAGES_DIR",
+            hint=f"make one: emdcli export `precision` int8 `from` {manifest_path} `calibration` IMAGES_DIR",
         )
     return sibling
 

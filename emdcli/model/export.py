@@ -263,7 +263,7 @@ def export_architecture(
         except ValueError as exc:
             raise ExportError(f"unknown torchvision model {model_name!r}: {exc}") from None
     else:
-        raise ExportError(f"--arch must look like timm:NAME or torchvision:NAME, got {arch!r}")
+        raise ExportError(f"`arch` must look like timm:NAME or torchvision:NAME, got {arch!r}")
     state = _load_state_dict(weights)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing:

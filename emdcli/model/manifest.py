@@ -143,7 +143,7 @@ def load_manifest(path: Path) -> Manifest:
     if not path.is_file():
         raise ModelError(
             f"model manifest not found: {path}",
-            hint="pass --model with a .json manifest next to its .onnx file, or reinstall emdcli",
+            hint="pass `model` with a .json manifest next to its .onnx file, or reinstall emdcli",
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

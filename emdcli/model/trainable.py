@@ -64,7 +64,7 @@ def require_torch() -> Any:
 def block_index(train_from: str) -> int:
     """K of ``blocks.K``; UsageError for a layer outside :data:`TRAIN_FROM_LAYERS`."""
     if train_from not in TRAIN_FROM_LAYERS:
-        raise UsageError(f"--train-from must be one of {', '.join(TRAIN_FROM_LAYERS)}, got {train_from!r}")
+        raise UsageError(f"`train_from` must be one of {', '.join(TRAIN_FROM_LAYERS)}, got {train_from!r}")
     return int(train_from.split(".")[1])
 
 
@@ -108,7 +108,7 @@ def parent_of(model: str | os.PathLike[str] | None) -> Parent:
         if match is None or match.group(1) not in LITE_PACKAGES:
             raise UsageError(
                 f"{shown} is not an EfficientNet-Lite export nor a model written by emdcli train",
-                hint="train from the bundled model (no --model), or one exported by emdcli export",
+                hint="train from the bundled model (no `model`), or one exported by emdcli export",
             )
         return Parent(manifest_path, manifest, match.group(1))
     weights = manifest.training.get("weights")

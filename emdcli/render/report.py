@@ -83,17 +83,17 @@ def check_report_path(path: Path, taken: Iterable[Path | None] = ()) -> None:
     """UsageError (exit 2), before any work, when ``path`` cannot be written: its folder is missing
     or not writable, it is a folder, or it is also another output of the run (``taken``)."""
     if path.is_dir():
-        raise UsageError(f"--report must be a file, not a folder: {display_path(path)}",
+        raise UsageError(f"`report` must be a file, not a folder: {display_path(path)}",
                          hint="give it a file name, such as report.html")  # fmt: skip
     for other in taken:
         if other is not None and os.path.abspath(other) == os.path.abspath(path):
-            raise UsageError(f"--report and --output are the same file: {display_path(path)}",
+            raise UsageError(f"`report` and `output` are the same file: {display_path(path)}",
                              hint="give the report its own name, such as report.html")  # fmt: skip
     try:
         require_output_folder(path)
     except UsageError as exc:
-        raise UsageError(exc.message.replace("--output", "--report"),
-                         hint=(exc.hint or "").replace("--output", "--report") or None) from None  # fmt: skip
+        raise UsageError(exc.message.replace("`output`", "`report`"),
+                         hint=(exc.hint or "").replace("`output`", "`report`") or None) from None  # fmt: skip
 
 
 def escape(value: object) -> str:

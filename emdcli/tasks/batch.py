@@ -150,7 +150,7 @@ class BatchScorer:
             raise WorkerMismatchError(
                 f"emdcli worker refused the job: its model {self.backbone.onnx_path.name} has sha256 "
                 f"{self.backbone.check.actual[:12]}..., the driver's {job.model_sha256[:12]}...",
-                hint="install the same emdcli version on every machine, or pass the model with --model",
+                hint="install the same emdcli version on every machine, or pass the model with `model`",
             )
         decoders = job.threads * job.lanes if job.threads and job.lanes else None  # one per core of the worker
         self._classifier = Classifier(FeatureSource(self.backbone, workers=decoders), job.matcher)

@@ -82,7 +82,7 @@ class Destination:
                 writer.close()
                 if writer.written and not self.quiet and self.note:
                     self.note(f"{writer.written} rows of this run were kept in {self.path}; "
-                              "run the same command with --resume to finish it")  # fmt: skip
+                              "run the same command with `resume` to finish it")  # fmt: skip
                 raise
             writer.close()
             if not self.quiet and tally.rows and self.note:
@@ -116,6 +116,6 @@ def earlier_rows(path: Path, fmt: str, job: BatchJob) -> list[Record]:
         raise DatasetError(
             f"{earlier.path} was written by another model or support set (its columns or model_sha256 differ); "
             "cannot resume it",
-            hint="resume with the same SUPPORT and --model, or write to a new file",
+            hint="resume with the same SUPPORT and `model`, or write to a new file",
         )
     return records

@@ -54,22 +54,22 @@ def what_fits(sizes: list[int], way: int, shot: int, unseen: int = 0) -> str:
     """A hint naming an episode shape that the classes' image counts ``sizes`` (largest first) allow;
     ``unseen``: the open-set classes each episode adds (``--open-set``)."""
     drawn = way + unseen
-    lower = "(or lower --way or --open-set)" if unseen else "(or lower --way)"
+    lower = "(or lower `way` or `open_set`)" if unseen else "(or lower `way`)"
     if len(sizes) < drawn:
         if not unseen:
-            return f"the set has {len(sizes)} classes: use --way {len(sizes)} or less"
+            return f"the set has {len(sizes)} classes: use `way` {len(sizes)} or less"
         if len(sizes) < 3:
-            return f"the set has {len(sizes)} classes: an open-set episode needs 3 (--way 2 --open-set 1)"
+            return f"the set has {len(sizes)} classes: an open-set episode needs 3 (`way` 2 `open_set` 1)"
         known = max(2, len(sizes) - unseen)
-        return (f"the set has {len(sizes)} classes, and --way {way} --open-set {unseen} draws {drawn}: "
-                f"--way {known} --open-set {len(sizes) - known} fits")  # fmt: skip
+        return (f"the set has {len(sizes)} classes, and `way` {way} `open_set` {unseen} draws {drawn}: "
+                f"`way` {known} `open_set` {len(sizes) - known} fits")  # fmt: skip
     fits = sizes[drawn - 1]  # every one of the ``drawn`` largest classes holds at least this many images
     held = f"the {drawn} largest classes hold {fits} images or more"
     if fits > shot:
-        return f"{held}: --shot {shot} --query {fits - shot} fits {lower}"
+        return f"{held}: `shot` {shot} `query` {fits - shot} fits {lower}"
     if fits >= 2:
-        return f"{held}: --shot {fits - 1} --query 1 fits {lower}"
-    return f"only {sum(n >= 2 for n in sizes)} classes hold 2 images or more: lower --way"
+        return f"{held}: `shot` {fits - 1} `query` 1 fits {lower}"
+    return f"only {sum(n >= 2 for n in sizes)} classes hold 2 images or more: lower `way`"
 
 
 def sample_episodes(

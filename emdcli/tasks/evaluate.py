@@ -112,11 +112,9 @@ def check_methods(names: Sequence[str], shot: int) -> list[str]:
     out: list[str] = []
     for name in names:
         if name not in METHODS:
-            raise UsageError(
-                f"unknown method {name!r}", hint=f"choose from {', '.join(METHODS)} (see 'emdcli evaluate --help')"
-            )
+            raise UsageError(f"unknown method {name!r}", hint=f"choose from {', '.join(METHODS)}")
         if METHODS[name].kshot_only and shot < 2:
-            raise UsageError(f"method {name!r} needs --shot 2 or more")
+            raise UsageError(f"method {name!r} needs `shot` 2 or more")
         if name not in out:
             out.append(name)
     return out
@@ -245,7 +243,7 @@ def evaluate(
     """
     names = check_methods(methods, shot)
     if not names:
-        raise UsageError("no method to run", hint="for example --methods proto,emd")
+        raise UsageError("no method to run", hint="for example `methods` proto,emd")
     data, features = embedded_set(dataset, way, shot, query, seed, source, on_embedded)
     plan = sample_episodes(data.labels, way, shot, query, episodes, seed)
     result = evaluate_episodes(features, plan, names, workers=workers or os.cpu_count() or 1, on_episode=on_episode,

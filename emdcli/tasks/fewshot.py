@@ -126,8 +126,8 @@ def _methods() -> dict[str, FewShotMethod]:
         FewShotMethod("default", "exactly what classify does with its defaults (emd+global at 1-shot, emd-sfc "
                       "at k-shot, shortlist, large-support fallback, transductive over the episode's queries)",
                       matcher_method(Matcher())),
-        FewShotMethod("default-inductive", "the default with each query matched on its own (classify "
-                      "--no-transductive)", matcher_method(Matcher(transductive=False))),
+        FewShotMethod("default-inductive", "the default with each query matched on its own (no transductive "
+                      "step)", matcher_method(Matcher(transductive=False))),
         FewShotMethod("emd", "DeepEMD: cross-reference weights, per-node centring, class = mean feature map",
                       matcher_method(Matcher(kshot="mean", **plain))),  # type: ignore[arg-type]
         FewShotMethod("emd-uniform", "emd with uniform node weights",

@@ -122,7 +122,7 @@ def load_fitted(path: Path, clf: Classifier, reject: Reject | None = None, *, ke
         raise UsageError(
             f"{path.name} was fitted with the model {model['name']} (sha256 {model['sha256'][:12]}...), not "
             f"{getattr(manifest, 'name', 'this one')}",
-            hint=f"pass the model it was made with (--model {model['name']}), or fit the folder again",
+            hint=f"pass the model it was made with (`model` {model['name']}), or fit the folder again",
         )
     for key, value in meta["matcher"].items():
         if getattr(clf.matcher, key) != value:

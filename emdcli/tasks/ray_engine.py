@@ -36,7 +36,7 @@ _REFUSED = "emdcli worker refused the job"
 
 def need_ray() -> Any:
     """The ray module (with ``ray.data`` loaded), or a UsageError (exit 2) saying how to install it."""
-    import_extra("ray.data", "--engine ray", "pip install 'emdcli[ray]', or use --engine local")
+    import_extra("ray.data", "`engine` ray", "pip install 'emdcli[ray]', or use `engine` local")
     import ray
 
     return ray

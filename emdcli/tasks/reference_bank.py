@@ -84,5 +84,5 @@ def write_bank_for(manifest_path: Path, device: str = "cpu") -> ReferenceBank | 
 #: What export and train say when they could not write a bank.
 NO_REFERENCE_IMAGES = (
     "no reference bank written: its images (reference-bank/images) are in emdcli's repository, not in an installed "
-    "package; --reject needs one (python benchmarks/build_banks.py MODEL, from a checkout)"
+    "package; `reject` needs one (python benchmarks/build_banks.py MODEL, from a checkout)"
 )

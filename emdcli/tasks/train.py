@@ -108,7 +108,7 @@ def _check_shape(what: str, labels: np.ndarray, ids: Sequence[int], names: Seque
         raise DatasetError(
             f"{len(big)} of the {len(ids)} {what} classes hold the {need} readable images a {way}-way episode "
             f"needs (e.g. {', '.join(names[i] for i in ids[:3])})",
-            hint="add classes or images, or lower --way, --shot or --query (or change --val-classes)",
+            hint="add classes or images, or lower `way`, `shot` or `query` (or change `val_classes`)",
         )
 
 
@@ -123,7 +123,7 @@ def torch_device(device: str) -> Any:
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise DeviceError("--device cuda was asked for, but torch sees no CUDA device", hint="use --device cpu")
+        raise DeviceError("`device` cuda was asked for, but torch sees no CUDA device", hint="use `device` cpu")
     return torch.device("cuda")
 
 

@@ -58,17 +58,17 @@ def load_checkpoint(path: Path, settings: TrainSettings, base: str, parent: str)
         saved_settings, saved_base, raw = payload["settings"], payload["base"], dict(payload["state"])
     except Exception as exc:  # a damaged or foreign file
         raise UsageError(f"{display_path(path)} is not a readable checkpoint ({type(exc).__name__})",
-                         hint="pass --force to start over") from None  # fmt: skip
+                         hint="pass `force` to start over") from None  # fmt: skip
     if saved_settings != asdict(settings):
         diff = [f"{k} {saved_settings.get(k)!r} (now {v!r})" for k, v in asdict(settings).items()
                 if saved_settings.get(k) != v]  # fmt: skip
         raise UsageError(f"the interrupted run had other settings: {', '.join(diff)}",
-                         hint="resume with the same options, or pass --force to start over")  # fmt: skip
+                         hint="resume with the same options, or pass `force` to start over")  # fmt: skip
     if saved_base != base:
         raise UsageError("the base set changed since the interrupted run (its files differ)",
-                         hint="pass --force to start over on the base set as it is now")  # fmt: skip
+                         hint="pass `force` to start over on the base set as it is now")  # fmt: skip
     if payload.get("parent") != parent:
         raise UsageError("the interrupted run started from another model",
-                         hint="resume with the same --model, or pass --force to start over")  # fmt: skip
+                         hint="resume with the same `model`, or pass `force` to start over")  # fmt: skip
     raw["history"] = [Validation(**v) for v in raw["history"]]
     return TrainState(**raw)

@@ -27,32 +27,32 @@ def prepare_model_dir(out: Path, resume: bool, force: bool) -> Path | None:
     deletes an earlier run's model and checkpoint (only those files).
     """
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out must be a folder, but {display_path(out)} is a file")
+        raise UsageError(f"`out` must be a folder, but {display_path(out)} is a file")
     if out.resolve() == bundled_model_dir().resolve():
-        raise UsageError("--out is the bundled model's folder, which training never overwrites",
-                         hint="give a new folder, e.g. --out my-model")  # fmt: skip
+        raise UsageError("`out` is the bundled model's folder, which training never overwrites",
+                         hint="give a new folder, e.g. `out` my-model")  # fmt: skip
     checkpoint = out / CHECKPOINT
     models = [p for suffix in ("*.json", "*.onnx", f"*{trainable.BLOCKS_SUFFIX}") for p in sorted(out.glob(suffix))]
     if force:
         for path in [*models, checkpoint]:
             path.unlink(missing_ok=True)
         if resume:
-            raise UsageError("--resume and --force contradict each other: pick one")
+            raise UsageError("`resume` and `force` contradict each other: pick one")
         return None
     if resume:
         if models:
             raise UsageError(f"{display_path(out)} holds a finished model; there is nothing to resume",
-                             hint="use it with --model, or pass --force to train again")  # fmt: skip
+                             hint="use it with `model`, or pass `force` to train again")  # fmt: skip
         if not checkpoint.is_file():
             raise UsageError(f"nothing to resume: {display_path(out)} holds no {CHECKPOINT}",
-                             hint="start the run without --resume")  # fmt: skip
+                             hint="start the run without `resume`")  # fmt: skip
         return checkpoint
     if models:
         raise UsageError(f"{display_path(out)} already holds a model ({models[0].name})",
-                         hint="pass --force to replace it, or another --out")  # fmt: skip
+                         hint="pass `force` to replace it, or another `out`")  # fmt: skip
     if checkpoint.is_file():
         raise UsageError(f"{display_path(out)} holds an interrupted run",
-                         hint="pass --resume to continue it, or --force to start over")  # fmt: skip
+                         hint="pass `resume` to continue it, or `force` to start over")  # fmt: skip
     return None
 
 

@@ -39,15 +39,15 @@ class TrainSettings:
     def check(self) -> None:
         """UsageError for a value no run can use."""
         if min(self.way, self.shot, self.query, self.episodes, self.val_every, self.val_episodes) < 1:
-            raise UsageError("--way, --shot, --query, --episodes and the validation counts must be at least 1")
+            raise UsageError("`way`, `shot`, `query`, `episodes` and the validation counts must be at least 1")
         if self.way < 2:
-            raise UsageError("--way must be at least 2: an episode tells classes apart")
+            raise UsageError("`way` must be at least 2: an episode tells classes apart")
         if not 1 <= self.views <= len(VIEWS):
-            raise UsageError(f"--views must be 1 to {len(VIEWS)} ({', '.join(VIEWS)})")
+            raise UsageError(f"`views` must be 1 to {len(VIEWS)} ({', '.join(VIEWS)})")
         if not self.lr > 0:
-            raise UsageError("--lr must be positive")
+            raise UsageError("`lr` must be positive")
         if self.val_classes <= 0 or (self.val_classes >= 1 and self.val_classes != int(self.val_classes)):
-            raise UsageError("--val-classes must be a fraction below 1 or a whole number of classes")
+            raise UsageError("`val_classes` must be a fraction below 1 or a whole number of classes")
         trainable.block_index(self.train_from)
 
 
