@@ -294,7 +294,7 @@ def start(root: Path, args: list[str]) -> Run:
 
 
 def batch_args(engine: str, dest: str, batch_size: int | None, *extra: str, source: str = "queries") -> list[str]:
-    size = ["--batch-size", str(batch_size)] if batch_size and engine == "ray" else []  # Ray's task size
+    size = ["--task-size", str(batch_size)] if batch_size and engine == "ray" else []  # Ray's task size
     return ["support", source, "-o", dest, "--engine", engine, *size, *extra]
 
 
@@ -497,7 +497,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=2000, help="query images, drawn from the sets but openclipart")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of --engine local and ray")
     ap.add_argument("--batch-size", type=int, default=None,
-                    help="--engine ray's --batch-size, images per task (default: the CLI's)")  # fmt: skip
+                    help="--engine ray's --task-size, images per task (default: the CLI's)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0, help="seed of the choice of support and query images")
     ap.add_argument("--skip-fault", action="store_true", help="leave out the fault test (2)")
     ap.add_argument("--skip-resume", action="store_true", help="leave out the resume test (3)")

@@ -36,7 +36,7 @@ class Settings:
     format: str | None = None
     top_k: int = defaults.TOP_K
     batch_size: int | None = None  # None: the backbone's (emdcli.model.Backbone.batch_size)
-    workers: int | None = defaults.WORKERS  # None: one per usable core (emdcli.features.source.decode_workers)
+    decode_threads: int | None = defaults.DECODE_THREADS  # None: one per usable core (features.source.decode_workers)
     progress: bool = True
     quiet: bool = False
     shortlist: int = defaults.SHORTLIST
@@ -68,12 +68,15 @@ def rejects(text: str) -> bool:
     return True
 
 
+#: Keys renamed so that each name means one thing across commands: old -> new.
+RENAMED_KEYS = {"workers": "decode_threads"}
+
 _TYPES: dict[str, type] = {
-    "top_k": int, "batch_size": int, "workers": int, "progress": bool, "quiet": bool, "shortlist": int, "cache": bool,
-    "global_weight": float, "transductive": bool, "sensitivity": float,
+    "top_k": int, "batch_size": int, "decode_threads": int, "progress": bool, "quiet": bool, "shortlist": int,
+    "cache": bool, "global_weight": float, "transductive": bool, "sensitivity": float,
 }  # fmt: skip
-_MINIMUM = {"top_k": 1, "batch_size": 1, "workers": 1, "shortlist": 0}
-_OPTIONAL = {"batch_size", "transductive", "workers"}  # may be null: decided at run time
+_MINIMUM = {"top_k": 1, "batch_size": 1, "decode_threads": 1, "shortlist": 0}
+_OPTIONAL = {"batch_size", "transductive", "decode_threads"}  # may be null: decided at run time
 
 
 def default_config_path() -> Path:
@@ -139,6 +142,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
+        if key in RENAMED_KEYS:
+            raise ConfigError(f"{path}: the key {raw_key!r} is now {RENAMED_KEYS[key]!r}", hint="rename it in the file")
         if key not in known:
             names = ", ".join(sorted(k.replace("_", "-") for k in known))
             raise ConfigError(f"{path}: unknown key {raw_key!r}", hint=f"valid keys: {names}")

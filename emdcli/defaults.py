@@ -90,7 +90,7 @@ TOP_K = 2
 #: decoded by Pillow, a second thread made classify 1.20x as fast as emdcli 0.1 on 1 MP PNGs with
 #: fp32, 1.45x with int8, and 1.03x where the fp32 backbone bounds the rate (6 MP JPEGs;
 #: docs/benchmarks.md, "INT8 backbone: speed").
-WORKERS: int | None = None
+DECODE_THREADS: int | None = None
 
 # batch ---------------------------------------------------------------------------------------
 

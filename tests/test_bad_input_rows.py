@@ -80,7 +80,7 @@ def test_search_and_anomaly_without_any_query_exit_1(
     images = make_folder(tmp_path / "images", {"red": 3})
     (tmp_path / "empty").mkdir()
     queries = str(tmp_path / "empty") if source == "empty folder" else "-"
-    args = [queries, str(images)] if command == "search" else [str(images), queries]
+    args = [str(images), queries]  # the reference set first in both
     res = runner.invoke(app, [command, *args, "--model", str(tiny_model), "-f", "csv"], input="")
     assert res.exit_code == 1
     assert res.stdout == ""  # not even a CSV header
@@ -125,7 +125,7 @@ def test_search_and_anomaly_stopped_midway_keep_finished_rows_in_partial(
     out_dir.mkdir()
     out = out_dir / "rows.csv"
     out.write_text("an earlier, complete result\n")
-    where = [str(q1), str(q2), str(images)] if command == "search" else [str(images), str(q1), str(q2)]
+    where = [str(images), str(q1), str(q2)]
     args = [command, *where, "--model", str(tiny_model), "--config", str(config), "--no-cache"]
     if command == "search":
         args += ["-k", "2"]

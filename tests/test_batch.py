@@ -72,7 +72,7 @@ def test_rows_are_classify_rows_plus_the_model_sha256(
         assert row.pop("model_sha256") == sha
         assert row == expected
     assert {r["correct"] for r in mine} == {"true"}  # the tiny model separates the colours
-    streamed = batch(tiny_model, support_dir, query_dir, tmp_path / "each.csv", "--top-k", "3", "--batch-size", "4",
+    streamed = batch(tiny_model, support_dir, query_dir, tmp_path / "each.csv", "--top-k", "3", "--task-size", "4",
                      "--no-transductive")  # fmt: skip
     assert streamed.exit_code == 0, streamed.output
     assert "with --no-transductive the local engine streams every image" in streamed.stderr

@@ -59,14 +59,14 @@ def batch(tiny_model: Path, support: Path, source: Path, dest: Path, *rest: Any)
     resume tests match each query alone (--no-transductive), so that their rows compare with an
     undisturbed run's whatever the sets."""
     mode = [] if "--transductive" in rest else ["--no-transductive"]
-    args = ["batch", support, source, "-o", dest, "--model", tiny_model, "--batch-size", "2", *mode, *rest]
+    args = ["batch", support, source, "-o", dest, "--model", tiny_model, "--task-size", "2", *mode, *rest]
     return runner.invoke(app, [str(a) for a in args])
 
 
 def start(tiny_model: Path, support: Path, source: Path, dest: Path, address: str, *rest: str) -> Any:
     """The CLI in a subprocess, on the test cluster."""
     cmd = [sys.executable, "-m", "emdcli", "batch", str(support), str(source), "-o", str(dest),
-           "--model", str(tiny_model), "--batch-size", "2", "--engine", "ray", "--address", address,
+           "--model", str(tiny_model), "--task-size", "2", "--engine", "ray", "--address", address,
            "--no-transductive", *rest]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

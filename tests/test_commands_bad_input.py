@@ -27,14 +27,14 @@ def test_search_skips_a_broken_gallery_image_and_reports_a_broken_query(tiny_mod
     gallery = make_folder(tmp_path / "gallery", {"red": 2, "blue": 2})
     broken(gallery / "red" / "bad.png")
     bad_query = broken(tmp_path / "q.png")
-    res = run(tiny_model, "search", str(bad_query), str(gallery / "blue" / "img_0.png"), str(gallery), "-f", "json")
+    res = run(tiny_model, "search", str(gallery), str(bad_query), str(gallery / "blue" / "img_0.png"), "-f", "json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["gallery_images"] == 4  # the broken one is left out
     assert doc["rows"][0]["status"] == "error" and "not a recognised image format" in doc["rows"][0]["error"]
     assert all(r["status"] == "ok" for r in doc["rows"][1:])
     assert "skipped" in res.stderr and "bad.png" in res.stderr
-    res = run(tiny_model, "search", str(bad_query), str(gallery))
+    res = run(tiny_model, "search", str(gallery), str(bad_query))
     assert res.exit_code == 1 and "none of the queries could be read" in res.stderr
 
 
@@ -56,9 +56,9 @@ def test_anomaly_and_evaluate_skip_broken_images(tiny_model: Path, tmp_path: Pat
 def test_explain_refuses_a_broken_query_in_one_line(tiny_model: Path, tmp_path: Path) -> None:
     support = make_folder(tmp_path / "support", {"red": 1, "blue": 1})
     out = tmp_path / "m.png"
-    res = run(tiny_model, "explain", str(broken(tmp_path / "q.png")), str(support), "-o", str(out))
+    res = run(tiny_model, "explain", str(support), str(broken(tmp_path / "q.png")), "-o", str(out))
     assert res.exit_code == 1
     assert res.stderr.splitlines()[0].startswith("Error: ") and "not a recognised image format" in res.stderr
     assert not out.exists()
-    res = run(tiny_model, "explain", str(tmp_path / "missing.png"), str(support), "-o", str(out))
+    res = run(tiny_model, "explain", str(support), str(tmp_path / "missing.png"), "-o", str(out))
     assert res.exit_code == 2

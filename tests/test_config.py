@@ -34,15 +34,17 @@ def test_per_user_file_is_found(tmp_path: Path) -> None:
 def test_batch_size_may_be_left_to_the_backbone(tmp_path: Path) -> None:
     assert Settings().batch_size is None
     assert load_settings(write(tmp_path / "c.yaml", "batch-size: null\n"), {}).batch_size is None
-    assert load_settings(write(tmp_path / "w.yaml", "workers: null\n"), {}).workers is None  # one per core
+    assert (
+        load_settings(write(tmp_path / "w.yaml", "decode_threads: null\n"), {}).decode_threads is None
+    )  # one per core
     with pytest.raises(ConfigError, match="top_k must be a whole number"):
         load_settings(write(tmp_path / "d.yaml", "top-k: null\n"), {})
 
 
 def test_env_variable_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = write(tmp_path / "elsewhere.yml", "workers: 3\n")
+    cfg = write(tmp_path / "elsewhere.yml", "decode_threads: 3\n")
     monkeypatch.setenv("EMDCLI_CONFIG", str(cfg))
-    assert load_settings(None, {}).workers == 3
+    assert load_settings(None, {}).decode_threads == 3
     monkeypatch.setenv("EMDCLI_CONFIG", str(tmp_path / "gone.yml"))
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(None, {})

@@ -335,18 +335,18 @@ def test_explain_command_against_a_support_folder(tiny_model: Path, tmp_path: Pa
     support = make_folder(tmp_path / "support", {"red": 2, "green": 2, "blue": 2})
     query = make_folder(tmp_path / "q", {"green": 1}, seed=5) / "green" / "img_0.png"
     out = tmp_path / "match.png"
-    res = CliRunner().invoke(app, ["explain", str(query), str(support), "-o", str(out), "--model", str(tiny_model)])
+    res = CliRunner().invoke(app, ["explain", str(support), str(query), "-o", str(out), "--model", str(tiny_model)])
     assert res.exit_code == 0, res.output
     assert "predicted green" in res.stdout and "closest example" in res.stdout
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size[0] == 2 * 320 + GAP  # the tiny model's 32 px input, 10x
     res = CliRunner().invoke(
-        app, ["explain", str(query), str(support / "red" / "img_0.png"), "-o", str(out), "--model", str(tiny_model)]
+        app, ["explain", str(support / "red" / "img_0.png"), str(query), "-o", str(out), "--model", str(tiny_model)]
     )
     assert res.exit_code == 0, res.output
     assert "vs" in res.stdout
     res = CliRunner().invoke(
-        app, ["explain", str(query), str(support), "-o", str(tmp_path / "nope" / "m.png"), "--model", str(tiny_model)]
+        app, ["explain", str(support), str(query), "-o", str(tmp_path / "nope" / "m.png"), "--model", str(tiny_model)]
     )
     assert res.exit_code == 2 and "does not exist" in res.output
 
@@ -401,7 +401,7 @@ def test_explain_writes_the_format_its_output_suffix_names(tiny_model: Path, tmp
     support = make_folder(tmp_path / "support", {"red": 1, "green": 1})
     query = support / "red" / "img_0.png"
     for name, magic in (("m.jpg", b"\xff\xd8"), ("m.jpeg", b"\xff\xd8"), ("m.png", b"\x89PNG\r\n\x1a\n")):
-        res = _explain(tiny_model, str(query), str(support / "green" / "img_0.png"), "-o", str(tmp_path / name))
+        res = _explain(tiny_model, str(support / "green" / "img_0.png"), str(query), "-o", str(tmp_path / name))
         assert res.exit_code == 0, res.output
         assert (tmp_path / name).read_bytes()[: len(magic)] == magic, name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left by the atomic write
@@ -413,7 +413,7 @@ def test_explain_refuses_an_unknown_suffix_before_any_work(tiny_model: Path, tmp
     support = make_folder(tmp_path / "support", {"red": 1, "green": 1})
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")  # reading it would fail with exit code 1: the suffix is checked first
-    res = _explain(tiny_model, str(broken), str(support), "-o", str(tmp_path / "m.bmpx"))
+    res = _explain(tiny_model, str(support), str(broken), "-o", str(tmp_path / "m.bmpx"))
     assert res.exit_code == 2, res.output
     assert "m.bmpx" in res.output and ".png, .jpg, .jpeg" in res.output
     assert not (tmp_path / "m.bmpx").exists()
@@ -436,7 +436,7 @@ def test_explain_caption_names_both_scores_against_a_support_folder(
     monkeypatch.setattr(explain_task, "render_match", keep)
     support = make_folder(tmp_path / "support", {"red": 2, "green": 2, "blue": 2})
     query = make_folder(tmp_path / "q", {"green": 1}, seed=5) / "green" / "img_0.png"
-    res = _explain(tiny_model, str(query), str(support), "-o", str(tmp_path / "m.png"))
+    res = _explain(tiny_model, str(support), str(query), "-o", str(tmp_path / "m.png"))
     assert res.exit_code == 0, res.output
     class_score = re.search(r"class score (-?[0-9.]+)", res.stdout)
     assert class_score, res.stdout
@@ -448,6 +448,6 @@ def test_explain_caption_names_both_scores_against_a_support_folder(
     assert "predicted green" in said
     assert f"EMD score with this example {drawn[0].score:.3f}" in res.stdout
 
-    res = _explain(tiny_model, str(query), str(support / "red" / "img_0.png"), "-o", str(tmp_path / "m.png"))
+    res = _explain(tiny_model, str(support / "red" / "img_0.png"), str(query), "-o", str(tmp_path / "m.png"))
     assert res.exit_code == 0, res.output
     assert "class score" not in " ".join(drawn[1].caption)

@@ -133,14 +133,14 @@ def test_pictures_from_the_file_are_those_from_the_folder_and_a_changed_example_
     assert all((tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in drawn)
 
     query = next(mixed_queries.rglob("*.png"))
-    said = [runner.invoke(app, ["explain", str(query), str(s), "--model", str(tiny_model), "-o",
+    said = [runner.invoke(app, ["explain", str(s), str(query), "--model", str(tiny_model), "-o",
                                 str(tmp_path / f"{i}.png")]) for i, s in enumerate((support_dir, fitted))]  # fmt: skip
     assert said[0].exit_code == said[1].exit_code == 0, said[1].output
     assert said[0].stdout.replace(str(tmp_path / "0.png"), str(tmp_path / "1.png")) == said[1].stdout
 
     changed = sorted((support_dir / "red").iterdir())[0]
     changed.write_bytes(changed.read_bytes() + b"x")
-    res = runner.invoke(app, ["explain", str(query), str(fitted), "--model", str(tiny_model), "-o",
+    res = runner.invoke(app, ["explain", str(fitted), str(query), "--model", str(tiny_model), "-o",
                               str(tmp_path / "c.png")])  # fmt: skip
     assert res.exit_code == 2
     assert f"the example {changed} is gone or has changed" in " ".join(res.stderr.split())

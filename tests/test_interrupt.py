@@ -223,7 +223,7 @@ def test_a_folder_stopped_while_embedding_resumes_from_the_cache_to_the_same_row
         return len(list(cache.rglob("*.npy")))
 
     out = tmp_path / "preds.csv"
-    args = [str(support_dir), str(folder), "--model", str(tiny_model), "--batch-size", "1", "--workers", "1"]
+    args = [str(support_dir), str(folder), "--model", str(tiny_model), "--batch-size", "1", "--decode-threads", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "emdcli", "classify", *args, "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     wait_for(lambda: entries() >= 9 + 6, "six queries in the feature cache")  # 9: the support images

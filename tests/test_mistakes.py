@@ -99,7 +99,7 @@ def test_output_into_a_missing_folder_is_a_usage_error_before_any_work(
 
     monkeypatch.setattr(emdcli.model.backbone, "load_model", no_model)
     target = tmp_path / "missing" / "out.csv"
-    folders = {"classify": [support_dir, query_dir], "search": [query_dir, support_dir / "red"],
+    folders = {"classify": [support_dir, query_dir], "search": [support_dir / "red", query_dir],
                "anomaly": [support_dir / "red", query_dir], "evaluate": [support_dir]}[command]  # fmt: skip
     res = run(command, *folders, "--model", tiny_model, "-o", target)
     assert res.exit_code == 2, res.output

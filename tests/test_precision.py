@@ -83,7 +83,7 @@ def test_search_anomaly_and_evaluate_run_the_int8_variant(
     fp32, int8 = model_pair
     common = ["--model", str(fp32), "--precision", "int8", "-f", "json"]
     episodes = ["--way", "2", "--shot", "1", "--query", "1", "--episodes", "3"]
-    for args in (["search", str(query_dir / "red"), str(support_dir)],
+    for args in (["search", str(support_dir), str(query_dir / "red")],
                  ["anomaly", str(support_dir / "red"), str(query_dir)],
                  ["evaluate", str(support_dir), *episodes]):  # fmt: skip
         res = runner.invoke(app, [*args, *common])

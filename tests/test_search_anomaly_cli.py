@@ -24,7 +24,7 @@ def run(tiny_model: Path, *args: str) -> object:
 def test_search_finds_the_same_colour_and_never_the_query_itself(tiny_model: Path, tmp_path: Path) -> None:
     gallery = make_folder(tmp_path / "gallery", {"red": 3, "green": 3, "blue": 3})
     query = gallery / "green" / "img_0.png"
-    res = run(tiny_model, "search", str(query), str(gallery), "-k", "2", "-f", "csv")
+    res = run(tiny_model, "search", str(gallery), str(query), "-k", "2", "-f", "csv")
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert [r["rank"] for r in rows] == ["1", "2"]
@@ -38,7 +38,7 @@ def test_search_json_and_stdin_and_bad_query(tiny_model: Path, tmp_path: Path) -
     good = make_image(tmp_path / "q" / "red.png", (220, 30, 30), seed=9)
     bad = tmp_path / "q" / "broken.png"
     bad.write_bytes(b"not an image")
-    args = ["search", "-", str(gallery), "--model", str(tiny_model), "-f", "json", "-k", "1", "--rerank", "emd"]
+    args = ["search", str(gallery), "-", "--model", str(tiny_model), "-f", "json", "-k", "1", "--rerank", "emd"]
     res = runner.invoke(app, args, input=f"{good}\n{bad}\n")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
@@ -51,10 +51,10 @@ def test_search_json_and_stdin_and_bad_query(tiny_model: Path, tmp_path: Path) -
 
 def test_search_usage_errors(tiny_model: Path, tmp_path: Path) -> None:
     gallery = make_folder(tmp_path / "gallery", {"red": 2})
-    res = run(tiny_model, "search", str(tmp_path / "nope.png"), str(gallery))
+    res = run(tiny_model, "search", str(gallery), str(tmp_path / "nope.png"))
     assert res.exit_code == 2 and "does not exist" in res.output
     (tmp_path / "empty").mkdir()
-    res = run(tiny_model, "search", str(gallery), str(tmp_path / "empty"))
+    res = run(tiny_model, "search", str(tmp_path / "empty"), str(gallery))
     assert res.exit_code == 2 and "no images found" in res.output
 
 
@@ -96,10 +96,10 @@ def test_second_search_does_not_embed_the_gallery_again(
         return real(self, batch)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Backbone, "__call__", counting)
-    assert run(tiny_model, "search", str(query), str(gallery), "-f", "csv").exit_code == 0
+    assert run(tiny_model, "search", str(gallery), str(query), "-f", "csv").exit_code == 0
     assert sum(embedded) == 6 + 1  # the gallery, then the query
     embedded.clear()
-    res = run(tiny_model, "search", str(query), str(gallery), "-f", "csv")
+    res = run(tiny_model, "search", str(gallery), str(query), "-f", "csv")
     assert res.exit_code == 0, res.output
     assert sum(embedded) == 1  # only the query: the gallery came from the feature cache
 
@@ -109,7 +109,7 @@ def test_an_unreadable_gallery_image_is_named_a_gallery_image(tiny_model: Path, 
     bad = gallery / "red" / "broken.png"
     bad.write_bytes(b"not an image")
     query = make_image(tmp_path / "q" / "red.png", (220, 30, 30), seed=9)
-    res = run(tiny_model, "search", str(query), str(gallery), "-k", "1", "-f", "csv")
+    res = run(tiny_model, "search", str(gallery), str(query), "-k", "1", "-f", "csv")
     assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
     assert f"Warning: skipped gallery image {bad}: not a recognised image format\n" in res.stderr  # type: ignore[attr-defined]
     assert "support" not in res.stderr  # type: ignore[attr-defined]

@@ -89,10 +89,10 @@ def run(
             show_default="one per core (local cluster), the cluster's CPUs but one (--address)",
         ),
     ] = None,  # fmt: skip
-    batch_size: Annotated[
+    task_size: Annotated[
         int | None,
         typer.Option(
-            "--batch-size",
+            "--task-size",
             metavar="B",
             min=1,
             help="Images per task: one set of queries matched together (transductive, on either engine), "
@@ -130,8 +130,8 @@ def run(
 
     chosen = fmt or _format_for(output)
     span = _parse_workers(workers, engine)
-    if batch_size is not None and engine == "local" and session.settings.transductive is False:
-        session.warn("--batch-size is the size of a set of queries; with --no-transductive the local engine "
+    if task_size is not None and engine == "local" and session.settings.transductive is False:
+        session.warn("--task-size is the size of a set of queries; with --no-transductive the local engine "
                     "streams every image through one worker")  # fmt: skip
     if engine == "ray":
         from ..tasks.ray_engine import need_ray
@@ -176,14 +176,14 @@ def run(
         if todo and engine == "local":
             tally.workers = span[1] if workers else None
             local_job = job.with_layout(threads=None, lanes=tally.workers)
-            for rows in batch_tasks.run_local(local_job, todo, lambda n: bars.advance(task, n), batch_size):
+            for rows in batch_tasks.run_local(local_job, todo, lambda n: bars.advance(task, n), task_size):
                 _write_rows(rows, tally, write, session)
         elif todo:
             from ..tasks.ray_engine import ray_cluster, run_ray
 
             with ray_cluster(address, span if workers else None) as cluster:
                 tally.workers = cluster.workers[1]
-                for rows in run_ray(job, todo, cluster.workers, batch_size):
+                for rows in run_ray(job, todo, cluster.workers, task_size):
                     bars.advance(task, len(rows))
                     _write_rows(rows, tally, write, session)
 

@@ -27,7 +27,7 @@ EPILOG = (
 )
 
 
-@with_session("fmt", "output", *CLASSIFYING, "batch_size", "workers", "cache", "progress", "quiet", "config")
+@with_session("fmt", "output", *CLASSIFYING, "batch_size", "decode_threads", "cache", "progress", "quiet", "config")
 def run(
     support: Annotated[
         Path,

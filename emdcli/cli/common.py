@@ -76,7 +76,7 @@ DeviceOpt = Annotated[DeviceName | None, _option("--device", metavar="DEVICE", h
     default=defaults.DEVICE)]
 BatchSizeOpt = Annotated[int | None, _option("--batch-size", metavar="N", min=1, help=(
     "Images per backbone call."), default="4 on CPU, 16 on CUDA")]
-WorkersOpt = Annotated[int | None, _option("--workers", metavar="N", min=1, help=(
+DecodeThreadsOpt = Annotated[int | None, _option("--decode-threads", metavar="N", min=1, help=(
     "Threads decoding images while the backbone runs."), default="one per CPU core")]
 MetricOpt = Annotated[MetricName | None, _option("--metric", metavar="METRIC", help=(
     "Node cost: cosine (1 - cos, as DeepEMD) or l2."), default=defaults.METRIC)]
@@ -136,7 +136,7 @@ SHARED_OPTIONS: dict[str, Any] = {
     "global_weight": GlobalWeightOpt, "transductive": TransductiveOpt, "shortlist": ShortlistOpt, "model": ModelOpt,
     "device": DeviceOpt, "precision": PrecisionOpt, "reject": RejectOpt,
     "sensitivity": SensitivityOpt, "unknown_label": UnknownLabelOpt,
-    "batch_size": BatchSizeOpt, "workers": WorkersOpt, "cache": CacheOpt, "progress": ProgressOpt,
+    "batch_size": BatchSizeOpt, "decode_threads": DecodeThreadsOpt, "cache": CacheOpt, "progress": ProgressOpt,
     "quiet": QuietOpt, "config": ConfigOpt,
 }  # fmt: skip
 
@@ -227,7 +227,7 @@ class Session:
 
         cache = FeatureCache.for_model(self.backbone.manifest) if self.settings.cache else None
         return FeatureSource(
-            self.backbone, batch_size=self.settings.batch_size, workers=self.settings.workers, cache=cache
+            self.backbone, batch_size=self.settings.batch_size, workers=self.settings.decode_threads, cache=cache
         )
 
     def matcher(self, *, stream: bool = False) -> Matcher:

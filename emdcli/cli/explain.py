@@ -1,4 +1,4 @@
-"""``emdcli explain QUERY SUPPORT_OR_IMAGE``: a picture of one DeepEMD match."""
+"""``emdcli explain SUPPORT_OR_IMAGE QUERY``: a picture of one DeepEMD match."""
 
 from __future__ import annotations
 
@@ -13,29 +13,29 @@ from .common import Session, with_session
 NAME = "explain"
 EPILOG = (
     "[bold]Examples[/bold]\n\n"
-    "  emdcli explain query.jpg support/ -o match.png     (closest example of the predicted class)\n\n"
-    "  emdcli explain a.jpg b.jpg -o match.png --lines 20\n\n"
+    "  emdcli explain support/ query.jpg -o match.png     (closest example of the predicted class)\n\n"
+    "  emdcli explain b.jpg a.jpg -o match.png --lines 20     (a.jpg is the query)\n\n"
+    "The reference comes first, as in every command (classify SUPPORT QUERIES, search GALLERY QUERY). "
     "The picture shows both images as the model saw them (bright = heavy node weight, dimmed = light), and the "
-    "strongest flows of the optimal plan as numbered lines; the caption says what the score is. "
+    "strongest flows of the optimal plan as numbered lines; the caption says what the score is.\n\n"
     "Exit codes: 0 written, 1 unreadable image or model failure, 2 usage error."
 )
 
 
 @with_session("metric", "model", "precision", "device", "cache", "config")
 def run(
-    query: Annotated[
-        Path, typer.Argument(help="The query image.", metavar="QUERY", exists=True, dir_okay=False, show_default=False)
-    ],
     target: Annotated[
         Path,
         typer.Argument(
-            help="An image to match the query with, or a support folder (SUPPORT/CLASS/image): then the "
-            "query is classified and matched with the closest example of its predicted class.",
+            help="An image to match the query with, or a support folder (SUPPORT/CLASS/image) or a file 'emdcli "
+            "fit' made of one: then the query is classified and matched with the closest example of its predicted "
+            "class.",
             metavar="SUPPORT_OR_IMAGE",
             exists=True,
             show_default=False,
         ),
     ],  # fmt: skip
+    query: Annotated[Path, typer.Argument(help="The query image.", metavar="QUERY", exists=True, show_default=False)],
     output: Annotated[
         Path,
         typer.Option(
@@ -67,6 +67,9 @@ def run(
     from ..tasks.classify import Classifier
     from ..tasks.fitted import is_fitted_file, load_fitted
 
+    if query.is_dir() or is_fitted_file(query):  # the order of emdcli 0.1: QUERY SUPPORT_OR_IMAGE
+        raise UsageError("SUPPORT_OR_IMAGE comes first and QUERY is an image: emdcli explain SUPPORT_OR_IMAGE QUERY",
+                         hint=f"emdcli explain {display_path(query)} {display_path(target)}")  # fmt: skip
     try:  # before any work: the picture's format comes from the --output suffix
         fmt = picture_format(output)
     except ValueError as exc:

@@ -122,9 +122,25 @@ def plain_reason(error: Mapping[str, Any], param: Parameter | None, ctx: Context
     return message if message.endswith(".") else f"{message}."
 
 
+#: Options renamed so that each name means one thing across commands (emdcli 0.2): command -> old -> new.
+#: The old spelling is a usage error that names the new one.
+RENAMED_OPTIONS: dict[str, dict[str, str]] = {
+    "classify": {"--workers": "--decode-threads"},
+    "watch": {"--workers": "--decode-threads"},
+    "batch": {"--batch-size": "--task-size"},
+    "search": {"--shortlist": "--rerank-top"},
+}
+
+
 def plain_message(exc: typer.TyperException) -> str:
-    """``exc``'s message with an option named once (``'--format'``, not ``'--format' / '-f'``)
-    and a refused value explained in plain words."""
+    """``exc``'s message with an option named once (``'--format'``, not ``'--format' / '-f'``),
+    a refused value explained in plain words, and a renamed option's new name."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoSuchOption" and ctx is not None and ctx.command.name:  # Typer's own Click
+        old = str(getattr(exc, "option_name", ""))
+        new = RENAMED_OPTIONS.get(ctx.command.name, {}).get(old)
+        if new is not None:
+            return f"{old} is now {new} (each option name means one thing in every command)"
     if isinstance(exc, typer.BadParameter) and exc.param is not None:
         param = exc.param
         if exc.param_hint is None and param.param_type_name == "option" and param.opts:

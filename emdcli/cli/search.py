@@ -1,4 +1,4 @@
-"""``emdcli search QUERY... GALLERY``: retrieval by a global shortlist, then DeepEMD re-ranking."""
+"""``emdcli search GALLERY QUERY...``: retrieval by a global shortlist, then DeepEMD re-ranking."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from .common import NullOpt, Session, argument, embed_folder, query_paths, with_
 NAME = "search"
 EPILOG = (
     "[bold]Examples[/bold]\n\n"
-    "  emdcli search query.jpg photos/ --top-k 5\n\n"
-    "  emdcli search queries/ photos/ --format csv > hits.csv\n\n"
-    "Two stages: the whole gallery is ranked by global cosine (pooled features), then the --shortlist best "
+    "  emdcli search photos/ query.jpg --top-k 5\n\n"
+    "  emdcli search photos/ queries/ --format csv > hits.csv\n\n"
+    "The reference set comes first, as in every command (classify SUPPORT QUERIES, anomaly NORMAL QUERIES). "
+    "Two stages: the whole gallery is ranked by global cosine (pooled features), then the --rerank-top best "
     "are re-ranked by DeepEMD. Gallery features are cached, so a second search over the same gallery does "
     "not embed it again. A query that is itself in the gallery is not returned as its own hit.\n\n"
     "Exit codes: 0 done, 1 runtime failure (or no query readable), 2 usage error."
@@ -26,16 +27,16 @@ EPILOG = (
 
 @with_session("fmt", "output", "model", "precision", "device", "cache", "progress", "quiet", "config")
 def run(
+    gallery: Annotated[Path, argument("Folder of images to search (recursively).", "GALLERY")],
     queries: Annotated[
         list[str], argument("Query images: files, folders, or - to read paths from stdin.", "QUERY")
     ],  # fmt: skip
-    gallery: Annotated[Path, argument("Folder of images to search (recursively).", "GALLERY")],
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", metavar="N", min=1, help="Hits per query.")
     ] = defaults.SEARCH_TOP_K,
-    shortlist: Annotated[
+    rerank_top: Annotated[
         int,
-        typer.Option("--shortlist", metavar="N", min=0, help="How many global-cosine hits DeepEMD re-ranks (0: all)."),
+        typer.Option("--rerank-top", metavar="N", min=0, help="How many global-cosine hits DeepEMD re-ranks (0: all)."),
     ] = defaults.SEARCH_SHORTLIST,
     rerank: Annotated[
         RerankName,
@@ -51,17 +52,22 @@ def run(
     session: Session,
 ) -> None:
     """Find the gallery images most like each query: global shortlist, then DeepEMD re-ranking."""
-    from ..errors import EmdcliError
+    from ..errors import EmdcliError, UsageError
+    from ..io.files import display_path
     from ..tasks.search import Gallery
     from .reports import search_layout
 
+    if gallery.is_file() and Path(queries[-1]).is_dir():  # the order of emdcli 0.1: QUERY... GALLERY
+        swapped = " ".join([display_path(queries[-1]), display_path(gallery), *queries[:-1]])
+        raise UsageError("GALLERY comes first and is a folder: emdcli search GALLERY QUERY...",
+                         hint=f"emdcli search {swapped}")  # fmt: skip
     sink = session.sink()
     paths = query_paths(queries, null)
     found = embed_folder(session, gallery, "gallery", lambda images, done: Gallery.build(session.source, images, done))
     counts = {"ok": 0, "error": 0}
 
     def rows() -> Iterator[dict[str, Any]]:
-        for result in found.search(paths, top_k=top_k, shortlist=shortlist, rerank=rerank):
+        for result in found.search(paths, top_k=top_k, shortlist=rerank_top, rerank=rerank):
             counts["ok" if result.error is None else "error"] += 1
             if result.error is not None:
                 session.warn(f"skipped {result.error}")
@@ -69,7 +75,7 @@ def run(
 
     header = {
         "gallery": str(gallery), "gallery_images": found.index.size, "model": session.backbone.manifest.name,
-        "model_sha256": session.backbone.check.actual, "shortlist": shortlist, "rerank": rerank, "top_k": top_k,
+        "model_sha256": session.backbone.check.actual, "rerank_top": rerank_top, "rerank": rerank, "top_k": top_k,
     }  # fmt: skip
     layout = search_layout(f"{gallery}: {found.index.size} images, re-ranked by {rerank}")
     with sink.open(

@@ -28,7 +28,7 @@ EPILOG = (
 )
 
 
-@with_session(*CLASSIFYING, "batch_size", "workers", "cache", "quiet", "config")
+@with_session(*CLASSIFYING, "batch_size", "decode_threads", "cache", "quiet", "config")
 def run(
     support: Annotated[
         Path,

@@ -62,10 +62,10 @@ class LabelledFeatures:
 
 
 def decode_workers() -> int:
-    """Decoding threads when none are asked for: ``defaults.WORKERS``, else one per usable core."""
+    """Decoding threads when none are asked for: ``defaults.DECODE_THREADS``, else one per usable core."""
     from ..model.backbone import usable_cores
 
-    return defaults.WORKERS or usable_cores()
+    return defaults.DECODE_THREADS or usable_cores()
 
 
 class FeatureSource:
