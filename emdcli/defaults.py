@@ -27,9 +27,9 @@ PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
 
 DEVICE = "auto"
 #: The bundled model's precision when --precision is not given (any other model runs as named):
-#: its int8 variant (weights/efficientnet_lite0_int8), which lost at most 0.44 points against fp32
-#: on every image set and setting of both class halves, 5-way 1- and 5-shot, default and proto
-#: (docs/benchmarks.md, "INT8 backbone: the accuracy it costs"), the rule for a default being 0.5.
+#: its int8 variant (weights/efficientnet_lite0_int8), chosen because its accuracy against fp32 stayed
+#: within the rule for a default on every set and setting (docs/benchmarks.md, "INT8 backbone: the
+#: accuracy it costs").
 BUNDLED_PRECISION: PrecisionName = "int8"
 #: Images ``export --precision int8`` measures activation ranges on (docs/benchmarks.md, "INT8").
 INT8_CALIBRATION_IMAGES = 200
@@ -86,20 +86,17 @@ SFC_MAX_PAIRS = 2500
 METRIC = "cosine"
 #: Ranked classes listed per query.
 TOP_K = 2
-#: Threads decoding images while the backbone runs; None: one per usable CPU core. On 2 cores, PNGs
-#: decoded by Pillow, a second thread made classify 1.20x as fast as emdcli 0.1 on 1 MP PNGs with
-#: fp32, 1.45x with int8, and 1.03x where the fp32 backbone bounds the rate (6 MP JPEGs;
-#: docs/benchmarks.md, "INT8 backbone: speed").
+#: Threads decoding images while the backbone runs; None: one per usable CPU core (chosen by the
+#: rates in docs/benchmarks.md, "INT8 backbone: speed").
 DECODE_THREADS: int | None = None
 
 # batch ---------------------------------------------------------------------------------------
 
-#: Images handed to a Ray worker at once (one task), at most. On 2 cores Ray kept 0.92 of the local
-#: engine's rate with tasks of 256, against 0.77 (16), 0.85 (64) and 0.80 (1,024) (docs/benchmarks.md,
-#: "batch: local and Ray"); a lost worker redoes at most one task.
+#: Images handed to a Ray worker at once (one task), at most: the size that kept most of the local
+#: engine's rate (docs/benchmarks.md, "Choosing the Ray task size"); a lost worker redoes at most one task.
 BATCH_TASK_SIZE = 256
 #: ... and at least this many tasks per worker when the input is small, so that no worker idles
-#: while another has a long task (1,000 images in tasks of 1,024 kept one of two workers idle).
+#: while another has a long task (docs/benchmarks.md, "Choosing the Ray task size").
 BATCH_TASKS_PER_WORKER = 4
 
 # search --------------------------------------------------------------------------------------
@@ -119,8 +116,8 @@ RERANK_GLOBAL_WEIGHT = 1.0
 ANOMALY_K = 3
 #: Fraction of the normal images a calibrated threshold may flag.
 CONTAMINATION = 0.05
-#: Fewer normal images than this get a warning that the calibrated threshold is a rough one (with 10
-#: per class, contamination 0.05 flagged 5.4-18.3% of held-out normal images: docs/benchmarks.md).
+#: Fewer normal images than this get a warning that the calibrated threshold is a rough one (how far
+#: the share flagged strays: docs/benchmarks.md, "Anomaly detection").
 CALIBRATION_IMAGES = 10
 
 # open-set rejection ("none of these") ------------------------------------------------------

@@ -114,3 +114,10 @@ def test_the_command_line_names_the_flags_of_the_settings_the_library_names() ->
         == "--sort-into and --format csv; --way 3 --open-set 1"
     )
     assert as_flags("the `fmt` word and `nothing_known`") == "the `fmt` word and `nothing_known`"
+
+
+def test_help_texts_and_defaults_quote_no_measured_figure() -> None:
+    """Measured speed-ups and accuracy costs live in docs/benchmarks.md; help texts and defaults.py link to it."""
+    figure = re.compile(r"\b\d+(?:\.\d+)?x (?:as fast|faster)|\d+\.\d+x\b|\b\d+(?:\.\d+)? points?\b")
+    for path in (REPO / "docs" / "cli.md", REPO / "emdcli" / "defaults.py"):
+        assert figure.findall(path.read_text(encoding="utf-8")) == [], path.name

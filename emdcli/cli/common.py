@@ -68,8 +68,7 @@ ProgressOpt = Annotated[bool | None, _option("--progress/--no-progress", help=(
 QuietOpt = Annotated[bool | None, _option("--quiet", "-q", help="No progress, warnings or summary on stderr.")]
 PrecisionOpt = Annotated[PrecisionName | None, _option("--precision", metavar="PRECISION", help=(
     "fp32 or int8: int8 runs the model's 8-bit variant (NAME_int8.json beside it; 'emdcli export --precision "
-    "int8' makes one). The bundled one's backbone is 2.2x as fast on CPU, and it lost at most 0.44 points of "
-    "accuracy against fp32 (docs/benchmarks.md, 'INT8 backbone')."),
+    "int8' makes one). Its speed and the accuracy it costs: docs/benchmarks.md, 'INT8 backbone'."),
     default="int8 for the bundled model, any other as named")]
 DeviceOpt = Annotated[DeviceName | None, _option("--device", metavar="DEVICE", help=(
     "auto, cpu or cuda. auto: CUDA when onnxruntime has it, else CPU; cuda: fail if CUDA is missing."),

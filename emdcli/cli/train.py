@@ -15,8 +15,8 @@ from ..interrupts import handled, stop_error
 from .common import Session, ShotOpt, WayOpt, advance, argument, with_session
 
 NAME = "train"
-#: Fewer held-out classes than this get a warning: on openclipart (19 base classes, 5 held out) a
-#: state that gained on them lost 3 points on new classes (docs/benchmarks.md, "train").
+#: Fewer held-out classes than this get a warning: too few to choose a state that holds on new
+#: classes (docs/benchmarks.md, "train").
 FEW_VAL_CLASSES = 10
 EPILOG = (
     "[bold]Examples[/bold]\n\n"
