@@ -170,10 +170,22 @@ def test_usage_errors_exit_2(args: list[str], message: str, support_dir: Path, t
 
 
 def test_model_failure_exits_1_in_one_line(support_dir: Path, query_dir: Path, tmp_path: Path) -> None:
-    res = run("classify", support_dir, query_dir, "--model", tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    res = run("classify", support_dir, query_dir, "--model", tmp_path / "broken.json")
     assert res.exit_code == 1
-    assert res.stderr.splitlines()[0].startswith("Error: model manifest not found:")
+    assert res.stderr.splitlines()[0].startswith(f"Error: {tmp_path / 'broken.json'}: not a readable JSON manifest")
     assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("model", ["resnet50", "missing/model.json"])
+def test_a_model_that_is_not_there_is_a_usage_error_listing_the_bundled_ones(
+    model: str, support_dir: Path, query_dir: Path
+) -> None:
+    res = run("classify", support_dir, query_dir, "--model", model)
+    assert res.exit_code == 2
+    said = " ".join(res.stderr.split())
+    assert f"Error: no model '{model}': not the name of a bundled model, nor a file or folder" in said
+    assert "Hint: bundled models: efficientnet_lite0," in said and "or give --model a manifest (.json)" in said
 
 
 def test_cuda_without_cuda_is_an_error(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:

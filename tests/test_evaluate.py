@@ -359,7 +359,10 @@ def test_evaluate_reports_small_classes(tiny_model: Path, tmp_path: Path) -> Non
                               "--episodes", "4", "--format", "json"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["classes_too_small"] == ["blue"]
-    assert "1 of 3 classes have fewer than 3 readable images" in res.stderr
+    said = " ".join(res.stderr.split())
+    assert (
+        "1 of 3 classes have fewer than 3 readable images and are never drawn: blue; --shot 1 --query 1 draws" in said
+    )
 
 
 def test_methods_sharing_parts_score_as_if_alone() -> None:

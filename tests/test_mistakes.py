@@ -29,7 +29,7 @@ def test_the_support_folder_given_as_queries_is_called_out(tiny_model: Path, sup
     doc = json.loads(res.stdout)
     assert doc["summary"]["support_images_as_queries"] == doc["summary"]["queries"] == 9
     assert (
-        "Warning: every query is a support image itself (the same file content): their predictions and the "
+        "Warning: every query is also a support image (the same file content): their predictions and the "
         "accuracy say nothing about unseen images; did you swap SUPPORT and QUERIES, or give the same folder "
         "twice?\n"
     ) in res.stderr
@@ -43,7 +43,7 @@ def test_a_few_support_images_among_the_queries_are_counted(
     res = run("classify", support_dir, query_dir, "--model", tiny_model, "-f", "json")
     assert res.exit_code == 0
     assert json.loads(res.stdout)["summary"]["support_images_as_queries"] == 1
-    assert "Warning: 1 of 7 queries is a support image itself (the same file content)" in res.stderr
+    assert "Warning: 1 of 7 queries is also a support image (the same file content)" in res.stderr
 
 
 def test_unseen_queries_raise_no_overlap_warning(tiny_model: Path, support_dir: Path, query_dir: Path) -> None:

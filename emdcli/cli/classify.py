@@ -157,7 +157,8 @@ def run(
                                     dry_run=dry_run, unknown_label=label, queries=queries)  # fmt: skip
     from_stdin = "-" in queries
     not_images: list[Path] = []  # files in the query folders that are not images
-    paths: Any = query_paths(queries, null, not_images)
+    texts: dict[Path, str] = {}  # each query path as given (a Path drops a leading ./): the rows keep it
+    paths: Any = query_paths(queries, null, not_images, texts)
     if sorter is not None:  # what an earlier run sorted into DIR is not a query again
         paths = sorter.outside(paths)
     if not from_stdin:
@@ -187,7 +188,8 @@ def run(
     prior: tuple[Prediction, ...] = ()
     if earlier is not None:
         prior, done = earlier.predictions, earlier.done
-        paths = (p for p in paths if display_path(p) not in done)
+        texts.update((Path(t), t) for t in done)  # the earlier rows keep their text too
+        paths = (p for p in paths if display_path(texts.get(p, p)) not in done)
         paths = paths if from_stdin else list(paths)
         session.warn(f"resuming: {len(prior)} {'row' if len(prior) == 1 else 'rows'} from {display_path(earlier.path)}")
     top = min(settings.top_k, len(classes))
@@ -227,7 +229,9 @@ def run(
             for pred, resumed in itertools.chain(((p, True) for p in prior), ((p, False) for p in new)):
                 if not pred.ok and not resumed:  # an earlier run's skips were reported by that run
                     session.warn(f"skipped {pred.error}")
-                record = pred.to_record(classes, top, open_set=rejection is not None)
+                given = texts.pop(pred.path, None)
+                record = pred.to_record(classes, top, None if given is None else display_path(given),
+                                        open_set=rejection is not None)  # fmt: skip
                 if pictures is not None:
                     record["picture"] = pictures.drawn.pop(pred.path, None)
                 if sorter is not None:

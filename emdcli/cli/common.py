@@ -290,12 +290,15 @@ def advance(bars: Progress, description: str, total: int | None) -> Callable[[in
     return lambda n: bars.advance(task, n)
 
 
-def query_paths(queries: list[str], null: bool = False, not_images: list[Path] | None = None) -> Iterator[Path]:
-    """The query arguments as a lazy stream of paths; ``-`` reads stdin (``null``: NUL-separated)."""
+def query_paths(
+    queries: list[str], null: bool = False, not_images: list[Path] | None = None, texts: dict[Path, str] | None = None
+) -> Iterator[Path]:
+    """The query arguments as a lazy stream of paths; ``-`` reads stdin (``null``: NUL-separated); ``texts``:
+    each path's text as given (:func:`emdcli.io.images.iter_query_paths`)."""
     from ..io.images import query_paths as paths
     from ..io.images import stdin_paths
 
-    return paths(queries, stdin_paths(sys.stdin, null) if "-" in queries else None, not_images)
+    return paths(queries, stdin_paths(sys.stdin, null) if "-" in queries else None, not_images, texts)
 
 
 def embed_folder(

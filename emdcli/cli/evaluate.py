@@ -126,7 +126,8 @@ def run(
             closed = evaluate(folder, methods=names, **common)
             run, records, confusion = closed, closed.evaluation.to_records(), closed.evaluation.confusion
     session.report_skipped(run.data.skipped)
-    small = never_drawn(session, folder, run.plan.too_small, shot + query)
+    sizes = [int((run.data.labels == i).sum()) for i in run.plan.too_small]
+    small = never_drawn(session, folder, run.plan.too_small, shot, query, sizes)
     header = {
         "dataset": str(dataset), "model": session.backbone.manifest.name, "model_sha256": session.backbone.check.actual,
         "way": way, "shot": shot, "query": query,
@@ -158,12 +159,18 @@ def run(
         session.inform(f"wrote the report {report}")
 
 
-def never_drawn(session: Session, folder: LabelledFolder, too_small: tuple[int, ...], need: int) -> list[str]:
-    """The names of the classes too small to be drawn, warned about on stderr."""
+def never_drawn(
+    session: Session, folder: LabelledFolder, too_small: tuple[int, ...], shot: int, query: int, sizes: list[int]
+) -> list[str]:
+    """The names of the classes too small to be drawn (``sizes``: their readable images), warned about on
+    stderr with the episode shape that would draw them too."""
+    from ..tasks.episodes import drawn_too
+
     small = [folder.classes[i].name for i in too_small]
     if small:
-        session.warn(f"{len(small)} of {len(folder.classes)} classes have fewer than {need} readable images "
-                     f"and are never drawn: {', '.join(small[:8])}{' ...' if len(small) > 8 else ''}")  # fmt: skip
+        session.warn(f"{len(small)} of {len(folder.classes)} classes have fewer than {shot + query} readable images "
+                     f"and are never drawn: {', '.join(small[:8])}{' ...' if len(small) > 8 else ''}; "
+                     f"{drawn_too(min(sizes), shot)}")  # fmt: skip
     return small
 
 

@@ -103,13 +103,13 @@ def transductive_notes(sets: Sequence[SetReport]) -> list[str]:
     if len(sets) == 1:
         s = kept[0]
         if s.queries < 2:
-            return ["matched the query on its own: a set of one query has nothing to share"]
+            return ["classified the one query on its own: matching queries together needs two or more"]
         return [
-            f"matched each query on its own, not as a set: their predictions are too lopsided (spread "
-            f"{s.spread:.2f}, the largest class {s.share:.1f}x its even share), as when most are of one class"
+            "classified each query on its own, not together: most first guesses went to few classes, as when most "
+            "images are of one class, and matching them together would pull the other classes toward those"
         ]
-    return [f"matched the queries of {len(kept)} of {len(sets)} sets each on its own: their predictions were too "
-            "lopsided, as when most are of one class"]  # fmt: skip
+    return [f"classified the queries of {len(kept)} of {len(sets)} sets each on its own: most first guesses went to "
+            "few classes, as when most images are of one class"]  # fmt: skip
 
 
 def query_warnings(tally: Tally, not_images: Sequence[Path], support: Path) -> list[str]:
@@ -121,12 +121,13 @@ def query_warnings(tally: Tally, not_images: Sequence[Path], support: Path) -> l
                    f"({count_by_suffix(not_images)})")  # fmt: skip
     n = tally.support_images
     if n:
+        are = "is also a support image" if n == 1 else "are also support images"
         what = (
-            "every query is a support image"
+            "every query is also a support image"
             if n == tally.total
-            else (f"{n} of {plural(tally.total, 'query')} {'is a support image' if n == 1 else 'are support images'}")
+            else f"{n} of {plural(tally.total, 'query')} {are}"
         )
-        out.append(f"{what} itself (the same file content): their predictions and the accuracy say nothing "
+        out.append(f"{what} (the same file content): their predictions and the accuracy say nothing "
                    "about unseen images; did you swap SUPPORT and QUERIES, or give the same folder twice?")  # fmt: skip
     elif tally.in_support_folders:
         out.append(f"{plural(tally.in_support_folders, 'query')} inside the support set's class folders "

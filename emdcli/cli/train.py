@@ -176,7 +176,7 @@ def run(
         write_bank(result.manifest_path)
     if result.stopped:
         session.inform(f"stopped after episode {result.episodes_done} of {episodes}; checkpoint kept in {out}")
-        session.inform(f"continue with: emdcli train {base_dir} --out {out} --resume")
+        session.inform(f"continue with: {continue_command(base_dir, out, settings, session.settings.model)}")
         raise stop_error(signals[0])
     if result.best.episode == 0:
         session.warn("no validation was significantly better than before training: the model written has the "
@@ -204,3 +204,22 @@ def run(
     with sink.open(train_layout(title), header, summary) as emit:
         for record in result.to_records():
             emit(record)
+
+
+def continue_command(base_dir: Path, out: Path, settings: Any, model: str | None) -> str:
+    """The command that resumes a stopped run: its folders, ``--resume``, and every setting that is not the
+    default (a resumed run must have the same ones), quoted for a shell."""
+    import shlex
+    from dataclasses import fields
+
+    from ..tasks.training.settings import TrainSettings
+
+    words = ["emdcli", "train", str(base_dir), "--out", str(out)]
+    if model:
+        words += ["--model", model]
+    default = TrainSettings()
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if value != getattr(default, f.name):
+            words += [f"--{f.name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+    return " ".join(shlex.quote(w) for w in [*words, "--resume"])

@@ -94,10 +94,14 @@ def is_image_name(path: ImagePath) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def iter_image_files(folder: Path, not_images: list[Path] | None = None) -> Iterator[Path]:
+def iter_image_files(
+    folder: Path | str, not_images: list[Path] | None = None, texts: dict[Path, str] | None = None
+) -> Iterator[Path]:
     """Image files below ``folder``, recursively, in sorted order; hidden entries skipped.
 
-    not_images: when given, the other (not hidden) files found are appended to it.
+    not_images: when given, the other (not hidden) files found are appended to it. texts: when given,
+    each path yielded is mapped to its text as ``folder`` was written (``./a/b.png``, which a Path
+    shortens to ``a/b.png``).
     """
     for root, dirs, files in os.walk(folder, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -106,6 +110,8 @@ def iter_image_files(folder: Path, not_images: list[Path] | None = None) -> Iter
             if is_hidden(path):
                 continue
             if is_image_name(path):
+                if texts is not None:
+                    texts[path] = os.path.join(root, name)
                 yield path
             elif not_images is not None:
                 not_images.append(path)
@@ -121,12 +127,16 @@ def count_by_suffix(paths: Iterable[Path]) -> str:
 
 
 def iter_query_paths(
-    sources: Iterable[str], stdin: Iterable[str] | None = None, not_images: list[Path] | None = None
+    sources: Iterable[str],
+    stdin: Iterable[str] | None = None,
+    not_images: list[Path] | None = None,
+    texts: dict[Path, str] | None = None,
 ) -> Iterator[Path]:
     """Expand query arguments lazily: a file as is, a folder recursively, ``-`` from stdin.
 
     Lines read from stdin are paths, one per line; blank lines are skipped. They
-    are only ever opened for reading. A missing argument raises DatasetError.
+    are only ever opened for reading. A missing argument raises DatasetError. texts: when given,
+    each path yielded is mapped to its text as given (a Path drops a leading ``./``).
     """
     for source in sources:
         if source == "-":
@@ -135,12 +145,16 @@ def iter_query_paths(
             for line in stdin:
                 text = line.rstrip("\r\n")
                 if text.strip():
+                    if texts is not None:
+                        texts[Path(text)] = text
                     yield Path(text)
             continue
         path = Path(source)
         if path.is_dir():
-            yield from iter_image_files(path, not_images)
+            yield from iter_image_files(source, not_images, texts)
         elif path.exists():
+            if texts is not None:
+                texts[path] = source
             yield path
         else:
             raise DatasetError(
@@ -149,8 +163,8 @@ def iter_query_paths(
             )
 
 
-def query_paths(queries: list[str], stdin: Iterable[str] | None = None,
-                not_images: list[Path] | None = None) -> Iterator[Path]:  # fmt: skip
+def query_paths(queries: list[str], stdin: Iterable[str] | None = None, not_images: list[Path] | None = None,
+                texts: dict[Path, str] | None = None) -> Iterator[Path]:  # fmt: skip
     """The query arguments as a lazy stream of paths (:func:`iter_query_paths`), each argument
     checked now: DatasetError for a path that does not exist or for ``-`` given twice."""
     for src in queries:
@@ -161,7 +175,7 @@ def query_paths(queries: list[str], stdin: Iterable[str] | None = None,
             )
     if queries.count("-") > 1:
         raise DatasetError("'-' (read paths from stdin) may be given only once")
-    return iter_query_paths(queries, stdin, not_images)
+    return iter_query_paths(queries, stdin, not_images, texts)
 
 
 def stdin_paths(stream: IO[str], null: bool = False) -> Iterator[str]:

@@ -112,6 +112,14 @@ def resolve_model_path(model: str | os.PathLike[str] | None) -> Path:
     path = Path(model)
     if not path.exists() and path.name == str(model) and str(model) in bundled_models():
         return bundled_model_dir() / f"{model}.json"
+    if not path.exists():
+        from ..errors import UsageError
+
+        raise UsageError(
+            f"no model {str(model)!r}: not the name of a bundled model, nor a file or folder",
+            hint=f"bundled models: {', '.join(bundled_models())}; or give `model` a manifest (.json), its .onnx, "
+            "or a folder holding one",
+        )
     if path.is_dir():
         found = sorted(path.glob("*.json"))
         if len(found) > 1:  # a model folder may hold the model's int8 variant beside it: the folder is the model

@@ -72,6 +72,15 @@ def what_fits(sizes: list[int], way: int, shot: int, unseen: int = 0) -> str:
     return f"only {sum(n >= 2 for n in sizes)} classes hold 2 images or more: lower `way`"
 
 
+def drawn_too(smallest: int, shot: int) -> str:
+    """A hint naming the ``shot`` and ``query`` with which a class of ``smallest`` readable images is drawn too."""
+    if smallest > shot:
+        return f"`shot` {shot} `query` {smallest - shot} draws them too"
+    if smallest >= 2:
+        return f"`shot` {smallest - 1} `query` 1 draws them too"
+    return "a class needs 2 images to be drawn"
+
+
 def sample_episodes(
     labels: np.ndarray, way: int, shot: int, query: int, episodes: int, seed: int, unseen: int = 0
 ) -> EpisodePlan:

@@ -1,0 +1,53 @@
+"""What a new user hit first: each rough edge of issue 33 with a test that failed before its fix."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from emdcli.cli import app
+
+runner = CliRunner()
+
+
+def test_the_path_column_keeps_each_query_as_given(
+    tiny_model: Path, support_dir: Path, query_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``find . -print0`` gives ./a/b.png: the rows say ./a/b.png, so that they join back to the input list."""
+    monkeypatch.chdir(query_dir.parent)
+    given = ["./queries/red/img_0.png", "queries/green/../green/img_1.png"]
+    res = runner.invoke(app, ["classify", str(support_dir), "-", "-0", "--model", str(tiny_model), "-f", "csv"],
+                        input="\0".join(given) + "\0")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert [r["path"] for r in csv.DictReader(io.StringIO(res.stdout))] == given
+    res = runner.invoke(app, ["classify", str(support_dir), "./queries/blue", "--model", str(tiny_model), "-f", "csv"])
+    assert [r["path"] for r in csv.DictReader(io.StringIO(res.stdout))] == [
+        "./queries/blue/img_0.png", "./queries/blue/img_1.png"]  # fmt: skip
+
+
+def test_a_run_of_one_query_says_in_plain_words_why_it_was_matched_alone(
+    tiny_model: Path, support_dir: Path, query_dir: Path
+) -> None:
+    res = runner.invoke(app, ["classify", str(support_dir), str(query_dir / "red"), "--model", str(tiny_model),
+                              "-f", "csv"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["classify", str(support_dir), str(query_dir / "red" / "img_0.png"), "--model",
+                              str(tiny_model), "-f", "csv"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "classified the one query on its own: matching queries together needs two or more" in res.stderr
+
+
+def test_a_stopped_training_run_is_told_the_whole_command_that_resumes_it(tmp_path: Path) -> None:
+    from emdcli.cli.train import continue_command
+    from emdcli.tasks.training.settings import TrainSettings
+
+    settings = TrainSettings(way=3, shot=2, lr=0.0005, val_classes=0.25, seed=7)
+    said = continue_command(tmp_path / "my set", tmp_path / "out", settings, "trained-before")
+    assert said == (f"emdcli train '{tmp_path / 'my set'}' --out {tmp_path / 'out'} --model trained-before --way 3 "
+                    "--shot 2 --lr 0.0005 --val-classes 0.25 --seed 7 --resume")  # fmt: skip
+    assert continue_command(tmp_path, tmp_path / "out", TrainSettings(), None) == (
+        f"emdcli train {tmp_path} --out {tmp_path / 'out'} --resume")  # fmt: skip
