@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emdcli.errors import DeviceError, ModelError
+from emdcli.errors import DeviceError, ModelError, UsageError
 from emdcli.model import manifest as manifest_module
 from emdcli.model.backbone import Backbone, choose_providers
 from emdcli.model.manifest import bundled_models, load_manifest, resolve_model_path
@@ -48,7 +48,8 @@ def test_a_bundled_model_is_named_by_its_stem(
     assert bundled_models() == ("efficientnet_lite0", "tiny")
     monkeypatch.chdir(tmp_path)
     assert resolve_model_path("tiny") == weights / "tiny.json"
-    assert resolve_model_path("nothing") == Path("nothing")  # not a bundled name: a path (load says not found)
+    with pytest.raises(UsageError, match="no model 'nothing'"):  # neither a bundled name nor a path
+        resolve_model_path("nothing")
     (tmp_path / "tiny").mkdir()
     with pytest.raises(ModelError, match="expected exactly one manifest"):  # the local folder of that name is meant
         resolve_model_path("tiny")

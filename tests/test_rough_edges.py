@@ -51,3 +51,22 @@ def test_a_stopped_training_run_is_told_the_whole_command_that_resumes_it(tmp_pa
                     "--shot 2 --lr 0.0005 --val-classes 0.25 --seed 7 --resume")  # fmt: skip
     assert continue_command(tmp_path, tmp_path / "out", TrainSettings(), None) == (
         f"emdcli train {tmp_path} --out {tmp_path / 'out'} --resume")  # fmt: skip
+
+
+def test_at_80_columns_a_class_name_stays_whole_and_the_path_folds_instead(tiny_model: Path, tmp_path: Path) -> None:
+    from tests.conftest import make_folder
+
+    names = {"red": "people_body_parts_and_gestures", "green": "household_electronics_and_tools", "blue": "b"}
+    support = make_folder(tmp_path / "support", {"red": 2, "green": 2, "blue": 2})
+    queries = make_folder(tmp_path / "queries" / "a_very_long_folder_name_for_queries" / "nested_level",
+                          {"red": 1, "green": 1}, seed=5)  # fmt: skip
+    for folder in (support, queries):
+        for short, long in names.items():
+            if (folder / short).exists():
+                (folder / short).rename(folder / long)
+    res = runner.invoke(app, ["classify", str(support), str(tmp_path / "queries"), "--model", str(tiny_model), "-f",
+                              "table", "--top-k", "3"], env={"COLUMNS": "80"})  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert any(names["red"] in line.split() for line in lines) and any(names["green"] in line.split() for line in lines)

@@ -17,7 +17,7 @@ from ..io.images import count_by_suffix
 from ..io.records import Record
 from ..io.sink import Layout
 from ..tasks.prediction import flat_row, prediction_columns
-from .tables import NUMBER, PATH, Col, FitTable, Prose, common_folder, simple_table
+from .tables import CLASS, NUMBER, PATH, Col, FitTable, Prose, common_folder, simple_table
 
 if TYPE_CHECKING:
     from ..io.folders import LabelledFolder
@@ -191,7 +191,7 @@ def classify_layout(classes: Sequence[str], top_k: int, *, pictures: bool = Fals
         query = [Text(os.path.relpath(os.path.abspath(r["path"]), base) if base else r["path"]) for r in records]
         cols = [
             Col("query", query, PATH),
-            Col("predicted", [predicted(r) for r in records]),
+            Col("predicted", [predicted(r) for r in records], CLASS),
             Col("score", cells(lambda r: f"{r['score']:.3f}"), NUMBER, justify="right"),
             Col("conf.", cells(lambda r: f"{100 * r['confidence']:.0f}%"), NUMBER, justify="right"),
         ]

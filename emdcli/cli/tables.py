@@ -1,5 +1,7 @@
-"""Tables for people, drawn by Rich: cells fold at path separators and word breaks instead of being cut,
-and optional columns give way first when the terminal is narrow (the result sink's table format)."""
+"""Tables for people, drawn by Rich: cells fold at path separators and word breaks instead of being cut, and
+optional columns give way first when the terminal is narrow (the result sink's table format). A class name
+(:data:`CLASS` cells) stays whole while paths and other cells fold; only where nothing else is left does it
+fold at its separators."""
 
 from __future__ import annotations
 
@@ -20,10 +22,10 @@ from rich.text import Text
 from ..io.files import display_path
 from ..io.records import Record
 
-PATH, NAME, NUMBER, PROSE = "path", "name", "number", "prose"
+PATH, NAME, NUMBER, PROSE, CLASS = "path", "name", "number", "prose", "class"
 _SEP = "/" + (os.sep if os.sep != "/" else "")
 #: Where each kind of cell breaks, the first that makes it fit; a word is cut only when nothing else fits.
-BREAKS = {PATH: (_SEP, " _-"), NAME: (" ", "_-"), PROSE: (" ", _SEP, "_-"), NUMBER: ()}
+BREAKS = {PATH: (_SEP, " _-"), NAME: (" ", "_-"), PROSE: (" ", _SEP, "_-"), NUMBER: (), CLASS: (" ", "_-")}
 _ANY_WIDTH = 10**6
 
 
@@ -70,9 +72,12 @@ class Folded:
     text: Text
     breaks: Sequence[str]
     widens: bool = True
+    #: Its narrowest is its longest piece between ``breaks[0]`` (a class name: whole between spaces).
+    whole: bool = False
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
-        least = max(cell_len(p.rstrip()) for p in _pieces(self.text.plain, "".join(self.breaks)))
+        breaks = self.breaks[0] if self.whole else "".join(self.breaks)
+        least = max(cell_len(p.rstrip()) for p in _pieces(self.text.plain, breaks))
         return Measurement(least, cell_len(self.text.plain) if self.widens else least).with_maximum(options.max_width)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -103,8 +108,13 @@ class Col:
     later: bool = False
 
     def renderables(self) -> list[Folded]:
-        return [Folded(c, BREAKS[PROSE], False) if isinstance(c, Prose) else Folded(c, BREAKS[self.kind])
-                for c in self.cells]  # fmt: skip
+        return [Folded(c, BREAKS[PROSE], False) if isinstance(c, Prose) else
+                Folded(c, BREAKS[self.kind], whole=self.kind == CLASS) for c in self.cells]  # fmt: skip
+
+    def folded_least(self) -> int:
+        """The narrowest its cells get when they fold at every break (a class name too)."""
+        pieces = (p for c in self.cells for p in _pieces(c.plain, "".join(BREAKS[self.kind])))
+        return max((cell_len(p.rstrip()) for p in pieces), default=1)
 
 
 def _narrowed(widths: list[int], floors: Sequence[list[int]], room: int) -> list[int]:
@@ -166,8 +176,13 @@ class FitTable:
         widths = [max(b, h.maximum) for b, h in zip(body, heads, strict=True)]
         room = sum(widths) - excess
         later = [n if c.later else b for n, b, c in zip(least, body, shown, strict=True)]
+        # then prose and names narrow, class names whole and paths folded at their separators; then class
+        # names fold at theirs; then words are cut, numbers only when nothing else is left
+        whole_classes = [n if c.kind in (NUMBER, CLASS, PATH) else 1 for n, c in zip(least, shown, strict=True)]
+        folded = [n if c.kind in (NUMBER, PATH) else c.folded_least() if c.kind == CLASS else 1
+                  for n, c in zip(least, shown, strict=True)]  # fmt: skip
         cut = [n if c.kind == NUMBER else 1 for n, c in zip(least, shown, strict=True)]
-        widths = _narrowed(widths, (body, later, least, cut), room)
+        widths = _narrowed(widths, (body, later, least, whole_classes, folded, cut), room)
         return (self._table(shown, widths) if sum(widths) <= room else table), left_out
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
