@@ -70,3 +70,27 @@ def test_at_80_columns_a_class_name_stays_whole_and_the_path_folds_instead(tiny_
     lines = res.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
     assert any(names["red"] in line.split() for line in lines) and any(names["green"] in line.split() for line in lines)
+
+
+def test_the_library_classifies_images_in_memory_as_it_does_their_files(
+    tiny_model: Path, support_dir: Path, query_dir: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from emdcli.features.source import FeatureSource
+    from emdcli.io.folders import read_labelled_folder
+    from emdcli.model.backbone import Backbone
+    from emdcli.tasks.classify import Classifier
+
+    clf = Classifier(FeatureSource(Backbone(tiny_model)))
+    support = clf.fit(read_labelled_folder(support_dir))
+    files = sorted(query_dir.rglob("*.png"))
+    from_files = list(clf.predict(support, files))
+    with Image.open(files[0]) as im:
+        picture = im.copy()
+    array = np.asarray(Image.open(files[1]).convert("RGB"))
+    mixed = list(clf.predict(support, [picture, array, str(files[2]), *files[3:], np.zeros((4, 4), np.float32)]))
+    assert [p.path for p in mixed[:2]] == [Path("<image 0>"), Path("<image 1>")] and mixed[2].path == files[2]
+    assert [p.scores() for p in mixed[:-1]] == [p.scores() for p in from_files]
+    assert mixed[-1].status == "error" and "must be (H, W, 3) or (H, W) uint8" in (mixed[-1].error or "")

@@ -11,9 +11,10 @@ classify, evaluate, search and anomaly all embed through it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +105,24 @@ class FeatureSource:
         return embed_paths(
             self.extractor, self.prep, paths, batch_size=self.batch_size, workers=self.workers, on_done=on_done
         )
+
+    def embed_pictures(self, pictures: Sequence[Any], names: Sequence[Path]) -> Iterator[Embedded]:
+        """Feature maps of images already in memory (Pillow images, (H, W, 3) uint8 arrays), in order, in
+        batches of ``batch_size``; each named by ``names`` (an unusable one comes back with an error)."""
+        from ..errors import ImageError
+        from ..io.images import picture_input
+
+        for start in range(0, len(pictures), self.batch_size):
+            inputs: list[np.ndarray | str] = []
+            for picture, name in zip(pictures[start : start + self.batch_size], names[start:], strict=False):
+                try:
+                    inputs.append(picture_input(picture, self.prep))
+                except ImageError as exc:
+                    inputs.append(f"{name}: {exc.message}")
+            good = [x for x in inputs if isinstance(x, np.ndarray)]
+            maps = iter(self.extractor(np.stack(good)) if good else ())
+            for x, name in zip(inputs, names[start:], strict=False):
+                yield Embedded(name, next(maps)) if isinstance(x, np.ndarray) else Embedded(name, None, x)
 
     def embed_cached(self, paths: list[Path], on_done: Progress | None = None) -> Iterator[Embedded]:
         """Feature maps of ``paths`` in input order: from the cache where it has them, the rest

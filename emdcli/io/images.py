@@ -327,6 +327,29 @@ def model_view(path: ImagePath, prep: Preprocess) -> PILImage:
     return img
 
 
+def picture_input(picture: Any, prep: Preprocess) -> np.ndarray:
+    """An image already in memory as the normalised (3, size, size) float32 input: a Pillow image (any
+    mode; transparency on white) or an (H, W, 3) or (H, W) uint8 array (RGB or grey). ImageError for
+    anything else."""
+    from PIL import Image
+
+    if isinstance(picture, np.ndarray):
+        if picture.dtype != np.uint8 or picture.ndim not in (2, 3) or (picture.ndim == 3 and picture.shape[2] != 3):
+            raise ImageError(f"an array image must be (H, W, 3) or (H, W) uint8, not {picture.shape} {picture.dtype}")
+        picture = Image.fromarray(picture)
+    if not isinstance(picture, Image.Image):
+        raise ImageError(f"not an image: a {type(picture).__name__}")
+    if picture.width < 1 or picture.height < 1:
+        raise ImageError("image has no pixels")
+    if picture.mode in ("RGBA", "LA", "PA") or (picture.mode == "P" and "transparency" in picture.info):
+        rgba = picture.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        canvas.alpha_composite(rgba)
+        picture = canvas
+    rgb = picture if picture.mode == "RGB" else picture.convert("RGB")
+    return to_input_array(fit_to_input(rgb, prep), prep)
+
+
 def to_input_array(img: PILImage, prep: Preprocess) -> np.ndarray:
     """An RGB ``size`` x ``size`` image as the normalised (3, size, size) float32 input."""
     std = np.asarray(prep.std, dtype=np.float32)

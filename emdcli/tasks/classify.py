@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import defaults
 from ..errors import DatasetError
+from ..features.pipeline import Embedded
 from ..features.source import FeatureSource, Progress, Skipped
 from ..io.files import sha256_file
 from ..io.folders import LabelledFolder
@@ -56,6 +57,9 @@ class Reject:
 
 
 T = TypeVar("T")
+#: A query: an image file's path (a Path or str), or an image in memory (a Pillow image, an (H, W, 3) uint8
+#: array); typed Any so that Pillow stays an import of its own.
+Query = Any
 
 
 @dataclass(frozen=True)
@@ -317,13 +321,15 @@ class Classifier:
     def predict(
         self,
         support: SupportSet,
-        paths: Iterable[Path],
+        paths: Iterable[Path] | Sequence[Query],
         on_done: Progress | None = None,
         observe: Callable[[Prediction, np.ndarray], None] | None = None,
     ) -> Iterator[Prediction]:
-        """One Prediction per path, in input order.
+        """One Prediction per query, in input order.
 
-        A list of paths is embedded through the source's feature cache (a stream as it comes). With a
+        A list of paths is embedded through the source's feature cache (a stream as it comes). A list
+        may also hold images in memory (Pillow images, (H, W, 3) or (H, W) uint8 arrays): their
+        predictions are named ``<image I>``, I their place in the list. With a
         transductive matcher the paths are matched as sets of at most
         ``defaults.TRANSDUCTIVE_SET`` consecutive queries, a set's predictions coming once it is
         embedded (what each set's step did is appended to :attr:`sets`); else each query alone, as
@@ -348,11 +354,12 @@ class Classifier:
             return Prediction(path, "ok", ranking, label_of(path), None, open_score, rejected_as)
 
         # a list (a folder's files) goes through the feature cache, so that a stopped run embeds nothing twice
-        embedded = (
-            self.source.embed_cached(paths, on_done)
-            if isinstance(paths, list)
-            else self.source.embed_now(paths, on_done)
-        )
+        if isinstance(paths, list) and not all(isinstance(p, Path) for p in paths):
+            embedded = self._embed_queries(paths, on_done)
+        elif isinstance(paths, list):
+            embedded = self.source.embed_cached(paths, on_done)
+        else:
+            embedded = self.source.embed_now(iter(paths), on_done)
         sets = batches(embedded, defaults.TRANSDUCTIVE_SET) if self.matcher.transductive else ([e] for e in embedded)
         for chunk in sets:
             ok = [item.features for item in chunk if item.features is not None]
@@ -376,6 +383,15 @@ class Classifier:
                 if observe:
                     observe(pred, item.features)
                 yield pred
+
+    def _embed_queries(self, queries: Sequence[Query], on_done: Progress | None) -> Iterator[Embedded]:
+        """Paths (through the cache) and images in memory, in order."""
+        is_path = [isinstance(q, str | os.PathLike) for q in queries]
+        files = self.source.embed_cached([Path(q) for q, f in zip(queries, is_path, strict=True) if f], on_done)
+        names = [Path(f"<image {i}>") for i, f in enumerate(is_path) if not f]
+        pictures = self.source.embed_pictures([q for q, f in zip(queries, is_path, strict=True) if not f], names)
+        for f in is_path:
+            yield next(files) if f else next(pictures)
 
 
 @dataclass(frozen=True)
