@@ -195,6 +195,10 @@ def global_weight_for(kshot: str, similarity: float | None = None) -> float:
 
 # image decoding ---------------------------------------------------------------------------------
 
+#: An image whose shorter side is below this share of the model's input side (56 px of 224) is far
+#: too small to say much: it is classified, with a warning, and counted in the summary.
+SMALL_IMAGE_SHARE = 0.25
+
 #: Largest image (width x height, pixels) decoded; larger ones are refused as possible decompression
 #: bombs. 250 MP is above what cameras and phones make (108-200 MP); ``$EMDCLI_MAX_PIXELS`` changes it.
 MAX_PIXELS = 250_000_000

@@ -94,3 +94,28 @@ def test_the_library_classifies_images_in_memory_as_it_does_their_files(
     assert [p.path for p in mixed[:2]] == [Path("<image 0>"), Path("<image 1>")] and mixed[2].path == files[2]
     assert [p.scores() for p in mixed[:-1]] == [p.scores() for p in from_files]
     assert mixed[-1].status == "error" and "must be (H, W, 3) or (H, W) uint8" in (mixed[-1].error or "")
+
+
+def test_an_image_far_below_the_input_size_is_classified_with_a_warning_and_counted(
+    tiny_model: Path, support_dir: Path, tmp_path: Path
+) -> None:
+    """The tiny model's input is 32 px: under 8 px on the shorter side is far below it."""
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path / "q"
+    folder.mkdir()
+    Image.new("RGB", (1, 1), (220, 30, 30)).save(folder / "dot.png")
+    Image.new("RGB", (5, 30), (30, 40, 220)).save(folder / "sliver.png")
+    Image.new("RGB", (8, 8), (30, 200, 40)).save(folder / "fine.png")
+    for run in ("cold cache", "warm cache"):
+        res = runner.invoke(app, ["classify", str(support_dir), str(folder), "--model", str(tiny_model), "-f", "json"])
+        assert res.exit_code == 0, (run, res.output)
+        said = " ".join(res.stderr.split())
+        assert (
+            "2 queries under 8 px on the shorter side, far below the model's 32 px input, were classified all " in said
+        )
+        assert f"their predictions say little: {folder / 'dot.png'}, {folder / 'sliver.png'}" in said, run
+        summary = json.loads(res.stdout)["summary"]
+        assert summary["small_queries"] == 2 and summary["classified"] == 3

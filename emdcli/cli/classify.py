@@ -241,7 +241,7 @@ def run(
                     tally.add(pred)
                 if report is not None:
                     reported.append(record)
-            for line in query_warnings(tally, not_images, support):  # before the summary line
+            for line in query_warnings(tally, not_images, support, clf.source.prep.size):  # before the summary line
                 session.warn(line)
             if sorter is not None and sorter.left_out:
                 session.inform(f"left out {sorter.left_out} queries already in the folders of --sort-into {sort_into}")

@@ -12,6 +12,7 @@ from rich import box
 from rich.console import RenderableType
 from rich.text import Text
 
+from .. import defaults
 from ..io.files import display_path
 from ..io.images import count_by_suffix
 from ..io.records import Record
@@ -112,9 +113,17 @@ def transductive_notes(sets: Sequence[SetReport]) -> list[str]:
             "few classes, as when most images are of one class"]  # fmt: skip
 
 
-def query_warnings(tally: Tally, not_images: Sequence[Path], support: Path) -> list[str]:
-    """After a run: files left out of the query folders, and queries that are support images."""
+def query_warnings(tally: Tally, not_images: Sequence[Path], support: Path, input_size: int) -> list[str]:
+    """After a run: files left out of the query folders, queries far below the model's input size
+    (``input_size`` px), and queries that are support images."""
     out = []
+    if tally.small:
+        named = ", ".join(display_path(p) for p in tally.small_examples) + (" ..." if tally.small > 3 else "")
+        under = int(defaults.SMALL_IMAGE_SHARE * input_size)
+        one = tally.small == 1
+        out.append(f"{plural(tally.small, 'query')} under {under} px on the shorter side, far below the model's "
+                   f"{input_size} px input, {'was' if one else 'were'} classified all the same; "
+                   f"{'its prediction says' if one else 'their predictions say'} little: {named}")  # fmt: skip
     if not_images:
         out.append(f"left out: {plural(len(not_images), 'file')} in the query folders that "
                    f"{'is not an image' if len(not_images) == 1 else 'are not images'} "

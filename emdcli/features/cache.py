@@ -40,6 +40,8 @@ PRUNE_TARGET = 0.9
 STALE_TMP_SECONDS = 3600.0
 
 _ENTRY_SUFFIX = ".npy"
+#: An empty file beside an entry whose image is far below the model's input size.
+_SMALL_SUFFIX = ".small"
 _MAX_MEMO = 4096
 
 
@@ -156,8 +158,17 @@ class FeatureCache:
             os.utime(entry)
         return arr
 
-    def put(self, path: Path, features: np.ndarray) -> None:
-        """Store ``features`` (cast to float32) for the image file ``path``.
+    def is_small(self, path: Path) -> bool:
+        """Whether ``put`` was told the image file ``path`` is far below the model's input size (an empty
+        ``DIGEST.small`` marker beside its entry)."""
+        try:
+            return self.entry_path(self._digest(path)).with_suffix(_SMALL_SUFFIX).exists()
+        except OSError:
+            return False
+
+    def put(self, path: Path, features: np.ndarray, *, small: bool = False) -> None:
+        """Store ``features`` (cast to float32) for the image file ``path``; ``small``: the image is far below
+        the model's input size (:meth:`is_small` says so later).
 
         Atomic: the array is written to a temporary file in the entry's folder and
         renamed over the entry, so concurrent writers are safe (the last one wins) and
@@ -180,6 +191,10 @@ class FeatureCache:
             target.abort(keep=False)
             with self._lock:
                 self.write_errors += 1
+            return
+        if small:
+            with contextlib.suppress(OSError):  # without it, a later run only misses the warning
+                entry.with_suffix(_SMALL_SUFFIX).touch()
 
     def prune(self) -> int:
         """Keep the whole cache (every namespace under ``root/features``) within ``max_bytes``.
@@ -221,6 +236,7 @@ class FeatureCache:
                 break
             try:
                 os.remove(entry)
+                _remove(Path(entry).with_suffix(_SMALL_SUFFIX))
             except FileNotFoundError:
                 total -= size  # another process got there first: the space is free all the same
                 continue

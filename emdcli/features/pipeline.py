@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import ImageError
-from ..io.images import Preprocess, load_image
+from ..io.images import Preprocess, load_image_judged
 
 #: Images per backbone call for an extractor that does not say (no ``batch_size``).
 DEFAULT_BATCH = 16
@@ -43,21 +43,23 @@ class Embedded:
     path: Path
     features: np.ndarray | None
     error: str | None = None
+    #: Whether the image is far below the model's input size (:func:`emdcli.io.images.is_small`).
+    small: bool = False
 
 
-def _decode(path: Path, prep: Preprocess) -> np.ndarray | str:
+def _decode(path: Path, prep: Preprocess) -> tuple[np.ndarray, bool] | str:
     try:
-        return load_image(path, prep)
+        return load_image_judged(path, prep)
     except ImageError as exc:
         return exc.message
 
 
 def _decode_and_infer(
-    extractor: FeatureExtractor, batch: list[tuple[Path, Future[np.ndarray | str]]]
-) -> tuple[list[tuple[Path, np.ndarray | str]], np.ndarray | None]:
+    extractor: FeatureExtractor, batch: list[tuple[Path, Future[tuple[np.ndarray, bool] | str]]]
+) -> tuple[list[tuple[Path, tuple[np.ndarray, bool] | str]], np.ndarray | None]:
     """One lane's work: wait for a batch's decoded images, then run them through the backbone."""
     decoded = [(p, f.result()) for p, f in batch]
-    good = [arr for _, arr in decoded if isinstance(arr, np.ndarray)]
+    good = [got[0] for _, got in decoded if isinstance(got, tuple)]
     return decoded, extractor(np.stack(good)) if good else None
 
 
@@ -156,11 +158,11 @@ def embed_paths(
                 raise item
             decoded, feats = item.result()
             rows = iter(feats if feats is not None else ())
-            for path, arr in decoded:
-                if isinstance(arr, np.ndarray):
-                    yield Embedded(path, next(rows))
+            for path, got in decoded:
+                if isinstance(got, tuple):
+                    yield Embedded(path, next(rows), small=got[1])
                 else:
-                    yield Embedded(path, None, arr)
+                    yield Embedded(path, None, got)
             if on_done:
                 on_done(len(decoded))
     finally:  # also when the caller stops early: drop queued work, let running work end

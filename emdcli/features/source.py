@@ -142,11 +142,11 @@ class FeatureSource:
                     self.cache_hits += 1
                     if on_done:
                         on_done(1)
-                    yield Embedded(path, features)
+                    yield Embedded(path, features, small=cache.is_small(path))
                     continue
                 item = next(embedded) if path in wanted else next(self.embed_now([path], on_done))  # damaged: embed now
                 if item.features is not None:
-                    cache.put(item.path, item.features)
+                    cache.put(item.path, item.features, small=item.small)
                 yield item
         finally:  # the caller may stop early: end the embedding threads now
             close = getattr(embedded, "close", None)

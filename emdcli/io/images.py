@@ -300,12 +300,24 @@ def fit_to_input(img: PILImage, prep: Preprocess) -> PILImage:
 def model_view(path: ImagePath, prep: Preprocess) -> PILImage:
     """``path`` as the backbone sees it: an RGB ``size`` x ``size`` Pillow image (cropped or
     squashed, transparency on white). Raises ImageError for anything unreadable."""
+    return _model_view(path, prep)[0]
+
+
+def is_small(size: tuple[int, int], prep: Preprocess) -> bool:
+    """Whether an image of ``size`` (width, height) is far below the model's input side
+    (:data:`~emdcli.defaults.SMALL_IMAGE_SHARE` of it, on its shorter side)."""
+    return min(size) < defaults.SMALL_IMAGE_SHARE * prep.size
+
+
+def _model_view(path: ImagePath, prep: Preprocess) -> tuple[PILImage, tuple[int, int]]:
+    """:func:`model_view`, and the size the image was decoded at (a large JPEG's reduced scale)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         img = decode_rgb(path, prep.size)
         if img.size[0] < 1 or img.size[1] < 1:
             raise ImageError(f"{path}: image has no pixels")
+        decoded = img.size
         img = fit_to_input(img, prep)
     except ImageError:
         raise
@@ -324,7 +336,7 @@ def model_view(path: ImagePath, prep: Preprocess) -> PILImage:
         raise ImageError(f"{path}: cannot read image ({reason})") from None
     except Exception as exc:  # Pillow's decoders and EXIF parser raise many other types on bad bytes
         raise ImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
-    return img
+    return img, decoded
 
 
 def picture_input(picture: Any, prep: Preprocess) -> np.ndarray:
@@ -368,3 +380,9 @@ def load_image(path: ImagePath, prep: Preprocess) -> np.ndarray:
     Raises ImageError (with the file name) for anything that is not a readable image.
     """
     return to_input_array(model_view(path, prep), prep)
+
+
+def load_image_judged(path: ImagePath, prep: Preprocess) -> tuple[np.ndarray, bool]:
+    """:func:`load_image`, and whether the image is far too small to say much (:func:`is_small`)."""
+    img, decoded = _model_view(path, prep)
+    return to_input_array(img, prep), is_small(decoded, prep)

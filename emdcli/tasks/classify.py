@@ -132,7 +132,8 @@ class Tally:
     """Running counts over a stream of predictions.
 
     support_images: queries that are support images themselves; in_support_folders: queries
-    lying in the support's class folders (both counted only with an ``overlap`` to check).
+    lying in the support's class folders (both counted only with an ``overlap`` to check). small:
+    queries far below the model's input size (:func:`emdcli.io.images.is_small`).
     """
 
     total: int = 0
@@ -144,12 +145,19 @@ class Tally:
     highest_open_score: float | None = None
     support_images: int = 0
     in_support_folders: int = 0
+    small: int = 0
+    #: The first few queries far below the model's input size, to name in a warning.
+    small_examples: list[Path] = field(default_factory=list, repr=False)
     overlap: SupportOverlap | None = field(default=None, repr=False)
 
     def add(self, pred: Prediction) -> None:
         if self.overlap is not None:
             self.support_images += self.overlap.is_support_image(pred.path)
             self.in_support_folders += self.overlap.in_class_folder(pred.path)
+        if pred.small:
+            self.small += 1
+            if len(self.small_examples) < 3:
+                self.small_examples.append(pred.path)
         self.count(pred.ok, pred.correct, pred.rejected_as is not None, pred.open_set_score)
 
     def count(self, ok: bool, correct: bool | None, rejected: bool = False, open_score: float | None = None) -> None:
@@ -180,7 +188,7 @@ class Tally:
         return {
             "query_sets": len(sets), "transduced_sets": sum(s.ran for s in sets),
             "queries": self.total, "classified": self.ok, "skipped": self.errors, "resumed": resumed,
-            "queries_from_cache": from_cache,
+            "queries_from_cache": from_cache, "small_queries": self.small,
             "labelled": self.labelled, "correct": self.correct, "support_images_as_queries": self.support_images,
             "not_images": not_images,
             "accuracy": None if self.accuracy is None else round(self.accuracy, 6),
@@ -345,13 +353,13 @@ class Classifier:
         # the open-set scores are needed to answer "none of these", or to set foreign queries aside
         judge = rejection or (support.outliers if self.matcher.transductive else None)
 
-        def decided(path: Path, scores: np.ndarray, open_score: float | None) -> Prediction:
+        def decided(path: Path, scores: np.ndarray, open_score: float | None, small: bool) -> Prediction:
             idx = np.flatnonzero(~np.isnan(scores))
             ranking = ranking_from_scores([support.classes[i] for i in idx], scores[idx])
             if rejection is None:
-                return Prediction(path, "ok", ranking, label_of(path))
+                return Prediction(path, "ok", ranking, label_of(path), small=small)
             rejected_as = rejection.label if rejection.rejects(open_score) else None
-            return Prediction(path, "ok", ranking, label_of(path), None, open_score, rejected_as)
+            return Prediction(path, "ok", ranking, label_of(path), None, open_score, rejected_as, small)
 
         # a list (a folder's files) goes through the feature cache, so that a stopped run embeds nothing twice
         if isinstance(paths, list) and not all(isinstance(p, Path) for p in paths):
@@ -379,7 +387,7 @@ class Classifier:
                     yield Prediction(item.path, "error", true_label=label_of(item.path), error=item.error)
                     continue
                 scores, open_score = next(found)
-                pred = decided(item.path, scores, float(open_score))
+                pred = decided(item.path, scores, float(open_score), item.small)
                 if observe:
                     observe(pred, item.features)
                 yield pred

@@ -60,6 +60,9 @@ class Prediction:
     error: str | None = None
     open_set_score: float | None = None
     rejected_as: str | None = None
+    #: Whether the image is far below the model's input size (:func:`emdcli.io.images.is_small`): its
+    #: prediction says little. Not written in the rows; classify warns and counts it.
+    small: bool = False
 
     @property
     def ok(self) -> bool:
