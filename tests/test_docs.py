@@ -121,3 +121,18 @@ def test_help_texts_and_defaults_quote_no_measured_figure() -> None:
     figure = re.compile(r"\b\d+(?:\.\d+)?x (?:as fast|faster)|\d+\.\d+x\b|\b\d+(?:\.\d+)? points?\b")
     for path in (REPO / "docs" / "cli.md", REPO / "emdcli" / "defaults.py"):
         assert figure.findall(path.read_text(encoding="utf-8")) == [], path.name
+
+
+@pytest.mark.e2e
+def test_the_python_api_page_runs(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    page = (REPO / "docs" / "python-api.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    assert len(blocks) == 3
+    monkeypatch.chdir(REPO)
+    for code in blocks:
+        exec(compile(code, "docs/python-api.md", "exec"), {})
+    out = capsys.readouterr().out
+    queries = len(list((REPO / "examples" / "queries").rglob("*.png")))
+    assert re.search(rf"^{queries} \{{'copied': {queries}\}} \d\.\d\d$", out, re.M), out
+    assert f"10 rows kept, {queries - 10} classified now" in out
+    assert f"{queries} classified" in out

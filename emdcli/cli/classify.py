@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..io.sorting import SortAction
-from .common import CLASSIFYING, NullOpt, Session, advance, argument, query_paths, report_option, with_session
+from .common import CLASSIFYING, NullOpt, Session, advance, argument, report_option, with_session
 
 if TYPE_CHECKING:
-    from ..io.sorting import Sorter
-    from ..tasks.prediction import Prediction
+    from ..tasks.classify_run import ClassifyRun
 
 NAME = "classify"
 EPILOG = (
@@ -116,173 +113,101 @@ def run(
     session: Session,
 ) -> None:
     """Classify query images by their Earth Mover's Distance to each class of SUPPORT."""
-    from ..errors import DatasetError, EmdcliError, Terminated, UsageError
-    from ..interrupts import deferred
-    from ..io.files import display_path
-    from ..io.folders import read_labelled_folder
-    from ..io.sorting import Sorter
-    from ..tasks.classify import Classifier, SupportOverlap, Tally
-    from ..tasks.pictures import MatchPictures
-    from ..tasks.prediction import read_resumed, run_header
-    from .reports import (
-        classify_layout,
-        query_warnings,
-        rejected_all_note,
-        rejection_notes,
-        similar_classes_note,
-        support_warnings,
-        transductive_notes,
-    )
+    from ..errors import Terminated, UsageError
+    from ..tasks.classify import Classifier
+    from ..tasks.classify_run import ClassifyRun, ResumeFrom, SortInto
+    from .reports import classify_layout, support_warnings
 
-    settings, output = session.settings, session.output
     sink = session.sink()
-    if resume and (output is None or sink.fmt == "table"):
+    if resume and (session.output is None or sink.fmt == "table"):
         raise UsageError("--resume needs --output FILE with --format csv, json or jsonl")
     if sort_into is None and (sort_action or min_confidence is not None or dry_run):
         raise UsageError("--sort-action, --min-confidence and --dry-run need --sort-into DIR")
     if report is not None:  # checked before any work (exit 2); written only at the end of a run that succeeded
         from ..render.report import check_report_path
 
-        check_report_path(report, taken=(output,))
-    reported: list[dict[str, Any]] = []  # the records the page of --report is made of
-    from ..tasks.fitted import is_fitted_file, load_fitted, read_meta, recorded_folder
-
-    fitted_file = is_fitted_file(support)
-    folder = recorded_folder(read_meta(support)) if fitted_file else read_labelled_folder(support)
-    reject = session.reject()
-    sorter = None
-    if sort_into is not None:  # its folder checked before any work (exit 2)
-        label = reject.label if reject else None
-        sorter = Sorter.for_support(sort_into, folder, sort_action or "copy", min_confidence=min_confidence,
-                                    dry_run=dry_run, unknown_label=label, queries=queries)  # fmt: skip
-    from_stdin = "-" in queries
-    not_images: list[Path] = []  # files in the query folders that are not images
-    texts: dict[Path, str] = {}  # each query path as given (a Path drops a leading ./): the rows keep it
-    paths: Any = query_paths(queries, null, not_images, texts)
-    if sorter is not None:  # what an earlier run sorted into DIR is not a query again
-        paths = sorter.outside(paths)
-    if not from_stdin:
-        paths = list(paths)
-        if not paths:
-            from ..io.images import IMAGE_NAMES_HINT
-
-            raise DatasetError(f"no images found in {', '.join(queries)}", hint=IMAGE_NAMES_HINT)
-    for line in support_warnings(folder):
+        check_report_path(report, taken=(session.output,))
+    sort = None if sort_into is None else SortInto(sort_into, sort_action or "copy", min_confidence, dry_run)
+    stdin = _stdin_lines(null) if "-" in queries else None
+    earlier = ResumeFrom(session.output, sink.fmt) if resume and session.output else None
+    run_ = ClassifyRun.open(support, queries, top_k=session.settings.top_k, reject=session.reject(), stdin=stdin,
+                            explain_dir=explain_dir, sort=sort, resume=earlier,
+                            keep_records=report is not None)  # fmt: skip
+    for line in support_warnings(run_.folder):
         session.warn(line)
-    clf = Classifier(session.source, session.matcher(stream=from_stdin))
-    started = time.perf_counter()
-    if fitted_file:
-        support_set = load_fitted(support, clf, reject, keep_examples=bool(explain_dir)).support
-    else:
-        with session.progress() as bars:
-            support_set = clf.fit(folder, advance(bars, "Support", folder.image_count),
-                                  keep_examples=bool(explain_dir), reject=reject)  # fmt: skip
-    session.report_skipped(support_set.skipped, "support image ")
-    for name in support_set.empty_classes:
-        if name not in folder.empty:
-            session.warn(f"class {name!r} has no readable image; it is left out")
-    if note := similar_classes_note(clf.matcher, support_set.nodes):
-        session.inform(note)
-    classes = support_set.classes
-    earlier = read_resumed(output, sink.fmt, classes) if resume and output is not None else None
-    prior: tuple[Prediction, ...] = ()
-    if earlier is not None:
-        prior, done = earlier.predictions, earlier.done
-        texts.update((Path(t), t) for t in done)  # the earlier rows keep their text too
-        paths = (p for p in paths if display_path(texts.get(p, p)) not in done)
-        paths = paths if from_stdin else list(paths)
-        session.warn(f"resuming: {len(prior)} {'row' if len(prior) == 1 else 'rows'} from {display_path(earlier.path)}")
-    top = min(settings.top_k, len(classes))
-    rejection = support_set.rejection
-    header = run_header(clf.model_name, session.backbone.check.actual, clf.matcher, support_set.nodes,
-                        rejection=rejection)  # fmt: skip
-    for line in rejection_notes(rejection):
-        session.inform(line)
-    tally = Tally(overlap=SupportOverlap(folder))
-    query_started = time.perf_counter()
-
-    support_hits = clf.source.cache_hits  # what the queries read from the cache is counted from here
-    embedded = [0]  # queries embedded (or read from the cache) so far, for the note of a stopped run
-
-    def summary() -> dict[str, Any]:
-        now = time.perf_counter()
-        found = tally.summary(support_set, clf.sets, resumed=len(prior), not_images=len(not_images),
-                              seconds=now - started, query_seconds=now - query_started,
-                              from_cache=clf.source.cache_hits - support_hits)  # fmt: skip
-        if sorter is not None:
-            found["sorted"] = dict(sorter.counts)
-        return found if rejection is None else {**found, "rejected": tally.rejected}
-
-    pictures = MatchPictures(clf, support_set, explain_dir, session.warn) if explain_dir else None
-    layout = classify_layout(classes, top, pictures=pictures is not None, open_set=rejection is not None,
-                             sorting=sorter is not None)  # fmt: skip
-    sink.keep_head = not from_stdin
+    clf = Classifier(session.source, session.matcher(stream=run_.from_stdin))
+    with session.progress() as bars:
+        run_.fit(clf, None if run_.fitted_file else advance(bars, "Support", run_.folder.image_count))
+    _before_the_queries(run_, session)
+    layout = classify_layout(run_.classes, run_.top, pictures=explain_dir is not None, open_set=run_.open_set,
+                             sorting=run_.sorter is not None)  # fmt: skip
+    sink.keep_head = not run_.from_stdin
+    note = _noter(session)
     try:
-        with sink.open(layout, header, summary) as emit, session.progress() as bars:
-            shown = advance(bars, "Queries", None if from_stdin else len(paths))
-
-            def on_query(n: int) -> None:
-                embedded[0] += n
-                shown(n)
-
-            new = clf.predict(support_set, paths, on_query, pictures)
-            for pred, resumed in itertools.chain(((p, True) for p in prior), ((p, False) for p in new)):
-                if not pred.ok and not resumed:  # an earlier run's skips were reported by that run
-                    session.warn(f"skipped {pred.error}")
-                given = texts.pop(pred.path, None)
-                record = pred.to_record(classes, top, None if given is None else display_path(given),
-                                        open_set=rejection is not None)  # fmt: skip
-                if pictures is not None:
-                    record["picture"] = pictures.drawn.pop(pred.path, None)
-                if sorter is not None:
-                    record.update(_sort(sorter, pred, earlier.sorted_to.get(pred.path) if earlier else None, session))
-                with deferred():  # a row and its count go together: a signal waits for both
-                    emit(record)
-                    tally.add(pred)
-                if report is not None:
-                    reported.append(record)
-            for line in query_warnings(tally, not_images, support, clf.source.prep.size):  # before the summary line
-                session.warn(line)
-            if sorter is not None and sorter.left_out:
-                session.inform(f"left out {sorter.left_out} queries already in the folders of --sort-into {sort_into}")
-            if sorter is not None and sorter.counts:
-                done_ = ", ".join(f"{n} {action}" for action, n in sorted(sorter.counts.items()))
-                session.inform(f"{'dry run, nothing changed: ' if dry_run else ''}--sort-into {sort_into}: {done_}")
-            for line in transductive_notes(clf.sets):
-                session.inform(line)
-            if all_rejected := rejected_all_note(rejection, tally):
-                session.inform(all_rejected)
+        with sink.open(layout, run_.header, run_.summary) as emit, session.progress() as bars:
+            total = None if run_.from_stdin else len(run_.queries)  # type: ignore[arg-type]
+            run_.execute(emit, advance(bars, "Queries", total), note)
+            _after_the_queries(run_, session, sort_into)
     except (KeyboardInterrupt, Terminated):
-        if tally.total == len(prior) and embedded[0]:  # stopped while embedding: no new row yet
+        if run_.stopped_while_embedding():  # no new row yet: say what the cache keeps
             again = "are in the feature cache, so --resume will not embed them again" if clf.source.cache else (
                 "will be embedded again (--no-cache)")  # fmt: skip
-            of = "" if from_stdin else f" of {len(paths)}"
-            session.inform(f"stopped after embedding {embedded[0]}{of} queries; their features {again}")
+            of = "" if run_.from_stdin else f" of {len(run_.queries)}"  # type: ignore[arg-type]
+            session.inform(f"stopped after embedding {run_.embedded}{of} queries; their features {again}")
         raise
-    if tally.total == 0:
-        raise DatasetError("no query paths were given on stdin", hint="pipe one image path per line into '-'")
-    if tally.ok == 0:
-        what = "the query" if tally.total == 1 else f"none of the {tally.total} queries"
-        raise EmdcliError(f"{what} could not be read" if tally.total == 1 else f"{what} could be read",
-                          hint="see the warnings above")  # fmt: skip
+    run_.check_outcome()
     if report is not None:
-        from ..render.report import write_report
-
-        write_report(report, reported, folder)
+        run_.write_report(report)
         session.inform(f"wrote the report {report}")
 
 
-def _sort(sorter: Sorter, pred: Prediction, earlier: Path | None, session: Session) -> dict[str, Any]:
-    """Sort one query by its prediction; the row's sorted_to and sort_action (empty for a skip)."""
-    from ..io.files import display_path
+def _stdin_lines(null: bool) -> Any:
+    """The lines of stdin, one path each (``null``: NUL-separated)."""
+    import sys
 
-    if not pred.ok or pred.predicted is None:
-        return {"sorted_to": None, "sort_action": None}
-    placed = sorter.place(pred.path, pred.predicted, pred.confidence, rejected=pred.rejected_as is not None,
-                          earlier=earlier)  # fmt: skip
-    shown = display_path(pred.path)
-    if placed.action == "kept" or placed.action == "failed":
-        session.warn(f"not sorted {shown}: {placed.reason}")
-    elif sorter.dry_run and placed.target is not None:
-        session.inform(f"{placed.action} {shown} -> {display_path(placed.target)}")
-    return placed.record()
+    from ..io.images import stdin_paths
+
+    return stdin_paths(sys.stdin, null)
+
+
+def _noter(session: Session) -> Any:
+    """The library's ``note(kind, text)`` as the session's warnings and notes on stderr."""
+    return lambda kind, text: session.warn(text) if kind == "warn" else session.inform(text)
+
+
+def _before_the_queries(run_: ClassifyRun, session: Session) -> None:
+    """What fitting found, and what the run will do, on stderr."""
+    from ..io.files import display_path
+    from .reports import rejection_notes, similar_classes_note
+
+    clf, support = run_.fitted
+    session.report_skipped(support.skipped, "support image ")
+    for name in support.empty_classes:
+        if name not in run_.folder.empty:
+            session.warn(f"class {name!r} has no readable image; it is left out")
+    if note := similar_classes_note(clf.matcher, support.nodes):
+        session.inform(note)
+    if run_.resumed is not None:
+        n = len(run_.prior)
+        session.warn(f"resuming: {n} {'row' if n == 1 else 'rows'} from {display_path(run_.resumed.path)}")
+    for line in rejection_notes(support.rejection):
+        session.inform(line)
+
+
+def _after_the_queries(run_: ClassifyRun, session: Session, sort_into: Path | None) -> None:
+    """What the run left out, sorted and decided, on stderr before its summary line."""
+    from .reports import query_warnings, rejected_all_note, transductive_notes
+
+    clf, support = run_.fitted
+    for line in query_warnings(run_.tally, run_.not_images, run_.support_path, clf.source.prep.size):
+        session.warn(line)
+    sorter = run_.sorter
+    if sorter is not None and sorter.left_out:
+        session.inform(f"left out {sorter.left_out} queries already in the folders of --sort-into {sort_into}")
+    if sorter is not None and sorter.counts:
+        done = ", ".join(f"{n} {action}" for action, n in sorted(sorter.counts.items()))
+        session.inform(f"{'dry run, nothing changed: ' if sorter.dry_run else ''}--sort-into {sort_into}: {done}")
+    for line in transductive_notes(clf.sets):
+        session.inform(line)
+    if all_rejected := rejected_all_note(support.rejection, run_.tally):
+        session.inform(all_rejected)

@@ -125,7 +125,6 @@ def run(
     from ..io.folders import read_labelled_folder
     from ..model.trainable import require_torch
     from ..tasks.train import TrainSettings, train
-    from .reports import train_layout
 
     settings = TrainSettings(
         way=way, shot=shot, query=query, episodes=episodes, lr=lr, train_from=train_from, views=views,
@@ -184,6 +183,13 @@ def run(
     elif len(result.split.val) < FEW_VAL_CLASSES:
         session.warn(f"only {len(result.split.val)} classes were held out: whether the gain carries to new classes "
                     f"is uncertain; measure it with emdcli evaluate NEW_CLASSES --model {out}")  # fmt: skip
+    _write_result(sink, result, base_dir, out, settings)
+
+
+def _write_result(sink: Any, result: Any, base_dir: Path, out: Path, settings: Any) -> None:
+    """The validation rows of a finished run, with its header and summary, through the result sink."""
+    from .reports import train_layout
+
     header = {
         "base_dir": str(base_dir), "model_dir": str(out), "manifest": str(result.manifest_path),
         "settings": settings.__dict__, "classes": len(result.class_names), "train_classes": len(result.split.train),
@@ -198,8 +204,9 @@ def run(
             "model": str(result.manifest_path),
         }  # fmt: skip
 
+    val = len(result.split.val)
     title = (
-        f"{base_dir.name}: validation on {len(result.split.val)} held-out classes, {way}-way {shot}-shot, accuracy %"
+        f"{base_dir.name}: validation on {val} held-out classes, {settings.way}-way {settings.shot}-shot, accuracy %"
     )
     with sink.open(train_layout(title), header, summary) as emit:
         for record in result.to_records():

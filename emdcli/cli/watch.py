@@ -113,9 +113,10 @@ def run(
     from ..io.sink import RowLog, choose_format
     from ..io.sorting import Sorter
     from ..tasks.classify import Classifier, Tally
+    from ..tasks.classify_run import sort_prediction
     from ..tasks.fitted import is_fitted_file, load_fitted, read_meta, recorded_folder
     from ..tasks.watch import Inbox, watch_predictions
-    from .classify import _sort
+    from .classify import _noter
     from .reports import plural, rejection_notes, support_warnings
 
     if not inbox.is_dir():
@@ -152,6 +153,7 @@ def run(
         session.inform(f"{plural(len(earlier), 'row')} already in {display_path(output or '')}: "
                        "their images are not classified again")  # fmt: skip
     tally, started = Tally(), time.monotonic()
+    note = _noter(session)
     try:
         with Inbox(inbox, poll=poll, skip=sorter.holds if sorter else lambda p: False) as watched:
             if not once:
@@ -161,7 +163,7 @@ def run(
                     session.warn(f"skipped {pred.error}")
                 record = pred.to_record(classes, top, open_set=rejection is not None)
                 if sorter is not None:
-                    record.update(_sort(sorter, pred, None, session))
+                    record.update(sort_prediction(sorter, pred, None, note))
                 log.emit(record)
                 tally.add(pred)
                 if output is not None and pred.ok:

@@ -212,11 +212,13 @@ class Resumed:
     path: Path
     predictions: tuple[Prediction, ...]
     sorted_to: dict[Path, Path]
+    #: The text of each row's path, as written (``./a.png`` stays so).
+    texts: tuple[str, ...] = ()
 
     @property
     def done(self) -> frozenset[str]:
-        """The displayed paths of the queries it holds (a set: one lookup per query)."""
-        return frozenset(display_path(p.path) for p in self.predictions)
+        """The paths of the queries it holds, as its rows write them (a set: one lookup per query)."""
+        return frozenset(self.texts or (display_path(p.path) for p in self.predictions))
 
 
 def read_resumed(output: Path, fmt: str, classes: Sequence[str]) -> Resumed | None:
@@ -237,4 +239,4 @@ def read_resumed(output: Path, fmt: str, classes: Sequence[str]) -> Resumed | No
         )
     prior = tuple(Prediction.from_record(r) for r in records)
     sorted_to = {p.path: Path(r["sorted_to"]) for p, r in zip(prior, records, strict=True) if r.get("sorted_to")}
-    return Resumed(earlier.path, prior, sorted_to)
+    return Resumed(earlier.path, prior, sorted_to, tuple(str(r["path"]) for r in records))
