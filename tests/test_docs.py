@@ -136,3 +136,17 @@ def test_the_python_api_page_runs(capsys: pytest.CaptureFixture[str], monkeypatc
     assert re.search(rf"^{queries} \{{'copied': {queries}\}} \d\.\d\d$", out, re.M), out
     assert f"10 rows kept, {queries - 10} classified now" in out
     assert f"{queries} classified" in out
+
+
+def test_no_command_body_is_over_80_lines() -> None:
+    """The CLI parses, calls the library and renders: a command's body (its options aside) stays short."""
+    import ast
+
+    long = []
+    for path in sorted((REPO / "emdcli" / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef) and node.body:
+                lines = (node.end_lineno or 0) - node.body[0].lineno + 1
+                if lines > 80:
+                    long.append(f"{path.name}:{node.name} {lines}")
+    assert long == []
