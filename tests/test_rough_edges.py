@@ -119,3 +119,29 @@ def test_an_image_far_below_the_input_size_is_classified_with_a_warning_and_coun
         assert f"their predictions say little: {folder / 'dot.png'}, {folder / 'sliver.png'}" in said, run
         summary = json.loads(res.stdout)["summary"]
         assert summary["small_queries"] == 2 and summary["classified"] == 3
+
+
+@pytest.mark.parametrize("options", [[], ["--no-transductive"], ["--kshot", "mean"]])
+def test_a_run_decides_its_global_weights_once(
+    tiny_model: Path, support_dir: Path, query_dir: Path, monkeypatch: pytest.MonkeyPatch, options: list[str]
+) -> None:
+    from emdcli import defaults
+
+    calls = {"global": 0, "transductive": 0}
+    global_weight_for, transductive_weight_for = defaults.global_weight_for, defaults.transductive_weight_for
+
+    def counted_global(*args: object) -> float:
+        calls["global"] += 1
+        return global_weight_for(*args)  # type: ignore[arg-type]
+
+    def counted_transductive(*args: object) -> float:
+        calls["transductive"] += 1
+        return transductive_weight_for(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(defaults, "global_weight_for", counted_global)
+    monkeypatch.setattr(defaults, "transductive_weight_for", counted_transductive)
+    res = runner.invoke(app, ["classify", str(support_dir), str(query_dir), "--model", str(tiny_model), "-f", "json",
+                              *options])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    transductive = "--no-transductive" not in options
+    assert calls == {"global": 1, "transductive": 1 if transductive else 0}

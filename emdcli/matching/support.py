@@ -175,6 +175,15 @@ class EpisodeMemo:
 
 
 @dataclass(frozen=True)
+class Weights:
+    """The weights of the global cosine a :class:`Matcher` decided for one support set: in each query's
+    own score (``inductive``) and in the transductive rounds (``transductive``; None without them)."""
+
+    inductive: float
+    transductive: float | None
+
+
+@dataclass(frozen=True)
 class Matcher:
     """How queries are matched to classes: DeepEMD with emdcli's defaults unless told otherwise.
 
@@ -227,6 +236,10 @@ class Matcher:
             return self.global_weight
         return defaults.global_weight_for(classes.kshot, classes.similarity)
 
+    def weights_for(self, classes: ClassNodes) -> Weights:
+        """Both weights of the global cosine this matcher decides for ``classes``, decided once."""
+        return Weights(self.weight_for(classes), self.transductive_weight_for(classes) if self.transductive else None)
+
     def transductive_weight_for(self, classes: ClassNodes) -> float:
         """The global cosine's weight in the transductive rounds: as given, else by how alike the
         classes are (:func:`emdcli.defaults.transductive_weight_for`)."""
@@ -240,12 +253,15 @@ class Matcher:
         parts: Sequence[ClassScores],
         maps: np.ndarray | None = None,
         foreign: np.ndarray | None = None,
+        weights: Weights | None = None,
     ) -> TransductiveScores:
         """Scores of a set of queries, each already matched on its own (``parts``, from :meth:`match`):
         transductively when the matcher is, else the inductive scores. maps: (n, C, H, W) the queries'
         feature maps (for the node refit); pooled features come from ``maps`` or ``parts``. foreign: (n,)
-        bool, queries open-set rejection judges foreign (they move no class in the transductive step)."""
-        inductive = self.weight_for(classes)
+        bool, queries open-set rejection judges foreign (they move no class in the transductive step).
+        weights: as :meth:`weights_for` decided them for ``classes`` (None: decided now)."""
+        weights = weights or self.weights_for(classes)
+        inductive = weights.inductive
         emd = np.stack([p.emd for p in parts]) if parts else np.zeros((0, len(classes.classes)))
         cosine = np.stack([p.global_cosine for p in parts]) if parts else np.zeros_like(emd)
         if not self.transductive or not parts:
@@ -253,7 +269,8 @@ class Matcher:
         pooled_queries = np.stack([p.pooled for p in parts])
         return self.transduction.run(
             classes, emd, cosine, pooled_queries, inductive_weight=inductive,
-            weight=self.transductive_weight_for(classes), maps=maps, metric=self.metric, weighting=self.weighting,
+            weight=weights.transductive if weights.transductive is not None else self.transductive_weight_for(classes),
+            maps=maps, metric=self.metric, weighting=self.weighting,
             foreign=foreign,
         )  # fmt: skip
 

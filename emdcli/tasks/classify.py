@@ -29,7 +29,7 @@ from ..io.files import sha256_file
 from ..io.folders import LabelledFolder
 from ..matching.nodes import ClassBank, Nodes
 from ..matching.rejection import OpenSetScorer, ReferenceBank, Rejection, calibrate_rejection, fixed_rejection
-from ..matching.support import ClassNodes, Matcher
+from ..matching.support import ClassNodes, Matcher, Weights
 from ..matching.transductive import TransductiveScores
 from .prediction import Prediction, Ranked, ranking_from_scores
 
@@ -80,6 +80,9 @@ class SupportSet:
     examples: dict[str, tuple[tuple[Path, np.ndarray], ...]] = field(default_factory=dict, repr=False, compare=False)
     rejection: Rejection | None = None
     outliers: Rejection | None = field(default=None, repr=False, compare=False)
+    #: The weights of the global cosine the classifier's matcher decided for these classes, once (None:
+    #: decided when needed, for a support set made elsewhere).
+    weights: Weights | None = field(default=None, repr=False, compare=False)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -276,6 +279,7 @@ class Classifier:
             examples=examples,
             rejection=rejection,
             outliers=outliers,
+            weights=self.matcher.weights_for(nodes),
         )
 
     def _check_bank(self, reject: Reject | None) -> None:
@@ -301,7 +305,11 @@ class Classifier:
 
     def global_weight_for(self, support: SupportSet) -> float:
         """The weight of the global cosine for ``support``: as set, else the default for its kshot."""
-        return self.matcher.weight_for(support.nodes)
+        return self.weights_of(support).inductive
+
+    def weights_of(self, support: SupportSet) -> Weights:
+        """The weights the matcher decided for ``support`` when it was fitted (decided now if it was not)."""
+        return support.weights or self.matcher.weights_for(support.nodes)
 
     def rank(self, support: SupportSet, features: np.ndarray) -> tuple[Ranked, ...]:
         """The classes for one (C, H, W) feature map, best first: every class, or with a
@@ -349,6 +357,7 @@ class Classifier:
         def label_of(path: Path) -> str | None:
             return path.parent.name if path.parent.name in known else None
 
+        weights = self.weights_of(support)  # decided once for the run
         rejection = support.rejection
         # the open-set scores are needed to answer "none of these", or to set foreign queries aside
         judge = rejection or (support.outliers if self.matcher.transductive else None)
@@ -375,12 +384,11 @@ class Classifier:
             open_scores = judge.scores(np.stack([p.pooled for p in parts])) if judge and parts else np.zeros(len(parts))
             if self.matcher.transductive and ok:
                 foreign = open_scores < judge.threshold if judge else None
-                result = self.matcher.score_set(support.nodes, parts, np.stack(ok), foreign=foreign)
+                result = self.matcher.score_set(support.nodes, parts, np.stack(ok), foreign=foreign, weights=weights)
                 self.sets.append(SetReport(len(ok), result.ran, result.spread, result.share))
                 totals = list(result.scores)
             else:
-                weight = self.global_weight_for(support)
-                totals = [p.total(weight) for p in parts]
+                totals = [p.total(weights.inductive) for p in parts]
             found = iter(zip(totals, open_scores, strict=True))
             for item in chunk:
                 if item.features is None:

@@ -207,7 +207,14 @@ class ClassifyRun:
         extractor = clf.source.extractor
         sha = getattr(getattr(extractor, "check", None), "actual", None)  # a Backbone's verified sha256
         sha = sha or getattr(getattr(extractor, "manifest", None), "sha256", "")
-        return run_header(clf.model_name, str(sha), clf.matcher, support.nodes, rejection=support.rejection)
+        return run_header(
+            clf.model_name,
+            str(sha),
+            clf.matcher,
+            support.nodes,
+            rejection=support.rejection,
+            weights=clf.weights_of(support),
+        )
 
     # the queries --------------------------------------------------------------------------------------
 

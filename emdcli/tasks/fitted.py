@@ -143,7 +143,7 @@ def load_fitted(path: Path, clf: Classifier, reject: Reject | None = None, *, ke
     rejection, outliers = clf.open_set(nodes, reject)
     examples = _examples(clf, meta) if keep_examples else {}
     support = SupportSet(nodes=nodes, empty_classes=tuple(meta["empty_classes"]), examples=examples,
-                         rejection=rejection, outliers=outliers)  # fmt: skip
+                         rejection=rejection, outliers=outliers, weights=clf.matcher.weights_for(nodes))  # fmt: skip
     return Fitted(support, recorded_folder(meta), meta)
 
 

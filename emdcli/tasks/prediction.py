@@ -21,7 +21,7 @@ from ..matching.nodes import softmax_confidence
 
 if TYPE_CHECKING:
     from ..matching.rejection import Rejection
-    from ..matching.support import ClassNodes, Matcher
+    from ..matching.support import ClassNodes, Matcher, Weights
 
 
 @dataclass(frozen=True)
@@ -184,16 +184,18 @@ def run_header(
     nodes: ClassNodes,
     top_k: int | None = None,
     rejection: Rejection | None = None,
+    weights: Weights | None = None,
 ) -> Record:
     """The settings written beside a run's predictions (and checked on ``--resume``): the model,
     the matching settings for this support set, its classes and their shots (top_k and the
     open-set rejection when given)."""
     names = nodes.classes
+    weights = weights or matcher.weights_for(nodes)
     header: Record = {
         "model": model, "model_sha256": model_sha256, "metric": matcher.metric, "kshot": nodes.kshot,
-        "global_weight": matcher.weight_for(nodes), "support_similarity": rounded(nodes.similarity, 4),
+        "global_weight": weights.inductive, "support_similarity": rounded(nodes.similarity, 4),
         "shortlist": matcher.shortlist, "transductive": matcher.transductive,
-        "transductive_global_weight": matcher.transductive_weight_for(nodes) if matcher.transductive else None,
+        "transductive_global_weight": weights.transductive,
     }  # fmt: skip
     if top_k is not None:
         header["top_k"] = top_k
