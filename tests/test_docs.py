@@ -138,15 +138,16 @@ def test_the_python_api_page_runs(capsys: pytest.CaptureFixture[str], monkeypatc
     assert f"{queries} classified" in out
 
 
-def test_no_command_body_is_over_80_lines() -> None:
-    """The CLI parses, calls the library and renders: a command's body (its options aside) stays short."""
+def test_no_function_of_the_cli_is_over_80_lines() -> None:
+    """The CLI parses, calls the library and renders: a function, its decorators and signature included,
+    stays short (a command's options are module-level Annotated aliases)."""
     import ast
 
     long = []
     for path in sorted((REPO / "emdcli" / "cli").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.FunctionDef) and node.body:
-                lines = (node.end_lineno or 0) - node.body[0].lineno + 1
+            if isinstance(node, ast.FunctionDef):
+                lines = (node.end_lineno or 0) - node.lineno + 1 + len(node.decorator_list)
                 if lines > 80:
                     long.append(f"{path.name}:{node.name} {lines}")
     assert long == []

@@ -24,46 +24,57 @@ EPILOG = (
 )
 
 
+NormalDirOpt = Annotated[
+    Path,
+    argument("Folder of normal images (searched recursively), 2 or more.", "NORMAL_DIR"),
+]
+
+KOpt = Annotated[
+    int,
+    typer.Option(
+        "--neighbours",
+        "--k",
+        metavar="N",
+        min=1,
+        help="How many nearest normal images a score averages (at most all the others).",
+    ),
+]
+
+ContaminationOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--contamination",
+        metavar="FLOAT",
+        min=0.0,
+        max=0.99,
+        help="Fraction of the normal images the calibrated threshold may flag (not with --threshold).",
+        show_default=f"{defaults.CONTAMINATION:g}",
+    ),
+]
+
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        metavar="FLOAT",
+        help="Use this threshold instead of calibrating one.",
+        show_default="calibrated on NORMAL_DIR",
+    ),
+]
+
+FailOnAnomalyOpt = Annotated[
+    bool, typer.Option("--fail-on-anomaly", help=f"Exit with code {EXIT_ANOMALY} when any query is anomalous.")
+]
+
+
 @with_session("fmt", "output", "model", "precision", "device", "cache", "progress", "quiet", "config")
 def run(
-    normal_dir: Annotated[
-        Path,
-        argument("Folder of normal images (searched recursively), 2 or more.", "NORMAL_DIR"),
-    ],  # fmt: skip
+    normal_dir: NormalDirOpt,
     queries: Annotated[list[str], argument("Images to judge: files, folders, or - to read paths from stdin.")],
-    k: Annotated[
-        int,
-        typer.Option(
-            "--neighbours",
-            "--k",
-            metavar="N",
-            min=1,
-            help="How many nearest normal images a score averages (at most all the others).",
-        ),
-    ] = defaults.ANOMALY_K,  # fmt: skip
-    contamination: Annotated[
-        float | None,
-        typer.Option(
-            "--contamination",
-            metavar="FLOAT",
-            min=0.0,
-            max=0.99,
-            help="Fraction of the normal images the calibrated threshold may flag (not with --threshold).",
-            show_default=f"{defaults.CONTAMINATION:g}",
-        ),
-    ] = None,  # fmt: skip
-    threshold: Annotated[
-        float | None,
-        typer.Option(
-            "--threshold",
-            metavar="FLOAT",
-            help="Use this threshold instead of calibrating one.",
-            show_default="calibrated on NORMAL_DIR",
-        ),
-    ] = None,
-    fail_on_anomaly: Annotated[
-        bool, typer.Option("--fail-on-anomaly", help=f"Exit with code {EXIT_ANOMALY} when any query is anomalous.")
-    ] = False,
+    k: KOpt = defaults.ANOMALY_K,
+    contamination: ContaminationOpt = None,
+    threshold: ThresholdOpt = None,
+    fail_on_anomaly: FailOnAnomalyOpt = False,
     null: NullOpt = False,
     *,
     session: Session,

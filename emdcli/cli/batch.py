@@ -33,98 +33,116 @@ BatchFormat = Literal["parquet", "csv", "jsonl"]
 SHOWN_ERRORS = 10
 
 
+SupportOpt = Annotated[
+    Path,
+    argument(
+        "Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more; or a file "
+        "'emdcli fit' made of one (SUPPORT.emdfit).",
+        "SUPPORT",
+    ),
+]
+
+SourceOpt = Annotated[
+    str,
+    argument(
+        "The images: a folder (searched recursively), a text file of paths (one per line), or a "
+        ".parquet/.csv manifest with a 'path' column. Relative paths are read from the current folder.",
+        "INPUT",
+    ),
+]
+
+OutputOpt = Annotated[
+    Path,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="DEST",
+        help="A folder for Parquet parts (part-NNNNNN.parquet, and _emdcli.json with the run's settings), "
+        "or a .csv/.jsonl file, written atomically (an unfinished run keeps DEST.partial).",
+        show_default=False,
+    ),
+]
+
+EngineOpt = Annotated[
+    EngineName,
+    typer.Option(
+        "--engine",
+        metavar="ENGINE",
+        help="local: in this process, no Ray needed; ray: a Ray Data actor pool "
+        "(a local cluster, or --address / $RAY_ADDRESS).",
+    ),
+]
+
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        metavar="ADDR",
+        help="The Ray cluster to run on (host:port, or ray://host:10001).",
+        show_default="$RAY_ADDRESS, else a local cluster for this run",
+    ),
+]
+
+WorkersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--workers",
+        metavar="N|MIN-MAX",
+        help="ray: 1-CPU worker processes, a fixed number or an autoscaling range; local: backbone calls at once.",
+        show_default="one per core (local cluster), the cluster's CPUs but one (--address)",
+    ),
+]
+
+TaskSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--task-size",
+        metavar="B",
+        min=1,
+        help="Images per task: one set of queries matched together (transductive, on either engine), "
+        "and on --engine ray what a worker is handed at once (a lost worker redoes at most one task). "
+        "--no-transductive --engine local streams every image through one worker.",
+        show_default=f"{defaults.BATCH_TASK_SIZE}, in tasks of near-equal size",
+    ),
+]
+
+FmtOpt = Annotated[
+    BatchFormat | None,
+    typer.Option(
+        "--format",
+        "-f",
+        metavar="FORMAT",
+        help="parquet, csv or jsonl.",
+        show_default="csv or jsonl by DEST's suffix, else parquet",
+    ),
+]
+
+ResumeOpt = Annotated[
+    bool,
+    typer.Option("--resume", help="Keep the rows DEST already holds and classify only the paths they lack."),
+]
+
+
 @with_session(*CLASSIFYING, "cache", "progress", "quiet", "config")
 def run(
-    support: Annotated[
-        Path,
-        argument(
-            "Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more; or a file "
-            "'emdcli fit' made of one (SUPPORT.emdfit).",
-            "SUPPORT",
-        ),
-    ],  # fmt: skip
-    source: Annotated[
-        str,
-        argument(
-            "The images: a folder (searched recursively), a text file of paths (one per line), or a "
-            ".parquet/.csv manifest with a 'path' column. Relative paths are read from the current folder.",
-            "INPUT",
-        ),
-    ],  # fmt: skip
-    output: Annotated[
-        Path,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="DEST",
-            help="A folder for Parquet parts (part-NNNNNN.parquet, and _emdcli.json with the run's settings), "
-            "or a .csv/.jsonl file, written atomically (an unfinished run keeps DEST.partial).",
-            show_default=False,
-        ),
-    ],  # fmt: skip
-    engine: Annotated[
-        EngineName,
-        typer.Option(
-            "--engine",
-            metavar="ENGINE",
-            help="local: in this process, no Ray needed; ray: a Ray Data actor pool "
-            "(a local cluster, or --address / $RAY_ADDRESS).",
-        ),
-    ] = "local",  # fmt: skip
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            metavar="ADDR",
-            help="The Ray cluster to run on (host:port, or ray://host:10001).",
-            show_default="$RAY_ADDRESS, else a local cluster for this run",
-        ),
-    ] = None,  # fmt: skip
-    workers: Annotated[
-        str | None,
-        typer.Option(
-            "--workers",
-            metavar="N|MIN-MAX",
-            help="ray: 1-CPU worker processes, a fixed number or an autoscaling range; local: backbone calls at once.",
-            show_default="one per core (local cluster), the cluster's CPUs but one (--address)",
-        ),
-    ] = None,  # fmt: skip
-    task_size: Annotated[
-        int | None,
-        typer.Option(
-            "--task-size",
-            metavar="B",
-            min=1,
-            help="Images per task: one set of queries matched together (transductive, on either engine), "
-            "and on --engine ray what a worker is handed at once (a lost worker redoes at most one task). "
-            "--no-transductive --engine local streams every image through one worker.",
-            show_default=f"{defaults.BATCH_TASK_SIZE}, in tasks of near-equal size",
-        ),
-    ] = None,  # fmt: skip
-    fmt: Annotated[
-        BatchFormat | None,
-        typer.Option(
-            "--format",
-            "-f",
-            metavar="FORMAT",
-            help="parquet, csv or jsonl.",
-            show_default="csv or jsonl by DEST's suffix, else parquet",
-        ),
-    ] = None,  # fmt: skip
-    resume: Annotated[
-        bool,
-        typer.Option("--resume", help="Keep the rows DEST already holds and classify only the paths they lack."),
-    ] = False,  # fmt: skip
+    support: SupportOpt,
+    source: SourceOpt,
+    output: OutputOpt,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    task_size: TaskSizeOpt = None,
+    fmt: FmtOpt = None,
+    resume: ResumeOpt = False,
     *,
     session: Session,
 ) -> None:
     """Classify many images into DEST: in this process, or on a Ray cluster; resumable."""
     from ..io.folders import read_labelled_folder
-    from ..io.images import count_by_suffix
     from ..io.inputs import list_inputs
     from ..tasks import batch as batch_tasks
     from ..tasks.destination import Destination
-    from .reports import plural, similar_classes_note, support_warnings
+    from .reports import similar_classes_note, support_warnings
     from .stderr import note
     from .tables import simple_table
 
@@ -145,14 +163,7 @@ def run(
     inputs = list_inputs(source)
     for line in support_warnings(folder):
         session.warn(line)
-    if inputs.duplicates:
-        listed = ", ".join(inputs.duplicates[:3]) + (", ..." if len(inputs.duplicates) > 3 else "")
-        session.warn(f"{plural(len(inputs.duplicates), 'path')} listed more than once in {source} ({listed}): "
-                     "each is classified once")  # fmt: skip
-    if inputs.not_images:
-        n = len(inputs.not_images)
-        what = "is not an image" if n == 1 else "are not images"
-        session.warn(f"left out: {plural(n, 'file')} in {source} that {what} ({count_by_suffix(inputs.not_images)})")
+    _input_warnings(session, inputs, source)
     with session.progress() as bars:
         task = bars.add_task("Support", total=folder.image_count)
         job, support_set = batch_tasks.fit_job(
@@ -186,6 +197,21 @@ def run(
                 for rows in run_ray(job, todo, cluster.workers, task_size):
                     bars.advance(task, len(rows))
                     _write_rows(rows, tally, write, session)
+
+
+def _input_warnings(session: Session, inputs: Any, source: str) -> None:
+    """What INPUT listed twice, and what it held that is not an image, on stderr."""
+    from ..io.images import count_by_suffix
+    from .reports import plural
+
+    if inputs.duplicates:
+        listed = ", ".join(inputs.duplicates[:3]) + (", ..." if len(inputs.duplicates) > 3 else "")
+        session.warn(f"{plural(len(inputs.duplicates), 'path')} listed more than once in {source} ({listed}): "
+                     "each is classified once")  # fmt: skip
+    if inputs.not_images:
+        n = len(inputs.not_images)
+        what = "is not an image" if n == 1 else "are not images"
+        session.warn(f"left out: {plural(n, 'file')} in {source} that {what} ({count_by_suffix(inputs.not_images)})")
 
 
 def _write_rows(rows: list[dict[str, Any]], tally: RunTally, write: Any, session: Session) -> None:

@@ -24,90 +24,109 @@ EPILOG = (
 )
 
 
+SupportOpt = Annotated[
+    Path,
+    argument(
+        "Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more; or a file "
+        "'emdcli fit' made of one (SUPPORT.emdfit).",
+        "SUPPORT",
+    ),
+]
+
+QueriesOpt = Annotated[
+    list[str],
+    argument(
+        "Images to classify: files, folders (searched recursively), or - to read one path per line "
+        "from stdin. A query inside a folder named like a class counts toward the accuracy."
+    ),
+]
+
+ExplainDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--explain-dir",
+        metavar="DIR",
+        help="Also draw each query's match with the closest example of its predicted class, as "
+        "DIR/<query path> (.png added unless a .png, .jpg or .webp), named in the column 'picture' "
+        "(see 'emdcli explain').",
+        file_okay=False,
+        show_default="none",
+    ),
+]
+
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="With --output FILE: keep the rows of an earlier, interrupted run "
+        "(FILE.partial, or FILE) and classify only the queries they lack.",
+    ),
+]
+
+SortIntoOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--sort-into",
+        metavar="DIR",
+        help="Also put each classified query into DIR/<predicted class>/ (a rejected one into DIR/unknown/, "
+        "as --unknown-label names it), never overwriting (a taken name gets -2, -3, ...) nor touching a support "
+        "image; the columns sorted_to and sort_action say where each went. Running it again does only "
+        "what is left.",
+        file_okay=False,
+        show_default="none",
+    ),
+]
+
+SortActionOpt = Annotated[
+    SortAction | None,
+    typer.Option(
+        "--sort-action",
+        metavar="ACTION",
+        help="How --sort-into puts a query there: copy, link (a hard link; a symbolic link across file "
+        "systems) or move.",
+        show_default="copy",
+    ),
+]
+
+MinConfidenceOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-confidence",
+        metavar="P",
+        min=0.0,
+        max=1.0,
+        help="With --sort-into: a query whose confidence is below P goes to DIR/_review/ instead.",
+        show_default="none",
+    ),
+]
+
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run", help="With --sort-into: say what would go where (on stderr and in the rows), changing nothing."
+    ),
+]
+
+ReportOpt = Annotated[
+    Path | None,
+    report_option(
+        "the support classes with thumbnails, then the queries by predicted class, wrong and rejected ones "
+        "marked, linked to their --explain-dir pictures."
+    ),
+]
+
+
 @with_session("fmt", "output", *CLASSIFYING, "batch_size", "decode_threads", "cache", "progress", "quiet", "config")
 def run(
-    support: Annotated[
-        Path,
-        argument(
-            "Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more; or a file "
-            "'emdcli fit' made of one (SUPPORT.emdfit).",
-            "SUPPORT",
-        ),
-    ],  # fmt: skip
-    queries: Annotated[
-        list[str],
-        argument(
-            "Images to classify: files, folders (searched recursively), or - to read one path per line "
-            "from stdin. A query inside a folder named like a class counts toward the accuracy."
-        ),
-    ],  # fmt: skip
-    explain_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--explain-dir",
-            metavar="DIR",
-            help="Also draw each query's match with the closest example of its predicted class, as "
-            "DIR/<query path> (.png added unless a .png, .jpg or .webp), named in the column 'picture' "
-            "(see 'emdcli explain').",
-            file_okay=False,
-            show_default="none",
-        ),
-    ] = None,  # fmt: skip
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="With --output FILE: keep the rows of an earlier, interrupted run "
-            "(FILE.partial, or FILE) and classify only the queries they lack.",
-        ),
-    ] = False,  # fmt: skip
-    sort_into: Annotated[
-        Path | None,
-        typer.Option(
-            "--sort-into",
-            metavar="DIR",
-            help="Also put each classified query into DIR/<predicted class>/ (a rejected one into DIR/unknown/, "
-            "as --unknown-label names it), never overwriting (a taken name gets -2, -3, ...) nor touching a support "
-            "image; the columns sorted_to and sort_action say where each went. Running it again does only "
-            "what is left.",
-            file_okay=False,
-            show_default="none",
-        ),
-    ] = None,  # fmt: skip
-    sort_action: Annotated[
-        SortAction | None,
-        typer.Option(
-            "--sort-action",
-            metavar="ACTION",
-            help="How --sort-into puts a query there: copy, link (a hard link; a symbolic link across file "
-            "systems) or move.",
-            show_default="copy",
-        ),
-    ] = None,  # fmt: skip
-    min_confidence: Annotated[
-        float | None,
-        typer.Option(
-            "--min-confidence",
-            metavar="P",
-            min=0.0,
-            max=1.0,
-            help="With --sort-into: a query whose confidence is below P goes to DIR/_review/ instead.",
-            show_default="none",
-        ),
-    ] = None,  # fmt: skip
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run", help="With --sort-into: say what would go where (on stderr and in the rows), changing nothing."
-        ),
-    ] = False,  # fmt: skip
-    report: Annotated[
-        Path | None,
-        report_option(
-            "the support classes with thumbnails, then the queries by predicted class, wrong and rejected ones "
-            "marked, linked to their --explain-dir pictures."
-        ),
-    ] = None,
+    support: SupportOpt,
+    queries: QueriesOpt,
+    explain_dir: ExplainDirOpt = None,
+    resume: ResumeOpt = False,
+    sort_into: SortIntoOpt = None,
+    sort_action: SortActionOpt = None,
+    min_confidence: MinConfidenceOpt = None,
+    dry_run: DryRunOpt = False,
+    report: ReportOpt = None,
     null: NullOpt = False,
     *,
     session: Session,

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from ..tasks.evaluate import EvaluationRun
     from ..tasks.open_set import OpenSetRun
 
+#: --methods when not given: every method of the default comparison.
+ALL_METHODS = ",".join(defaults.METHODS)
 NAME = "evaluate"
 EPILOG = (
     "[bold]Examples[/bold]\n\n"
@@ -35,81 +37,76 @@ EPILOG = (
 )
 
 
+DatasetOpt = Annotated[
+    Path,
+    argument("Labelled image set: DATASET/CLASS_NAME/image.jpg, one folder per class.", "DATASET"),
+]
+
+EpisodesOpt = Annotated[int, typer.Option("--episodes", "-e", metavar="N", min=1, help="Episodes to sample.")]
+
+SeedOpt = Annotated[
+    int, typer.Option("--seed", metavar="N", help="Seed of the episode sampler (same seed, same episodes).")
+]
+
+MethodsOpt = Annotated[
+    str,
+    typer.Option(
+        "--methods",
+        metavar="LIST",
+        help="Comma-separated methods, all scored on the same episodes; differences are paired against proto.",
+    ),
+]
+
+OpenSetOpt = Annotated[
+    int,
+    typer.Option(
+        "--open-set",
+        metavar="M",
+        min=0,
+        help="Score open-set rejection instead: each episode adds M classes the support set lacks, --query "
+        "queries each, and the default method matches all queries as one set, rejecting as classify --reject "
+        "auto does (AUROC, in-set accuracy with and without rejection, shares rejected). 0: off.",
+    ),
+]
+
+JobsOpt = Annotated[
+    int | None,
+    typer.Option("--jobs", "-j", metavar="N", min=1, help="Threads scoring episodes.", show_default="one per CPU"),
+]
+
+ReportOpt = Annotated[
+    Path | None,
+    report_option(
+        "the accuracy table, then each method's confusion matrix (true against predicted class, over all "
+        "episodes) with its most confused pairs; with --open-set, its measures."
+    ),
+]
+
+
 @with_session("fmt", "output", "sensitivity", "model", "precision", "device", "cache", "progress", "quiet", "config")
 def run(
-    dataset: Annotated[
-        Path,
-        argument("Labelled image set: DATASET/CLASS_NAME/image.jpg, one folder per class.", "DATASET"),
-    ],  # fmt: skip
+    dataset: DatasetOpt,
     way: WayOpt = defaults.WAY,
     shot: ShotOpt = defaults.SHOT,
     query: Annotated[int, typer.Option("--query", metavar="N", min=1, help="Query images per class.")] = defaults.QUERY,
-    episodes: Annotated[
-        int, typer.Option("--episodes", "-e", metavar="N", min=1, help="Episodes to sample.")
-    ] = defaults.EPISODES,
-    seed: Annotated[
-        int, typer.Option("--seed", metavar="N", help="Seed of the episode sampler (same seed, same episodes).")
-    ] = defaults.SEED,
-    methods: Annotated[
-        str,
-        typer.Option(
-            "--methods",
-            metavar="LIST",
-            help="Comma-separated methods, all scored on the same episodes; differences are paired against proto.",
-        ),
-    ] = ",".join(defaults.METHODS),  # fmt: skip
-    open_set: Annotated[
-        int,
-        typer.Option(
-            "--open-set",
-            metavar="M",
-            min=0,
-            help="Score open-set rejection instead: each episode adds M classes the support set lacks, --query "
-            "queries each, and the default method matches all queries as one set, rejecting as classify --reject "
-            "auto does (AUROC, in-set accuracy with and without rejection, shares rejected). 0: off.",
-        ),
-    ] = 0,  # fmt: skip
-    jobs: Annotated[
-        int | None,
-        typer.Option("--jobs", "-j", metavar="N", min=1, help="Threads scoring episodes.", show_default="one per CPU"),
-    ] = None,  # fmt: skip
-    report: Annotated[
-        Path | None,
-        report_option(
-            "the accuracy table, then each method's confusion matrix (true against predicted class, over all "
-            "episodes) with its most confused pairs; with --open-set, its measures."
-        ),
-    ] = None,
+    episodes: EpisodesOpt = defaults.EPISODES,
+    seed: SeedOpt = defaults.SEED,
+    methods: MethodsOpt = ALL_METHODS,
+    open_set: OpenSetOpt = 0,
+    jobs: JobsOpt = None,
+    report: ReportOpt = None,
     *,
     session: Session,
 ) -> None:
     """Measure few-shot accuracy on a labelled set: N-way K-shot episodes, every method on the same ones."""
-    from ..errors import UsageError
     from ..io.folders import read_labelled_folder
-    from ..tasks.evaluate import check_methods, evaluate
+    from ..tasks.evaluate import evaluate
     from ..tasks.open_set import check_sensitivity, evaluate_open_set
     from .reports import evaluate_layout
 
     sink = session.sink()
     sensitivity = check_sensitivity(session.settings.sensitivity)
-    if open_set and methods != ",".join(defaults.METHODS):
-        raise UsageError("--open-set scores the default method only", hint="leave out --methods")
-    if not open_set:
-        names = check_methods([m.strip() for m in methods.split(",") if m.strip()], shot)
-        if not names:
-            raise UsageError("--methods is empty", hint="for example --methods proto,emd")
-    if report is not None:  # checked before any work (exit 2); written only at the end of a run that succeeded
-        from ..render.report import check_report_path
-
-        check_report_path(report, taken=(session.output,))
-    from ..tasks.fitted import is_fitted_file
-
-    if is_fitted_file(dataset):
-        raise UsageError(
-            f"{dataset.name} is a fitted support set: evaluate draws each episode's support images from a labelled "
-            "folder, which a fitted file does not hold",
-            hint=f"to measure its accuracy, classify labelled images: emdcli classify {dataset} LABELLED_FOLDER",
-        )
+    names = _checked_methods(dataset, methods, shot, open_set, report, session.output)
     folder = read_labelled_folder(dataset)
     started = time.perf_counter()
     with session.progress() as bars:
@@ -157,6 +154,34 @@ def run(
 
         write_evaluation_report(report, header, records, confusion, run.data.classes)
         session.inform(f"wrote the report {report}")
+
+
+def _checked_methods(
+    dataset: Path, methods: str, shot: int, open_set: int, report: Path | None, output: Path | None
+) -> list[str]:
+    """The methods to score, every option checked before any work (UsageError, exit 2)."""
+    from ..errors import UsageError
+    from ..tasks.evaluate import check_methods
+    from ..tasks.fitted import is_fitted_file
+
+    names: list[str] = []
+    if open_set and methods != ALL_METHODS:
+        raise UsageError("--open-set scores the default method only", hint="leave out --methods")
+    if not open_set:
+        names = check_methods([m.strip() for m in methods.split(",") if m.strip()], shot)
+        if not names:
+            raise UsageError("--methods is empty", hint="for example --methods proto,emd")
+    if report is not None:  # written only at the end of a run that succeeded
+        from ..render.report import check_report_path
+
+        check_report_path(report, taken=(output,))
+    if is_fitted_file(dataset):
+        raise UsageError(
+            f"{dataset.name} is a fitted support set: evaluate draws each episode's support images from a labelled "
+            "folder, which a fitted file does not hold",
+            hint=f"to measure its accuracy, classify labelled images: emdcli classify {dataset} LABELLED_FOLDER",
+        )
+    return names
 
 
 def never_drawn(

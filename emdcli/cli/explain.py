@@ -22,39 +22,44 @@ EPILOG = (
 )
 
 
+TargetOpt = Annotated[
+    Path,
+    typer.Argument(
+        help="An image to match the query with, or a support folder (SUPPORT/CLASS/image) or a file 'emdcli "
+        "fit' made of one: then the query is classified and matched with the closest example of its predicted "
+        "class.",
+        metavar="SUPPORT_OR_IMAGE",
+        exists=True,
+        show_default=False,
+    ),
+]
+
+OutputOpt = Annotated[
+    Path,
+    typer.Option("--output", "-o", metavar="FILE", help="Picture to write: .png, .jpg/.jpeg or .webp.", dir_okay=False),
+]
+
+LinesOpt = Annotated[int, typer.Option("--lines", metavar="N", min=0, help="How many of the strongest flows to draw.")]
+
+PanelOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--panel",
+        metavar="N",
+        min=16,
+        help="Side of each image in pixels.",
+        show_default="the model's input size, upscaled by a whole factor to at least 320 px",
+    ),
+]
+
+
 @with_session("metric", "model", "precision", "device", "cache", "config")
 def run(
-    target: Annotated[
-        Path,
-        typer.Argument(
-            help="An image to match the query with, or a support folder (SUPPORT/CLASS/image) or a file 'emdcli "
-            "fit' made of one: then the query is classified and matched with the closest example of its predicted "
-            "class.",
-            metavar="SUPPORT_OR_IMAGE",
-            exists=True,
-            show_default=False,
-        ),
-    ],  # fmt: skip
+    target: TargetOpt,
     query: Annotated[Path, typer.Argument(help="The query image.", metavar="QUERY", exists=True, show_default=False)],
-    output: Annotated[
-        Path,
-        typer.Option(
-            "--output", "-o", metavar="FILE", help="Picture to write: .png, .jpg/.jpeg or .webp.", dir_okay=False
-        ),
-    ] = Path("match.png"),
-    lines: Annotated[
-        int, typer.Option("--lines", metavar="N", min=0, help="How many of the strongest flows to draw.")
-    ] = defaults.EXPLAIN_LINES,
-    panel: Annotated[
-        int | None,
-        typer.Option(
-            "--panel",
-            metavar="N",
-            min=16,
-            help="Side of each image in pixels.",
-            show_default="the model's input size, upscaled by a whole factor to at least 320 px",
-        ),
-    ] = None,  # fmt: skip
+    output: OutputOpt = Path("match.png"),
+    lines: LinesOpt = defaults.EXPLAIN_LINES,
+    panel: PanelOpt = None,
     *,
     session: Session,
 ) -> None:

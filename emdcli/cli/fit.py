@@ -21,21 +21,26 @@ EPILOG = (
 )
 
 
+SupportOpt = Annotated[
+    Path, argument("Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more.", "SUPPORT")
+]
+
+OutputOpt = Annotated[
+    Path,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        dir_okay=False,
+        help="Where to write the fitted support set (FILE.emdfit, written whole or not at all).",
+    ),
+]
+
+
 @with_session("kshot", "metric", "model", "precision", "device", "cache", "progress", "quiet", "config")
 def run(
-    support: Annotated[
-        Path, argument("Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more.", "SUPPORT")
-    ],
-    output: Annotated[
-        Path,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="FILE",
-            dir_okay=False,
-            help="Where to write the fitted support set (FILE.emdfit, written whole or not at all).",
-        ),
-    ],  # fmt: skip
+    support: SupportOpt,
+    output: OutputOpt,
     *,
     session: Session,
 ) -> None:

@@ -13,19 +13,22 @@ NAME = "info"
 EPILOG = "Exit codes: 0 the model loads and its sha256 matches its manifest, 1 it does not (the report says why)."
 
 
+FittedOpt = Annotated[
+    Path | None,
+    typer.Argument(
+        help="A file 'emdcli fit' wrote: describe it instead of the model.",
+        metavar="FILE.emdfit",
+        show_default=False,
+    ),
+]
+
+FmtOpt = Annotated[Literal["table", "json"], typer.Option("--format", "-f", metavar="FORMAT", help="table or json.")]
+
+
 @with_session("model", "precision", "device", "config")
 def run(
-    fitted: Annotated[
-        Path | None,
-        typer.Argument(
-            help="A file 'emdcli fit' wrote: describe it instead of the model.",
-            metavar="FILE.emdfit",
-            show_default=False,
-        ),
-    ] = None,  # fmt: skip
-    fmt: Annotated[
-        Literal["table", "json"], typer.Option("--format", "-f", metavar="FORMAT", help="table or json.")
-    ] = "table",
+    fitted: FittedOpt = None,
+    fmt: FmtOpt = "table",
     *,
     session: Session,
 ) -> None:

@@ -25,28 +25,33 @@ EPILOG = (
 )
 
 
+QueriesOpt = Annotated[list[str], argument("Query images: files, folders, or - to read paths from stdin.", "QUERY")]
+
+TopKOpt = Annotated[int, typer.Option("--top-k", "-k", metavar="N", min=1, help="Hits per query.")]
+
+RerankTopOpt = Annotated[
+    int,
+    typer.Option("--rerank-top", metavar="N", min=0, help="How many global-cosine hits DeepEMD re-ranks (0: all)."),
+]
+
+RerankOpt = Annotated[
+    RerankName,
+    typer.Option(
+        "--rerank",
+        metavar="SCORE",
+        help="Re-ranking score: emd+global (EMD score + global cosine; measured the safest), "
+        "emd, or none (global cosine only).",
+    ),
+]
+
+
 @with_session("fmt", "output", "model", "precision", "device", "cache", "progress", "quiet", "config")
 def run(
     gallery: Annotated[Path, argument("Folder of images to search (recursively).", "GALLERY")],
-    queries: Annotated[
-        list[str], argument("Query images: files, folders, or - to read paths from stdin.", "QUERY")
-    ],  # fmt: skip
-    top_k: Annotated[
-        int, typer.Option("--top-k", "-k", metavar="N", min=1, help="Hits per query.")
-    ] = defaults.SEARCH_TOP_K,
-    rerank_top: Annotated[
-        int,
-        typer.Option("--rerank-top", metavar="N", min=0, help="How many global-cosine hits DeepEMD re-ranks (0: all)."),
-    ] = defaults.SEARCH_SHORTLIST,
-    rerank: Annotated[
-        RerankName,
-        typer.Option(
-            "--rerank",
-            metavar="SCORE",
-            help="Re-ranking score: emd+global (EMD score + global cosine; measured the safest), "
-            "emd, or none (global cosine only).",
-        ),
-    ] = defaults.RERANK,  # type: ignore[assignment]  # fmt: skip
+    queries: QueriesOpt,
+    top_k: TopKOpt = defaults.SEARCH_TOP_K,
+    rerank_top: RerankTopOpt = defaults.SEARCH_SHORTLIST,
+    rerank: RerankOpt = defaults.RERANK,  # type: ignore[assignment]  # fmt: skip
     null: NullOpt = False,
     *,
     session: Session,

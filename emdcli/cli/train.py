@@ -46,73 +46,86 @@ def _val_classes(text: str) -> float:
     return value
 
 
+BaseDirOpt = Annotated[
+    Path,
+    argument("Labelled images of your domain: BASE_DIR/CLASS_NAME/image.jpg, one folder per class.", "BASE_DIR"),
+]
+
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        metavar="MODEL_DIR",
+        help="Folder to write the trained model (ONNX + manifest) into.",
+        show_default=False,
+    ),
+]
+
+ValClassesOpt = Annotated[
+    str,
+    typer.Option(
+        "--val-classes",
+        metavar="N|FRACTION",
+        help=("Base classes held out for validation: a count, or a fraction (at least --way classes)."),
+    ),
+]
+
+EpisodesOpt = Annotated[int, typer.Option("--episodes", "-e", metavar="N", min=1, help="Training episodes.")]
+
+QueryOpt = Annotated[int, typer.Option("--query", metavar="N", min=1, help="Query images per class and episode.")]
+
+TrainFromOpt = Annotated[
+    str,
+    typer.Option(
+        "--train-from",
+        metavar="LAYER",
+        help=(
+            "First trained block: blocks.6 trains the last block on cached blocks.5 maps; blocks.5 .. blocks.1 "
+            "train more (slower)."
+        ),
+    ),
+]
+
+ViewsOpt = Annotated[
+    int,
+    typer.Option(
+        "--views",
+        metavar="N",
+        min=1,
+        max=4,
+        help=("Cached views per image: 1 centre, 2 + flipped, 3 + zoomed, 4 + zoomed and flipped."),
+    ),
+]
+
+LrOpt = Annotated[float, typer.Option("--lr", metavar="FLOAT", help="Peak learning rate (cosine decay to 0).")]
+
+ValEveryOpt = Annotated[int, typer.Option("--val-every", metavar="N", min=1, help="Validate every N episodes.")]
+
+ValEpisodesOpt = Annotated[int, typer.Option("--val-episodes", metavar="N", min=1, help="Fixed validation episodes.")]
+
+SeedOpt = Annotated[
+    int, typer.Option("--seed", metavar="N", help="Seed of the class split, the episodes and the views.")
+]
+
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in MODEL_DIR (same options).")]
+
+
 @with_session("model", "fmt", "output", "device", "cache", "progress", "quiet", "config")
 def run(
-    base_dir: Annotated[
-        Path,
-        argument("Labelled images of your domain: BASE_DIR/CLASS_NAME/image.jpg, one folder per class.", "BASE_DIR"),
-    ],  # fmt: skip
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            metavar="MODEL_DIR",
-            help="Folder to write the trained model (ONNX + manifest) into.",
-            show_default=False,
-        ),
-    ],  # fmt: skip
-    val_classes: Annotated[
-        str,
-        typer.Option(
-            "--val-classes",
-            metavar="N|FRACTION",
-            help=("Base classes held out for validation: a count, or a fraction (at least --way classes)."),
-        ),
-    ] = f"{defaults.VAL_CLASSES:g}",  # fmt: skip
-    episodes: Annotated[
-        int, typer.Option("--episodes", "-e", metavar="N", min=1, help="Training episodes.")
-    ] = defaults.TRAIN_EPISODES,
+    base_dir: BaseDirOpt,
+    out: OutOpt,
+    val_classes: ValClassesOpt = f"{defaults.VAL_CLASSES:g}",
+    episodes: EpisodesOpt = defaults.TRAIN_EPISODES,
     way: WayOpt = defaults.TRAIN_WAY,
     shot: ShotOpt = defaults.TRAIN_SHOT,
-    query: Annotated[
-        int, typer.Option("--query", metavar="N", min=1, help="Query images per class and episode.")
-    ] = defaults.TRAIN_QUERY,
-    train_from: Annotated[
-        str,
-        typer.Option(
-            "--train-from",
-            metavar="LAYER",
-            help=(
-                "First trained block: blocks.6 trains the last block on cached blocks.5 maps; blocks.5 .. blocks.1 "
-                "train more (slower)."
-            ),
-        ),
-    ] = defaults.TRAIN_FROM,  # fmt: skip
-    views: Annotated[
-        int,
-        typer.Option(
-            "--views",
-            metavar="N",
-            min=1,
-            max=4,
-            help=("Cached views per image: 1 centre, 2 + flipped, 3 + zoomed, 4 + zoomed and flipped."),
-        ),
-    ] = defaults.TRAIN_VIEWS,  # fmt: skip
-    lr: Annotated[
-        float, typer.Option("--lr", metavar="FLOAT", help="Peak learning rate (cosine decay to 0).")
-    ] = defaults.TRAIN_LR,
-    val_every: Annotated[
-        int, typer.Option("--val-every", metavar="N", min=1, help="Validate every N episodes.")
-    ] = defaults.VAL_EVERY,
-    val_episodes: Annotated[
-        int, typer.Option("--val-episodes", metavar="N", min=1, help="Fixed validation episodes.")
-    ] = defaults.VAL_EPISODES,
-    seed: Annotated[
-        int, typer.Option("--seed", metavar="N", help="Seed of the class split, the episodes and the views.")
-    ] = defaults.SEED,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the interrupted run in MODEL_DIR (same options).")
-    ] = False,
+    query: QueryOpt = defaults.TRAIN_QUERY,
+    train_from: TrainFromOpt = defaults.TRAIN_FROM,
+    views: ViewsOpt = defaults.TRAIN_VIEWS,
+    lr: LrOpt = defaults.TRAIN_LR,
+    val_every: ValEveryOpt = defaults.VAL_EVERY,
+    val_episodes: ValEpisodesOpt = defaults.VAL_EPISODES,
+    seed: SeedOpt = defaults.SEED,
+    resume: ResumeOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Replace the model or interrupted run in MODEL_DIR.")] = False,
     *,
     session: Session,
@@ -169,21 +182,26 @@ def run(
             on_validation=on_validation,
         )  # fmt: skip
     session.report_skipped(result.skipped)
-    if not result.stopped and result.manifest_path is not None:
-        from .common import write_bank
-
-        write_bank(result.manifest_path)
     if result.stopped:
         session.inform(f"stopped after episode {result.episodes_done} of {episodes}; checkpoint kept in {out}")
         session.inform(f"continue with: {continue_command(base_dir, out, settings, session.settings.model)}")
         raise stop_error(signals[0])
+    _finished(session, result, out)
+    _write_result(sink, result, base_dir, out, settings)
+
+
+def _finished(session: Session, result: Any, out: Path) -> None:
+    """A finished run: the reference bank beside the new model, and warnings about what was kept."""
+    from .common import write_bank
+
+    if result.manifest_path is not None:
+        write_bank(result.manifest_path)
     if result.best.episode == 0:
         session.warn("no validation was significantly better than before training: the model written has the "
                     "starting model's weights (try another --lr, or more base classes)")  # fmt: skip
     elif len(result.split.val) < FEW_VAL_CLASSES:
         session.warn(f"only {len(result.split.val)} classes were held out: whether the gain carries to new classes "
                     f"is uncertain; measure it with emdcli evaluate NEW_CLASSES --model {out}")  # fmt: skip
-    _write_result(sink, result, base_dir, out, settings)
 
 
 def _write_result(sink: Any, result: Any, base_dir: Path, out: Path, settings: Any) -> None:

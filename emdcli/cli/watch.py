@@ -28,92 +28,108 @@ EPILOG = (
 )
 
 
+SupportOpt = Annotated[
+    Path,
+    argument(
+        "Folder of labelled examples (SUPPORT/CLASS_NAME/image.jpg), or a file 'emdcli fit' made of one.",
+        "SUPPORT",
+    ),
+]
+
+SortIntoOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--sort-into",
+        metavar="DIR",
+        help="Also put each classified image into DIR/<predicted class>/, as classify --sort-into does.",
+        file_okay=False,
+        show_default="none",
+    ),
+]
+
+SortActionOpt = Annotated[
+    SortAction | None,
+    typer.Option("--sort-action", metavar="ACTION", help="copy, link or move (as classify).", show_default="copy"),
+]
+
+MinConfidenceOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-confidence",
+        metavar="P",
+        min=0.0,
+        max=1.0,
+        show_default="none",
+        help="With --sort-into: an image whose confidence is below P goes to DIR/_review/ instead.",
+    ),
+]
+
+OnceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--once",
+        help="Classify the images there now (waiting for any still being written), then exit; 0 also when "
+        "there are none.",
+    ),
+]
+
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        dir_okay=False,
+        show_default="stdout",
+        help="Append each row to FILE as it comes, whole and flushed (.csv or .jsonl). A FILE from an earlier "
+        "watch is kept: the images it has rows for are not classified again.",
+    ),
+]
+
+FmtOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        "-f",
+        metavar="FORMAT",
+        show_default="from the --output suffix, else table on a terminal and csv in a pipe",
+        help="csv, jsonl, or table: one line per image, for people (stdout only).",
+    ),
+]
+
+PollOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--poll",
+        metavar="SECONDS",
+        min=0.05,
+        show_default="native file events",
+        help="Look at the folder every SECONDS instead of using file events (network file systems).",
+    ),
+]
+
+
 @with_session(*CLASSIFYING, "batch_size", "decode_threads", "cache", "quiet", "config")
 def run(
-    support: Annotated[
-        Path,
-        argument(
-            "Folder of labelled examples (SUPPORT/CLASS_NAME/image.jpg), or a file 'emdcli fit' made of one.",
-            "SUPPORT",
-        ),
-    ],  # fmt: skip
+    support: SupportOpt,
     inbox: Annotated[Path, argument("Folder to watch (and its subfolders); it may be empty.", "INBOX")],
-    sort_into: Annotated[
-        Path | None,
-        typer.Option(
-            "--sort-into",
-            metavar="DIR",
-            help="Also put each classified image into DIR/<predicted class>/, as classify --sort-into does.",
-            file_okay=False,
-            show_default="none",
-        ),
-    ] = None,  # fmt: skip
-    sort_action: Annotated[
-        SortAction | None,
-        typer.Option("--sort-action", metavar="ACTION", help="copy, link or move (as classify).", show_default="copy"),
-    ] = None,
-    min_confidence: Annotated[
-        float | None,
-        typer.Option(
-            "--min-confidence",
-            metavar="P",
-            min=0.0,
-            max=1.0,
-            show_default="none",
-            help="With --sort-into: an image whose confidence is below P goes to DIR/_review/ instead.",
-        ),
-    ] = None,  # fmt: skip
-    once: Annotated[
-        bool,
-        typer.Option(
-            "--once",
-            help="Classify the images there now (waiting for any still being written), then exit; 0 also when "
-            "there are none.",
-        ),
-    ] = False,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="FILE",
-            dir_okay=False,
-            show_default="stdout",
-            help="Append each row to FILE as it comes, whole and flushed (.csv or .jsonl). A FILE from an earlier "
-            "watch is kept: the images it has rows for are not classified again.",
-        ),
-    ] = None,  # fmt: skip
-    fmt: Annotated[
-        str | None,
-        typer.Option(
-            "--format",
-            "-f",
-            metavar="FORMAT",
-            show_default="from the --output suffix, else table on a terminal and csv in a pipe",
-            help="csv, jsonl, or table: one line per image, for people (stdout only).",
-        ),
-    ] = None,  # fmt: skip
-    poll: Annotated[
-        float | None,
-        typer.Option(
-            "--poll",
-            metavar="SECONDS",
-            min=0.05,
-            show_default="native file events",
-            help="Look at the folder every SECONDS instead of using file events (network file systems).",
-        ),
-    ] = None,  # fmt: skip
+    sort_into: SortIntoOpt = None,
+    sort_action: SortActionOpt = None,
+    min_confidence: MinConfidenceOpt = None,
+    once: OnceOpt = False,
+    output: OutputOpt = None,
+    fmt: FmtOpt = None,
+    poll: PollOpt = None,
     *,
     session: Session,
 ) -> None:
     """Classify each image that arrives in INBOX, appending its row as it comes; stop with Ctrl-C."""
-    from ..errors import EmdcliError, Terminated, UsageError
+    from ..errors import UsageError
     from ..io.files import display_path
     from ..io.folders import read_labelled_folder
     from ..io.sink import RowLog, choose_format
     from ..io.sorting import Sorter
-    from ..tasks.classify import Classifier, Tally
-    from ..tasks.classify_run import sort_prediction
+    from ..tasks.classify import Classifier
     from ..tasks.fitted import is_fitted_file, load_fitted, read_meta, recorded_folder
     from ..tasks.watch import Inbox, watch_predictions
     from .classify import _noter
@@ -152,33 +168,54 @@ def run(
     if earlier:
         session.inform(f"{plural(len(earlier), 'row')} already in {display_path(output or '')}: "
                        "their images are not classified again")  # fmt: skip
-    tally, started = Tally(), time.monotonic()
-    note = _noter(session)
+    started = time.monotonic()
+    note, watched = _noter(session), Inbox(inbox, poll=poll, skip=sorter.holds if sorter else lambda p: False)
+    tally = _watch(session, watched, once, lambda w: watch_predictions(clf, support_set, w, done=done, once=once),
+                   lambda pred: _row(pred, classes, top, rejection is not None, sorter, note), log)  # fmt: skip
+    minutes = (time.monotonic() - started) / 60
+    rejected = f" ({tally.rejected} rejected)" if rejection is not None else ""
+    session.inform(f"{'done' if once else 'stopped'}: {plural(tally.ok, 'image')} classified{rejected}, "
+                   f"{tally.errors} skipped, in {minutes:.1f} min")  # fmt: skip
+
+
+def _row(pred: Any, classes: tuple[str, ...], top: int, open_set: bool, sorter: Any, note: Any) -> dict[str, Any]:
+    """The row of one prediction, sorted first when the run sorts."""
+    from ..tasks.classify_run import sort_prediction
+
+    record: dict[str, Any] = pred.to_record(classes, top, open_set=open_set)
+    if sorter is not None:
+        record.update(sort_prediction(sorter, pred, None, note))
+    return record
+
+
+def _watch(session: Session, inbox: Any, once: bool, predictions: Any, row: Any, log: Any) -> Any:
+    """Watch ``inbox`` until stopped (or, with ``once``, until what is there is done): each prediction's
+    ``row`` appended to ``log``, counted; the Tally."""
+    from ..errors import EmdcliError, Terminated
+    from ..io.files import display_path
+    from ..tasks.classify import Tally
+
+    tally = Tally()
     try:
-        with Inbox(inbox, poll=poll, skip=sorter.holds if sorter else lambda p: False) as watched:
+        with inbox as watched:
             if not once:
-                session.inform(f"watching {display_path(inbox)} ({watched.how}); Ctrl-C stops")
-            for pred in watch_predictions(clf, support_set, watched, done=done, once=once):
+                session.inform(f"watching {display_path(inbox.folder)} ({watched.how}); Ctrl-C stops")
+            for pred in predictions(watched):
                 if not pred.ok:
                     session.warn(f"skipped {pred.error}")
-                record = pred.to_record(classes, top, open_set=rejection is not None)
-                if sorter is not None:
-                    record.update(sort_prediction(sorter, pred, None, note))
+                record = row(pred)
                 log.emit(record)
                 tally.add(pred)
-                if output is not None and pred.ok:
+                if log.output is not None and pred.ok:
                     session.inform(_line(record))
     except (KeyboardInterrupt, Terminated):
         pass  # the way a watch ends: every row so far is written whole
     except FileNotFoundError as exc:  # the inbox removed while watched
         again = "every row so far is written; create the folder and start again"
-        raise EmdcliError(f"cannot watch {display_path(inbox)}: {exc.strerror}", hint=again) from None
+        raise EmdcliError(f"cannot watch {display_path(inbox.folder)}: {exc.strerror}", hint=again) from None
     finally:
         log.close()
-    minutes = (time.monotonic() - started) / 60
-    rejected = f" ({tally.rejected} rejected)" if rejection is not None else ""
-    session.inform(f"{'done' if once else 'stopped'}: {plural(tally.ok, 'image')} classified{rejected}, "
-                   f"{tally.errors} skipped, in {minutes:.1f} min")  # fmt: skip
+    return tally
 
 
 def _layout(classes: tuple[str, ...], top: int, open_set: bool, sorting: bool) -> Any:
