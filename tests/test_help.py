@@ -73,8 +73,8 @@ def arguments(name: str | None) -> list[typer.core.TyperArgument]:
 
 
 def test_every_command_is_checked() -> None:
-    assert COMMANDS == ["classify", "fit", "watch", "batch", "evaluate", "search", "anomaly", "explain", "train",
-                        "info", "export"]  # fmt: skip
+    assert COMMANDS == ["classify", "fit", "watch", "review", "batch", "evaluate", "search", "anomaly", "explain",
+                        "train", "info", "export"]  # fmt: skip
 
 
 @pytest.mark.parametrize("width", [80, 120])
@@ -104,6 +104,7 @@ def test_usage_lines_name_arguments_plainly(monkeypatch: pytest.MonkeyPatch) -> 
         "explain": "Usage: emdcli explain [OPTIONS] SUPPORT_OR_IMAGE QUERY",
         "fit": "Usage: emdcli fit [OPTIONS] SUPPORT",
         "watch": "Usage: emdcli watch [OPTIONS] SUPPORT INBOX",
+        "review": "Usage: emdcli review [OPTIONS] SUPPORT QUERIES...",
         "info": "Usage: emdcli info [OPTIONS] [FILE.emdfit]",
         "export": "Usage: emdcli export [OPTIONS]",
     }

@@ -28,7 +28,7 @@ from ..errors import (  # noqa: E402
     Terminated,
     os_error,
 )
-from . import anomaly, batch, classify, evaluate, explain, export, fit, info, search, train, watch  # noqa: E402
+from . import anomaly, batch, classify, evaluate, explain, export, fit, info, review, search, train, watch  # noqa: E402
 from .help import EmdcliCommand, EmdcliGroup  # noqa: E402
 from .stderr import print_error, stderr_console  # noqa: E402
 
@@ -128,7 +128,7 @@ def main_callback(
     """emdcli: few-shot image classification by Earth Mover's Distance."""
 
 
-for _module in (classify, fit, watch, batch, evaluate, search, anomaly, explain, train, info, export):
+for _module in (classify, fit, watch, review, batch, evaluate, search, anomaly, explain, train, info, export):
     app.command(name=_module.NAME, epilog=getattr(_module, "EPILOG", None), cls=EmdcliCommand)(
         handle_errors(_module.run)
     )
