@@ -131,3 +131,22 @@ def test_the_review_copies_nothing_outside_the_support_folder(
     new = set(after) - set(before)
     assert new <= {journal_path(support_dir)} | {p for p in after if "cache" in p.parts}
     shutil.rmtree(support_dir / "red")  # a class emptied by hand is left out at the next start
+
+
+def test_classify_suggests_what_to_label_next(tiny_model: Path, support_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from emdcli.cli import app
+
+    colours = [(220, 30, 30), (130, 35, 130), (30, 200, 40), (30, 120, 130), (30, 40, 220), (140, 140, 40)]
+    for i, colour in enumerate(colours):  # clear ones, and mixtures of two classes
+        make_image(tmp_path / "mixed" / f"m{i}.png", colour, seed=500 + i)
+    res = CliRunner().invoke(app, ["classify", str(support_dir), str(tmp_path / "mixed"), "--model", str(tiny_model),
+                                   "-f", "json", "--suggest", "2", "--no-transductive"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    suggested = doc["summary"]["suggested"]
+    margins = {r["path"]: r["top"][0]["confidence"] - r["top"][1]["confidence"] for r in doc["rows"]}
+    assert len(suggested) == 2 and margins[suggested[0]] <= min(margins.values()) + 1e-5
+    assert max(margins[p] for p in suggested) < max(margins.values())  # the clear ones are not suggested
+    assert f"label next: {suggested[0]}, {suggested[1]}" in res.stderr

@@ -107,6 +107,17 @@ DryRunOpt = Annotated[
     ),
 ]
 
+SuggestOpt = Annotated[
+    int,
+    typer.Option(
+        "--suggest",
+        metavar="N",
+        min=0,
+        help="Also name the N queries to label next (uncertain and unlike one another, as emdcli review suggests): "
+        "on stderr, and in the summary's 'suggested' (-f json: jq -r '.summary.suggested[]').",
+    ),
+]
+
 ReportOpt = Annotated[
     Path | None,
     report_option(
@@ -127,6 +138,7 @@ def run(
     min_confidence: MinConfidenceOpt = None,
     dry_run: DryRunOpt = False,
     report: ReportOpt = None,
+    suggest: SuggestOpt = 0,
     null: NullOpt = False,
     *,
     session: Session,
@@ -150,7 +162,7 @@ def run(
     stdin = _stdin_lines(null) if "-" in queries else None
     earlier = ResumeFrom(session.output, sink.fmt) if resume and session.output else None
     run_ = ClassifyRun.open(support, queries, top_k=session.settings.top_k, reject=session.reject(), stdin=stdin,
-                            explain_dir=explain_dir, sort=sort, resume=earlier,
+                            explain_dir=explain_dir, sort=sort, resume=earlier, suggest=suggest,
                             keep_records=report is not None)  # fmt: skip
     for line in support_warnings(run_.folder):
         session.warn(line)
@@ -230,3 +242,5 @@ def _after_the_queries(run_: ClassifyRun, session: Session, sort_into: Path | No
         session.inform(line)
     if all_rejected := rejected_all_note(support.rejection, run_.tally):
         session.inform(all_rejected)
+    if run_.suggested:
+        session.inform(f"label next: {', '.join(run_.suggested)}")

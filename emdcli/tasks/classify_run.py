@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import DatasetError, EmdcliError
 from ..interrupts import deferred
 from ..io.files import display_path
@@ -30,8 +32,10 @@ from ..io.folders import LabelledFolder, read_labelled_folder
 from ..io.images import query_paths
 from ..io.records import Record
 from ..io.sorting import SortAction, Sorter
+from ..matching.simpleshot import pooled as pooled_of
 from .classify import Classifier, Reject, SupportOverlap, SupportSet, Tally
 from .prediction import Prediction, Resumed, read_resumed, run_header
+from .review import Item, suggest
 
 __all__ = ["ClassifyRun", "ResumeFrom", "SortInto", "sort_prediction"]
 
@@ -41,6 +45,14 @@ Note = Callable[[str, str], None]
 
 def _silent(kind: str, text: str) -> None:
     return None
+
+
+def _item(index: int, pred: Prediction, text: str) -> Item:
+    """A classified query as :func:`~emdcli.tasks.review.suggest` weighs it."""
+    top, second = pred.ranking[0], pred.ranking[1] if len(pred.ranking) > 1 else None
+    margin = top.confidence - (second.confidence if second else 0.0)
+    return Item(index, text, top.label, top.confidence, second.label if second else None, margin,
+                pred.rejected_as is not None)  # fmt: skip
 
 
 def sort_prediction(sorter: Sorter, pred: Prediction, earlier: Path | None = None, note: Note = _silent) -> Record:
@@ -99,6 +111,8 @@ class ClassifyRun:
     resume: ResumeFrom | None = None
     sorter: Sorter | None = None
     keep_records: bool = False
+    #: How many queries to suggest labelling next (:func:`emdcli.tasks.review.suggest`); 0: none.
+    suggest: int = 0
     texts: dict[Path, str] = field(default_factory=dict, repr=False)
     not_images: list[Path] = field(default_factory=list, repr=False)
     clf: Classifier | None = field(default=None, repr=False)
@@ -108,6 +122,8 @@ class ClassifyRun:
     tally: Tally = field(default_factory=Tally, repr=False)
     #: Queries embedded (or read from the cache) so far, for the note of a stopped run.
     embedded: int = 0
+    #: The queries to label next (their paths as given), once :meth:`execute` is done (``suggest``).
+    suggested: list[str] = field(default_factory=list)
     _started: float = field(default_factory=time.perf_counter, repr=False)
     _query_started: float = 0.0
     _support_hits: int = 0
@@ -125,6 +141,7 @@ class ClassifyRun:
         sort: SortInto | None = None,
         resume: ResumeFrom | None = None,
         keep_records: bool = False,
+        suggest: int = 0,
     ) -> ClassifyRun:
         """A run over ``queries`` (files, folders, ``-`` for the lines of ``stdin``) against ``support`` (a
         labelled folder or a fitted file), checked before any model is loaded: UsageError (DatasetError)
@@ -151,7 +168,7 @@ class ClassifyRun:
 
                 raise DatasetError(f"no images found in {', '.join(queries)}", hint=IMAGE_NAMES_HINT)
         return cls(support, folder, fitted_file, paths, from_stdin, top_k, reject, explain_dir, resume, sorter,
-                   keep_records, texts, not_images)  # fmt: skip
+                   keep_records, suggest, texts, not_images)  # fmt: skip
 
     # before the queries -------------------------------------------------------------------------------
 
@@ -236,16 +253,32 @@ class ClassifyRun:
             if on_query is not None:
                 on_query(n)
 
-        new = clf.predict(support, self.queries, embedded, pictures)
+        pooled: dict[Path, np.ndarray] = {}
+
+        def observe(pred: Prediction, features: np.ndarray) -> None:
+            if pictures is not None:
+                pictures(pred, features)
+            if self.suggest:
+                pooled[pred.path] = pooled_of(features)
+
+        new = clf.predict(support, self.queries, embedded, observe if pictures or self.suggest else None)
+        items: list[Item] = []  # the classified queries, for the suggestions
+        keys: list[Path] = []
         for pred, resumed in itertools.chain(((p, True) for p in self.prior), ((p, False) for p in new)):
             if not pred.ok and not resumed:  # an earlier run's skips were reported by that run
                 note("warn", f"skipped {pred.error}")
+            if self.suggest and pred.path in pooled:
+                items.append(_item(len(items), pred, display_path(self.texts.get(pred.path, pred.path))))
+                keys.append(pred.path)
             record = self.record(pred, pictures.drawn.pop(pred.path, None) if pictures else None, note)
             with deferred():  # a row and its count go together: a signal waits for both
                 emit(record)
                 self.tally.add(pred)
             if self.keep_records:
                 self.records.append(record)
+        if self.suggest:
+            chosen = suggest(items, {it.id: pooled[key] for it, key in zip(items, keys, strict=True)}, self.suggest)
+            self.suggested = [items[i].path for i in chosen]
 
     def record(self, pred: Prediction, picture: str | None = None, note: Note = _silent) -> Record:
         """The row of ``pred``: its path as given, the picture drawn of it, where it was sorted to."""
@@ -270,6 +303,8 @@ class ClassifyRun:
                                    from_cache=clf.source.cache_hits - self._support_hits)  # fmt: skip
         if self.sorter is not None:
             found["sorted"] = dict(self.sorter.counts)
+        if self.suggest:
+            found["suggested"] = list(self.suggested)
         return found if support.rejection is None else {**found, "rejected": self.tally.rejected}
 
     def stopped_while_embedding(self) -> bool:
