@@ -12,8 +12,9 @@ cut short is finished). The journal is locked while written, so concurrent tabs 
 interleave lines. Files are only ever written under the support folder, never over an existing file,
 and undo removes only a file it placed whose content is unchanged.
 
-Scores are inductive (each query on its own, every class matched: no shortlist), so that a correction
-re-matches one class's column of the score matrix, not every query against every class.
+Scores are inductive (each query on its own, every class matched: no shortlist) and each class is
+matched through the mean map of its examples, so that a correction re-matches one class's column of the
+score matrix, not every query against every class.
 """
 
 from __future__ import annotations
@@ -163,7 +164,11 @@ class Review:
     ) -> Review:
         """Read the journal (finishing a decision a crash cut short), embed the support folder and the
         queries (through the feature cache), and score them."""
-        clf = Classifier(clf.source, dataclasses.replace(clf.matcher, shortlist=0, transductive=False), clf.bank)
+        # each class through the mean map of its examples, every class matched, each query on its own: a
+        # correction then changes one class's node set and one column of scores (with SFC, every class's
+        # node set changes when one class gets a second example: docs/benchmarks.md, "review")
+        matcher = dataclasses.replace(clf.matcher, kshot="mean", shortlist=0, transductive=False)
+        clf = Classifier(clf.source, matcher, clf.bank)
         log = Journal(journal or journal_path(root))
         standing = effective(log.read())
         for entry in standing:  # a copy the crash cut short is finished now
