@@ -104,7 +104,7 @@ def test_usage_lines_name_arguments_plainly(monkeypatch: pytest.MonkeyPatch) -> 
         "explain": "Usage: emdcli explain [OPTIONS] SUPPORT_OR_IMAGE QUERY",
         "fit": "Usage: emdcli fit [OPTIONS] SUPPORT",
         "watch": "Usage: emdcli watch [OPTIONS] SUPPORT INBOX",
-        "review": "Usage: emdcli review [OPTIONS] SUPPORT QUERIES...",
+        "review": "Usage: emdcli review [OPTIONS] SUPPORT [QUERIES]...",
         "info": "Usage: emdcli info [OPTIONS] [FILE.emdfit]",
         "export": "Usage: emdcli export [OPTIONS]",
     }

@@ -150,3 +150,25 @@ def test_classify_suggests_what_to_label_next(tiny_model: Path, support_dir: Pat
     assert len(suggested) == 2 and margins[suggested[0]] <= min(margins.values()) + 1e-5
     assert max(margins[p] for p in suggested) < max(margins.values())  # the clear ones are not suggested
     assert f"label next: {suggested[0]}, {suggested[1]}" in res.stderr
+
+
+def test_the_journal_is_undone_and_replayed_from_the_command_line(
+    tiny_model: Path, support_dir: Path, inbox: list[Path]
+) -> None:
+    from typer.testing import CliRunner
+
+    from emdcli.cli import app
+
+    review = start(tiny_model, support_dir, inbox)
+    first = review.decide(review.items()[0].id, "correct", "green")
+    second = review.decide(review.items()[0].id, "correct", "blue")
+    (support_dir / first["placed"]).unlink()  # a folder restored from an older backup
+    runner = CliRunner()
+    res = runner.invoke(app, ["review", str(support_dir), "--replay"])
+    assert res.exit_code == 0 and "1 image(s) copied again" in res.stderr
+    assert (support_dir / first["placed"]).read_bytes() == Path(first["query"]).read_bytes()
+    res = runner.invoke(app, ["review", str(support_dir), "--undo"])
+    assert res.exit_code == 0 and f"undid decision 2: correct (blue) of {second['query']}" in res.stderr
+    assert not (support_dir / second["placed"]).exists() and (support_dir / first["placed"]).exists()
+    res = runner.invoke(app, ["review", str(support_dir)])
+    assert res.exit_code == 2 and "give the QUERIES to review" in res.stderr

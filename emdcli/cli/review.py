@@ -27,25 +27,40 @@ EPILOG = (
 SupportOpt = Annotated[
     Path, argument("Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg; corrections are added here.", "SUPPORT")
 ]
-QueriesOpt = Annotated[list[str], argument("Images to review: files or folders (searched recursively).")]
+QueriesOpt = Annotated[
+    list[str] | None,
+    argument("Images to review: files or folders (searched recursively); none with --undo or --replay."),
+]
 PortOpt = Annotated[
     int, typer.Option("--port", metavar="N", min=0, max=65535, help="Port on 127.0.0.1 (0: a free one).")
 ]
 OpenOpt = Annotated[bool, typer.Option("--open", help="Open the page in the default browser.")]
+UndoOpt = Annotated[
+    bool,
+    typer.Option("--undo", help="Take back the journal's last standing decision (its copy removed if unchanged), "
+                 "then exit; no model is loaded."),
+]  # fmt: skip
+ReplayOpt = Annotated[
+    bool,
+    typer.Option("--replay", help="Copy again every accepted or corrected image the journal records that is missing "
+                 "from SUPPORT (a folder restored from a backup, say), then exit; no model is loaded."),
+]  # fmt: skip
 
 
 @with_session("metric", "kshot", "reject", "sensitivity", "unknown_label", "model", "precision", "device", "cache",
               "progress", "quiet", "config")  # fmt: skip
 def run(
     support: SupportOpt,
-    queries: QueriesOpt,
+    queries: QueriesOpt = None,
     port: PortOpt = 0,
     open_page: OpenOpt = False,
+    undo: UndoOpt = False,
+    replay_: ReplayOpt = False,
     *,
     session: Session,
 ) -> None:
     """Review predictions on a local page: accept, correct, reject; corrections become examples."""
-    from ..errors import DatasetError, Terminated
+    from ..errors import DatasetError, Terminated, UsageError
     from ..io.folders import read_labelled_folder
     from ..io.images import IMAGE_NAMES_HINT, query_paths
     from ..tasks.classify import Classifier
@@ -53,6 +68,10 @@ def run(
     from ..tasks.review_server import ReviewServer
 
     folder = read_labelled_folder(support)  # checked before any work (exit 2)
+    if undo or replay_:
+        return _journal_only(support, undo, session)
+    if not queries:
+        raise UsageError("give the QUERIES to review", hint="for example: emdcli review support/ inbox/")
     paths = list(query_paths(queries))
     if not paths:
         raise DatasetError(f"no images found in {', '.join(queries)}", hint=IMAGE_NAMES_HINT)
@@ -75,3 +94,20 @@ def run(
     finally:
         server.httpd.server_close()
     session.inform(f"stopped: {len(review.decided)} decided, {len(review.items())} left")
+
+
+def _journal_only(support: Path, undo: bool, session: Session) -> None:
+    """``--undo`` or ``--replay``: work on the journal and the support folder alone."""
+    from ..tasks.review import Journal, journal_path, replay, undo_last
+
+    journal = Journal(journal_path(support))
+    if undo:
+        undone = undo_last(support, journal)
+        if undone is None:
+            session.inform(f"nothing to undo in {journal.path}")
+            return
+        last = undone[0]
+        what = f" ({last['label']})" if last.get("label") else ""
+        session.inform(f"undid decision {last['seq']}: {last['action']}{what} of {last['query']}")
+        return
+    session.inform(f"replayed {journal.path}: {replay(support, journal)} image(s) copied again")

@@ -43,7 +43,7 @@ from ..matching.support import ClassNodes
 from .classify import Classifier, Reject
 from .prediction import ranking_from_scores
 
-__all__ = ["ACTIONS", "Item", "Journal", "Review", "journal_path", "suggest"]
+__all__ = ["ACTIONS", "Item", "Journal", "Review", "journal_path", "replay", "suggest", "undo_last"]
 
 #: What a person can say of a query.
 ACTIONS = ("accept", "correct", "none", "skip")
@@ -289,29 +289,51 @@ class Review:
             return entry
 
     def undo(self) -> dict[str, Any] | None:
-        """Take back the last standing decision: the journal says so first, then a file it placed is
-        removed (only when its content is still the query's) and the classes refitted; the query is back
-        in the queue. None when nothing is left to undo."""
+        """Take back the last standing decision (:func:`undo_last`) and refit the classes; the query is
+        back in the queue. None when nothing is left to undo."""
         with self._lock:
-            standing = effective(self.journal.read())
-            if not standing:
+            undone = undo_last(self.root, self.journal)
+            if undone is None:
                 return None
-            last = standing[-1]
-            entry = self.journal.append({"action": "undo", "undoes": last["seq"], "query": last["query"]})
+            last, entry = undone
             if last.get("placed"):
                 target = self.root / last["placed"]
                 label = last["label"]
-                source = Path(last["query"])
-                with contextlib.suppress(OSError):
-                    if target.is_file() and source.is_file() and same_content(source, target):
-                        target.unlink()
-                kept = [(p, m) for p, m in self.examples.get(label, []) if p != target]
-                self.examples[label] = kept
+                self.examples[label] = [(p, m) for p, m in self.examples.get(label, []) if p != target]
                 self._refit({label})
             for qid, decided in list(self.decided.items()):
                 if decided["seq"] == last["seq"]:
                     del self.decided[qid]
             return entry
+
+
+def undo_last(root: Path, journal: Journal) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Take back the last standing decision of ``journal``: the journal says so first, then a file it
+    placed under ``root`` is removed, only when its content is still the query's. (the decision undone,
+    the undo entry), or None when nothing is left to undo. Needs no model: ``emdcli review --undo``."""
+    standing = effective(journal.read())
+    if not standing:
+        return None
+    last = standing[-1]
+    entry = journal.append({"action": "undo", "undoes": last["seq"], "query": last["query"]})
+    if last.get("placed"):
+        target, source = root / last["placed"], Path(last["query"])
+        with contextlib.suppress(OSError):
+            if target.is_file() and source.is_file() and same_content(source, target):
+                target.unlink()
+    return last, entry
+
+
+def replay(root: Path, journal: Journal) -> int:
+    """Apply every standing decision of ``journal`` to the support folder ``root`` again: each accepted or
+    corrected image copied where its entry says, unless it is there. How many were copied now. Needs no
+    model: ``emdcli review --replay`` (after restoring the folder from a backup, say)."""
+    copied = 0
+    for entry in effective(journal.read()):
+        if entry.get("placed") and not os.path.lexists(root / entry["placed"]):
+            _finish_placement(root, entry)
+            copied += os.path.lexists(root / entry["placed"])
+    return copied
 
 
 def _finish_placement(root: Path, entry: dict[str, Any]) -> None:
