@@ -127,7 +127,7 @@ def test_help_texts_and_defaults_quote_no_measured_figure() -> None:
 def test_the_python_api_page_runs(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     page = (REPO / "docs" / "python-api.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", page, re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     monkeypatch.chdir(REPO)
     for code in blocks:
         exec(compile(code, "docs/python-api.md", "exec"), {})
@@ -136,6 +136,7 @@ def test_the_python_api_page_runs(capsys: pytest.CaptureFixture[str], monkeypatc
     assert re.search(rf"^{queries} \{{'copied': {queries}\}} \d\.\d\d$", out, re.M), out
     assert f"10 rows kept, {queries - 10} classified now" in out
     assert f"{queries} classified" in out
+    assert f"{queries - 1} left to review; label next: [" in out
 
 
 def test_no_function_of_the_cli_is_over_80_lines() -> None:
