@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from .. import defaults
-from .common import CLASSIFYING, Session, argument, with_session
+from .common import CLASSIFYING, Session, SupportOrFittedArg, argument, with_session
 
 if TYPE_CHECKING:
     from ..tasks.batch import RunTally
@@ -32,15 +32,6 @@ BatchFormat = Literal["parquet", "csv", "jsonl"]
 #: Error rows reported one by one on stderr before they are only counted.
 SHOWN_ERRORS = 10
 
-
-SupportOpt = Annotated[
-    Path,
-    argument(
-        "Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more; or a file "
-        "'emdcli fit' made of one (SUPPORT.emdfit).",
-        "SUPPORT",
-    ),
-]
 
 SourceOpt = Annotated[
     str,
@@ -125,7 +116,7 @@ ResumeOpt = Annotated[
 
 @with_session(*CLASSIFYING, "cache", "progress", "quiet", "config")
 def run(
-    support: SupportOpt,
+    support: SupportOrFittedArg,
     source: SourceOpt,
     output: OutputOpt,
     engine: EngineOpt = "local",

@@ -7,8 +7,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..io.sorting import SortAction
-from .common import CLASSIFYING, NullOpt, Session, advance, argument, report_option, with_session
+from .common import (
+    CLASSIFYING,
+    MinConfidenceOpt,
+    NullOpt,
+    Session,
+    SortActionOpt,
+    SortIntoOpt,
+    SupportOrFittedArg,
+    advance,
+    argument,
+    report_option,
+    with_session,
+)
 
 if TYPE_CHECKING:
     from ..tasks.classify_run import ClassifyRun
@@ -23,15 +34,6 @@ EPILOG = (
     "(model, device, or no query readable), 2 usage error (bad option or path), 130 interrupted (143 on SIGTERM)."
 )
 
-
-SupportOpt = Annotated[
-    Path,
-    argument(
-        "Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more; or a file "
-        "'emdcli fit' made of one (SUPPORT.emdfit).",
-        "SUPPORT",
-    ),
-]
 
 QueriesOpt = Annotated[
     list[str],
@@ -60,43 +62,6 @@ ResumeOpt = Annotated[
         "--resume",
         help="With --output FILE: keep the rows of an earlier, interrupted run "
         "(FILE.partial, or FILE) and classify only the queries they lack.",
-    ),
-]
-
-SortIntoOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--sort-into",
-        metavar="DIR",
-        help="Also put each classified query into DIR/<predicted class>/ (a rejected one into DIR/unknown/, "
-        "as --unknown-label names it), never overwriting (a taken name gets -2, -3, ...) nor touching a support "
-        "image; the columns sorted_to and sort_action say where each went. Running it again does only "
-        "what is left.",
-        file_okay=False,
-        show_default="none",
-    ),
-]
-
-SortActionOpt = Annotated[
-    SortAction | None,
-    typer.Option(
-        "--sort-action",
-        metavar="ACTION",
-        help="How --sort-into puts a query there: copy, link (a hard link; a symbolic link across file "
-        "systems) or move.",
-        show_default="copy",
-    ),
-]
-
-MinConfidenceOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--min-confidence",
-        metavar="P",
-        min=0.0,
-        max=1.0,
-        help="With --sort-into: a query whose confidence is below P goes to DIR/_review/ instead.",
-        show_default="none",
     ),
 ]
 
@@ -129,7 +94,7 @@ ReportOpt = Annotated[
 
 @with_session("fmt", "output", *CLASSIFYING, "batch_size", "decode_threads", "cache", "progress", "quiet", "config")
 def run(
-    support: SupportOpt,
+    support: SupportOrFittedArg,
     queries: QueriesOpt,
     explain_dir: ExplainDirOpt = None,
     resume: ResumeOpt = False,

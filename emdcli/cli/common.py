@@ -20,6 +20,7 @@ import typer
 from .. import defaults
 from ..config import Settings, load_settings
 from ..defaults import DeviceName, FormatName, KshotName, MetricName, PrecisionName
+from ..io.sorting import SortAction
 from .stderr import note, stderr_console, warn
 
 if TYPE_CHECKING:
@@ -175,6 +176,54 @@ def argument(help_text: str, metavar: str = "QUERIES") -> Any:
     """A required positional argument (the query list, a folder) with its metavar; help adds ``...``
     to the metavar of a list (``QUERIES...``)."""
     return typer.Argument(help=help_text, metavar=metavar, show_default=False)
+
+
+#: SUPPORT of the commands that classify: a labelled folder, or a fitted file.
+SupportOrFittedArg = Annotated[
+    Path,
+    argument(
+        "Folder of labelled examples: SUPPORT/CLASS_NAME/image.jpg, two classes or more; or a file "
+        "'emdcli fit' made of one (SUPPORT.emdfit).",
+        "SUPPORT",
+    ),
+]
+
+SortIntoOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--sort-into",
+        metavar="DIR",
+        help="Also put each classified query into DIR/<predicted class>/ (a rejected one into DIR/unknown/, "
+        "as --unknown-label names it), never overwriting (a taken name gets -2, -3, ...) nor touching a support "
+        "image; the columns sorted_to and sort_action say where each went. Running it again does only "
+        "what is left.",
+        file_okay=False,
+        show_default="none",
+    ),
+]
+
+SortActionOpt = Annotated[
+    SortAction | None,
+    typer.Option(
+        "--sort-action",
+        metavar="ACTION",
+        help="How --sort-into puts a query there: copy, link (a hard link; a symbolic link across file "
+        "systems) or move.",
+        show_default="copy",
+    ),
+]
+
+MinConfidenceOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-confidence",
+        metavar="P",
+        min=0.0,
+        max=1.0,
+        help="With --sort-into: a query whose confidence is below P goes to DIR/_review/ instead.",
+        show_default="none",
+    ),
+]
 
 
 # the session --------------------------------------------------------------------------------

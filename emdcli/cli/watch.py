@@ -8,8 +8,17 @@ from typing import Annotated, Any
 
 import typer
 
-from ..io.sorting import SortAction
-from .common import CLASSIFYING, Session, advance, argument, with_session
+from .common import (
+    CLASSIFYING,
+    MinConfidenceOpt,
+    Session,
+    SortActionOpt,
+    SortIntoOpt,
+    SupportOrFittedArg,
+    advance,
+    argument,
+    with_session,
+)
 
 NAME = "watch"
 EPILOG = (
@@ -27,42 +36,6 @@ EPILOG = (
     "2 usage error (bad option or path, --output of another kind)."
 )
 
-
-SupportOpt = Annotated[
-    Path,
-    argument(
-        "Folder of labelled examples (SUPPORT/CLASS_NAME/image.jpg), or a file 'emdcli fit' made of one.",
-        "SUPPORT",
-    ),
-]
-
-SortIntoOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--sort-into",
-        metavar="DIR",
-        help="Also put each classified image into DIR/<predicted class>/, as classify --sort-into does.",
-        file_okay=False,
-        show_default="none",
-    ),
-]
-
-SortActionOpt = Annotated[
-    SortAction | None,
-    typer.Option("--sort-action", metavar="ACTION", help="copy, link or move (as classify).", show_default="copy"),
-]
-
-MinConfidenceOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--min-confidence",
-        metavar="P",
-        min=0.0,
-        max=1.0,
-        show_default="none",
-        help="With --sort-into: an image whose confidence is below P goes to DIR/_review/ instead.",
-    ),
-]
 
 OnceOpt = Annotated[
     bool,
@@ -111,7 +84,7 @@ PollOpt = Annotated[
 
 @with_session(*CLASSIFYING, "batch_size", "decode_threads", "cache", "quiet", "config")
 def run(
-    support: SupportOpt,
+    support: SupportOrFittedArg,
     inbox: Annotated[Path, argument("Folder to watch (and its subfolders); it may be empty.", "INBOX")],
     sort_into: SortIntoOpt = None,
     sort_action: SortActionOpt = None,
