@@ -152,3 +152,11 @@ def test_no_function_of_the_cli_is_over_80_lines() -> None:
                 if lines > 80:
                     long.append(f"{path.name}:{node.name} {lines}")
     assert long == []
+
+
+def test_the_docs_hold_no_path_of_a_development_machine() -> None:
+    """Commands and outputs in README and docs name paths a user has (relative ones, the bundled examples)."""
+    machine = re.compile(r"(?<![\w.])/(?:tmp|work|root|home)/")
+    for path in (REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))):
+        found = [line for line in path.read_text(encoding="utf-8").splitlines() if machine.search(line)]
+        assert found == [], path.name
