@@ -100,7 +100,8 @@ def run_strategy(clf, support_src: Path, pool, test, strategy: str, budget: int,
             break
         if strategy == "suggest":
             pool_left = {it.id for it in left}
-            picks = [i for i in review.suggest(len(review.items())) if i in pool_left] or [left[0].id]
+            every = review.items()
+            picks = [i for i in review.suggest(len(every), every) if i in pool_left] or [left[0].id]
             pick = picks[0]
         elif strategy == "least-conf":
             pick = min(left, key=lambda it: (it.confidence, it.id)).id

@@ -149,6 +149,9 @@ class Review:
     _nodes: ClassNodes | None = field(default=None, repr=False)
     _emd: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     _query_nodes: list[Nodes | None] = field(default_factory=list, repr=False)
+    #: (n, C) the queries' pooled features (zeros for an unreadable one), computed once.
+    _pooled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
+    _weight: float = field(default=0.0, repr=False)
     _rejection: Rejection | None = field(default=None, repr=False)
 
     @classmethod
@@ -183,6 +186,10 @@ class Review:
             if entry["query"] in texts:
                 review.decided[texts[entry["query"]]] = entry
         review._query_nodes = [None if m is None else Nodes.from_feature_map(m) for m in maps]
+        shape = next((m.shape[0] for m in maps if m is not None), 0)
+        review._pooled = (
+            np.stack([np.zeros(shape) if m is None else pooled_of(m) for m in maps]) if maps else np.zeros((0, 0))
+        )
         review._refit(changed=None)
         return review
 
@@ -209,20 +216,18 @@ class Review:
                     emd[:, j] = self._emd[:, j]
                     redo.discard(j)
         if redo:
-            only = np.array(sorted(redo))
+            only, matcher = np.array(sorted(redo)), self.clf.matcher
             for i, q in enumerate(self._query_nodes):
                 if q is not None:
-                    matcher = self.clf.matcher
                     emd[i, only] = nodes.bank.scores(q, matcher.metric, only=only, weighting=matcher.weighting)[only]
-        self._nodes, self._emd = nodes, emd
+        self._nodes, self._emd, self._weight = nodes, emd, self.clf.matcher.weight_for(nodes)
         self._rejection = self.clf.open_set(nodes, self.reject)[0]
 
     def _ranked(self, i: int) -> tuple[Any, float | None]:
         """Query ``i``'s ranking and its open-set score (None without rejection)."""
         assert self._nodes is not None and self.maps[i] is not None
-        pooled = pooled_of(np.asarray(self.maps[i]))
-        weight = self.clf.matcher.weight_for(self._nodes)
-        scores = self._emd[i] + weight * self._nodes.global_cosine(pooled)
+        pooled = self._pooled[i]
+        scores = self._emd[i] + self._weight * self._nodes.global_cosine(pooled)
         rejection = self._rejection
         open_score = None if rejection is None else float(rejection.scores(pooled[None])[0])
         return ranking_from_scores(list(self._nodes.classes), scores), open_score
@@ -242,12 +247,12 @@ class Review:
                                 margin, rejected))  # fmt: skip
             return sorted(out, key=lambda it: (it.margin, it.id))
 
-    def suggest(self, n: int) -> list[int]:
-        """Which ``n`` queries to label next: :func:`suggest` over the items left."""
+    def suggest(self, n: int, items: Sequence[Item] | None = None) -> list[int]:
+        """Which ``n`` queries to label next: :func:`suggest` over the items left (``items``: as
+        :meth:`items` just gave them, so that they are not ranked twice)."""
         with self._lock:
-            items = self.items()
-            pooled = {it.id: pooled_of(np.asarray(self.maps[it.id])) for it in items}
-            return suggest(items, pooled, n)
+            items = self.items() if items is None else items
+            return suggest(items, {it.id: self._pooled[it.id] for it in items}, n)
 
     # decisions ----------------------------------------------------------------------------------------
 

@@ -79,7 +79,7 @@ class ReviewServer:
             "classes": list(review.classes),
             "examples": {c: len(review.examples.get(c, [])) for c in review.classes},
             "items": [it.to_json() for it in items],
-            "suggested": review.suggest(min(5, len(items))) if items else [],
+            "suggested": review.suggest(min(5, len(items)), items) if items else [],
             "decided": len(review.decided),
             "journal": str(review.journal.path),
         }
