@@ -16,7 +16,8 @@ the classes refitted, the rest re-scored), chosen by:
 Printed per set and strategy: accuracy (%) on the rest of the pool (in-set images not labelled) and on
 the test split after B = 5, 10, 20, 50 labels, each the mean over the episodes; then the labels each
 strategy needed to reach what ``random`` reached at 50 (on the rest of the pool, mean over the sets:
-the first budget of 1..50 at or above it, in the same episodes). Then the time of one correction
+the first budget of 1..50 at or above it, in the same episodes), and the mean of the sets' rows.
+Then the time of one correction
 (journal, copy, refit, one column re-matched) with 1,000 queries and 20 classes: median of
 ``--timing-rounds``.
 
@@ -142,6 +143,7 @@ def main() -> None:
           + " | ".join(f"test B={b}" for b in BUDGETS) + " |")  # fmt: skip
     print("|---|---|" + "---|" * (2 * len(BUDGETS)))
     needed: dict[str, list[float]] = {s: [] for s in STRATEGIES}
+    set_means: dict[str, list[list[float]]] = {s: [] for s in STRATEGIES}  # per set: the cells of its row
     for name in SETS:
         folder = eval_folder(args.data, name)
         curves: dict[str, list[dict]] = {s: [] for s in STRATEGIES}
@@ -154,12 +156,13 @@ def main() -> None:
                     curves[strategy].append(run_strategy(clf, support, pool, test, strategy, max(BUDGETS),
                                                          np.random.default_rng(e), work))  # fmt: skip
         for strategy in STRATEGIES:
-            cells = []
+            row = []
             for view in ("rest", "test"):
                 for b in BUDGETS:
                     vals = [c[view][b - 1] for c in curves[strategy] if len(c[view]) >= b]
-                    cells.append(f"{np.nanmean(vals):.1f}" if vals else "")
-            print(f"| {name} | {strategy} | {' | '.join(cells)} |")
+                    row.append(float(np.nanmean(vals)) if vals else np.nan)
+            set_means[strategy].append(row)
+            print(f"| {name} | {strategy} | {' | '.join('' if np.isnan(v) else f'{v:.1f}' for v in row)} |")
         for e in range(args.episodes):  # labels needed to reach random's accuracy at 50, per episode
             if len(curves["random"][e]["rest"]) < max(BUDGETS):
                 continue  # a pool too small for 50 labels
@@ -168,6 +171,13 @@ def main() -> None:
                 rest = curves[strategy][e]["rest"]
                 reached = next((i + 1 for i, acc in enumerate(rest) if acc >= goal), np.nan)
                 needed[strategy].append(reached)
+    print("\nMean over the sets:\n")
+    print("| strategy | " + " | ".join(f"rest B={b}" for b in BUDGETS) + " | "
+          + " | ".join(f"test B={b}" for b in BUDGETS) + " |")  # fmt: skip
+    print("|---|" + "---|" * (2 * len(BUDGETS)))
+    for strategy in STRATEGIES:
+        means = np.nanmean(np.asarray(set_means[strategy]), axis=0)
+        print(f"| {strategy} | {' | '.join(f'{v:.2f}' for v in means)} |")
     print("\nLabels needed to reach random's accuracy at 50 on the rest of the pool (mean over sets and episodes; "
           "NaN: not within 50):\n")  # fmt: skip
     for strategy in STRATEGIES:
