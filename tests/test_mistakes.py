@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from emdcli.cli import app
 from emdcli.io.folders import read_labelled_folder
-from emdcli.tasks.classify import Prediction, SupportOverlap, Tally
+from emdcli.tasks.classify import Prediction
+from emdcli.tasks.tally import SupportOverlap, Tally
 from tests.conftest import make_folder, make_image
 
 runner = CliRunner()

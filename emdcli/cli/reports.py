@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from ..io.folders import LabelledFolder
     from ..matching.rejection import Rejection
     from ..matching.support import ClassNodes, Matcher
-    from ..tasks.classify import SetReport, Tally
+    from ..tasks.classify import SetReport
+    from ..tasks.tally import Tally
 
 # classify -----------------------------------------------------------------------------------
 

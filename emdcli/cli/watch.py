@@ -166,7 +166,7 @@ def _watch(session: Session, inbox: Any, once: bool, predictions: Any, row: Any,
     ``row`` appended to ``log``, counted; the Tally."""
     from ..errors import EmdcliError, Terminated
     from ..io.files import display_path
-    from ..tasks.classify import Tally
+    from ..tasks.tally import Tally
 
     tally = Tally()
     try:

@@ -29,8 +29,9 @@ from ..io.images import RemoteImage, is_uri
 from ..matching.rejection import Rejection
 from ..matching.support import ClassNodes, Matcher
 from ..model.manifest import ModelCheck, bundled_model_dir, resolve_model_path
-from .classify import Classifier, Reject, SupportSet, Tally, batches
+from .classify import Classifier, Reject, SupportSet, batches
 from .prediction import Prediction, flat_row, prediction_columns, record_rejected, run_header
+from .tally import Tally
 
 T = TypeVar("T")
 
@@ -247,7 +248,7 @@ MIN_STEADY_SECONDS = 1.0
 
 
 class RunTally:
-    """The counts over the rows of a batch run (classify's :class:`~emdcli.tasks.classify.Tally`),
+    """The counts over the rows of a batch run X,
     and when the rows came (for start-up and throughput)."""
 
     def __init__(self, resumed: int, engine: str, open_set: bool = False) -> None:

@@ -33,9 +33,10 @@ from ..io.images import query_paths
 from ..io.records import Record
 from ..io.sorting import SortAction, Sorter
 from ..matching.simpleshot import pooled as pooled_of
-from .classify import Classifier, Reject, SupportOverlap, SupportSet, Tally
+from .classify import Classifier, Reject, SupportSet
 from .prediction import Prediction, Resumed, read_resumed, run_header
 from .review import Item, suggest
+from .tally import SupportOverlap, Tally
 
 __all__ = ["ClassifyRun", "ResumeFrom", "SortInto", "sort_prediction"]
 
