@@ -248,7 +248,7 @@ MIN_STEADY_SECONDS = 1.0
 
 
 class RunTally:
-    """The counts over the rows of a batch run X,
+    """The counts over the rows of a batch run (a :class:`~emdcli.tasks.tally.Tally`),
     and when the rows came (for start-up and throughput)."""
 
     def __init__(self, resumed: int, engine: str, open_set: bool = False) -> None:
