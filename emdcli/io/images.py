@@ -272,6 +272,14 @@ def decode_rgb(path: ImagePath, size: int) -> PILImage:
                 upright = opened.getexif().get(0x0112, 1) in (0, 1)  # EXIF orientation: already upright
                 img = opened if upright else ImageOps.exif_transpose(opened)
                 img.load()
+    return as_rgb(img)  # decoded here: nobody else holds it
+
+
+def as_rgb(img: PILImage) -> PILImage:
+    """A decoded Pillow image as RGB: transparency on white (:data:`BACKGROUND`), 16- and 32-bit grey
+    scaled to its maximum."""
+    from PIL import Image
+
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
@@ -281,7 +289,7 @@ def decode_rgb(path: ImagePath, size: int) -> PILImage:
         arr = np.asarray(img, dtype=np.float64)
         top = arr.max() if arr.max() > 0 else 1.0
         img = Image.fromarray((arr / top * 255).astype(np.uint8))
-    return img if img.mode == "RGB" else img.convert("RGB")  # decoded here: nobody else holds it
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def fit_to_input(img: PILImage, prep: Preprocess) -> PILImage:
@@ -341,8 +349,8 @@ def _model_view(path: ImagePath, prep: Preprocess) -> tuple[PILImage, tuple[int,
 
 def picture_input(picture: Any, prep: Preprocess) -> np.ndarray:
     """An image already in memory as the normalised (3, size, size) float32 input: a Pillow image (any
-    mode; transparency on white) or an (H, W, 3) or (H, W) uint8 array (RGB or grey). ImageError for
-    anything else."""
+    mode, made RGB as a decoded file is: :func:`as_rgb`) or an (H, W, 3) or (H, W) uint8 array (RGB or
+    grey). ImageError for anything else."""
     from PIL import Image
 
     if isinstance(picture, np.ndarray):
@@ -353,13 +361,7 @@ def picture_input(picture: Any, prep: Preprocess) -> np.ndarray:
         raise ImageError(f"not an image: a {type(picture).__name__}")
     if picture.width < 1 or picture.height < 1:
         raise ImageError("image has no pixels")
-    if picture.mode in ("RGBA", "LA", "PA") or (picture.mode == "P" and "transparency" in picture.info):
-        rgba = picture.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
-        canvas.alpha_composite(rgba)
-        picture = canvas
-    rgb = picture if picture.mode == "RGB" else picture.convert("RGB")
-    return to_input_array(fit_to_input(rgb, prep), prep)
+    return to_input_array(fit_to_input(as_rgb(picture), prep), prep)
 
 
 def to_input_array(img: PILImage, prep: Preprocess) -> np.ndarray:
