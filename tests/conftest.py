@@ -41,6 +41,18 @@ def make_image(path: Path, colour: tuple[int, int, int], seed: int, size: int = 
     return path
 
 
+def settled(*paths: Path) -> None:
+    """Make ``paths`` (files, or every image below a folder) last changed a minute ago, as images that
+    arrived well before a watch starts: its backlog."""
+    import os
+    import time
+
+    past = time.time() - 60
+    for path in paths:
+        for f in sorted(path.rglob("*.png")) if path.is_dir() else [path]:
+            os.utime(f, (past, past))
+
+
 def make_folder(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
     """``root/CLASS/img_i.png`` with ``counts[CLASS]`` images of that class's colour."""
     for k, (name, n) in enumerate(counts.items()):

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from emdcli.cli import app
 from emdcli.tasks.fitted import FORMAT_VERSION
-from tests.conftest import build_tiny_bank, build_tiny_model, make_image
+from tests.conftest import build_tiny_bank, build_tiny_model, make_image, settled
 
 runner = CliRunner()
 
@@ -178,12 +178,7 @@ def test_evaluate_says_what_to_do_with_a_fitted_file(fitted: Path) -> None:
 def test_watch_gives_the_same_rows_from_the_file(
     tiny_model: Path, support_dir: Path, mixed_queries: Path, fitted: Path
 ) -> None:
-    import os
-    import time
-
-    past = time.time() - 60
-    for p in mixed_queries.rglob("*.png"):
-        os.utime(p, (past, past))
+    settled(mixed_queries)
     common = [str(mixed_queries), "--once", "--model", str(tiny_model), "-f", "csv", "--reject", "auto"]
     rows = [runner.invoke(app, ["watch", str(s), *common]) for s in (support_dir, fitted)]
     assert rows[0].exit_code == rows[1].exit_code == 0, rows[1].output

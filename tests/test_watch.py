@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from emdcli.cli import app
 from emdcli.tasks.classify import Prediction
 from emdcli.tasks.watch import Inbox, watch_predictions
-from tests.conftest import make_image
+from tests.conftest import make_image, settled
 
 runner = CliRunner()
 TIMEOUT = 60
@@ -92,9 +92,7 @@ def test_hidden_files_other_files_and_skipped_folders_are_never_handed_out(tmp_p
 def test_the_backlog_is_in_folder_order_and_leaves_a_file_still_changing_pending(tmp_path: Path) -> None:
     inbox_dir = tmp_path / "inbox"
     old = [make_image(inbox_dir / name, (9, 9, 9), seed=i) for i, name in enumerate(["b.png", "a/c.png"])]
-    past = time.time() - 60
-    for p in old:
-        os.utime(p, (past, past))
+    settled(*old)
     fresh = make_image(inbox_dir / "fresh.png", (9, 9, 9), seed=9)
     with Inbox(inbox_dir, settle=0.3) as inbox:
         assert inbox.backlog() == [inbox_dir / "b.png", inbox_dir / "a" / "c.png"]  # as classify reads a folder
@@ -124,8 +122,7 @@ def test_an_image_read_while_still_changing_is_tried_again_not_reported(tmp_path
     half = inbox_dir / "half.png"
     inbox_dir.mkdir()
     half.write_bytes(data[:40])
-    past = time.time() - 60
-    os.utime(half, (past, past))
+    settled(half)
     clf = ReadTooEarly(data[40:])
     with Inbox(inbox_dir, settle=0.2) as inbox:
         preds = watch_predictions(clf, None, inbox, wait_seconds=0.1)  # type: ignore[arg-type]
@@ -199,9 +196,7 @@ def test_watch_classifies_arrivals_stops_cleanly_and_a_restart_skips_what_it_did
 def test_watch_once_gives_the_rows_classify_gives_for_the_folder(
     tiny_model: Path, support_dir: Path, query_dir: Path, tmp_path: Path
 ) -> None:
-    past = time.time() - 60
-    for p in query_dir.rglob("*.png"):
-        os.utime(p, (past, past))
+    settled(query_dir)
     common = ["--model", str(tiny_model), "-f", "csv", "--reject", "auto"]
     watched = runner.invoke(app, ["watch", str(support_dir), str(query_dir), "--once", *common])
     classified = runner.invoke(app, ["classify", str(support_dir), str(query_dir), *common])
