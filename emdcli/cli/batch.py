@@ -129,7 +129,6 @@ def run(
     session: Session,
 ) -> None:
     """Classify many images into DEST: in this process, or on a Ray cluster; resumable."""
-    from ..io.folders import read_labelled_folder
     from ..io.inputs import list_inputs
     from ..tasks import batch as batch_tasks
     from ..tasks.destination import Destination
@@ -147,10 +146,9 @@ def run(
 
         need_ray()  # before any work: exit 2 with what to install
     out = Destination(output, chosen, session.quiet, note)  # checks DEST now (exit 2)
-    from ..tasks.fitted import is_fitted_file, read_meta, recorded_folder
+    from ..tasks.fitted import is_fitted_file, support_folder
 
-    fitted_file = is_fitted_file(support)
-    folder = recorded_folder(read_meta(support)) if fitted_file else read_labelled_folder(support)
+    fitted_file, folder = is_fitted_file(support), support_folder(support)
     inputs = list_inputs(source)
     for line in support_warnings(folder):
         session.warn(line)

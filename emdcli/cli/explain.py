@@ -66,11 +66,10 @@ def run(
     """Draw the DeepEMD match between a query and an image (or its predicted class's closest example)."""
     from ..errors import EmdcliError, UsageError
     from ..io.files import display_path
-    from ..io.folders import read_labelled_folder
     from ..io.images import load_image, model_view
     from ..render.explain import picture_format, render_match, save_picture
     from ..tasks.classify import Classifier
-    from ..tasks.fitted import is_fitted_file, load_fitted
+    from ..tasks.fitted import fit_or_load, is_fitted_file, support_folder
 
     if query.is_dir() or is_fitted_file(query):  # the order of emdcli 0.1: QUERY SUPPORT_OR_IMAGE
         raise UsageError("SUPPORT_OR_IMAGE comes first and QUERY is an image: emdcli explain SUPPORT_OR_IMAGE QUERY",
@@ -86,10 +85,7 @@ def run(
     class_score: float | None = None
     if target.is_dir() or is_fitted_file(target):
         clf = Classifier(session.source, session.matcher())
-        if is_fitted_file(target):
-            support = load_fitted(target, clf, keep_examples=True).support
-        else:
-            support = clf.fit(read_labelled_folder(target), keep_examples=True)
+        support = fit_or_load(clf, target, support_folder(target), keep_examples=True)
         session.report_skipped(support.skipped, "support image ")
         ranking = clf.rank(support, q_features)
         label, class_score = ranking[0].label, ranking[0].score

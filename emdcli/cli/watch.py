@@ -99,11 +99,10 @@ def run(
     """Classify each image that arrives in INBOX, appending its row as it comes; stop with Ctrl-C."""
     from ..errors import UsageError
     from ..io.files import display_path
-    from ..io.folders import read_labelled_folder
     from ..io.sink import RowLog, choose_format
     from ..io.sorting import Sorter
     from ..tasks.classify import Classifier
-    from ..tasks.fitted import is_fitted_file, load_fitted, read_meta, recorded_folder
+    from ..tasks.fitted import fit_or_load, is_fitted_file, support_folder
     from ..tasks.watch import Inbox, watch_predictions
     from .classify import _noter
     from .reports import plural, rejection_notes, support_warnings
@@ -115,8 +114,7 @@ def run(
     if fmt is not None and fmt not in ("csv", "jsonl", "table"):
         raise UsageError(f"--format must be csv, jsonl or table, got {fmt!r}")
     log = RowLog(output, choose_format(fmt or session.settings.format, output), line=_line)
-    fitted_file = is_fitted_file(support)
-    folder = recorded_folder(read_meta(support)) if fitted_file else read_labelled_folder(support)
+    folder = support_folder(support)
     reject = session.reject()
     sorter = None
     if sort_into is not None:
@@ -126,11 +124,9 @@ def run(
     for line in support_warnings(folder):
         session.warn(line)
     clf = Classifier(session.source, session.matcher())
-    if fitted_file:
-        support_set = load_fitted(support, clf, reject).support
-    else:
-        with session.progress() as bars:
-            support_set = clf.fit(folder, advance(bars, "Support", folder.image_count), reject=reject)
+    with session.progress() as bars:  # a fitted file is read, nothing embedded: no bar
+        bar = None if is_fitted_file(support) else advance(bars, "Support", folder.image_count)
+        support_set = fit_or_load(clf, support, folder, bar, reject=reject)
     session.report_skipped(support_set.skipped, "support image ")
     rejection, classes = support_set.rejection, support_set.classes
     top = min(session.settings.top_k, len(classes))

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import DatasetError, EmdcliError
 from ..interrupts import deferred
 from ..io.files import display_path
-from ..io.folders import LabelledFolder, read_labelled_folder
+from ..io.folders import LabelledFolder
 from ..io.images import query_paths
 from ..io.records import Record
 from ..io.sorting import SortAction, Sorter
@@ -147,10 +147,9 @@ class ClassifyRun:
         """A run over ``queries`` (files, folders, ``-`` for the lines of ``stdin``) against ``support`` (a
         labelled folder or a fitted file), checked before any model is loaded: UsageError (DatasetError)
         for a support or query location that cannot serve, or a ``sort`` folder that cannot."""
-        from .fitted import is_fitted_file, read_meta, recorded_folder
+        from .fitted import is_fitted_file, support_folder
 
-        fitted_file = is_fitted_file(support)
-        folder = recorded_folder(read_meta(support)) if fitted_file else read_labelled_folder(support)
+        fitted_file, folder = is_fitted_file(support), support_folder(support)
         sorter = None
         if sort is not None:
             label = reject.label if reject else None
@@ -176,13 +175,11 @@ class ClassifyRun:
     def fit(self, clf: Classifier, on_support: Callable[[int], None] | None = None) -> SupportSet:
         """Fit the support set with ``clf`` (or load the fitted file), then read what ``resume`` holds
         (DatasetError when it was written for other classes)."""
-        from .fitted import load_fitted
+        from .fitted import fit_or_load
 
-        self.clf, examples = clf, self.explain_dir is not None
-        if self.fitted_file:
-            self.support = load_fitted(self.support_path, clf, self.reject, keep_examples=examples).support
-        else:
-            self.support = clf.fit(self.folder, on_support, keep_examples=examples, reject=self.reject)
+        self.clf = clf
+        self.support = fit_or_load(clf, self.support_path, self.folder, on_support, reject=self.reject,
+                                   keep_examples=self.explain_dir is not None)  # fmt: skip
         if self.resume is not None:
             self.resumed = read_resumed(self.resume.output, self.resume.fmt, self.support.classes)
         if self.resumed is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,27 @@ def recorded_folder(meta: dict[str, Any]) -> LabelledFolder:
         files.setdefault(e["class"], []).append(Path(e["path"]))
     classes = tuple(ClassFolder(name, tuple(files.get(name, ()))) for name in meta["classes"])
     return LabelledFolder(Path(meta["root"]), classes, tuple(meta["empty_classes"]), ())
+
+
+def support_folder(path: Path) -> LabelledFolder:
+    """The labelled folder SUPPORT names: the folder itself, or the one a fitted file recorded (its files
+    need not exist any more). UsageError (DatasetError) for a path that is neither."""
+    from ..io.folders import read_labelled_folder
+
+    return recorded_folder(read_meta(path)) if is_fitted_file(path) else read_labelled_folder(path)
+
+
+def fit_or_load(
+    clf: Classifier,
+    path: Path,
+    folder: LabelledFolder,
+    on_done: Callable[[int], None] | None = None,
+    *,
+    reject: Reject | None = None,
+    keep_examples: bool = False,
+) -> SupportSet:
+    """The support set of SUPPORT ``path`` for ``clf``: loaded from a fitted file, else ``folder`` (what
+    :func:`support_folder` read) fitted, ``on_done`` told of each example embedded."""
+    if is_fitted_file(path):
+        return load_fitted(path, clf, reject, keep_examples=keep_examples).support
+    return clf.fit(folder, on_done, keep_examples=keep_examples, reject=reject)
