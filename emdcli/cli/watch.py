@@ -105,7 +105,7 @@ def run(
     from ..tasks.fitted import fit_or_load, is_fitted_file, support_folder
     from ..tasks.watch import Inbox, watch_predictions
     from .classify import _noter
-    from .reports import plural, rejection_notes, support_warnings
+    from .reports import classify_layout, plural, rejection_notes, support_warnings
 
     if not inbox.is_dir():
         raise UsageError(f"INBOX is not a folder: {display_path(inbox)}", hint=f"create it: mkdir -p {inbox}")
@@ -132,7 +132,7 @@ def run(
     top = min(session.settings.top_k, len(classes))
     for line in rejection_notes(rejection):
         session.inform(line)
-    earlier = log.open(_layout(classes, top, rejection is not None, sorter is not None))
+    earlier = log.open(classify_layout(classes, top, open_set=rejection is not None, sorting=sorter is not None))
     done = {Path(r["path"]) for r in earlier if r.get("sort_action") != "moved"}  # a moved one's name is free again
     if earlier:
         session.inform(f"{plural(len(earlier), 'row')} already in {display_path(output or '')}: "
@@ -185,12 +185,6 @@ def _watch(session: Session, inbox: Any, once: bool, predictions: Any, row: Any,
     finally:
         log.close()
     return tally
-
-
-def _layout(classes: tuple[str, ...], top: int, open_set: bool, sorting: bool) -> Any:
-    from .reports import classify_layout
-
-    return classify_layout(classes, top, open_set=open_set, sorting=sorting)
 
 
 def _line(record: dict[str, Any]) -> str:
