@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import select
 import signal
 import subprocess
@@ -42,6 +43,19 @@ def wait_readable(proc: subprocess.Popen[bytes]) -> None:
     assert ready, "emdcli wrote nothing"
 
 
+def read_first_line(proc: subprocess.Popen[bytes]) -> str:
+    """The first line of stdout, read from the pipe itself: a buffered readline() could take the next
+    rows too, and communicate() (which reads the pipe, not the buffer) would then never see them."""
+    assert proc.stdout
+    line = b""
+    while not line.endswith(b"\n"):
+        wait_readable(proc)
+        byte = os.read(proc.stdout.fileno(), 1)
+        assert byte, "stdout closed before the first line ended"
+        line += byte
+    return line.decode()
+
+
 def wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + TIMEOUT
     while not condition():
@@ -65,9 +79,7 @@ def test_sigint_leaves_complete_jsonl_and_exits_130(
 ) -> None:
     proc = start(str(support_dir), "-", "--model", str(tiny_model), "-f", "jsonl", "--batch-size", "1")
     feed(proc, query_paths[:3])
-    wait_readable(proc)
-    assert proc.stdout
-    first = proc.stdout.readline().decode()
+    first = read_first_line(proc)
     proc.send_signal(signal.SIGINT)
     code, rest, err = finish(proc)
     assert code == 130, err
