@@ -165,4 +165,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from common import publish
+
+    with publish("anomaly"):
+        raise SystemExit(main())

@@ -537,4 +537,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from common import publish
+
+    with publish("batch_bench", "--batch-size=tasks{}"):
+        raise SystemExit(main())

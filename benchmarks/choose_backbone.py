@@ -212,4 +212,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from common import publish
+
+    with publish("choose_backbone", "--config=config"):
+        raise SystemExit(main())

@@ -80,4 +80,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from common import publish
+
+    with publish("classify_speed"):
+        raise SystemExit(main())

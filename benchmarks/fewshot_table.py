@@ -136,5 +136,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    sys.exit(main())
+    from common import publish
+
+    with publish("fewshot_table"):
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        sys.exit(main())

@@ -192,4 +192,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from common import publish
+
+    with publish("global_weight_rule", "--phase"):
+        raise SystemExit(main())

@@ -234,4 +234,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common import publish
+
+    with publish("int8_speed"):
+        sys.exit(main())

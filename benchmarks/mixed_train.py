@@ -379,4 +379,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common import publish
+
+    with publish("mixed_train", "--phase", "--variants"):
+        main()

@@ -321,4 +321,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common import publish
+
+    with publish("open_set", "--phase", "--shots={}shot", "--model"):
+        main()

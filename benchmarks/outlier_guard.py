@@ -118,4 +118,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common import publish
+
+    with publish("outlier_guard", "--half", "--shots={}shot"):
+        main()

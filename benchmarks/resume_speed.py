@@ -103,4 +103,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common import publish
+
+    with publish("resume_speed"):
+        main()

@@ -113,4 +113,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from common import publish
+
+    with publish("retrieval"):
+        raise SystemExit(main())

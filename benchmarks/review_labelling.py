@@ -215,4 +215,7 @@ def timing(clf, args) -> None:  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    main()
+    from common import publish
+
+    with publish("review_labelling"):
+        main()

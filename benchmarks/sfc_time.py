@@ -58,4 +58,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from common import publish
+
+    with publish("sfc_time"):
+        raise SystemExit(main())

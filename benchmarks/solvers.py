@@ -102,4 +102,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from common import publish
+
+    with publish("solvers"):
+        raise SystemExit(main())

@@ -353,4 +353,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common import publish
+
+    with publish("throughput", "--startup-only=startup"):
+        sys.exit(main())

@@ -167,4 +167,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common import publish
+
+    with publish("train_bench", "--phase", "--sets"):
+        main()

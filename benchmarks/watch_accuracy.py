@@ -133,4 +133,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common import publish
+
+    with publish("watch_accuracy"):
+        main()

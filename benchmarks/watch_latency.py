@@ -163,4 +163,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common import publish
+
+    with publish("watch_latency"):
+        main()
