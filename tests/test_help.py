@@ -10,7 +10,10 @@ it is off unless given. Required parameters (the arguments, batch's ``--output``
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -149,6 +152,33 @@ def test_range_limits_read_as_words(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "[default: 3; at least 1]" in anomaly
 
 
+COMPLETION = ("--install-completion", "--show-completion")
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        ("emdcli cla", ["classify"]),
+        ("emdcli classify --rej", ["--reject"]),
+        ("emdcli classify S Q --format ", ["table", "csv", "json", "jsonl"]),
+    ],
+)
+def test_shell_completion_completes_commands_options_and_choices(words: str, expected: list[str]) -> None:
+    """What bash's completion function asks for: the words so far, the index of the one completed."""
+    cword = len(words.split()) if words.endswith(" ") else len(words.split()) - 1
+    env = {**os.environ, "_EMDCLI_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+    out = subprocess.run([sys.executable, "-m", "emdcli"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == expected
+
+
+def test_the_completion_script_is_offered() -> None:
+    out = subprocess.run([sys.executable, "-m", "emdcli", "--show-completion", "bash"], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "_emdcli_completion" in out.stdout and "complete " in out.stdout
+
+
 def test_one_letter_one_meaning() -> None:
     for name in COMMANDS:
         for option in options(name):
@@ -156,6 +186,8 @@ def test_one_letter_one_meaning() -> None:
                 assert short in LETTERS, (name, short)
                 assert LETTERS[short] in option.opts, (name, short, option.opts)
     for option in options(None):
+        if option.opts[0] in COMPLETION:
+            continue
         assert all(o in LETTERS or o in LETTERS.values() for o in option.opts), option.opts
     way = [name for name in COMMANDS if any("-n" in o.opts for o in options(name))]
     assert way == ["evaluate", "train"]

@@ -45,7 +45,7 @@ app = typer.Typer(
     ),
     cls=EmdcliGroup,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["--help", "-h"]},
 )
