@@ -45,8 +45,9 @@ CALIBRATION_BATCH = 8
 #: Nodes left in float32 by default (name prefixes of the exported EfficientNet-Lite0): the stem,
 #: blocks.0 and blocks.1, the high-resolution start (112 x 112 to 56 x 56). Most of the quantization
 #: error came from them: with only the stem and blocks.0 kept, int8 lost up to 0.92 points on the
-#: evaluation half (cards, 5-way 1-shot), with blocks.1 kept too at most 0.44 (docs/benchmarks.md,
-#: "INT8 backbone: the accuracy it costs"); keeping blocks.6 instead did not help.
+#: evaluation half (cards, 5-way 1-shot; that run is in docs/benchmarks.md as of commit 27a3480), with
+#: blocks.1 kept too at most 0.44 (docs/benchmarks.md, "INT8 backbone: the accuracy it costs", and
+#: benchmarks/results/int8_accuracy_eval.md); keeping blocks.6 instead did not help.
 DEFAULT_KEEP_FP32 = ("/conv_stem/", "/blocks.0/", "/blocks.1/")
 
 
