@@ -62,22 +62,6 @@ def test_architecture_names_every_module() -> None:
     assert named - modules == set(), "docs/architecture.md names modules that do not exist"
 
 
-@pytest.mark.e2e
-def test_readme_library_example_runs(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("### As a library") :]
-    start = section.index("```python") + len("```python")
-    code = section[start : section.index("```", start)]
-    monkeypatch.chdir(REPO)
-    scope: dict[str, object] = {}
-    exec(compile(code, "README.md", "exec"), scope)
-    out = capsys.readouterr().out
-    assert "clock06.png clock " in out
-    assert re.search(r"^default \d+\.\d ± \d+\.\d$", out, re.M)
-    assert len(scope["hits"]) == 5  # type: ignore[arg-type]
-    assert len(scope["arrived"]) == len(list((REPO / "examples" / "queries").rglob("*.png")))  # type: ignore[arg-type]
-
-
 def test_no_string_of_the_library_names_a_flag() -> None:
     """Outside cli/, a setting is named `like_this` (the CLI says --like-this): renaming a flag edits only
     the CLI. Docstrings may still say which option of which command a function serves."""
