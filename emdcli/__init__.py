@@ -26,7 +26,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 #: The package version (the single source: pyproject.toml reads it from here).
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: Public name -> the module that defines it (``module:name`` where the names differ).
 _EXPORTS = {

@@ -152,3 +152,20 @@ def test_the_readme_python_example_runs(
     for line in lines:
         _, label, confidence = line.split()
         assert label in classes and 0 <= float(confidence) <= 1, line
+
+
+def test_the_changelog_has_a_dated_section_for_this_version() -> None:
+    """Keep a Changelog: ``## [Unreleased]`` first, then ``## [X.Y.Z] - YYYY-MM-DD`` per version, newest first,
+    each with Added / Changed / Fixed sections; the package's version is the newest."""
+    import emdcli
+
+    changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^## \[([^\]]+)\](?: - (\d{4}-\d{2}-\d{2}))?$", changelog, flags=re.M)
+    assert headings[0] == ("Unreleased", "")
+    versions = [v for v, _ in headings[1:]]
+    assert versions[0] == emdcli.__version__
+    assert all(date for _, date in headings[1:])
+    assert versions == sorted(versions, key=lambda v: tuple(int(p) for p in v.split(".")), reverse=True)
+    for section in re.split(r"^## ", changelog, flags=re.M)[2:]:
+        kinds = re.findall(r"^### (\w+)$", section, flags=re.M)
+        assert kinds and set(kinds) <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}, kinds

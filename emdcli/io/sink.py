@@ -6,7 +6,7 @@ read back for ``--resume`` by :func:`emdcli.io.records.read_earlier`).
 Every command's output has one shape. CSV: a header row, then one row per record. JSON Lines:
 one object per record. JSON: one document::
 
-    {"command": "classify", "emdcli": "0.1.0", <header fields>, "rows": [<record>, ...], "summary": {...}}
+    {"command": "classify", "emdcli": "0.2.0", <header fields>, "rows": [<record>, ...], "summary": {...}}
 
 Rows are written and flushed as they come. Nothing is written before the first row (an empty run
 leaves stdout empty); the table is drawn once at the end with every row computed. :class:`RowLog`
