@@ -1,9 +1,11 @@
-"""docs/cli.md is generated from the commands' --help and must not drift from it."""
+"""The option reference at the end of each page of docs/commands/ is generated from the commands' --help and
+must not drift from it."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,10 @@ import typer.main
 import typer.rich_utils
 
 from emdcli.cli import app
-from emdcli.cli.reference import PROG, REGENERATE, WIDTH, check, main, render_reference
+from emdcli.cli.reference import BEGIN, END, PROG, REGENERATE, WIDTH, check, main, render_sections, update_page
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO / "docs" / "cli.md"
+FOLDER = REPO / "docs" / "commands"
 
 
 def visible_commands() -> list[str]:
@@ -31,24 +33,23 @@ def visible_commands() -> list[str]:
     return names
 
 
-def sections(text: str) -> dict[str, str]:
-    """``## TITLE`` -> the text of the code block under it."""
-    found = re.findall(r"^## ([^\n]+)\n\n(`{3,})text\n(.*?)\n\2$", text, flags=re.M | re.S)
-    return {title: body for title, _, body in found}
+def help_block(section: str) -> str:
+    """The text block of a reference section."""
+    found = re.search(r"^(`{3,})text\n(.*?)\n\1$", section, flags=re.M | re.S)
+    assert found, section
+    return found.group(2)
 
 
 def test_reference_is_up_to_date() -> None:
-    expected = render_reference(app)
-    current = REFERENCE.read_text(encoding="utf-8") if REFERENCE.exists() else ""
-    assert current == expected, f"docs/cli.md is out of date; regenerate it with: {REGENERATE}"
+    assert check(FOLDER, render_sections(app)) == [], f"docs/commands is out of date; regenerate it with: {REGENERATE}"
 
 
 def test_a_changed_help_is_drift(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The page is rendered from the live commands: editing one's help makes docs/cli.md stale."""
+    """The sections are rendered from the live commands: editing one's help makes its page stale."""
     command = next(c for c in app.registered_commands if not c.hidden)
-    monkeypatch.setattr(command, "help", "A help text that docs/cli.md does not have.")
-    diff = check(REFERENCE, render_reference(app))
-    assert any(line.startswith("+") and "docs/cli.md does not have" in line for line in diff)
+    monkeypatch.setattr(command, "help", "A help text that docs/commands does not have.")
+    diff = check(FOLDER, render_sections(app))
+    assert any(line.startswith("+") and "docs/commands does not have" in line for line in diff)
 
 
 def test_every_command_has_a_section() -> None:
@@ -57,11 +58,13 @@ def test_every_command_has_a_section() -> None:
         g for g in app.registered_groups if not g.hidden
     ]
     assert len([name for name in names if " " not in name]) == len(top_level)
-    found = sections(render_reference(app))
-    assert list(found) == [PROG, *(f"{PROG} {name}" for name in names)]  # registration order
+    sections = render_sections(app)
+    assert list(sections) == ["index.md", *(f"{name.replace(' ', '-')}.md" for name in names)]  # registration order
     for name in names:
-        assert f"Usage: {PROG} {name} " in found[f"{PROG} {name}"]
-    assert "Usage: emdcli [OPTIONS] COMMAND" in found[PROG]
+        assert f"Usage: {PROG} {name} " in help_block(sections[f"{name.replace(' ', '-')}.md"])
+        text = (FOLDER / f"{name.replace(' ', '-')}.md").read_text(encoding="utf-8")
+        assert text.count(BEGIN) == 1 and text.count(END) == 1, name
+    assert "Usage: emdcli [OPTIONS] COMMAND" in help_block(sections["index.md"])
 
 
 def test_rendering_ignores_the_callers_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,7 +72,7 @@ def test_rendering_ignores_the_callers_terminal(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("LINES", "10")
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("TERM", "dumb")
-    narrow = render_reference(app)
+    narrow = render_sections(app)
 
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.delenv("NO_COLOR")
@@ -80,10 +83,10 @@ def test_rendering_ignores_the_callers_terminal(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 200)
     monkeypatch.setattr(typer.rich_utils, "FORCE_TERMINAL", True)
     monkeypatch.setattr(typer.rich_utils, "COLOR_SYSTEM", "truecolor")
-    wide = render_reference(app)
+    wide = render_sections(app)
 
     assert narrow == wide
-    assert "\x1b" not in wide
+    assert all("\x1b" not in section for section in wide.values())
     # the caller's settings are back afterwards
     assert os.environ["COLUMNS"] == "200"
     assert os.environ["FORCE_COLOR"] == "1"
@@ -92,31 +95,39 @@ def test_rendering_ignores_the_callers_terminal(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_blocks_are_fixed_width_without_trailing_spaces() -> None:
-    text = render_reference(app)
-    assert render_reference(app) == text
-    for title, body in sections(text).items():
-        lines = body.splitlines()
-        assert max(len(line) for line in lines) <= WIDTH, title
-        assert max(len(line) for line in lines) == WIDTH, f"{title}: the panels span the fixed width"
-        assert all(line == line.rstrip() for line in lines), title
+    sections = render_sections(app)
+    assert render_sections(app) == sections
     home = str(Path.home())
-    if len(home) > 1:
-        assert home + os.sep not in text, "a path in this machine's home folder: write it as ~"
+    for name, section in sections.items():
+        lines = help_block(section).splitlines()
+        assert max(len(line) for line in lines) == WIDTH, f"{name}: the panels span the fixed width"
+        assert all(line == line.rstrip() for line in lines), name
+        if len(home) > 1:
+            assert home + os.sep not in section, "a path in this machine's home folder: write it as ~"
+
+
+def test_update_keeps_the_hand_written_text() -> None:
+    section = f"{BEGIN}\n\nnew\n\n{END}"
+    page = f"# Title\n\nBy hand.\n\n{BEGIN}\n\nold\n\n{END}\n\nAfter.\n"
+    assert update_page(page, section) == f"# Title\n\nBy hand.\n\n{section}\n\nAfter.\n"
+    assert update_page("# Title\n", section) == f"# Title\n\n## Option reference\n\n{section}\n"
 
 
 def test_write_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    target = tmp_path / "docs" / "cli.md"
+    target = tmp_path / "commands"
     assert main(["--check", str(target)]) == 1  # missing
-    assert main(["--write", str(target)]) == 0
-    assert target.read_text(encoding="utf-8") == render_reference(app)
-    assert [p.name for p in target.parent.iterdir()] == ["cli.md"]  # no temporary file left
+    shutil.copytree(FOLDER, target)
     assert main(["--check", str(target)]) == 0
-    assert check(target, render_reference(app)) == []
-
-    target.write_text(target.read_text(encoding="utf-8").replace("Usage:", "Usage :", 1), encoding="utf-8")
+    page = target / "classify.md"
+    hand_written = page.read_text(encoding="utf-8")
+    page.write_text(hand_written.replace("Usage:", "Usage :", 1), encoding="utf-8")
     capsys.readouterr()
     assert main(["--check", str(target)]) == 1
     out, err = capsys.readouterr()
-    assert "- Usage : emdcli [OPTIONS]" in out
-    assert "+ Usage: emdcli [OPTIONS]" in out
+    assert "- Usage : emdcli classify [OPTIONS]" in out
+    assert "+ Usage: emdcli classify [OPTIONS]" in out
     assert "--write" in err
+    assert main(["--write", str(target)]) == 0
+    assert page.read_text(encoding="utf-8") == hand_written
+    assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in FOLDER.iterdir())  # no temporary file
+    assert check(target, render_sections(app)) == []

@@ -101,9 +101,10 @@ def test_the_command_line_names_the_flags_of_the_settings_the_library_names() ->
 
 
 def test_help_texts_and_defaults_quote_no_measured_figure() -> None:
-    """Measured speed-ups and accuracy costs live in docs/benchmarks.md; help texts and defaults.py link to it."""
+    """Measured speed-ups and accuracy costs live in docs/benchmarks.md; help texts (the command pages'
+    generated reference) and defaults.py link to it."""
     figure = re.compile(r"\b\d+(?:\.\d+)?x (?:as fast|faster)|\d+\.\d+x\b|\b\d+(?:\.\d+)? points?\b")
-    for path in (REPO / "docs" / "cli.md", REPO / "emdcli" / "defaults.py"):
+    for path in (*sorted((REPO / "docs" / "commands").glob("*.md")), REPO / "emdcli" / "defaults.py"):
         assert figure.findall(path.read_text(encoding="utf-8")) == [], path.name
 
 
@@ -141,6 +142,7 @@ def test_no_function_of_the_cli_is_over_80_lines() -> None:
 def test_the_docs_hold_no_path_of_a_development_machine() -> None:
     """Commands and outputs in README and docs name paths a user has (relative ones, the bundled examples)."""
     machine = re.compile(r"(?<![\w.])/(?:tmp|work|root|home)/")
-    for path in (REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))):
+    pages = [*sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "docs" / "commands").glob("*.md"))]
+    for path in (REPO / "README.md", *pages, REPO / "mkdocs.yml"):
         found = [line for line in path.read_text(encoding="utf-8").splitlines() if machine.search(line)]
         assert found == [], path.name
