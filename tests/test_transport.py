@@ -90,3 +90,66 @@ def test_trusted_hot_path_agrees_with_the_checked_solver(seed: int) -> None:
     a, b = a / a.sum(), b / b.sum()
     cost = np.ascontiguousarray(rng.random((7, 5)) * 2)
     assert emd_cost_trusted(a, b, cost) == pytest.approx(solve_emd(a, b, cost).cost, abs=1e-12)
+
+
+# POT's solver loaded alone --------------------------------------------------------------------
+
+
+def _python(code: str) -> str:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+LOADED = "import sys; print(sorted({m.split('.')[0] for m in sys.modules} & {'ot', 'scipy', 'networkx', 'torch'}))"
+
+
+def test_the_solver_loads_without_the_rest_of_pot_and_solves_as_pot_does() -> None:
+    """A fresh process solves without importing ``ot``'s package, SciPy or networkx; a later
+    ``import ot`` still works (its own solver is the same module) and agrees with the flow."""
+    code = f"""
+import numpy as np
+from emdcli.matching.transport import solve_emd
+rng = np.random.default_rng(0)
+a, b, cost = rng.random(7), rng.random(9), rng.random((7, 9))
+b *= a.sum() / b.sum()
+plan = solve_emd(a, b, cost)
+{LOADED}
+import ot
+print(np.allclose(ot.emd(a, b, cost), plan.flow), abs(ot.emd2(a, b, cost) - plan.cost) < 1e-12)
+x, y = rng.random(5), rng.random(6)
+print(ot.emd_1d(x, y).shape, "emd_wrap" in dir(ot.lp))
+"""
+    assert _python(code).splitlines() == ["[]", "True True", "(5, 6) True"]
+
+
+def test_the_solver_falls_back_to_the_plain_import_when_the_module_cannot_load_alone() -> None:
+    code = f"""
+import importlib.machinery
+original, refused = importlib.machinery.ExtensionFileLoader.exec_module, []
+def refuse_once(self, module):  # the load alone fails once, as on a POT of another layout
+    if module.__name__ == "ot.lp.emd_wrap" and not refused:
+        refused.append(module)
+        raise ImportError("another layout")
+    return original(self, module)
+importlib.machinery.ExtensionFileLoader.exec_module = refuse_once
+import numpy as np
+from emdcli.matching.transport import solve_emd
+plan = solve_emd(np.array([0.5, 0.5]), np.array([0.5, 0.5]), np.array([[0.0, 1.0], [1.0, 0.0]]))
+print(plan.cost)
+{LOADED}
+"""
+    assert _python(code).splitlines() == ["0.0", "['networkx', 'ot', 'scipy']"]  # the plain import's cost
+
+
+def test_an_imported_pot_is_used_as_it_is() -> None:
+    code = """
+import ot
+import numpy as np
+from emdcli.matching.transport import network_simplex
+print(network_simplex() is ot.lp.emd_wrap.emd_c)
+"""
+    assert _python(code) == "True"

@@ -8,7 +8,12 @@ failure into :class:`~emdcli.errors.TransportError`, without emitting warnings.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +46,70 @@ MASS_SCALE_ABOVE = 1.0
 # jax, cupy or tensorflow when they are installed (about 5 s for torch on 2 cores).
 for _backend in ("PYTORCH", "JAX", "CUPY", "TENSORFLOW"):
     os.environ.setdefault(f"POT_BACKEND_DISABLE_{_backend}", "1")
+
+_emd_c: Callable[..., tuple[np.ndarray, float, np.ndarray, np.ndarray, int]] | None = None
+
+
+def network_simplex() -> Callable[..., tuple[np.ndarray, float, np.ndarray, np.ndarray, int]]:
+    """POT's exact solver, ``emd_c(a, b, cost, max_iter, threads)`` -> (flow, cost, u, v, result code).
+
+    It lives in the compiled module ``ot.lp.emd_wrap``, whose only Python import is ``ot.utils.dist``;
+    a plain import runs ``ot/__init__`` first, which imports SciPy, networkx and every POT solver
+    (most of a one-query run's time). So, unless ``ot`` is imported already, the module is loaded on
+    its own, with placeholders for its parent packages and ``dist`` that are removed once it has
+    loaded (a later ``import ot`` finds the same module and works as usual; ``dist`` then imports the
+    real one). Anything unexpected falls back to the plain import.
+    """
+    global _emd_c
+    if _emd_c is None:
+        module = None if "ot" in sys.modules else _load_emd_wrap_alone()
+        if module is None:
+            from ot.lp import emd_wrap
+
+            module = emd_wrap
+        _emd_c = module.emd_c
+    return _emd_c
+
+
+def _real_dist(*args: Any, **kwargs: Any) -> Any:
+    """``ot.utils.dist``, imported when first called (the placeholder ``emd_wrap`` keeps)."""
+    from ot.utils import dist
+
+    return dist(*args, **kwargs)
+
+
+def _load_emd_wrap_alone() -> ModuleType | None:
+    """``ot.lp.emd_wrap`` loaded without running ``ot/__init__``; None when that cannot be done."""
+    import importlib.machinery
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("ot")
+        folders = list(found.submodule_search_locations or []) if found else []
+        libraries = [p for d in folders for p in (Path(d) / "lp").glob("emd_wrap.*") if p.suffix in (".so", ".pyd")]
+    except (ImportError, ValueError, OSError):
+        return None
+    if len(libraries) != 1:
+        return None
+    placeholders = {name: ModuleType(name) for name in ("ot", "ot.lp", "ot.utils")}
+    placeholders["ot"].__path__ = placeholders["ot.lp"].__path__ = []
+    placeholders["ot.utils"].dist = _real_dist  # type: ignore[attr-defined]
+    name = "ot.lp.emd_wrap"
+    loader = importlib.machinery.ExtensionFileLoader(name, str(libraries[0]))
+    spec = importlib.util.spec_from_file_location(name, libraries[0], loader=loader)
+    if spec is None:
+        return None
+    sys.modules.update(placeholders)
+    try:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        loader.exec_module(module)
+        return module if callable(getattr(module, "emd_c", None)) else None
+    except Exception:  # another POT layout: the plain import will do
+        return None
+    finally:
+        for key in (*placeholders, name):
+            sys.modules.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -91,8 +160,7 @@ def solve_emd(a: object, b: object, cost: object) -> TransportPlan:
     mass as ``a`` (relative tolerance :data:`MASS_RTOL`); cost: (n, m) finite costs.
     Raises :class:`TransportError` on malformed input or a non-optimal solve.
     """
-    from ot.lp.emd_wrap import emd_c  # heavy import: keep it lazy
-
+    emd_c = network_simplex()
     a_arr = _as_weights(a, "source weights")
     b_arr = _as_weights(b, "target weights")
     m_arr = _as_float64(cost, "cost matrix")
@@ -139,9 +207,7 @@ def emd_cost_trusted(a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> float:
 
 def emd_flow_trusted(a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, float]:
     """The (n, m) optimal flow and its cost, for inputs emdcli built itself (as :func:`emd_cost_trusted`)."""
-    from ot.lp.emd_wrap import emd_c
-
-    flow, total, _u, _v, code = emd_c(a, b * (a.sum() / b.sum()), cost, MAX_ITER, 1)
+    flow, total, _u, _v, code = network_simplex()(a, b * (a.sum() / b.sum()), cost, MAX_ITER, 1)
     if code != _OPTIMAL:
         problem = _SOLVER_PROBLEMS.get(code, f"unknown result code {code}")
         raise TransportError(f"EMD solver did not reach the optimum: {problem.strip()}")
