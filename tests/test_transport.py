@@ -153,3 +153,21 @@ from emdcli.matching.transport import network_simplex
 print(network_simplex() is ot.lp.emd_wrap.emd_c)
 """
     assert _python(code) == "True"
+
+
+def test_threads_that_solve_at_once_load_the_solver_once() -> None:
+    """evaluate's episodes solve on several threads from the start: one loads, the others wait."""
+    code = f"""
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np
+from emdcli.matching.transport import solve_emd
+def one(seed):
+    rng = np.random.default_rng(seed)
+    a, b = rng.random(5), rng.random(5)
+    return solve_emd(a, b * a.sum() / b.sum(), rng.random((5, 5))).cost
+with ThreadPoolExecutor(8) as pool:
+    costs = list(pool.map(one, range(32)))
+print(len(costs), all(c >= 0 for c in costs))
+{LOADED}
+"""
+    assert _python(code).splitlines() == ["32 True", "[]"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ MASS_SCALE_ABOVE = 1.0
 for _backend in ("PYTORCH", "JAX", "CUPY", "TENSORFLOW"):
     os.environ.setdefault(f"POT_BACKEND_DISABLE_{_backend}", "1")
 
+_LOADING = threading.Lock()
 _emd_c: Callable[..., tuple[np.ndarray, float, np.ndarray, np.ndarray, int]] | None = None
 
 
@@ -62,12 +64,14 @@ def network_simplex() -> Callable[..., tuple[np.ndarray, float, np.ndarray, np.n
     """
     global _emd_c
     if _emd_c is None:
-        module = None if "ot" in sys.modules else _load_emd_wrap_alone()
-        if module is None:
-            from ot.lp import emd_wrap
+        with _LOADING:  # one thread loads; the placeholders must not be seen by another one's import
+            if _emd_c is None:
+                module = None if "ot" in sys.modules else _load_emd_wrap_alone()
+                if module is None:
+                    from ot.lp import emd_wrap
 
-            module = emd_wrap
-        _emd_c = module.emd_c
+                    module = emd_wrap
+                _emd_c = module.emd_c
     return _emd_c
 
 
