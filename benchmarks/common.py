@@ -212,13 +212,8 @@ def publish(name: str, *variant: str) -> Iterator[None]:
         if ok:
             folder = results_dir()
             folder.mkdir(parents=True, exist_ok=True)
-            text = run_header(name) + "\n" + fenced(scrub(tee.copy.getvalue()))
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(text)
-                os.replace(tmp, folder / f"{name}.md")
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            from emdcli.io.files import atomic_write
+
+            with atomic_write(folder / f"{name}.md") as f:
+                f.write(run_header(name) + "\n" + fenced(scrub(tee.copy.getvalue())))
             print(f"# results written to {scrub(str(folder / (name + '.md')))}", file=sys.stderr)
