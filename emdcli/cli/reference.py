@@ -98,33 +98,37 @@ def update_page(current: str, section: str) -> str:
     return current[:start] + section + current[end + len(END) :]
 
 
-def check(folder: Path, sections: dict[str, str]) -> list[str]:
-    """The unified diff from the pages in ``folder`` (a missing one: empty) to their updated text; empty when
-    every reference section is up to date."""
-    diff: list[str] = []
+def stale_pages(folder: Path, sections: dict[str, str]) -> list[tuple[Path, str, str]]:
+    """(page, its text in ``folder`` (a missing one: empty), its text with the section updated) for each
+    page whose reference section is not up to date."""
+    found = []
     for name, section in sections.items():
         path = folder / name
         current = path.read_text(encoding="utf-8") if path.exists() else ""
         new = update_page(current, section)
         if new != current:
-            old_lines, new_lines = current.splitlines(keepends=True), new.splitlines(keepends=True)
-            diff += difflib.unified_diff(old_lines, new_lines, f"{path} (on disk)", f"{path} (generated)")
+            found.append((path, current, new))
+    return found
+
+
+def check(folder: Path, sections: dict[str, str]) -> list[str]:
+    """The unified diff from the pages in ``folder`` to their updated text; empty when every reference
+    section is up to date."""
+    diff: list[str] = []
+    for path, current, new in stale_pages(folder, sections):
+        old_lines, new_lines = current.splitlines(keepends=True), new.splitlines(keepends=True)
+        diff += difflib.unified_diff(old_lines, new_lines, f"{path} (on disk)", f"{path} (generated)")
     return diff
 
 
 def write(folder: Path, sections: dict[str, str]) -> list[Path]:
     """Update every page's reference section (atomically); the pages changed."""
-    changed = []
     folder.mkdir(parents=True, exist_ok=True)
-    for name, section in sections.items():
-        path = folder / name
-        current = path.read_text(encoding="utf-8") if path.exists() else ""
-        new = update_page(current, section)
-        if new != current:
-            with atomic_write(path) as fh:
-                fh.write(new)
-            changed.append(path)
-    return changed
+    changed = stale_pages(folder, sections)
+    for path, _, new in changed:
+        with atomic_write(path) as fh:
+            fh.write(new)
+    return [path for path, _, _ in changed]
 
 
 def main(argv: list[str] | None = None) -> int:
