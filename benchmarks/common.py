@@ -68,6 +68,34 @@ def difference_text(x: np.ndarray) -> str:
     return f"{100 * mean:+.1f} ± {100 * half:.1f}"
 
 
+def earlier_tree(revision: str, into: Path) -> tuple[Path, str]:
+    """The ``emdcli`` package of an earlier commit, extracted under ``into/before`` with the checkout's
+    ``weights`` linked beside it (run it with ``PYTHONPATH`` set to the folder), and the commit's short
+    name. Its bytecode and this checkout's are compiled, so that neither tree pays for compiling in a
+    timed run (``PYTHONDONTWRITEBYTECODE`` would otherwise make every run compile)."""
+    repo = Path(__file__).resolve().parents[1]
+    before = into / "before"
+    before.mkdir()
+    archive = subprocess.run(["git", "archive", revision, "emdcli"], cwd=repo, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+    (before / "weights").symlink_to(repo / "weights")
+    short = subprocess.run(["git", "rev-parse", "--short", revision], cwd=repo, check=True, capture_output=True,
+                           text=True).stdout.strip()  # fmt: skip
+    for tree in (before, repo):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "emdcli")], check=True)
+    return before, short
+
+
+def timed_run(tree: Path, args: list[str], env: dict[str, str]) -> float:
+    """Wall seconds of ``python -m emdcli ARGS`` run from ``tree`` as a fresh process (output dropped)."""
+    import time
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "emdcli", *args], cwd=tree, env={**env, "PYTHONPATH": str(tree)},
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    return time.perf_counter() - start
+
+
 def command_line() -> str:
     """How this benchmark was run, quoted for a shell."""
     return " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv])

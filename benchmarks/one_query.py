@@ -15,22 +15,15 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import earlier_tree, timed_run  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def timed(tree: Path, args: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "emdcli", *args], cwd=tree, env={**env, "PYTHONPATH": str(tree)},
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    return time.perf_counter() - start
 
 
 def support_folder(data: Path, classes: int, shots: int, into: Path) -> Path:
@@ -58,22 +51,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         query = support_folder(args.data, args.classes, args.shots, work)
-        before = work / "before"
-        before.mkdir()
-        archive = subprocess.run(["git", "archive", args.before, "emdcli"], cwd=REPO, check=True,
-                                 capture_output=True).stdout  # fmt: skip
-        subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
-        (before / "weights").symlink_to(REPO / "weights")  # where a checkout keeps them
-        revision = subprocess.run(["git", "rev-parse", "--short", args.before], cwd=REPO, check=True,
-                                  capture_output=True, text=True).stdout.strip()  # fmt: skip
+        before, revision = earlier_tree(args.before, work)
         trees = {f"before ({revision})": before, "this tree": REPO}
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["EMDCLI_CACHE_DIR"] = str(work / "cache")
-        for tree in trees.values():
-            subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "emdcli")], check=True)
         classify = ["classify", str(work / "support"), str(query)]
         for tree in trees.values():
-            timed(tree, classify, env)  # warms the feature cache (and the OS's file cache)
+            timed_run(tree, classify, env)  # warms the feature cache (and the OS's file cache)
 
         print(f"# one query against {args.classes} classes x {args.shots} examples (icons), warm feature cache; "
               f"{os.cpu_count()} cores; {args.rounds} rounds, the trees alternating; seconds per process")  # fmt: skip
@@ -82,8 +66,8 @@ def main() -> None:
         order = list(trees)
         for r in range(args.rounds):
             for name in order if r % 2 == 0 else order[::-1]:
-                runs[name].append(timed(trees[name], classify, env))
-            helps.append(timed(REPO, ["--help"], env))
+                runs[name].append(timed_run(trees[name], classify, env))
+            helps.append(timed_run(REPO, ["--help"], env))
             print(f"round {r + 1}: " + ", ".join(f"{n} {runs[n][-1]:.3f} s" for n in order)
                   + f"; --help {helps[-1]:.3f} s")  # fmt: skip
         med = {name: statistics.median(times) for name, times in runs.items()}

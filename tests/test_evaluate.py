@@ -140,6 +140,16 @@ def test_sfc_lowers_the_support_loss() -> None:
     np.testing.assert_allclose(untouched.nodes, shots.mean(axis=1), atol=1e-6)
 
 
+def test_sfc_solves_in_threads_and_fits_the_same_nodes() -> None:
+    rng = np.random.default_rng(5)
+    shots = [rng.normal(size=(k, 9, 16)).astype(np.float32) for k in (3, 2, 4)]  # unequal shots
+    alone = fit_sfc(shots, steps=4, final_loss=True, workers=1)
+    threaded = fit_sfc(shots, steps=4, final_loss=True, workers=3)
+    assert alone.losses[-1] < alone.losses[0]  # it fitted something
+    np.testing.assert_array_equal(threaded.nodes, alone.nodes)
+    assert threaded.losses == alone.losses
+
+
 # --- evaluate_episodes ----------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ as constants, as in DeepEMD's OpenCV solver path.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,9 +45,10 @@ def _unit(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _loss_and_grad(
-    p: np.ndarray, shots: list[Nodes], labels: np.ndarray, temperature: float
+    p: np.ndarray, shots: list[Nodes], labels: np.ndarray, temperature: float, pool: Executor | None = None
 ) -> tuple[float, np.ndarray]:
-    """Support cross-entropy and its gradient with respect to ``p`` ((way, n, C) float64)."""
+    """Support cross-entropy and its gradient with respect to ``p`` ((way, n, C) float64); the EMD
+    solves run in ``pool`` when given (the result is the same)."""
     way, n = p.shape[:2]
     unit_p, norm_p = _unit(p)
     mean_p = p.mean(axis=1)  # (way, C)
@@ -57,6 +59,7 @@ def _loss_and_grad(
     wc_all += WEIGHT_EPS  # (S, way*m)
     scores = np.empty((len(shots), way))
     flows = np.empty((way, len(shots), n, m))  # flows[k, s]: support image s against class k
+    problems = []  # (s, k, a, b, cost): every support image against every class
     for s, node in enumerate(shots):
         rows = slice(s * node.count, (s + 1) * node.count)
         wq = np.maximum(node.raw.astype(np.float64) @ mean_p.T, 0.0) + WEIGHT_EPS  # (n, way)
@@ -64,8 +67,16 @@ def _loss_and_grad(
             cols = slice(k * m, (k + 1) * m)
             a = np.ascontiguousarray(wq[:, k] / wq[:, k].sum())
             b = wc_all[s, cols] / wc_all[s, cols].sum()
-            flows[k, s], cost = emd_flow_trusted(a, b, np.ascontiguousarray(1.0 - cos_all[rows, cols]))
-            scores[s, k] = 1.0 - cost
+            problems.append((s, k, a, b, np.ascontiguousarray(1.0 - cos_all[rows, cols])))
+    # the solves are independent and the solver releases the GIL: they run on every core
+    solved = (
+        pool.map(lambda q: emd_flow_trusted(q[2], q[3], q[4]), problems)
+        if pool
+        else map(lambda q: emd_flow_trusted(q[2], q[3], q[4]), problems)
+    )
+    for (s, k, *_), (flow, cost) in zip(problems, solved, strict=True):
+        flows[k, s] = flow
+        scores[s, k] = 1.0 - cost
     logits = temperature * scores
     logits -= logits.max(axis=1, keepdims=True)
     prob = np.exp(logits)
@@ -90,14 +101,33 @@ def fit_sfc(
     lr: float = SFC_LR,
     temperature: float = TEMPERATURE,
     final_loss: bool = False,
+    workers: int | None = None,
 ) -> SFCFit:
     """Fit one node set per class to the support set.
 
     shots: (way, shot, n, C) float32 nodes of every support image, or a sequence of
     (shot_k, n, C) arrays when classes have different numbers of shots.
     Returns the (way, n, C) fitted node sets, starting from the per-class mean; with
-    ``final_loss`` the loss after the last step is computed too (one more pass).
+    ``final_loss`` the loss after the last step is computed too (one more pass). workers: threads
+    that solve each step's EMD problems (None: one per usable core; the fit is the same).
     """
+    from ..model.backbone import usable_cores
+
+    workers = workers or usable_cores()
+    if workers > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="emdcli-sfc") as pool:
+            return _fit(shots, steps, lr, temperature, final_loss, pool)
+    return _fit(shots, steps, lr, temperature, final_loss, None)
+
+
+def _fit(
+    shots: np.ndarray | Sequence[np.ndarray],
+    steps: int,
+    lr: float,
+    temperature: float,
+    final_loss: bool,
+    pool: Executor | None,
+) -> SFCFit:
     per_class = [np.asarray(c, dtype=np.float32) for c in shots]
     support = [Nodes.from_feature_map(x) for c in per_class for x in c]
     labels = np.concatenate([np.full(len(c), k) for k, c in enumerate(per_class)])
@@ -108,11 +138,11 @@ def fit_sfc(
     b1, b2 = 0.9, 0.999
     losses = []
     for t in range(1, steps + 1):
-        loss, grad = _loss_and_grad(p, support, labels, temperature)
+        loss, grad = _loss_and_grad(p, support, labels, temperature, pool)
         losses.append(loss)
         m = b1 * m + (1 - b1) * grad
         v = b2 * v + (1 - b2) * grad * grad
         p -= step * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + 1e-12)
     if final_loss:
-        losses.append(_loss_and_grad(p, support, labels, temperature)[0])
+        losses.append(_loss_and_grad(p, support, labels, temperature, pool)[0])
     return SFCFit(nodes=p.astype(np.float32), losses=tuple(losses))

@@ -27,7 +27,7 @@ from ..features.source import FeatureSource, Progress, Skipped
 from ..io.folders import LabelledFolder
 from ..matching.nodes import ClassBank, Nodes
 from ..matching.rejection import OpenSetScorer, ReferenceBank, Rejection, calibrate_rejection, fixed_rejection
-from ..matching.support import ClassNodes, Matcher, Weights
+from ..matching.support import ClassNodes, ClassScores, Matcher, Weights
 from ..matching.transductive import TransductiveScores
 from .prediction import Prediction, Ranked, ranking_from_scores
 
@@ -270,10 +270,19 @@ class Classifier:
             embedded = self.source.embed_cached(paths, on_done)
         else:
             embedded = self.source.embed_now(iter(paths), on_done)
-        sets = batches(embedded, defaults.TRANSDUCTIVE_SET) if self.matcher.transductive else ([e] for e in embedded)
-        for chunk in sets:
+
+        def matched(items: Iterable[Embedded]) -> Iterator[tuple[Embedded, ClassScores | None]]:
+            # each query is matched as soon as it is embedded, while the next batches are decoded and
+            # embedded in other threads (a set's step needs them all; their matches need not wait)
+            for item in items:
+                yield item, None if item.features is None else self.matcher.match(support.nodes, item.features)
+
+        each = matched(embedded)
+        sets = batches(each, defaults.TRANSDUCTIVE_SET) if self.matcher.transductive else ([e] for e in each)
+        for pairs in sets:
+            chunk = [item for item, _ in pairs]
             ok = [item.features for item in chunk if item.features is not None]
-            parts = [self.matcher.match(support.nodes, f) for f in ok]
+            parts = [part for _, part in pairs if part is not None]
             open_scores = judge.scores(np.stack([p.pooled for p in parts])) if judge and parts else np.zeros(len(parts))
             if self.matcher.transductive and ok:
                 foreign = open_scores < judge.threshold if judge else None
