@@ -119,3 +119,32 @@ def test_large_support_sets_use_the_mean_map(tiny_model: Path, tmp_path: Path) -
     folder = read_labelled_folder(support_dir)
     assert Classifier(source).fit(folder).kshot == "sfc"  # 6 examples x 2 classes = 12 pairs
     assert Classifier(source, Matcher(sfc_max_pairs=11)).fit(folder).kshot == "mean"
+
+
+def test_an_unchanged_support_set_is_not_refitted(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from emdcli.features.cache import FeatureCache
+    from emdcli.matching import sfc
+
+    fits: list[int] = []
+    real_fit = sfc.fit_sfc
+    monkeypatch.setattr(sfc, "fit_sfc", lambda shots, **kw: fits.append(len(shots)) or real_fit(shots, **kw))
+    support_dir = make_folder(tmp_path / "support", {"red": 3, "green": 3})
+    backbone = Backbone(tiny_model)
+
+    def fitted() -> np.ndarray:  # a fresh classifier and cache object each time, as a new run has
+        source = FeatureSource(backbone, cache=FeatureCache("tiny", root=tmp_path / "cache"))
+        nodes = Classifier(source).fit(read_labelled_folder(support_dir)).nodes.nodes
+        return np.stack([n.raw for n in nodes])
+
+    first = fitted()
+    assert fits == [2]
+    np.testing.assert_array_equal(fitted(), first)  # the stored fit, the same nodes
+    assert fits == [2]
+    make_image(next((support_dir / "green").glob("*.png")), (0, 90, 200), seed=9)  # one example changes
+    changed = fitted()
+    assert fits == [2, 2] and not np.array_equal(changed, first)
+    uncached = Classifier(FeatureSource(backbone)).fit(read_labelled_folder(support_dir))  # no cache: fitted
+    assert fits == [2, 2, 2]
+    np.testing.assert_array_equal(np.stack([n.raw for n in uncached.nodes.nodes]), changed)

@@ -143,6 +143,19 @@ class FeatureCache:
             entry = self.entry_path(self._digest(path))
         except OSError:
             return None
+        return self._load_entry(entry)
+
+    def get_by_digest(self, digest: str) -> np.ndarray | None:
+        """The float32 array stored under ``digest`` (the sha256 of whatever it was computed from, hex;
+        see :meth:`put_by_digest`), or None on a miss. Not counted in ``hits`` or ``misses``."""
+        return self._load_entry(self.entry_path(digest))
+
+    def put_by_digest(self, digest: str, array: np.ndarray) -> None:
+        """Store ``array`` (cast to float32) under ``digest``, atomically, as :meth:`put` stores an image's
+        features; an OSError stores nothing and counts in ``write_errors``."""
+        self._store(self.entry_path(digest), array)
+
+    def _load_entry(self, entry: Path) -> np.ndarray | None:
         try:
             with open(entry, "rb") as fh:
                 arr = np.load(fh, allow_pickle=False)
@@ -175,15 +188,26 @@ class FeatureCache:
         readers never see a partial file. An OSError (read-only or full disk, unreadable
         image) stores nothing and increments ``write_errors`` instead of raising.
         """
-        arr = np.ascontiguousarray(features, dtype=np.float32)
         try:
             entry = self.entry_path(self._digest(path))
+        except OSError:
+            with self._lock:
+                self.write_errors += 1
+            return
+        if self._store(entry, features) and small:
+            with contextlib.suppress(OSError):  # without it, a later run only misses the warning
+                entry.with_suffix(_SMALL_SUFFIX).touch()
+
+    def _store(self, entry: Path, array: np.ndarray) -> bool:
+        """Write ``array`` as float32 to ``entry`` atomically; False (and one more write error) on an OSError."""
+        arr = np.ascontiguousarray(array, dtype=np.float32)
+        try:
             entry.parent.mkdir(parents=True, exist_ok=True)
             target = AtomicFile(entry, binary=True)
         except OSError:
             with self._lock:
                 self.write_errors += 1
-            return
+            return False
         try:
             np.save(target.stream, arr, allow_pickle=False)
             target.commit(fsync=False)  # a cache entry lost in a crash is only a miss
@@ -191,10 +215,8 @@ class FeatureCache:
             target.abort(keep=False)
             with self._lock:
                 self.write_errors += 1
-            return
-        if small:
-            with contextlib.suppress(OSError):  # without it, a later run only misses the warning
-                entry.with_suffix(_SMALL_SUFFIX).touch()
+            return False
+        return True
 
     def prune(self) -> int:
         """Keep the whole cache (every namespace under ``root/features``) within ``max_bytes``.

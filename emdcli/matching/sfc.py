@@ -11,9 +11,11 @@ as constants, as in DeepEMD's OpenCV solver path.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -23,6 +25,8 @@ from .transport import emd_flow_trusted
 #: Full-batch Adam steps and step size (in units of the nodes' mean absolute value).
 SFC_STEPS = 10
 SFC_LR = 0.2
+#: Part of every stored fit's key: bump it whenever the fit's code changes its result.
+FIT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -146,3 +150,39 @@ def _fit(
     if final_loss:
         losses.append(_loss_and_grad(p, support, labels, temperature, pool)[0])
     return SFCFit(nodes=p.astype(np.float32), losses=tuple(losses))
+
+
+class FitStore(Protocol):
+    """Where fitted node sets are kept between runs (a :class:`~emdcli.features.cache.FeatureCache`)."""
+
+    def get_by_digest(self, digest: str) -> np.ndarray | None: ...
+
+    def put_by_digest(self, digest: str, array: np.ndarray) -> None: ...
+
+
+def fit_digest(shots: Sequence[np.ndarray]) -> str:
+    """The sha256 (hex) of what :func:`fit_sfc` with its defaults computes from: every class's (shot, n, C)
+    nodes as float32 bytes, in order, the settings and :data:`FIT_VERSION`. Any change to one example
+    of any class changes it (the fit couples the classes: each class's nodes are fitted against all)."""
+    h = hashlib.sha256(f"sfc/{FIT_VERSION}/{SFC_STEPS}/{SFC_LR!r}/{TEMPERATURE!r}/{WEIGHT_EPS!r}".encode())
+    for c in shots:
+        arr = np.ascontiguousarray(c, dtype=np.float32)
+        h.update(repr(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def fitted_nodes(shots: Sequence[np.ndarray], store: FitStore | None = None) -> np.ndarray:
+    """(way, n, C) float32: :func:`fit_sfc`'s nodes for ``shots`` (a sequence of (shot_k, n, C) arrays),
+    read from ``store`` when it holds the fit of exactly these shots (:func:`fit_digest`), else fitted
+    and put there."""
+    if store is None:
+        return fit_sfc(shots).nodes
+    digest = fit_digest(shots)
+    first = np.asarray(shots[0])
+    found = store.get_by_digest(digest)
+    if found is not None and found.shape == (len(shots), *first.shape[1:]):
+        return found
+    nodes = fit_sfc(shots).nodes
+    store.put_by_digest(digest, nodes)
+    return nodes

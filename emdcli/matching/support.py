@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from .. import defaults
 from .nodes import METRICS, WEIGHTINGS, ClassBank, Metric, Nodes, Weighting
 from .simpleshot import centroids, normalised, pooled
 from .transductive import Transduction, TransductiveScores
+
+if TYPE_CHECKING:
+    from .sfc import FitStore
 
 #: How a class with several examples gets its node set: their mean feature map, or SFC.
 KSHOT_MODES: tuple[str, ...] = defaults.KSHOT_MODES
@@ -112,8 +115,9 @@ class SupportBuilder:
         if self._may_fit:
             self._maps[label].append(np.asarray(fmap, dtype=np.float32))
 
-    def build(self) -> ClassNodes:
-        """The classes that got at least one example, in the order given. Raises ValueError for none."""
+    def build(self, fits: FitStore | None = None) -> ClassNodes:
+        """The classes that got at least one example, in the order given. Raises ValueError for none.
+        fits: where SFC fits are kept between runs (:func:`emdcli.matching.sfc.fitted_nodes`)."""
         kept = [i for i, s in enumerate(self._sums) if s is not None]
         if not kept:
             raise ValueError("no class has an example")
@@ -121,10 +125,10 @@ class SupportBuilder:
         sums = [s for s in self._sums if s is not None]
         kshot = "mean"
         if self._may_fit and uses_sfc(self.kshot, counts, self.sfc_max_pairs):
-            from .sfc import fit_sfc
+            from .sfc import fitted_nodes
 
             shots = [np.stack([f.reshape(f.shape[0], -1).T for f in self._maps[i]]) for i in kept]  # (shot, H*W, C)
-            nodes = tuple(Nodes.from_feature_map(p) for p in fit_sfc(shots).nodes)
+            nodes = tuple(Nodes.from_feature_map(p) for p in fitted_nodes(shots, fits))
             kshot = "sfc"
         else:
             nodes = tuple(Nodes.from_feature_map(total / n) for total, n in zip(sums, counts, strict=True))

@@ -153,7 +153,7 @@ class Classifier:
             if keep_examples:
                 kept.setdefault(folder.names[label], []).append((item.path, item.features))
         try:
-            nodes = build.build()
+            nodes = build.build(fits=self.source.cache)  # an unchanged support set is not refitted
         except ValueError:
             nodes = None
         if nodes is None or len(nodes.classes) < 2:
