@@ -119,33 +119,33 @@ def main() -> None:
         found = source.labelled(replace(folder, classes=tuple(c for c in folder.classes if c.name in keep)))
         assert found.features is not None
         halves[name] = (found.features, found.labels)
-    with publish("open_set_candidates", "--half"):
-        print(f"# {command_line()}")
-        print(f"# {args.half} classes (split seed 0), model {backbone.manifest.name}, {len(bank_maps)} bank images; "
-              f"5-way, 5 queries per class, 50% out of set (half near, half far); {args.episodes} episodes per "
-              f"set and shot (seed {args.seed}); AUROC in-set vs near / in-set vs far, mean over episodes")  # fmt: skip
-        for shot in (1, 5):
-            table: dict[str, dict[str, tuple[float, float]]] = {}
-            for name in SETS:
-                maps, labels = halves[name]
-                far = np.concatenate([halves[o][0] for o in SETS if o != name])
-                rng = np.random.default_rng([args.seed, shot, SETS.index(name)])
-                per_episode: dict[str, list[tuple[float, float]]] = {}
-                for _ in range(args.episodes):
-                    support, q, kind, _ = draw_open_episode(maps, labels, far, shot, 5, "bal", 0.5, rng)
-                    for key, s in candidate_scores(banks, np.concatenate(support), q).items():
-                        per_episode.setdefault(key, []).append(
-                            (auroc(s[kind == 0], s[kind == 1]), auroc(s[kind == 0], s[kind == 2]))
-                        )
-                for key, pairs in per_episode.items():
-                    table.setdefault(key, {})[name] = tuple(np.mean(pairs, axis=0))  # type: ignore[assignment]
-            print(f"\n{shot}-shot:\n\n| score | " + " | ".join(SETS) + " | mean of the sets |")
-            print("|---|" + "---|" * (len(SETS) + 1))
-            for key, per in table.items():
-                near, far_ = (float(np.mean([v[i] for v in per.values()])) for i in (0, 1))
-                cells = " | ".join(f"{v[0]:.3f} / {v[1]:.3f}" for v in per.values())
-                print(f"| {key} | {cells} | {near:.3f} / {far_:.3f} |")
+    print(f"# {command_line()}")
+    print(f"# {args.half} classes (split seed 0), model {backbone.manifest.name}, {len(bank_maps)} bank images; "
+          f"5-way, 5 queries per class, 50% out of set (half near, half far); {args.episodes} episodes per "
+          f"set and shot (seed {args.seed}); AUROC in-set vs near / in-set vs far, mean over episodes")  # fmt: skip
+    for shot in (1, 5):
+        table: dict[str, dict[str, tuple[float, float]]] = {}
+        for name in SETS:
+            maps, labels = halves[name]
+            far = np.concatenate([halves[o][0] for o in SETS if o != name])
+            rng = np.random.default_rng([args.seed, shot, SETS.index(name)])
+            per_episode: dict[str, list[tuple[float, float]]] = {}
+            for _ in range(args.episodes):
+                support, q, kind, _ = draw_open_episode(maps, labels, far, shot, 5, "bal", 0.5, rng)
+                for key, s in candidate_scores(banks, np.concatenate(support), q).items():
+                    per_episode.setdefault(key, []).append(
+                        (auroc(s[kind == 0], s[kind == 1]), auroc(s[kind == 0], s[kind == 2]))
+                    )
+            for key, pairs in per_episode.items():
+                table.setdefault(key, {})[name] = tuple(np.mean(pairs, axis=0))  # type: ignore[assignment]
+        print(f"\n{shot}-shot:\n\n| score | " + " | ".join(SETS) + " | mean of the sets |")
+        print("|---|" + "---|" * (len(SETS) + 1))
+        for key, per in table.items():
+            near, far_ = (float(np.mean([v[i] for v in per.values()])) for i in (0, 1))
+            cells = " | ".join(f"{v[0]:.3f} / {v[1]:.3f}" for v in per.values())
+            print(f"| {key} | {cells} | {near:.3f} / {far_:.3f} |")
 
 
 if __name__ == "__main__":
-    main()
+    with publish("open_set_candidates", "--half"):
+        main()

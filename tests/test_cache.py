@@ -334,6 +334,24 @@ def test_a_hit_protects_an_entry_from_pruning(tmp_path: Path) -> None:
     assert not entries["mid"].exists() and not entries["new"].exists()
 
 
+def test_fits_are_kept_apart_from_features_and_pruned_with_them(tmp_path: Path) -> None:
+    cache = FeatureCache(NS, root=tmp_path / "cache")
+    entries = _fill(cache, tmp_path, ["e0", "e1"])
+    digest = "ab" * 32
+    assert cache.get_fit(digest) is None
+    cache.put_fit(digest, np.ones((2, 3, 256), dtype=np.float64))
+    stored = cache.get_fit(digest)
+    assert stored is not None and stored.dtype == np.float32 and stored.shape == (2, 3, 256)
+    fit = cache.folder / f"{digest}.fit"
+    assert sorted(p.name for p in cache.folder.glob("*.npy")) == sorted(p.name for p in entries.values())
+    size = entries["e0"].stat().st_size
+    os.utime(fit, (1_500_000_000, 1_500_000_000))  # the least recently used of all
+    cache.max_bytes = fit.stat().st_size + 2 * size - 1
+    assert cache.prune() == 1
+    assert not fit.exists() and all(p.exists() for p in entries.values())
+    assert cache.get_fit(digest) is None and cache.hits == 0 and cache.misses == 0
+
+
 def test_prune_tolerates_entries_removed_by_another_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = FeatureCache(NS, root=tmp_path / "cache")
     entries = _fill(cache, tmp_path, ["e0", "e1", "e2", "e3"])

@@ -140,6 +140,8 @@ def test_an_unchanged_support_set_is_not_refitted(
 
     first = fitted()
     assert fits == [2]
+    folder = FeatureCache("tiny", root=tmp_path / "cache").folder
+    assert len(list(folder.glob("*.fit"))) == 1 and len(list(folder.glob("*.npy"))) == 6  # 6 images' features
     np.testing.assert_array_equal(fitted(), first)  # the stored fit, the same nodes
     assert fits == [2]
     make_image(next((support_dir / "green").glob("*.png")), (0, 90, 200), seed=9)  # one example changes

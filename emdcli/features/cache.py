@@ -10,9 +10,11 @@
 Entries are keyed by the sha256 of the image file's bytes (not its name) and live in
 ``ROOT/features/NS/DIGEST.npy``, where NS is the first 16 hex digits of the sha256 of the
 namespace (the model and its preprocessing), so different models never share entries.
-Each entry is a plain ``.npy`` file of numbers only, written to a temporary file beside it
-and renamed into place, so readers never see a partial entry. The cache is only an
-optimisation: a damaged entry is a miss, and a failed write is counted, never raised.
+Fitted SFC nodes of a support set live beside them as ``DIGEST.fit`` (same format, keyed by the
+sha256 of the examples' features: ``emdcli.matching.sfc.fit_digest``). Each entry is a plain
+``.npy`` file of numbers only, written to a temporary file beside it and renamed into place, so
+readers never see a partial entry. The cache is only an optimisation: a damaged entry is a miss,
+and a failed write is counted, never raised.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ STALE_TMP_SECONDS = 3600.0
 _ENTRY_SUFFIX = ".npy"
 #: An empty file beside an entry whose image is far below the model's input size.
 _SMALL_SUFFIX = ".small"
+#: A stored SFC fit (:meth:`FeatureCache.put_fit`): pruned with the feature entries, never counted as one.
+_FIT_SUFFIX = ".fit"
 _MAX_MEMO = 4096
 
 
@@ -145,15 +149,16 @@ class FeatureCache:
             return None
         return self._load_entry(entry)
 
-    def get_by_digest(self, digest: str) -> np.ndarray | None:
-        """The float32 array stored under ``digest`` (the sha256 of whatever it was computed from, hex;
-        see :meth:`put_by_digest`), or None on a miss. Not counted in ``hits`` or ``misses``."""
-        return self._load_entry(self.entry_path(digest))
+    def get_fit(self, digest: str) -> np.ndarray | None:
+        """The fitted nodes stored under ``digest`` (:func:`emdcli.matching.sfc.fit_digest`: the sha256 of what
+        the fit was computed from), float32, or None on a miss. Not counted in ``hits`` or ``misses``."""
+        return self._load_entry(self.folder / f"{digest}{_FIT_SUFFIX}")
 
-    def put_by_digest(self, digest: str, array: np.ndarray) -> None:
-        """Store ``array`` (cast to float32) under ``digest``, atomically, as :meth:`put` stores an image's
-        features; an OSError stores nothing and counts in ``write_errors``."""
-        self._store(self.entry_path(digest), array)
+    def put_fit(self, digest: str, nodes: np.ndarray) -> None:
+        """Store fitted ``nodes`` (cast to float32) under ``digest``, atomically, as :meth:`put` stores an
+        image's features (in ``DIGEST.fit`` beside them, so that counts of feature entries leave fits out);
+        an OSError stores nothing and counts in ``write_errors``."""
+        self._store(self.folder / f"{digest}{_FIT_SUFFIX}", nodes)
 
     def _load_entry(self, entry: Path) -> np.ndarray | None:
         try:
@@ -244,7 +249,7 @@ class FeatureCache:
                     st = item.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                if item.name.endswith(_ENTRY_SUFFIX):
+                if item.name.endswith((_ENTRY_SUFFIX, _FIT_SUFFIX)):
                     entries.append((st.st_mtime_ns, st.st_size, item.path))
                 elif item.name.endswith(TMP_SUFFIX) and st.st_mtime_ns < stale_before:
                     _remove(item.path)

@@ -25,7 +25,12 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 IMAGE_NAMES_HINT = "image files end in " + ", ".join(sorted(IMAGE_EXTENSIONS))
 #: Bumped whenever the decoding or resizing code changes its output, so that cached
 #: features computed by an older version are not reused.
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3  # 3: the reduced-scale resize (REDUCING_GAP)
+#: An image at least twice this many times the model's input is first reduced by a whole factor
+#: (a box filter: Pillow's ``reducing_gap``), then resampled bicubic from at least this many times
+#: the input: half the time of one bicubic pass on a 1 MP PNG (docs/benchmarks.md, "The per-image
+#: budget", with the accuracy it costs).
+REDUCING_GAP = 1.5
 #: Transparent pixels are composited onto this colour (clip-art convention: white paper).
 BACKGROUND = (255, 255, 255)
 
@@ -292,17 +297,18 @@ def as_rgb(img: PILImage) -> PILImage:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def fit_to_input(img: PILImage, prep: Preprocess) -> PILImage:
+def fit_to_input(img: PILImage, prep: Preprocess, reducing_gap: float | None = REDUCING_GAP) -> PILImage:
     """A decoded RGB image (at least one pixel) resampled to the ``size`` x ``size`` input (centre
-    square or squashed, in one bicubic pass)."""
+    square or squashed): bicubic, after a box reduction by a whole factor when the image is at least
+    ``2 * reducing_gap`` times the input (None: one bicubic pass, as before 0.2.1)."""
     from PIL import Image
 
     w, h = img.size
     box = (0.0, 0.0, float(w), float(h))
-    if prep.resize == "crop":  # the centre square, resampled in one pass
+    if prep.resize == "crop":  # the centre square
         side = min(w, h)
         box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    return img.resize((prep.size, prep.size), Image.Resampling.BICUBIC, box=box)
+    return img.resize((prep.size, prep.size), Image.Resampling.BICUBIC, box=box, reducing_gap=reducing_gap)
 
 
 def model_view(path: ImagePath, prep: Preprocess) -> PILImage:

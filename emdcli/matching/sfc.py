@@ -155,9 +155,9 @@ def _fit(
 class FitStore(Protocol):
     """Where fitted node sets are kept between runs (a :class:`~emdcli.features.cache.FeatureCache`)."""
 
-    def get_by_digest(self, digest: str) -> np.ndarray | None: ...
+    def get_fit(self, digest: str) -> np.ndarray | None: ...
 
-    def put_by_digest(self, digest: str, array: np.ndarray) -> None: ...
+    def put_fit(self, digest: str, nodes: np.ndarray) -> None: ...
 
 
 def fit_digest(shots: Sequence[np.ndarray]) -> str:
@@ -180,9 +180,9 @@ def fitted_nodes(shots: Sequence[np.ndarray], store: FitStore | None = None) -> 
         return fit_sfc(shots).nodes
     digest = fit_digest(shots)
     first = np.asarray(shots[0])
-    found = store.get_by_digest(digest)
+    found = store.get_fit(digest)
     if found is not None and found.shape == (len(shots), *first.shape[1:]):
         return found
     nodes = fit_sfc(shots).nodes
-    store.put_by_digest(digest, nodes)
+    store.put_fit(digest, nodes)
     return nodes
