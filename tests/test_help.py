@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -173,8 +174,10 @@ def test_shell_completion_completes_commands_options_and_choices(words: str, exp
 
 
 def test_the_completion_script_is_offered() -> None:
-    out = subprocess.run([sys.executable, "-m", "emdcli", "--show-completion", "bash"], capture_output=True,
-                         text=True, timeout=60)  # fmt: skip
+    # Typer finds the shell among the process's parents (shellingham): run under bash, as a user would
+    # (``; exit $?`` keeps bash from replacing itself with the command), so that an orphaned test run finds it too
+    command = f"{shlex.quote(sys.executable)} -m emdcli --show-completion; exit $?"
+    out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "_emdcli_completion" in out.stdout and "complete " in out.stdout
 
