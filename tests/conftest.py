@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# A shell without job control starts a background job (``pytest &``) with SIGINT ignored, and every
+# process it starts inherits that: the Ctrl-C tests' runs would never see their SIGINT. A Python
+# handler here is reset to the default in each child, which then stops on SIGINT as under a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
