@@ -91,6 +91,25 @@ def test_a_damaged_file_or_another_format_version_is_refused(
     assert f"is format version {FORMAT_VERSION + 1} of fitted files" in " ".join(res.stderr.split())
 
 
+def test_a_file_made_with_other_preprocessing_is_refused(
+    tiny_model: Path, fitted: Path, mixed_queries: Path, tmp_path: Path
+) -> None:
+    with np.load(fitted, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    assert meta["model"]["preprocess"].startswith("v")  # what this emdcli recorded
+    for made_with, shown in (("v2/32/crop/x/y", "v2/32/crop/x/y"), (None, "before v3")):
+        meta["model"]["preprocess"], meta["emdcli"] = made_with, "0.2.0"
+        older = tmp_path / "older.emdfit"
+        with older.open("wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        res = runner.invoke(app, ["classify", str(older), str(mixed_queries), "--model", str(tiny_model)])
+        said = " ".join(res.stderr.split())
+        assert res.exit_code == 2, res.output
+        assert f"older.emdfit was fitted by emdcli 0.2.0, whose image preprocessing ({shown}) differs" in said
+        assert "emdcli fit SUPPORT_FOLDER -o FILE.emdfit" in said
+
+
 def test_the_file_holds_plain_arrays_and_says_where_each_example_came_from(fitted: Path, support_dir: Path) -> None:
     with zipfile.ZipFile(fitted) as z:
         assert all(name.endswith(".npy") for name in z.namelist())

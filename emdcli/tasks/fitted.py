@@ -70,7 +70,7 @@ def save_fitted(path: Path, support: SupportSet, clf: Classifier, folder: Labell
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "emdcli": __version__,
         "model": {"name": getattr(manifest, "name", "unnamed"), "sha256": getattr(manifest, "sha256", "unknown"),
-                  "precision": getattr(manifest, "precision", None)},
+                  "precision": getattr(manifest, "precision", None), "preprocess": _preprocess_key(manifest)},
         "matcher": {k: getattr(clf.matcher, k) for k in FITTED_SETTINGS},
         "root": os.path.abspath(folder.root), "classes": list(nodes.classes), "shots": list(nodes.shots),
         "made_by": nodes.kshot,
@@ -125,6 +125,13 @@ def load_fitted(path: Path, clf: Classifier, reject: Reject | None = None, *, ke
             f"{getattr(manifest, 'name', 'this one')}",
             hint=f"pass the model it was made with (`model` {model['name']}), or fit the folder again",
         )
+    made_with, now = model.get("preprocess"), _preprocess_key(manifest)
+    if made_with != now:  # the nodes came from other pixels: the rows would differ from the folder's
+        raise UsageError(
+            f"{path.name} was fitted by emdcli {meta.get('emdcli')}, whose image preprocessing "
+            f"({made_with or 'before v3'}) differs from this one's ({now})",
+            hint="fit the support folder again with this emdcli: emdcli fit SUPPORT_FOLDER -o FILE.emdfit",
+        )
     for key, value in meta["matcher"].items():
         if getattr(clf.matcher, key) != value:
             raise UsageError(f"{path.name} was fitted with {key} {value}, not {getattr(clf.matcher, key)}",
@@ -146,6 +153,13 @@ def load_fitted(path: Path, clf: Classifier, reject: Reject | None = None, *, ke
     support = SupportSet(nodes=nodes, empty_classes=tuple(meta["empty_classes"]), examples=examples,
                          rejection=rejection, outliers=outliers, weights=clf.matcher.weights_for(nodes))  # fmt: skip
     return Fitted(support, recorded_folder(meta), meta)
+
+
+def _preprocess_key(manifest: Any) -> str | None:
+    """The key of ``manifest``'s preprocessing (:meth:`~emdcli.io.images.Preprocess.key`: the decoding and
+    resizing code's version, the input size and normalisation), or None for an extractor without one."""
+    prep = getattr(manifest, "preprocess", None)
+    return None if prep is None else str(prep.key())
 
 
 def _examples(clf: Classifier, meta: dict[str, Any]) -> dict[str, tuple[tuple[Path, np.ndarray], ...]]:
