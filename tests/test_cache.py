@@ -342,7 +342,8 @@ def test_fits_are_kept_apart_from_features_and_pruned_with_them(tmp_path: Path) 
     cache.put_fit(digest, np.ones((2, 3, 256), dtype=np.float64))
     stored = cache.get_fit(digest)
     assert stored is not None and stored.dtype == np.float32 and stored.shape == (2, 3, 256)
-    fit = cache.folder / f"{digest}.fit"
+    fit = cache.fit_path(digest)
+    assert fit == cache.folder / f"{digest}.fit"
     assert sorted(p.name for p in cache.folder.glob("*.npy")) == sorted(p.name for p in entries.values())
     size = entries["e0"].stat().st_size
     os.utime(fit, (1_500_000_000, 1_500_000_000))  # the least recently used of all

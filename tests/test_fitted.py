@@ -98,7 +98,7 @@ def test_a_file_made_with_other_preprocessing_is_refused(
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(str(arrays.pop("meta")))
     assert meta["model"]["preprocess"].startswith("v")  # what this emdcli recorded
-    for made_with, shown in (("v2/32/crop/x/y", "v2/32/crop/x/y"), (None, "before v3")):
+    for made_with, shown in (("v2/32/crop/x/y", "v2/32/crop/x/y"), (None, "not recorded: emdcli 0.2.0 or older")):
         meta["model"]["preprocess"], meta["emdcli"] = made_with, "0.2.0"
         older = tmp_path / "older.emdfit"
         with older.open("wb") as f:

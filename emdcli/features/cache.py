@@ -106,6 +106,10 @@ class FeatureCache:
         """Where the entry for a file whose sha256 is ``digest`` lives."""
         return self.folder / f"{digest}{_ENTRY_SUFFIX}"
 
+    def fit_path(self, digest: str) -> Path:
+        """Where the SFC fit whose :func:`~emdcli.matching.sfc.fit_digest` is ``digest`` lives."""
+        return self.folder / f"{digest}{_FIT_SUFFIX}"
+
     def _digest(self, path: Path) -> str:
         """``sha256_file(path)``, remembered per (path, size, mtime_ns). Raises OSError."""
         st = os.stat(path)
@@ -152,13 +156,13 @@ class FeatureCache:
     def get_fit(self, digest: str) -> np.ndarray | None:
         """The fitted nodes stored under ``digest`` (:func:`emdcli.matching.sfc.fit_digest`: the sha256 of what
         the fit was computed from), float32, or None on a miss. Not counted in ``hits`` or ``misses``."""
-        return self._load_entry(self.folder / f"{digest}{_FIT_SUFFIX}")
+        return self._load_entry(self.fit_path(digest))
 
     def put_fit(self, digest: str, nodes: np.ndarray) -> None:
         """Store fitted ``nodes`` (cast to float32) under ``digest``, atomically, as :meth:`put` stores an
         image's features (in ``DIGEST.fit`` beside them, so that counts of feature entries leave fits out);
         an OSError stores nothing and counts in ``write_errors``."""
-        self._store(self.folder / f"{digest}{_FIT_SUFFIX}", nodes)
+        self._store(self.fit_path(digest), nodes)
 
     def _load_entry(self, entry: Path) -> np.ndarray | None:
         try:

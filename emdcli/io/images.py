@@ -300,7 +300,7 @@ def as_rgb(img: PILImage) -> PILImage:
 def fit_to_input(img: PILImage, prep: Preprocess, reducing_gap: float | None = REDUCING_GAP) -> PILImage:
     """A decoded RGB image (at least one pixel) resampled to the ``size`` x ``size`` input (centre
     square or squashed): bicubic, after a box reduction by a whole factor when the image is at least
-    ``2 * reducing_gap`` times the input (None: one bicubic pass, as before 0.2.1)."""
+    ``2 * reducing_gap`` times the input (None: one bicubic pass, as emdcli 0.2.0 did)."""
     from PIL import Image
 
     w, h = img.size

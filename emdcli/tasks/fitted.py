@@ -129,7 +129,7 @@ def load_fitted(path: Path, clf: Classifier, reject: Reject | None = None, *, ke
     if made_with != now:  # the nodes came from other pixels: the rows would differ from the folder's
         raise UsageError(
             f"{path.name} was fitted by emdcli {meta.get('emdcli')}, whose image preprocessing "
-            f"({made_with or 'before v3'}) differs from this one's ({now})",
+            f"({made_with or 'not recorded: emdcli 0.2.0 or older'}) differs from this one's ({now})",
             hint="fit the support folder again with this emdcli: emdcli fit SUPPORT_FOLDER -o FILE.emdfit",
         )
     for key, value in meta["matcher"].items():
